@@ -1,0 +1,102 @@
+"""The expression vocabulary shared by every stage: built-in names, reduction functions and
+the symbol table. Spec expressions become SymPy expressions over these."""
+
+from __future__ import annotations
+
+import keyword
+
+import sympy
+
+
+class ReduceSum(sympy.Function):
+    """sum(x) over the elements of one parameter tensor."""
+
+    nargs = 1
+    is_real = True
+
+
+class ReduceMin(sympy.Function):
+    """amin(x) over the elements of one parameter tensor."""
+
+    nargs = 1
+    is_real = True
+
+
+class ReduceMax(sympy.Function):
+    """amax(x) over the elements of one parameter tensor."""
+
+    nargs = 1
+    is_real = True
+
+
+class GlobalSum(sympy.Function):
+    """The sum over every parameter tensor of sum(x): a reduction across all parameters."""
+
+    nargs = 1
+    is_real = True
+
+
+TENSOR_REDUCTIONS = {ReduceSum: "sum", ReduceMin: "min", ReduceMax: "max"}
+REDUCTIONS = (ReduceSum, ReduceMin, ReduceMax, GlobalSum)
+
+# Built-in inputs and their scopes.
+PARAM, GRAD, STEP, NUMEL, NDIM = "param", "grad", "step", "numel", "ndim"
+BUILTIN_INPUTS = (PARAM, GRAD, STEP)
+TENSOR_SHAPE_FUNCS = {"numel": NUMEL, "ndim": NDIM}  # numel(param), ndim(param)
+
+# name -> (min args, max args)
+ELEMENTWISE_FUNCS = {
+    "sqrt": (1, 1),
+    "abs": (1, 1),
+    "sign": (1, 1),
+    "exp": (1, 1),
+    "log": (1, 1),
+    "maximum": (2, 2),
+    "minimum": (2, 2),
+    "clamp": (3, 3),
+    "where": (3, 3),
+}
+REDUCTION_FUNCS = {"sum": 1, "mean": 1, "norm": 1, "amin": 1, "amax": 1, "global_norm": 1}
+FUNCTIONS = set(ELEMENTWISE_FUNCS) | set(REDUCTION_FUNCS) | set(TENSOR_SHAPE_FUNCS)
+
+# Names generated code uses for itself; a spec name may not take them.
+RESERVED = {
+    "torch", "tl", "triton", "math", "self", "group", "groups", "state", "params", "grads",
+    "closure", "loss", "optimizer", "foreach", "fused", "maximize", "inf", "nan", "pi", "E",
+    "I", "defaults", "device", "dtype", "None", "True", "False", "lambda", "numel", "ndim",
+    "differentiable", "capturable", "has_sparse_grad", "Tensor", "Optimizer", "np", "numpy",
+    "sympy", "pid", "offsets", "mask", "block", "BLOCK_SIZE", "step_t", "state_steps",
+}
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a hyperparameter, option, state or local value (or None)."""
+    if not isinstance(name, str) or not name.isidentifier() or not name.isascii():
+        return f"{name!r} is not an identifier"
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        return f"{name!r} is a Python keyword"
+    if name.startswith("_"):
+        return f"{name!r} starts with an underscore, which is reserved"
+    if name in BUILTIN_INPUTS:
+        return f"{name!r} shadows the built-in input `{name}`"
+    if name in FUNCTIONS:
+        return f"{name!r} shadows the built-in function `{name}`"
+    if name in RESERVED:
+        return f"{name!r} is reserved for generated code"
+    if len(name) > 64:
+        return f"{name!r} is longer than 64 characters"
+    return None
+
+
+def symbol(name: str, **assumptions) -> sympy.Symbol:
+    """Every optgen value symbol is real; more facts come from hyperparameter ranges."""
+    return sympy.Symbol(name, real=True, **assumptions)
+
+
+STEP_SYMBOL = symbol(STEP, integer=True, positive=True)
+NUMEL_SYMBOL = symbol(NUMEL, integer=True, positive=True)
+NDIM_SYMBOL = symbol(NDIM, integer=True, nonnegative=True)
+
+
+def reductions_in(expr: sympy.Expr) -> set:
+    return {a for a in sympy.preorder_traversal(expr) if isinstance(a, REDUCTIONS)}

@@ -1,0 +1,93 @@
+"""Sign facts about expressions: what can be shown >= 0 or > 0 from hyperparameter ranges,
+symbol assumptions and facts already established (states proven non-negative).
+
+A small interval-free sign analysis, deliberately conservative: `False` means "not shown",
+never "shown negative"."""
+
+from __future__ import annotations
+
+import sympy
+
+from .expr import GlobalSum, ReduceMax, ReduceMin, ReduceSum
+
+
+class SignFacts:
+    def __init__(self, nonneg: set | None = None, positive: set | None = None, bounded_by_one: set | None = None):
+        self.nonneg = set(nonneg or ())  # symbols known >= 0
+        self.positive = set(positive or ())  # symbols known > 0
+        self.below_one = set(bounded_by_one or ())  # symbols known in [0, 1)
+
+    def is_nonneg(self, e: sympy.Basic) -> bool:
+        return self._sign(e) in ("+", "0+")
+
+    def is_positive(self, e: sympy.Basic) -> bool:
+        return self._sign(e) == "+"
+
+    def _sign(self, e) -> str | None:
+        """'+' (> 0), '0+' (>= 0), or None (unknown)."""
+        if e.is_Number:
+            return "+" if e > 0 else "0+" if e == 0 else None
+        if e.is_Symbol:
+            if e in self.positive or e.is_positive:
+                return "+"
+            if e in self.nonneg or e.is_nonnegative:
+                return "0+"
+            return None
+        if isinstance(e, sympy.Add):
+            return self._add_sign(e)
+        if isinstance(e, sympy.Mul):
+            signs = [self._sign(a) for a in e.args]
+            if None in signs:
+                return self._one_minus(e)
+            return "+" if all(s == "+" for s in signs) else "0+"
+        if isinstance(e, sympy.Pow):
+            return self._pow_sign(e)
+        if isinstance(e, (sympy.Abs,)):
+            return "0+"
+        if isinstance(e, sympy.exp):
+            return "+"
+        if isinstance(e, sympy.Max):
+            signs = [self._sign(a) for a in e.args]
+            return "+" if "+" in signs else "0+" if "0+" in signs else None
+        if isinstance(e, (sympy.Min, ReduceMin, ReduceMax, ReduceSum, GlobalSum)):
+            signs = [self._sign(a) for a in e.args]
+            if None in signs:
+                return None
+            return "+" if all(s == "+" for s in signs) else "0+"
+        if isinstance(e, sympy.Piecewise):
+            signs = [self._sign(a.expr) for a in e.args]
+            if None in signs:
+                return None
+            return "+" if all(s == "+" for s in signs) else "0+"
+        return None
+
+    def _add_sign(self, e: sympy.Add) -> str | None:
+        signs = [self._sign(a) for a in e.args]
+        if None not in signs:
+            return "+" if "+" in signs else "0+"
+        return self._one_minus(e)
+
+    def _one_minus(self, e) -> str | None:
+        """1 - x**k with x in [0, 1) and k a positive integer (bias corrections) is > 0;
+        1 - x with x in [0, 1) likewise."""
+        if isinstance(e, sympy.Add) and len(e.args) == 2 and sympy.S.One in e.args:
+            other = e.args[0] if e.args[1] == 1 else e.args[1]
+            neg = -other
+            base = neg.base if isinstance(neg, sympy.Pow) else neg
+            exp = neg.exp if isinstance(neg, sympy.Pow) else sympy.S.One
+            if base in self.below_one and (exp.is_positive is True):
+                return "+"
+        return None
+
+    def _pow_sign(self, e: sympy.Pow) -> str | None:
+        base, exp = e.args
+        if exp.is_Integer and int(exp) % 2 == 0 and exp > 0:
+            return "+" if self._sign(base) == "+" else "0+"
+        b = self._sign(base)
+        if b == "+":
+            return "+"
+        if b == "0+":
+            return "0+" if exp.is_positive else None  # 0**negative is not a number
+        if exp.is_positive and exp.is_Rational and not exp.is_Integer:
+            return "0+"  # a real root (sqrt) is >= 0 wherever it is defined
+        return None

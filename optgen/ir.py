@@ -1,0 +1,92 @@
+"""The IR: a spec, specialised to one setting of its options, as a straight-line dataflow
+program of named values, each with a scope and a phase.
+
+Scopes (ordered): host < global < tensor < element.
+  host     hyperparameters and `step` only: Python floats, computed per tensor on the host
+  global   depends on a reduction across all parameters (global_norm)
+  tensor   one scalar per parameter tensor: a reduction or a `scope: tensor` state
+  element  one value per element: param, grad, element states
+
+Phases: a per-tensor reduction needs every element of its argument before any element
+that depends on it can be computed, so it ends a phase. Phase 0 values need no per-tensor
+reduction; a value of phase k depends on reductions of phase k-1 at most. Kernels run one
+pass per phase; stores of states and param happen in the last pass (earlier passes only
+reduce), so a later pass can recompute what it needs from unchanged memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+
+from .errors import Loc
+from .spec import Spec, StateDecl
+
+SCOPES = ("host", "global", "tensor", "element")
+SCOPE_RANK = {s: i for i, s in enumerate(SCOPES)}
+
+
+def wider(a: str, b: str) -> str:
+    return a if SCOPE_RANK[a] >= SCOPE_RANK[b] else b
+
+
+@dataclass
+class Value:
+    """`name = expr`. For a reduction, `reduce` is "sum", "min" or "max" and `expr` is the
+    symbol of its element-scope argument; `over` is "tensor" or "global"."""
+
+    name: str
+    expr: sympy.Expr
+    scope: str
+    var: str  # the spec variable this value (re)defines; "" for a value the compiler made
+    loc: Loc | None = None
+    reduce: str | None = None
+    over: str | None = None
+    phase: int = 0
+
+    @property
+    def symbol(self) -> sympy.Symbol:
+        return sympy.Symbol(self.name, real=True)
+
+    @property
+    def is_reduction(self) -> bool:
+        return self.reduce is not None
+
+
+@dataclass
+class Program:
+    spec: Spec
+    options: dict[str, bool]
+    states: list[StateDecl]
+    values: list[Value]
+    outputs: dict[str, str]  # "param" and each state name -> the value holding its new value
+    input_scopes: dict[str, str]  # input symbol name -> scope
+    notes: list[str] = field(default_factory=list)  # what the optimiser passes did, for `optgen show`
+
+    @property
+    def by_name(self) -> dict[str, Value]:
+        return {v.name: v for v in self.values}
+
+    def scope_of(self, name: str) -> str:
+        if name in self.input_scopes:
+            return self.input_scopes[name]
+        return self.by_name[name].scope
+
+    @property
+    def num_phases(self) -> int:
+        element = [v.phase for v in self.values if v.scope in ("element", "tensor")]
+        return max(element, default=0) + 1
+
+    @property
+    def hyper_names(self) -> list[str]:
+        return [n for h in self.spec.hyperparameters.values() for n in h.names]
+
+    def values_of_scope(self, *scopes: str) -> list[Value]:
+        return [v for v in self.values if v.scope in scopes]
+
+    def reductions(self, over: str | None = None) -> list[Value]:
+        return [v for v in self.values if v.is_reduction and (over is None or v.over == over)]
+
+    def state_output(self, state: StateDecl) -> str:
+        return self.outputs[state.name]

@@ -1,0 +1,560 @@
+"""Stage 3, lower: Spec + options -> Program (the IR, see ir.py).
+
+Passes, in order:
+  ssa        specialise option branches away; give every assignment a unique name
+  reductions pull each reduction out into a value of its own (its argument too)
+  copies     forward pure renamings (`denom_sq = max_exp_avg_sq`)
+  hoist      lift maximal host / tensor subexpressions out of wider-scope expressions
+  monotone   amin/amax through a monotone map: reduce the cheaper inner value instead,
+             when that saves a pass (SET-Adam's min(sqrt(c*v/k + eps)))
+  dce        drop values no output needs
+  phases     number the passes a kernel needs
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import sympy
+
+from .errors import CompileError, SpecError
+from .expr import (
+    GRAD,
+    NDIM,
+    NUMEL,
+    PARAM,
+    REDUCTIONS,
+    STEP,
+    TENSOR_REDUCTIONS,
+    GlobalSum,
+    ReduceMax,
+    ReduceMin,
+    symbol,
+)
+from .facts import SignFacts
+from .ir import SCOPE_RANK, Program, Value, wider
+from .spec import Assign, If, Spec, holds
+
+_REDUCE_OP = {**TENSOR_REDUCTIONS, GlobalSum: "sum"}
+
+
+def lower(spec: Spec, options: dict[str, bool] | None = None) -> Program:
+    opts = resolve_options(spec, options)
+    program = _ssa(spec, opts)
+    _extract_reductions(program)
+    _forward_copies(program)
+    _hoist(program)
+    _monotone_reductions(program)
+    _dedupe(program)
+    _dce(program)
+    _check_global_reductions(program)
+    _number_phases(program)
+    return program
+
+
+def resolve_options(spec: Spec, options: dict[str, bool] | None) -> dict[str, bool]:
+    opts = spec.default_options()
+    for key, value in (options or {}).items():
+        if key not in opts:
+            raise KeyError(f"{spec.name} has no option {key!r}; options: {', '.join(opts) or 'none'}")
+        opts[key] = bool(value)
+    return opts
+
+
+# --------------------------------------------------------------------------- ssa
+class _Namer:
+    def __init__(self, taken: set[str]):
+        self.taken = set(taken)
+
+    def fresh(self, base: str) -> str:
+        if base not in self.taken:
+            self.taken.add(base)
+            return base
+        for i in itertools.count(1):
+            name = f"{base}_{i}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+        raise AssertionError
+
+
+def _input_scopes(spec: Spec, opts: dict[str, bool]) -> dict[str, str]:
+    scopes = {n: "host" for n in spec.scalar_hypers}
+    scopes.update({STEP: "host", PARAM: "element", GRAD: "element", NUMEL: "tensor", NDIM: "tensor"})
+    for s in spec.active_states(opts):
+        scopes[s.name] = s.scope
+    return scopes
+
+
+def _scope(expr: sympy.Basic, scopes: dict[str, str]) -> str:
+    scope = "host"
+    for a in sympy.preorder_traversal(expr):
+        if isinstance(a, GlobalSum):
+            scope = wider(scope, "global")
+        elif isinstance(a, REDUCTIONS):
+            scope = wider(scope, "tensor")
+        elif a.is_Symbol:
+            scope = wider(scope, scopes.get(a.name, "host"))
+    return scope
+
+
+def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
+    states = spec.active_states(opts)
+    inactive = {s.name for s in spec.state.values()} - {s.name for s in states}
+    scopes = _input_scopes(spec, opts)
+    namer = _Namer(set(scopes))
+    env: dict[str, sympy.Symbol] = {n: spec.symbols[n] for n in scopes if n in spec.symbols}
+    values: list[Value] = []
+
+    def run(block):
+        for stmt in block:
+            if isinstance(stmt, If):
+                run(stmt.body if holds(stmt.cond, opts) else stmt.orelse)
+                continue
+            _ssa_assign(stmt, env, values, scopes, namer, inactive)
+
+    run(spec.update)
+    outputs = {}
+    for s in [PARAM] + [s.name for s in states]:
+        current = env.get(s)
+        if current is None or current == spec.symbols.get(s):
+            where = spec.state[s].loc if s in spec.state else spec.loc
+            what = "the update never assigns `param`" if s == PARAM else f"state `{s}` is never updated"
+            raise SpecError(where, f"{what} (options: {_fmt_options(opts)})")
+        outputs[s] = current.name
+    return Program(spec, opts, states, values, outputs, scopes)
+
+
+def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive) -> None:
+    free = {s.name for s in stmt.expr.free_symbols}
+    for name in sorted(free):
+        if name in inactive:
+            raise SpecError(stmt.loc, f"state `{name}` does not exist with these options (its `when` is false)")
+        if name not in env and name not in scopes:
+            raise SpecError(stmt.loc, f"`{name}` is used before it is assigned")
+    if stmt.target in inactive:
+        raise SpecError(stmt.target_loc, f"state `{stmt.target}` is assigned but does not exist with these options")
+    expr = stmt.expr.xreplace({s: env[s.name] for s in stmt.expr.free_symbols if s.name in env})
+    name = namer.fresh(stmt.target)
+    for a in sympy.preorder_traversal(expr):
+        if isinstance(a, REDUCTIONS) and _scope(a.args[0], _all_scopes(scopes, values)) != "element":
+            raise SpecError(stmt.loc, "a reduction (sum, mean, norm, amin, amax, global_norm) takes a per-element value")
+    value = Value(name, expr, _scope(expr, _all_scopes(scopes, values)), stmt.target, stmt.loc)
+    values.append(value)
+    env[stmt.target] = value.symbol
+
+
+def _all_scopes(scopes, values) -> dict[str, str]:
+    out = dict(scopes)
+    out.update({v.name: v.scope for v in values})
+    return out
+
+
+def _fmt_options(opts) -> str:
+    return ", ".join(f"{k}={v}" for k, v in opts.items()) or "none"
+
+
+# --------------------------------------------------------------------------- helpers
+def _rebuild(program: Program, values: list[Value]) -> None:
+    program.values = values
+    scopes = _all_scopes(program.input_scopes, [])
+    for v in values:
+        if not v.is_reduction:
+            v.scope = _scope(v.expr, scopes)
+        scopes[v.name] = v.scope
+
+
+def _uses(program: Program) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for v in program.values:
+        for s in v.expr.free_symbols:
+            counts[s.name] = counts.get(s.name, 0) + 1
+    for name in program.outputs.values():
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _substitute(program: Program, mapping: dict) -> None:
+    if not mapping:
+        return
+    by_name = {k.name: v for k, v in mapping.items()}
+    for v in program.values:
+        v.expr = v.expr.xreplace({s: by_name[s.name] for s in v.expr.free_symbols if s.name in by_name})
+
+
+# --------------------------------------------------------------------------- reductions
+def _extract_reductions(program: Program) -> None:
+    """Each reduction call becomes a value of its own, its argument an element value."""
+    namer = _Namer(set(program.input_scopes) | {v.name for v in program.values})
+    out: list[Value] = []
+    for v in program.values:
+        replacements = {}
+        for call in sorted(_innermost_first(v.expr), key=sympy.count_ops):
+            call = call.xreplace(replacements)
+            arg = call.args[0]
+            if not arg.is_Symbol:
+                arg_value = Value(namer.fresh(f"{v.var}_arg"), arg, "element", "", v.loc)
+                out.append(arg_value)
+                arg = arg_value.symbol
+            op = _REDUCE_OP[type(call)]
+            over = "global" if isinstance(call, GlobalSum) else "tensor"
+            red = Value(namer.fresh(_reduction_name(op, over, arg.name)), arg, over, "", v.loc, reduce=op, over=over)
+            out.append(red)
+            replacements[call] = red.symbol
+        if replacements:
+            v.expr = _replace_all(v.expr, replacements)
+        out.append(v)
+    _rebuild(program, out)
+
+
+def _innermost_first(expr) -> list:
+    return [a for a in sympy.postorder_traversal(expr) if isinstance(a, REDUCTIONS)]
+
+
+def _replace_all(expr, replacements):
+    for _ in range(len(replacements) + 1):
+        new = expr.xreplace(replacements)
+        if new == expr:
+            break
+        expr = new
+    return expr
+
+
+def _reduction_name(op: str, over: str, arg: str) -> str:
+    prefix = {"sum": "sum", "min": "min", "max": "max"}[op]
+    return f"{'global_' if over == 'global' else ''}{prefix}_{arg}"
+
+
+# --------------------------------------------------------------------------- copies
+def _forward_copies(program: Program) -> None:
+    """`a = b` (a plain renaming) is dropped and uses of a read b."""
+    mapping = {}
+    kept = []
+    outputs_by_value = {v: k for k, v in program.outputs.items()}
+    for v in program.values:
+        expr = v.expr.xreplace({s: mapping[s.name] for s in v.expr.free_symbols if s.name in mapping})
+        v.expr = expr
+        if not v.is_reduction and expr.is_Symbol and v.name not in outputs_by_value:
+            mapping[v.name] = expr
+            continue
+        kept.append(v)
+    _rebuild(program, kept)
+
+
+# --------------------------------------------------------------------------- hoisting
+class _Hoister:
+    def __init__(self, program: Program):
+        self.program = program
+        self.namer = _Namer(set(program.input_scopes) | {v.name for v in program.values} | set(program.spec.symbols))
+        self.scopes = _all_scopes(program.input_scopes, program.values)
+        self.made: dict[sympy.Expr, Value] = {}
+        self.pending: list[Value] = []
+
+    def scope(self, e) -> str:
+        return _scope(e, self.scopes)
+
+    def lift(self, e, within: str):
+        """Replace maximal narrower-scope, non-trivial subexpressions of e by new values."""
+        s = self.scope(e)
+        if SCOPE_RANK[s] < SCOPE_RANK[within]:
+            return self.hoisted(e, s)
+        if e.is_Atom:
+            return e
+        if isinstance(e, sympy.Mul):
+            return self.lift_mul(e, within)
+        if isinstance(e, sympy.Add):
+            narrow = [a for a in e.args if SCOPE_RANK[self.scope(a)] < SCOPE_RANK[within]]
+            wide = [self.lift(a, within) for a in e.args if a not in narrow]
+            if len(narrow) > 1:
+                return sympy.Add(self.hoisted(sympy.Add(*narrow), self.scope(sympy.Add(*narrow))), *wide)
+            return sympy.Add(*[self.lift(a, within) for a in narrow], *wide)
+        if isinstance(e, sympy.Piecewise):
+            return sympy.Piecewise(*[(self.lift(a.expr, within), a.cond) for a in e.args])
+        return e.func(*[self.lift(a, within) for a in e.args])
+
+    def lift_mul(self, e: sympy.Mul, within: str):
+        """c * h1 * h2 * x / y -> c * h * x / y with h = h1 * h2 one hoisted value; a lone
+        reciprocal host factor stays a division (x / sqrt(k) rather than x * k**-0.5)."""
+        coeff, factors = e.as_coeff_mul()
+        narrow = [f for f in factors if SCOPE_RANK[self.scope(f)] < SCOPE_RANK[within]]
+        wide = [self.lift(f, within) for f in factors if f not in narrow]
+        if not narrow:
+            return sympy.Mul(coeff, *wide)
+        if len(narrow) == 1:
+            (f,) = narrow
+            if _is_reciprocal(f):
+                return sympy.Mul(coeff, *wide) / self.hoisted(1 / f, self.scope(f))
+            return sympy.Mul(coeff, self.hoisted(f, self.scope(f)), *wide)
+        prod = sympy.Mul(*narrow)
+        return sympy.Mul(coeff, self.hoisted(prod, self.scope(prod)), *wide)
+
+    def trivial(self, e) -> bool:
+        """Cheap host arithmetic (1 - beta1, lr * weight_decay) stays inline."""
+        return e.is_Atom or (sympy.count_ops(e) <= 2 and not e.has(sympy.Pow) and self.scope(e) == "host" and not any(s.name == "step" for s in e.free_symbols))
+
+    def hoisted(self, e, scope: str):
+        if self.trivial(e):
+            return e
+        if e in self.made:
+            return self.made[e].symbol
+        inner = e.func(*[self.lift(a, scope) for a in e.args])
+        value = Value(self.namer.fresh(_name_for(e)), inner, scope, "")
+        self.made[e] = value
+        self.scopes[value.name] = scope
+        self.pending.append(value)
+        return value.symbol
+
+
+def _is_reciprocal(f) -> bool:
+    return isinstance(f, sympy.Pow) and f.exp.is_negative is True
+
+
+def _name_for(e) -> str:
+    """A readable name for a value the compiler made from `e`."""
+    if isinstance(e, sympy.Pow) and e.base.is_Symbol:
+        if e.exp == sympy.Rational(1, 2):
+            return f"{e.base.name}_sqrt"
+        if e.exp == 2:
+            return f"{e.base.name}_sq"
+        if e.exp == -1:
+            return f"inv_{e.base.name}"
+    if isinstance(e, sympy.Mul):
+        num, den = [], []
+        for f in e.args:
+            if f.is_Symbol:
+                num.append(f.name)
+            elif _is_reciprocal(f) and f.base.is_Symbol and f.exp == -1:
+                den.append(f.base.name)
+            elif f.is_Number and f == -1:
+                num.insert(0, "neg")
+            else:
+                num = None
+                break
+        if num is not None:
+            name = "_".join(num) + ("_over_" + "_".join(den) if den else "")
+            if 0 < len(name) <= 32 and name[0] != "_":
+                return name
+    if isinstance(e, sympy.Add) and len(e.args) == 2 and sympy.S.One in e.args:
+        other = e.args[0] if e.args[1] == 1 else e.args[1]
+        if other.is_Symbol:
+            return f"one_plus_{other.name}"
+        if (-other).is_Symbol:
+            return f"one_minus_{(-other).name}"
+    return "coef"
+
+
+def _hoist(program: Program) -> None:
+    hoister = _Hoister(program)
+    out = []
+    for v in program.values:
+        if v.scope != "host" and not v.is_reduction:
+            v.expr = hoister.lift(v.expr, v.scope)
+            out.extend(hoister.pending)
+            hoister.pending = []
+        out.append(v)
+    _rebuild(program, out)
+
+
+# --------------------------------------------------------------------------- monotone maps
+def _monotone_reductions(program: Program) -> None:
+    """min(f(x)) = f(min(x)) for non-decreasing f (max likewise). Applied when x is
+    available a phase earlier than f(x): one reduction pass fewer."""
+    facts = _sign_facts(program)
+    changed = True
+    while changed:
+        changed = False
+        _number_phases(program)
+        by_name = program.by_name
+        for red in program.reductions("tensor"):
+            if red.reduce not in ("min", "max"):
+                continue
+            arg = by_name.get(red.expr.name)
+            if arg is None or arg.phase == 0:
+                continue
+            peeled = _peel(arg.expr, by_name, facts, program)
+            if peeled is None:
+                continue
+            outer, inner, flips = peeled
+            inner_phase = _phase_of(inner, by_name)
+            if inner_phase >= arg.phase:
+                continue
+            _apply_monotone(program, red, outer, inner, flips)
+            program.notes.append(
+                f"{red.reduce}({arg.name}) computed as {outer} with x = {red.reduce if not flips else _flip(red.reduce)}({inner}): "
+                "a monotone map, one reduction pass fewer"
+            )
+            changed = True
+            break
+
+
+def _flip(op: str) -> str:
+    return "max" if op == "min" else "min"
+
+
+_X = sympy.Symbol("x", real=True)
+
+
+def _peel(expr, by_name, facts: SignFacts, program):
+    """expr = outer(inner) with outer monotone in x and inner element-scope: returns
+    (outer with symbol x, inner, flips) where flips says outer is non-increasing."""
+    outer = _X
+    flips = False
+    inner = expr
+    for _ in range(16):
+        if inner.is_Symbol and inner.name in by_name and by_name[inner.name].scope == "element" and not by_name[inner.name].is_reduction:
+            inner = by_name[inner.name].expr
+            continue
+        step = _peel_one(inner, facts, program)
+        if step is None:
+            break
+        f, inner, decreasing = step
+        outer = outer.xreplace({_X: f})
+        flips ^= decreasing
+    if outer == _X:
+        return None
+    return outer, inner, flips
+
+
+def _peel_one(e, facts: SignFacts, program):
+    scopes = _all_scopes(program.input_scopes, program.values)
+
+    def narrow(a):
+        return SCOPE_RANK[_scope(a, scopes)] <= SCOPE_RANK["tensor"]
+
+    if isinstance(e, sympy.Add):
+        fixed = [a for a in e.args if narrow(a)]
+        rest = [a for a in e.args if not narrow(a)]
+        if fixed and len(rest) == 1:
+            return sympy.Add(*fixed) + _X, rest[0], False
+    if isinstance(e, sympy.Mul):
+        fixed = [a for a in e.args if narrow(a)]
+        rest = [a for a in e.args if not narrow(a)]
+        if fixed and len(rest) == 1:
+            c = sympy.Mul(*fixed)
+            if facts.is_nonneg(c):
+                return c * _X, rest[0], False
+            if facts.is_nonneg(-c):
+                return c * _X, rest[0], True
+    if isinstance(e, sympy.Pow) and e.exp.is_positive and e.exp.is_number and facts.is_nonneg(e.base):
+        return _X**e.exp, e.base, False
+    return None
+
+
+def _phase_of(expr, by_name) -> int:
+    return max((by_name[s.name].phase for s in expr.free_symbols if s.name in by_name), default=0)
+
+
+def _apply_monotone(program: Program, red: Value, outer, inner, flips: bool) -> None:
+    namer = _Namer(set(program.input_scopes) | {v.name for v in program.values})
+    new_values = []
+    for v in program.values:
+        if v is red:
+            if inner.is_Symbol:
+                arg_sym = inner
+            else:
+                arg = Value(namer.fresh(f"{red.name}_arg"), inner, "element", "", red.loc)
+                new_values.append(arg)
+                arg_sym = arg.symbol
+            op = _flip(red.reduce) if flips else red.reduce
+            inner_red = Value(namer.fresh(f"{op}_{arg_sym.name}"), arg_sym, "tensor", "", red.loc, reduce=op, over="tensor")
+            new_values.append(inner_red)
+            red.expr = outer.xreplace({_X: inner_red.symbol})
+            red.reduce = None
+            red.over = None
+        new_values.append(v)
+    # the reduction's result now depends on values defined later in the list (outer's
+    # tensor-scope factors): move it after all of them
+    _rebuild(program, _topological(new_values, program))
+
+
+def _topological(values: list[Value], program: Program) -> list[Value]:
+    defined = set(program.input_scopes)
+    out, pending = [], list(values)
+    while pending:
+        for i, v in enumerate(pending):
+            if {s.name for s in v.expr.free_symbols} <= defined | {o.name for o in out}:
+                out.append(pending.pop(i))
+                break
+        else:
+            raise AssertionError("cyclic IR")
+    return out
+
+
+def _sign_facts(program: Program) -> SignFacts:
+    from .check import nonneg_states  # the checker owns the induction
+
+    spec = program.spec
+    below_one = {spec.symbols[n] for n, (h, _) in spec.scalar_hypers.items() if h.range.lo >= 0 and h.range.hi <= 1 and h.range.hi_open}
+    facts = SignFacts(bounded_by_one=below_one)
+    states = nonneg_states(spec, program.options)
+    facts.nonneg |= {sympy.Symbol(n, real=True) for n in states}
+    # values: a value is non-negative if its definition is
+    for v in program.values:
+        if v.is_reduction:
+            arg_nonneg = sympy.Symbol(v.expr.name, real=True) in facts.nonneg
+            if arg_nonneg or v.reduce == "sum" and False:
+                facts.nonneg.add(v.symbol)
+        elif facts.is_nonneg(v.expr):
+            facts.nonneg.add(v.symbol)
+            if facts.is_positive(v.expr):
+                facts.positive.add(v.symbol)
+    return facts
+
+
+# --------------------------------------------------------------------------- cleanup
+def _dedupe(program: Program) -> None:
+    seen: dict = {}
+    mapping = {}
+    kept = []
+    outputs = set(program.outputs.values())
+    for v in program.values:
+        v.expr = v.expr.xreplace({s: mapping[s.name] for s in v.expr.free_symbols if s.name in mapping})
+        key = (v.expr, v.reduce, v.over)
+        if key in seen and v.name not in outputs and v.var == "":
+            mapping[v.name] = seen[key].symbol
+            continue
+        seen.setdefault(key, v)
+        kept.append(v)
+    _rebuild(program, kept)
+
+
+def _dce(program: Program) -> None:
+    by_name = program.by_name
+    live = set(program.outputs.values())
+    for v in reversed(program.values):
+        if v.name in live:
+            live |= {s.name for s in v.expr.free_symbols}
+    _rebuild(program, [v for v in program.values if v.name in live])
+    del by_name
+
+
+def _check_global_reductions(program: Program) -> None:
+    """Cross-parameter reductions run before any per-tensor work (every group's gradients are
+    needed first), so their arguments may use only param, grad and host values."""
+    by_name = program.by_name
+    for red in program.reductions("global"):
+        stack, seen = [red.expr.name], set()
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in by_name:
+                stack.extend(s.name for s in by_name[name].expr.free_symbols)
+            elif program.input_scopes.get(name) in ("tensor",) or name in {s.name for s in program.states}:
+                raise CompileError(red.loc, f"global_norm(...) may use only param, grad and hyperparameters, not `{name}`: it is computed before any per-tensor work")
+
+
+def _number_phases(program: Program) -> None:
+    """phase: the pass that computes a value; a per-tensor reduction computed in pass p is
+    available from pass p + 1. Host and global values are ready before pass 0."""
+    available: dict[str, int] = {}
+    for v in program.values:
+        p = max((available.get(s.name, 0) for s in v.expr.free_symbols), default=0)
+        v.phase = 0 if v.scope in ("host", "global") else p
+        available[v.name] = v.phase + 1 if v.is_reduction and v.over == "tensor" else v.phase
+
+
+def lower_all(spec: Spec) -> list[Program]:
+    """The program for every combination of options (what `check` and `build` compile)."""
+    return [lower(spec, combo) for combo in spec.option_combinations()]

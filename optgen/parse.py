@@ -1,0 +1,771 @@
+"""Stage 1, parse: YAML text -> Spec.
+
+Expressions are parsed with `ast` and converted node by node into SymPy. Nothing from a
+spec is evaluated: a node kind that is not in the small vocabulary below is an error with
+its location."""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import sympy
+
+from . import catalog
+from .errors import Loc, SpecError
+from .expr import (
+    ELEMENTWISE_FUNCS,
+    FUNCTIONS,
+    NDIM_SYMBOL,
+    NUMEL_SYMBOL,
+    PARAM,
+    GRAD,
+    REDUCTION_FUNCS,
+    STEP,
+    STEP_SYMBOL,
+    TENSOR_SHAPE_FUNCS,
+    GlobalSum,
+    ReduceMax,
+    ReduceMin,
+    ReduceSum,
+    name_problem,
+    symbol,
+)
+from .spec import Assign, Hyperparameter, If, Interval, Option, Spec, StateDecl
+from .texcheck import tex_problem
+from .yamlpos import Node, load_yaml, scalar_text_origin
+
+TOP_KEYS = {
+    "name", "summary", "paper", "parity", "notes", "extends", "hyperparameters", "options",
+    "state", "update", "update_replace", "claims",
+}
+HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc"}
+STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc"}
+OPTION_KEYS = {"default", "doc"}
+MAX_SOURCE = 200_000
+MAX_EXPONENT = 64
+MAX_INT = 10**15
+
+
+# --------------------------------------------------------------------------- sources
+@dataclass
+class Source:
+    """Program text plus, for each of its lines, where that line starts in a file."""
+
+    text: str
+    origins: list[Loc]
+
+    def loc(self, lineno: int, col: int) -> Loc:
+        origin = self.origins[min(max(lineno, 1), len(self.origins)) - 1]
+        return Loc(origin.file, origin.line, origin.col + col)
+
+
+def source_of(node: Node) -> Source:
+    text = node.value
+    line, col = scalar_text_origin(node)
+    n = max(1, text.count("\n") + 1)
+    if node.style in ("|", ">"):
+        return Source(text, [Loc(node.loc.file, line + i, col) for i in range(n)])
+    return Source(text, [Loc(node.loc.file, line, col)] + [Loc(node.loc.file, line + i, 1) for i in range(1, n)])
+
+
+# --------------------------------------------------------------------------- helpers
+def _expect(node: Node, kind, what: str):
+    if not isinstance(node.value, kind) or (kind in (int, float, (int, float)) and isinstance(node.value, bool)):
+        raise SpecError(node.loc, f"expected {what}, got {_describe(node.value)}")
+    return node.value
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({value})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"text {value!r}" if len(value) < 40 else "text"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _text(node: Node | None, what: str) -> str:
+    if node is None:
+        return ""
+    return _expect(node, str, what)
+
+
+def _check_keys(node: Node, allowed: set[str], where: str) -> None:
+    for key, key_loc in (node.key_locs or {}).items():
+        if key not in allowed:
+            raise SpecError(key_loc, f"unknown key {key!r} in {where}; expected one of: {', '.join(sorted(allowed))}")
+
+
+def _check_name(name: str, loc: Loc, what: str) -> None:
+    problem = name_problem(name)
+    if problem:
+        raise SpecError(loc, f"{what}: {problem}")
+
+
+def _number(node: Node, what: str) -> float:
+    value = node.value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(node.loc, f"expected a number for {what}, got {_describe(value)}")
+    if not math.isfinite(value):
+        raise SpecError(node.loc, f"{what} must be finite")
+    return float(value)
+
+
+_RANGE = re.compile(
+    r"^\s*([\[(])\s*(-?inf|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*,"
+    r"\s*(-?inf|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([\])])\s*$"
+)
+
+
+def parse_range(node: Node) -> Interval:
+    text = _expect(node, str, "a range such as \"(0, inf)\" or \"[0, 1)\"")
+    m = _RANGE.match(text)
+    if not m:
+        raise SpecError(node.loc, f"bad range {text!r}: expected an interval such as \"(0, inf)\" or \"[0, 1)\"")
+    lo, hi = float(m.group(2)), float(m.group(3))  # the regex admits only numerals and inf
+    if lo > hi:
+        raise SpecError(node.loc, f"bad range {text!r}: lower bound above upper bound")
+    return Interval(lo, hi, m.group(1) == "(", m.group(4) == ")")
+
+
+def assumptions_for(interval: Interval) -> dict:
+    if interval.lo > 0 or (interval.lo == 0 and interval.lo_open):
+        return {"positive": True}
+    if interval.lo >= 0:
+        return {"nonnegative": True}
+    return {}
+
+
+# --------------------------------------------------------------------------- extends
+def _merge(parent: Node, child: Node) -> Node:
+    """The child's keys override the parent's; hyperparameters/options/state merge by entry."""
+    merged = dict(parent.value)
+    key_locs = dict(parent.key_locs or {})
+    for key, value in child.value.items():
+        if key == "extends":
+            continue
+        key_locs[key] = child.key_locs[key]
+        if key in ("hyperparameters", "options", "state") and key in merged and isinstance(value.value, dict):
+            base = merged[key]
+            entries = dict(base.value) if isinstance(base.value, dict) else {}
+            entry_locs = dict(base.key_locs or {})
+            for name, entry in value.value.items():
+                if entry.value is None:
+                    entries.pop(name, None)
+                    entry_locs.pop(name, None)
+                else:
+                    entries[name] = entry
+                    entry_locs[name] = value.key_locs[name]
+            merged[key] = Node(entries, value.loc, key_locs=entry_locs)
+        elif key == "update":
+            merged.pop("update_replace", None)
+            merged[key] = value
+        else:
+            merged[key] = value
+    merged.pop("extends", None)
+    return Node(merged, child.loc, key_locs=key_locs)
+
+
+def _resolve_parent(extends: Node, here: Path | None) -> Path:
+    name = _expect(extends, str, "a catalog name or a path for `extends`")
+    if "/" in name or name.endswith((".yaml", ".yml")):
+        base = here.parent if here else Path.cwd()
+        path = (base / name).resolve()
+        if not path.is_file():
+            raise SpecError(extends.loc, f"`extends: {name}`: no such spec file {path}")
+        return path
+    path = catalog.path_of(name)
+    if path is None:
+        raise SpecError(extends.loc, f"`extends: {name}`: no catalog spec named {name!r}; known: {', '.join(catalog.names())}")
+    return path
+
+
+def _load_tree(text: str, file: str, path: Path | None, chain: tuple, texts: list[str]) -> tuple[Node, Source | None]:
+    """The merged node tree of a spec and its ancestors, and its update source."""
+    if len(text) > MAX_SOURCE:
+        raise SpecError(Loc(file, 1, 1), f"spec is larger than {MAX_SOURCE} characters")
+    texts.append(text)
+    node = load_yaml(text, file)
+    _check_keys(node, TOP_KEYS, "the spec")
+    extends = node.value.get("extends")
+    if extends is None:
+        return node, _update_source(node, None)
+    parent_path = _resolve_parent(extends, path)
+    if parent_path in chain:
+        cycle = " -> ".join(p.name for p in (*chain, parent_path))
+        raise SpecError(extends.loc, f"cyclic `extends`: {cycle}")
+    parent_text = parent_path.read_text(encoding="utf-8")
+    parent, parent_source = _load_tree(parent_text, str(parent_path), parent_path, (*chain, parent_path), texts)
+    merged = _merge(parent, node)
+    return merged, _update_source(node, parent_source)
+
+
+def _update_source(node: Node, parent: Source | None) -> Source | None:
+    own = node.value.get("update")
+    if own is not None:
+        _expect(own, str, "the update program as text (use `update: |`)")
+        return source_of(own)
+    replace = node.value.get("update_replace")
+    if replace is None:
+        return parent
+    if parent is None:
+        raise SpecError(replace.loc, "`update_replace` needs a parent spec with an `update` (`extends:`)")
+    return _apply_replacements(parent, replace)
+
+
+def _apply_replacements(parent: Source, replace: Node) -> Source:
+    lines = parent.text.split("\n")
+    origins = list(parent.origins)
+    for item in _expect(replace, list, "a list of {old: ..., new: ...} for `update_replace`"):
+        _expect(item, dict, "a mapping {old: ..., new: ...}")
+        _check_keys(item, {"old", "new"}, "an update_replace entry")
+        if "old" not in item.value or "new" not in item.value:
+            raise SpecError(item.loc, "an update_replace entry needs both `old` and `new`")
+        old = _expect(item.value["old"], str, "the line to replace").strip()
+        new_node = item.value["new"]
+        new = _expect(new_node, str, "the replacement line(s)")
+        hits = [i for i, line in enumerate(lines) if line.strip() == old]
+        if len(hits) != 1:
+            found = "no line" if not hits else f"{len(hits)} lines"
+            raise SpecError(item.value["old"].loc, f"update_replace: {found} of the parent's update reads {old!r}")
+        i = hits[0]
+        indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+        new_lines = [indent + l if l.strip() else l for l in new.strip("\n").split("\n")]
+        new_origin = source_of(new_node).origins
+        lines[i : i + 1] = new_lines
+        origins[i : i + 1] = [
+            Loc(o.file, o.line, max(1, o.col - len(indent))) for o in (new_origin + new_origin[-1:] * len(new_lines))[: len(new_lines)]
+        ]
+    return Source("\n".join(lines), origins)
+
+
+# --------------------------------------------------------------------------- expressions
+class ExprConverter:
+    """Converts an `ast` expression to SymPy, resolving names against a symbol table."""
+
+    def __init__(self, source: Source, symbols: dict[str, sympy.Symbol], options: set[str], context: str):
+        self.source = source
+        self.symbols = symbols
+        self.options = options
+        self.context = context
+
+    def loc(self, node: ast.AST) -> Loc:
+        return self.source.loc(getattr(node, "lineno", 1), getattr(node, "col_offset", 0))
+
+    def error(self, node: ast.AST, message: str) -> SpecError:
+        return SpecError(self.loc(node), message)
+
+    def convert(self, node: ast.AST, condition: bool = False) -> sympy.Basic:
+        method = getattr(self, "_" + type(node).__name__, None)
+        if method is None:
+            raise self.error(node, f"{_node_name(node)} is not allowed in {self.context}")
+        result = method(node, condition) if method.__code__.co_argcount == 3 else method(node)
+        if isinstance(result, sympy.Expr) and (result.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo) or result.has(sympy.I)):
+            raise self.error(node, f"this expression is not a finite real number ({_short(result)})")
+        return result
+
+    def _Constant(self, node: ast.Constant):
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(node, f"expected a number, got {value!r}")
+        if isinstance(value, int):
+            if abs(value) > MAX_INT:
+                raise self.error(node, f"integer {value} is too large")
+            return sympy.Integer(value)
+        if not math.isfinite(value):
+            raise self.error(node, "numbers must be finite")
+        frac = Fraction(repr(value))  # the decimal as written, exact
+        return sympy.Rational(frac.numerator, frac.denominator)
+
+    def _Name(self, node: ast.Name):
+        name = node.id
+        if name in self.options:
+            raise self.error(node, f"option `{name}` is a compile-time switch; use it in an `if`, not in an expression")
+        if name in FUNCTIONS:
+            raise self.error(node, f"`{name}` is a function; call it as {name}(...)")
+        if name not in self.symbols:
+            raise self.error(node, f"unknown name `{name}`; expected a hyperparameter, a state, a value assigned in the update, or param/grad/step")
+        return self.symbols[name]
+
+    def _BinOp(self, node: ast.BinOp):
+        left, right = self.convert(node.left), self.convert(node.right)
+        op = type(node.op)
+        if op is ast.Add:
+            return left + right
+        if op is ast.Sub:
+            return left - right
+        if op is ast.Mult:
+            return left * right
+        if op is ast.Div:
+            if right == 0:
+                raise self.error(node, "division by zero")
+            return left / right
+        if op is ast.Pow:
+            if right.is_Number and abs(right) > MAX_EXPONENT:
+                raise self.error(node, f"exponent {right} is too large (at most {MAX_EXPONENT})")
+            if left == 0 and right.is_Number and right <= 0:
+                raise self.error(node, "zero to a non-positive power")
+            return left**right
+        raise self.error(node, f"operator {_OPS.get(op, op.__name__)} is not allowed; expected + - * / **")
+
+    def _UnaryOp(self, node: ast.UnaryOp, condition: bool):
+        if isinstance(node.op, ast.USub):
+            return -self.convert(node.operand)
+        if isinstance(node.op, ast.UAdd):
+            return self.convert(node.operand)
+        if isinstance(node.op, ast.Not) and condition:
+            return sympy.Not(self.convert(node.operand, condition=True))
+        raise self.error(node, f"operator {_OPS.get(type(node.op), type(node.op).__name__)} is not allowed here")
+
+    def _Compare(self, node: ast.Compare, condition: bool):
+        if not condition:
+            raise self.error(node, "a comparison is allowed only as the condition of where(...)")
+        if len(node.ops) != 1:
+            raise self.error(node, "chained comparisons are not allowed; use `and`")
+        left, right = self.convert(node.left), self.convert(node.comparators[0])
+        rel = _RELATIONS.get(type(node.ops[0]))
+        if rel is None:
+            raise self.error(node, "expected one of < <= > >= == !=")
+        return rel(left, right)
+
+    def _BoolOp(self, node: ast.BoolOp, condition: bool):
+        if not condition:
+            raise self.error(node, "`and`/`or` are allowed only in the condition of where(...)")
+        parts = [self.convert(v, condition=True) for v in node.values]
+        return sympy.And(*parts) if isinstance(node.op, ast.And) else sympy.Or(*parts)
+
+    def _Call(self, node: ast.Call):
+        if not isinstance(node.func, ast.Name):
+            raise self.error(node, f"{_node_name(node.func)} cannot be called; expected a built-in function such as sqrt(x)")
+        name = node.func.id
+        if name not in FUNCTIONS:
+            known = ", ".join(sorted(FUNCTIONS))
+            raise self.error(node.func, f"unknown function `{name}`; expected one of: {known}")
+        if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+            raise self.error(node, f"{name}() takes positional arguments only")
+        lo, hi = ELEMENTWISE_FUNCS.get(name) or ((REDUCTION_FUNCS.get(name),) * 2 if name in REDUCTION_FUNCS else (1, 1))
+        if not lo <= len(node.args) <= hi:
+            raise self.error(node, f"{name}() takes {lo} argument{'s' if lo > 1 else ''}, got {len(node.args)}")
+        if name in TENSOR_SHAPE_FUNCS:
+            arg = node.args[0]
+            if not (isinstance(arg, ast.Name) and arg.id in (PARAM, GRAD)):
+                raise self.error(arg, f"{name}() takes `param` (the tensor whose {name} it is)")
+            return NUMEL_SYMBOL if name == "numel" else NDIM_SYMBOL
+        if name == "where":
+            cond = self.convert(node.args[0], condition=True)
+            a, b = self.convert(node.args[1]), self.convert(node.args[2])
+            if cond is sympy.true:
+                return a
+            if cond is sympy.false:
+                return b
+            if not isinstance(cond, (sympy.core.relational.Relational, sympy.logic.boolalg.BooleanFunction)):
+                raise self.error(node.args[0], "the condition of where(...) must be a comparison")
+            return sympy.Piecewise((a, cond), (b, True))
+        args = [self.convert(a) for a in node.args]
+        return _FUNC_BUILDERS[name](*args)
+
+
+def _short(expr) -> str:
+    text = str(expr)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def _node_name(node: ast.AST) -> str:
+    names = {
+        "Attribute": "attribute access (a.b)", "Subscript": "indexing (a[i])", "Lambda": "a lambda",
+        "IfExp": "a conditional expression (use where(c, a, b))", "JoinedStr": "an f-string",
+        "List": "a list", "Tuple": "a tuple", "Dict": "a dict", "Set": "a set",
+        "ListComp": "a comprehension", "GeneratorExp": "a generator", "DictComp": "a comprehension",
+        "SetComp": "a comprehension", "Await": "await", "Yield": "yield", "YieldFrom": "yield",
+        "NamedExpr": "an assignment expression (:=)", "Starred": "a starred expression",
+        "Slice": "a slice", "Compare": "a comparison", "BoolOp": "and/or",
+    }
+    return names.get(type(node).__name__, f"`{type(node).__name__}`")
+
+
+_OPS = {
+    ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.BitAnd: "&", ast.BitOr: "|",
+    ast.BitXor: "^", ast.LShift: "<<", ast.RShift: ">>", ast.Invert: "~", ast.Not: "not",
+}
+_RELATIONS = {
+    ast.Lt: sympy.Lt, ast.LtE: sympy.Le, ast.Gt: sympy.Gt, ast.GtE: sympy.Ge,
+    ast.Eq: sympy.Eq, ast.NotEq: sympy.Ne,
+}
+_FUNC_BUILDERS = {
+    "sqrt": sympy.sqrt,
+    "abs": sympy.Abs,
+    "sign": sympy.sign,
+    "exp": sympy.exp,
+    "log": sympy.log,
+    "maximum": sympy.Max,
+    "minimum": sympy.Min,
+    "clamp": lambda x, lo, hi: sympy.Min(sympy.Max(x, lo), hi),
+    "sum": ReduceSum,
+    "mean": lambda x: ReduceSum(x) / NUMEL_SYMBOL,
+    "norm": lambda x: sympy.sqrt(ReduceSum(x**2)),
+    "amin": ReduceMin,
+    "amax": ReduceMax,
+    "global_norm": lambda x: sympy.sqrt(GlobalSum(x**2)),
+}
+
+
+def parse_python(source: Source, mode: str, what: str) -> ast.AST:
+    try:
+        return ast.parse(source.text, mode=mode)
+    except SyntaxError as exc:
+        loc = source.loc(exc.lineno or 1, max((exc.offset or 1) - 1, 0))
+        raise SpecError(loc, f"syntax error in {what}: {exc.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise SpecError(source.origins[0], f"cannot parse {what}: {type(exc).__name__}") from None
+
+
+# --------------------------------------------------------------------------- update program
+class UpdateParser:
+    """The update program: statements, option conditions, SymPy expressions."""
+
+    def __init__(self, source: Source, spec_names: dict, options: set[str], states: set[str]):
+        self.source = source
+        self.options = options
+        self.states = states
+        self.hyper_names = spec_names
+        self.symbols: dict[str, sympy.Symbol] = {}
+
+    def parse(self, symbols: dict[str, sympy.Symbol]) -> list:
+        tree = parse_python(self.source, "exec", "the update program")
+        self.symbols = symbols
+        for target, node in self._targets(tree.body):
+            if target not in symbols:
+                symbols[target] = symbol(target)
+        self.expr = ExprConverter(self.source, symbols, self.options, "the update program")
+        return self._block(tree.body)
+
+    def _targets(self, body):
+        for stmt in body:
+            if isinstance(stmt, (ast.Assign, ast.AugAssign)):
+                node = stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
+                if isinstance(stmt, ast.Assign) and (len(stmt.targets) != 1):
+                    raise SpecError(self.source.loc(stmt.lineno, stmt.col_offset), "chained assignment (a = b = ...) is not allowed")
+                if not isinstance(node, ast.Name):
+                    raise SpecError(self.source.loc(node.lineno, node.col_offset), f"cannot assign to {_node_name(node)}; expected a name")
+                yield node.id, node
+                self._check_target(node)
+            elif isinstance(stmt, ast.If):
+                yield from self._targets(stmt.body)
+                yield from self._targets(stmt.orelse)
+
+    def _check_target(self, node: ast.Name) -> None:
+        name, loc = node.id, self.source.loc(node.lineno, node.col_offset)
+        if name in (PARAM, GRAD) or name in self.states:
+            return
+        if name == STEP:
+            raise SpecError(loc, "`step` is the step count and cannot be assigned")
+        if name in self.hyper_names:
+            raise SpecError(loc, f"`{name}` is a hyperparameter and cannot be assigned; name the new value differently")
+        if name in self.options:
+            raise SpecError(loc, f"`{name}` is an option and cannot be assigned")
+        problem = name_problem(name)
+        if problem:
+            raise SpecError(loc, f"bad name for a value: {problem}")
+
+    def _block(self, body) -> list:
+        out = []
+        for stmt in body:
+            loc = self.source.loc(stmt.lineno, stmt.col_offset)
+            if isinstance(stmt, ast.Assign):
+                target = stmt.targets[0]
+                out.append(Assign(target.id, self.expr.convert(stmt.value), loc, loc))
+            elif isinstance(stmt, ast.AugAssign):
+                rhs = self.expr.convert(stmt.value)
+                current = self.symbols[stmt.target.id]
+                ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
+                op = ops.get(type(stmt.op))
+                if op is None:
+                    raise SpecError(loc, f"augmented operator {_OPS.get(type(stmt.op), '?')}= is not allowed; expected += -= *= /=")
+                out.append(Assign(stmt.target.id, op(current, rhs), loc, loc))
+            elif isinstance(stmt, ast.If):
+                cond = self.condition(stmt.test)
+                out.append(If(cond, self._block(stmt.body), self._block(stmt.orelse), loc))
+            elif isinstance(stmt, ast.Pass):
+                continue
+            else:
+                raise SpecError(loc, f"{_statement_name(stmt)} is not allowed in the update; expected `name = expression` or `if option:`")
+        return out
+
+    def condition(self, node: ast.AST):
+        loc = self.source.loc(node.lineno, node.col_offset)
+        if isinstance(node, ast.Name):
+            if node.id not in self.options:
+                raise SpecError(loc, f"`if` takes an option (compile-time switch); `{node.id}` is not one (options: {', '.join(sorted(self.options)) or 'none'}). For a run-time choice use where(cond, a, b)")
+            return node.id
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return ("not", self.condition(node.operand))
+        if isinstance(node, ast.BoolOp):
+            return ("and" if isinstance(node.op, ast.And) else "or", [self.condition(v) for v in node.values])
+        raise SpecError(loc, "an `if` condition must be an option, or not/and/or of options")
+
+
+def _statement_name(stmt: ast.stmt) -> str:
+    return {
+        "Expr": "a bare expression", "For": "a for loop", "While": "a while loop", "Import": "import",
+        "ImportFrom": "import", "FunctionDef": "a function definition", "Return": "return",
+        "Delete": "del", "With": "with", "Try": "try", "Raise": "raise", "Global": "global",
+        "Nonlocal": "nonlocal", "ClassDef": "a class definition", "AnnAssign": "an annotated assignment",
+        "Assert": "assert", "Match": "match",
+    }.get(type(stmt).__name__, type(stmt).__name__)
+
+
+# --------------------------------------------------------------------------- the spec
+class SpecBuilder:
+    def __init__(self, root: Node, update_source: Source | None, path: Path | None, texts: list[str]):
+        self.root = root
+        self.top = root.value
+        self.update_source = update_source
+        self.path = path
+        self.texts = texts
+        self.symbols: dict[str, sympy.Symbol] = {}
+        self.tex: dict[str, str] = {}
+        self.locations: dict[str, Loc] = {}
+
+    def build(self) -> Spec:
+        name_node = self.required("name", "the optimizer's class name")
+        name = _expect(name_node, str, "a class name")
+        if not name.isidentifier() or not name.isascii() or not name[0].isupper():
+            raise SpecError(name_node.loc, f"name {name!r}: expected a class name (an identifier starting with a capital letter)")
+        hypers = self.hyperparameters()
+        options = self.options()
+        self.symbols[STEP] = STEP_SYMBOL
+        self.symbols[PARAM] = symbol(PARAM)
+        self.symbols[GRAD] = symbol(GRAD)
+        states = self.states(set(options))
+        if self.update_source is None:
+            raise SpecError(self.root.loc, "missing key `update`: the update program")
+        update = UpdateParser(self.update_source, self.scalar_names, set(options), set(states)).parse(self.symbols)
+        claims = self.top.get("claims")
+        if claims is not None:
+            _expect(claims, list, "a list of claims")
+        return Spec(
+            name=name,
+            summary=_text(self.top.get("summary"), "a one-line summary"),
+            paper=_text(self.top.get("paper"), "a citation"),
+            parity=_text(self.top.get("parity"), "the parity reference, e.g. torch.optim.Adam"),
+            notes=_text(self.top.get("notes"), "notes as text"),
+            hyperparameters=hypers,
+            options=options,
+            state=states,
+            update=update,
+            symbols=self.symbols,
+            path=self.path,
+            loc=self.root.loc,
+            claims=claims.value if claims is not None else [],
+            tex_symbols=self.tex,
+            locations=self.locations,
+            source_texts=self.texts,
+        )
+
+    def required(self, key: str, what: str) -> Node:
+        if key not in self.top:
+            raise SpecError(self.root.loc, f"missing key `{key}`: {what}")
+        return self.top[key]
+
+    def declare(self, name: str, loc: Loc, what: str) -> None:
+        _check_name(name, loc, f"bad {what} name")
+        if name in self.locations:
+            first = self.locations[name]
+            raise SpecError(loc, f"duplicate name `{name}`: already declared at line {first.line}")
+        self.locations[name] = loc
+
+    def tex_field(self, node: Node | None, name: str) -> None:
+        if node is None:
+            return
+        problem = tex_problem(node.value)
+        if problem:
+            raise SpecError(node.loc, f"tex for `{name}`: {problem}")
+        self.tex[name] = node.value
+
+    def entries(self, key: str) -> dict[str, Node]:
+        node = self.top.get(key)
+        if node is None:
+            return {}
+        if node.value is None:
+            return {}
+        _expect(node, dict, f"a mapping under `{key}`")
+        return node.value
+
+    def hyperparameters(self) -> dict[str, Hyperparameter]:
+        out = {}
+        section = self.top.get("hyperparameters")
+        for key, node in self.entries("hyperparameters").items():
+            key_loc = section.key_locs[key]
+            _expect(node, dict, f"a mapping for hyperparameter `{key}` (default, range, tex)")
+            _check_keys(node, HYPER_KEYS, f"hyperparameter `{key}`")
+            out[key] = self.hyperparameter(key, key_loc, node.value)
+        return out
+
+    def hyperparameter(self, key: str, loc: Loc, fields: dict[str, Node]) -> Hyperparameter:
+        _check_name(key, loc, "bad hyperparameter name")
+        interval = parse_range(fields["range"]) if "range" in fields else Interval(-math.inf, math.inf, True, True)
+        captured = None
+        if "captured" in fields:
+            captured = _expect(fields["captured"], str, "the hyperparameter it is captured from")
+            if "default" in fields:
+                raise SpecError(fields["default"].loc, f"`{key}` is captured from `{captured}`; it takes no default")
+            defaults: list[float] = [math.nan]
+            names = [key]
+        else:
+            if "default" not in fields:
+                raise SpecError(loc, f"hyperparameter `{key}` needs a `default`")
+            default = fields["default"]
+            if isinstance(default.value, list):
+                if "names" not in fields:
+                    raise SpecError(default.loc, f"tuple hyperparameter `{key}` needs `names` for its components")
+                defaults = [_number(d, f"a component of `{key}`") for d in default.value]
+            else:
+                defaults = [_number(default, f"the default of `{key}`")]
+            names = [key]
+            if "names" in fields:
+                names_node = fields["names"]
+                _expect(names_node, list, "a list of component names")
+                names = [_expect(n, str, "a component name") for n in names_node.value]
+                if len(names) != len(defaults):
+                    raise SpecError(names_node.loc, f"`{key}` has {len(defaults)} default value(s) but {len(names)} name(s)")
+        if captured is None and "names" not in fields:
+            self.declare(key, loc, "hyperparameter")
+        else:
+            if "names" in fields:
+                self.declare_key(key, loc)
+            for i, n in enumerate(names):
+                where = fields["names"].value[i].loc if "names" in fields else loc
+                self.declare(n, where, "hyperparameter")
+        tex_node = fields.get("tex")
+        tex = [None] * len(names)
+        if tex_node is not None:
+            items = tex_node.value if isinstance(tex_node.value, list) else [tex_node.value]
+            if isinstance(tex_node.value, list) != (len(names) > 1 or "names" in fields) or len(items) != len(names):
+                raise SpecError(tex_node.loc, f"`tex` of `{key}` must give one symbol per component ({len(names)})")
+            for n, item in zip(names, tex_node.value if isinstance(tex_node.value, list) else [tex_node]):
+                self.tex_field(item, n)
+            tex = [self.tex[n] for n in names]
+        for n in names:
+            self.symbols[n] = symbol(n, **assumptions_for(interval))
+        return Hyperparameter(key, names, tuple(defaults), interval, tex, loc, captured, _text(fields.get("doc"), "text"))
+
+    def declare_key(self, key: str, loc: Loc) -> None:
+        _check_name(key, loc, "bad hyperparameter name")
+        self.keys = getattr(self, "keys", {})
+        if key in self.keys or key in self.locations:
+            raise SpecError(loc, f"duplicate name `{key}`")
+        self.keys[key] = loc
+
+    @property
+    def scalar_names(self) -> set[str]:
+        return {n for n, s in self.symbols.items() if n not in (STEP, PARAM, GRAD)}
+
+    def options(self) -> dict[str, Option]:
+        out = {}
+        section = self.top.get("options")
+        for key, node in self.entries("options").items():
+            loc = section.key_locs[key]
+            self.declare(key, loc, "option")
+            doc = ""
+            if isinstance(node.value, dict):
+                _check_keys(node, OPTION_KEYS, f"option `{key}`")
+                if "default" not in node.value:
+                    raise SpecError(node.loc, f"option `{key}` needs a `default` (true or false)")
+                doc = _text(node.value.get("doc"), "text")
+                node = node.value["default"]
+            if not isinstance(node.value, bool):
+                raise SpecError(node.loc, f"option `{key}` must be true or false (a compile-time switch); got {_describe(node.value)}. A numeric setting is a hyperparameter")
+            out[key] = Option(key, node.value, loc, doc)
+        return out
+
+    def states(self, options: set[str]) -> dict[str, StateDecl]:
+        out = {}
+        section = self.top.get("state")
+        entries = self.entries("state")
+        for key in entries:
+            self.declare(key, section.key_locs[key], "state")
+            self.symbols[key] = symbol(key)
+        for key, node in entries.items():
+            loc = section.key_locs[key]
+            if not isinstance(node.value, dict):
+                raise SpecError(node.loc, f"expected a mapping for state `{key}` (init, scope, tex, when, key)")
+            _check_keys(node, STATE_KEYS, f"state `{key}`")
+            out[key] = self.state(key, loc, node.value, options)
+        keys = [s.key for s in out.values()]
+        for s in out.values():
+            if keys.count(s.key) > 1 or s.key == "step":
+                raise SpecError(s.loc, f"state key {s.key!r} is used twice (`step` is kept by the optimizer)")
+        return out
+
+    def state(self, key: str, loc: Loc, fields: dict[str, Node], options: set[str]) -> StateDecl:
+        init = sympy.Integer(0)
+        if "init" in fields:
+            init = self.init_expr(fields["init"], key)
+        scope = "element"
+        if "scope" in fields:
+            scope = _expect(fields["scope"], str, "`element` or `tensor`")
+            if scope not in ("element", "tensor"):
+                raise SpecError(fields["scope"].loc, f"scope must be `element` or `tensor`, got {scope!r}")
+        when = None
+        if "when" in fields:
+            text = _expect(fields["when"], str, "an option, or `not option`")
+            src = source_of(fields["when"])
+            tree = parse_python(Source(text, src.origins), "eval", f"`when` of `{key}`")
+            when = UpdateParser(src, set(), options, set()).condition(tree.body)
+        state_key = key
+        if "key" in fields:
+            state_key = _expect(fields["key"], str, "the state-dict key")
+            if not state_key.isidentifier():
+                raise SpecError(fields["key"].loc, f"state key {state_key!r} is not an identifier")
+        self.tex_field(fields.get("tex"), key)
+        return StateDecl(key, init, scope, loc, state_key, self.tex.get(key), when)
+
+    def init_expr(self, node: Node, key: str) -> sympy.Expr:
+        value = node.value
+        if isinstance(value, bool) or value is None:
+            raise SpecError(node.loc, f"init of `{key}`: expected a number or an expression, got {_describe(value)}")
+        if isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                raise SpecError(node.loc, f"init of `{key}` must be finite")
+            frac = Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
+            return sympy.Rational(frac.numerator, frac.denominator)
+        src = source_of(node)
+        tree = parse_python(src, "eval", f"the init of `{key}`")
+        states = set(self.entries("state"))
+        allowed = {n: s for n, s in self.symbols.items() if n not in states and n != STEP}
+        conv = ExprConverter(src, allowed, set(), f"the init of `{key}` (constants, hyperparameters, param and grad)")
+        return conv.convert(tree.body)
+
+
+def loads(text: str, file: str = "<spec>", path: Path | None = None) -> Spec:
+    """Parse spec text; `file` names it in error messages, `path` anchors relative `extends`."""
+    texts: list[str] = []
+    chain = (path.resolve(),) if path else ()
+    root, update_source = _load_tree(text, file, path, chain, texts)
+    spec = SpecBuilder(root, update_source, path, texts).build()
+    if path is not None and catalog.is_catalog_path(path):
+        spec.catalog_name = path.stem
+    return spec
+
+
+def load_path(path: str | Path) -> Spec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(Loc(str(path), 1, 1), "no such spec file") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(Loc(str(path), 1, 1), f"spec is not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise SpecError(Loc(str(path), 1, 1), f"cannot read spec: {exc.strerror}") from None
+    return loads(text, str(path), path)

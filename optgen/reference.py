@@ -1,0 +1,311 @@
+"""Stage 6, reference: a float64 NumPy interpreter of the IR, the oracle for every backend.
+
+It walks each SymPy expression once to build a tree of closures (nothing is eval'ed), then
+runs the program for each parameter tensor in float64. Cross-parameter reductions
+(global_norm) are computed over every parameter with a gradient before any update, as the
+generated optimizers do."""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any, Callable
+
+import numpy as np
+import sympy
+
+from .expr import GRAD, NDIM, NUMEL, PARAM, STEP
+from .ir import Program
+from .lower import lower
+from .spec import Spec
+
+Env = dict[str, Any]
+Fn = Callable[[Env], Any]
+
+
+# --------------------------------------------------------------------------- expressions
+def compile_expr(e: sympy.Basic) -> Fn:
+    """A closure computing `e` from an environment of float64 scalars and arrays."""
+    if e.is_Symbol:
+        name = e.name
+        return lambda env: env[name]
+    if e.is_Number:
+        c = np.float64(float(e))
+        return lambda env: c
+    if e is sympy.true or e is sympy.false:
+        b = bool(e)
+        return lambda env: b
+    handler = _HANDLERS.get(type(e))
+    if handler is None:
+        for cls, h in _HANDLERS.items():
+            if isinstance(e, cls):
+                handler = h
+                break
+    if handler is None:
+        raise NotImplementedError(f"reference interpreter: no rule for {type(e).__name__}")
+    return handler(e)
+
+
+def _nary(op):
+    def build(e):
+        fns = [compile_expr(a) for a in e.args]
+        return lambda env: reduce(op, (f(env) for f in fns))
+
+    return build
+
+
+def _pow(e):
+    base, exp = compile_expr(e.base), e.exp
+    if exp == sympy.Rational(1, 2):
+        return lambda env: np.sqrt(base(env))
+    if exp == -1:
+        return lambda env: 1.0 / base(env)
+    if exp == sympy.Rational(-1, 2):
+        return lambda env: 1.0 / np.sqrt(base(env))
+    if exp == 2:
+        return lambda env: (lambda b: b * b)(base(env))
+    if exp.is_Number:
+        p = float(exp)
+        return lambda env: np.power(base(env), p)
+    expf = compile_expr(exp)
+    return lambda env: np.power(base(env), expf(env))
+
+
+def _func(f):
+    def build(e):
+        arg = compile_expr(e.args[0])
+        return lambda env: f(arg(env))
+
+    return build
+
+
+def _piecewise(e):
+    branches = [(compile_expr(a.cond), compile_expr(a.expr)) for a in e.args]
+
+    def run(env):
+        for i, (cond, value) in enumerate(branches):
+            c = cond(env)
+            if np.ndim(c) == 0:  # a host-side choice: only the chosen side is computed
+                if bool(c):
+                    return value(env)
+                continue
+            rest = _piecewise_from(branches[i + 1 :])
+            return np.where(c, value(env), rest(env))
+        raise ValueError("no branch of a where(...) applies")
+
+    return run
+
+
+def _piecewise_from(branches):
+    def run(env):
+        for i, (cond, value) in enumerate(branches):
+            c = cond(env)
+            if np.ndim(c) == 0:
+                if bool(c):
+                    return value(env)
+                continue
+            return np.where(c, value(env), _piecewise_from(branches[i + 1 :])(env))
+        raise ValueError("no branch of a where(...) applies")
+
+    return run
+
+
+def _relation(op):
+    def build(e):
+        a, b = compile_expr(e.lhs), compile_expr(e.rhs)
+        return lambda env: op(a(env), b(env))
+
+    return build
+
+
+def _boolean(op):
+    def build(e):
+        fns = [compile_expr(a) for a in e.args]
+        return lambda env: reduce(op, (f(env) for f in fns))
+
+    return build
+
+
+def _not(e):
+    f = compile_expr(e.args[0])
+    return lambda env: np.logical_not(f(env))
+
+
+_HANDLERS: dict[type, Callable] = {
+    sympy.Add: _nary(operator.add),
+    sympy.Mul: _nary(operator.mul),
+    sympy.Pow: _pow,
+    sympy.Max: _nary(np.maximum),
+    sympy.Min: _nary(np.minimum),
+    sympy.Abs: _func(np.abs),
+    sympy.sign: _func(np.sign),
+    sympy.exp: _func(np.exp),
+    sympy.log: _func(np.log),
+    sympy.Piecewise: _piecewise,
+    sympy.StrictLessThan: _relation(operator.lt),
+    sympy.LessThan: _relation(operator.le),
+    sympy.StrictGreaterThan: _relation(operator.gt),
+    sympy.GreaterThan: _relation(operator.ge),
+    sympy.Equality: _relation(operator.eq),
+    sympy.Unequality: _relation(operator.ne),
+    sympy.And: _boolean(np.logical_and),
+    sympy.Or: _boolean(np.logical_or),
+    sympy.Not: _not,
+}
+
+_REDUCE = {"sum": np.sum, "min": np.min, "max": np.max}
+
+
+# --------------------------------------------------------------------------- programs
+@dataclass
+class CompiledProgram:
+    program: Program
+    steps: list[tuple[str, Fn, str | None, str | None]]  # (name, fn, reduce op, over)
+    inits: dict[str, Fn]
+    global_needs: set[str]  # values needed by the global reductions
+
+    @classmethod
+    def build(cls, program: Program) -> "CompiledProgram":
+        steps = [(v.name, compile_expr(v.expr), v.reduce, v.over) for v in program.values]
+        inits = {s.name: compile_expr(s.init) for s in program.states}
+        needs: set[str] = set()
+        by_name = program.by_name
+        stack = [r.expr.name for r in program.reductions("global")]
+        while stack:
+            n = stack.pop()
+            if n in by_name and n not in needs:
+                needs.add(n)
+                stack.extend(s.name for s in by_name[n].expr.free_symbols)
+        return cls(program, steps, inits, needs)
+
+    def run(self, env: Env, only: set[str] | None = None) -> Env:
+        for name, fn, op, over in self.steps:
+            if only is not None and name not in only:
+                continue
+            if op is None:
+                env[name] = fn(env)
+            elif over == "tensor":
+                env[name] = np.float64(_REDUCE[op](fn(env)))
+            elif name not in env:  # a global reduction: filled in by the caller
+                raise KeyError(name)
+        return env
+
+    def global_partials(self, env: Env) -> dict[str, float]:
+        self.run(env, only=self.global_needs)
+        return {r.name: float(np.sum(env[r.expr.name])) for r in self.program.reductions("global")}
+
+
+class Reference:
+    """Runs a spec on float64 arrays, with torch-style param groups.
+
+    param_groups: list of dicts {"params": [arrays], "lr": ..., "betas": (...), "amsgrad": ...};
+    missing keys take the spec's defaults. `step(grads)` takes one gradient per parameter
+    (in order over all groups; None skips it). Change hyperparameters between steps by
+    editing `param_groups[i]`."""
+
+    def __init__(self, spec: Spec | str, param_groups: list[dict]):
+        if isinstance(spec, str):
+            from . import load
+
+            spec = load(spec)
+        self.spec = spec
+        self.param_groups = [self._fill(dict(g)) for g in param_groups]
+        self.params: list[np.ndarray] = []
+        self._group_of: list[int] = []
+        for gi, group in enumerate(self.param_groups):
+            arrays = [np.array(p, dtype=np.float64, copy=True) for p in group["params"]]
+            group["params"] = arrays
+            self.params.extend(arrays)
+            self._group_of.extend([gi] * len(arrays))
+        self.state: list[dict] = [{} for _ in self.params]
+        self._compiled: dict[tuple, CompiledProgram] = {}
+
+    def _fill(self, group: dict) -> dict:
+        for key, h in self.spec.hyperparameters.items():
+            if h.captured is not None:
+                continue
+            group.setdefault(key, h.default_value())
+        for key, h in self.spec.hyperparameters.items():
+            if h.captured is not None:
+                group.setdefault(key, group[h.captured])
+        for name, opt in self.spec.options.items():
+            group.setdefault(name, opt.default)
+        group.setdefault("maximize", False)
+        return group
+
+    def compiled(self, group: dict) -> CompiledProgram:
+        options = {name: bool(group[name]) for name in self.spec.options}
+        key = tuple(sorted(options.items()))
+        if key not in self._compiled:
+            self._compiled[key] = CompiledProgram.build(lower(self.spec, options))
+        return self._compiled[key]
+
+    def _hyper_env(self, group: dict) -> Env:
+        env: Env = {}
+        for key, h in self.spec.hyperparameters.items():
+            value = group[key]
+            if h.is_tuple:
+                for name, v in zip(h.names, value):
+                    env[name] = np.float64(v)
+            else:
+                env[h.names[0]] = np.float64(value)
+        return env
+
+    def _env(self, i: int, grad: np.ndarray) -> tuple[Env, CompiledProgram]:
+        group = self.param_groups[self._group_of[i]]
+        compiled = self.compiled(group)
+        param = self.params[i]
+        g = np.asarray(grad, dtype=np.float64)
+        if group["maximize"]:
+            g = -g
+        env = self._hyper_env(group)
+        env.update({PARAM: param, GRAD: g, NUMEL: np.float64(param.size), NDIM: np.float64(param.ndim)})
+        state = self.state[i]
+        if not state:
+            state["step"] = 0
+            for s in compiled.program.states:
+                value = compiled.inits[s.name](env)
+                state[s.key] = np.full_like(param, value) if s.scope == "element" else np.float64(value)
+        env[STEP] = np.float64(state["step"] + 1)
+        for s in compiled.program.states:
+            env[s.name] = state[s.key]
+        return env, compiled
+
+    def step(self, grads: list[np.ndarray | None]) -> None:
+        if len(grads) != len(self.params):
+            raise ValueError(f"expected {len(self.params)} gradients, got {len(grads)}")
+        with np.errstate(all="ignore"):
+            live = [(i, *self._env(i, g)) for i, g in enumerate(grads) if g is not None]
+            totals: dict[str, float] = {}
+            for _, env, compiled in live:
+                for name, part in compiled.global_partials(dict(env)).items():
+                    totals[name] = totals.get(name, 0.0) + part
+            for i, env, compiled in live:
+                env.update({k: np.float64(v) for k, v in totals.items()})
+                compiled.run(env)
+                self._store(i, env, compiled.program)
+
+    def _store(self, i: int, env: Env, program: Program) -> None:
+        state = self.state[i]
+        state["step"] += 1
+        new_param = np.broadcast_to(env[program.outputs[PARAM]], self.params[i].shape)
+        self.params[i][...] = new_param
+        for s in program.states:
+            value = env[program.outputs[s.name]]
+            if s.scope == "element":
+                state[s.key] = np.array(np.broadcast_to(value, self.params[i].shape), dtype=np.float64)
+            else:
+                state[s.key] = np.float64(value)
+
+
+def run_reference(spec: Spec | str, params: list[np.ndarray], grads: list[list[np.ndarray]], **group) -> list[np.ndarray]:
+    """Convenience: one param group, a list of per-step gradient lists; returns the params."""
+    ref = Reference(spec, [{"params": params, **group}])
+    for g in grads:
+        ref.step(g)
+    return ref.params
+
+
+del math
