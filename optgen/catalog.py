@@ -22,6 +22,10 @@ def templates_dir() -> Path:
     return _first_dir(_PACKAGE / "templates", _PACKAGE.parent / "templates")
 
 
+def generated_dir() -> Path:
+    return _first_dir(_PACKAGE / "generated", _PACKAGE.parent / "generated")
+
+
 def names() -> list[str]:
     return sorted(p.stem for p in specs_dir().glob("*.yaml"))
 

@@ -145,46 +145,58 @@ def _check_states_read(program: Program, report: Report) -> None:
             report.add(s.loc, f"state `{s.name}` never influences the parameter update (options: {_fmt(program.options)})")
 
 
-def inline(program: Program, name: str) -> sympy.Expr:
-    """A value's expression over inputs only (reductions kept as reduction calls)."""
-    by_name = program.by_name
-    memo: dict[str, sympy.Expr] = {}
+class Inliner:
+    """Values expanded into expressions over inputs only (reductions kept as calls),
+    memoised per program."""
 
-    def expand(n: str) -> sympy.Expr:
-        if n in memo:
-            return memo[n]
-        v = by_name[n]
+    def __init__(self, program: Program):
+        self.by_name = program.by_name
+        self.memo: dict[str, sympy.Expr] = {}
+
+    def __call__(self, name: str) -> sympy.Expr:
+        if name in self.memo:
+            return self.memo[name]
+        v = self.by_name[name]
         if v.is_reduction:
             from .expr import GlobalSum, ReduceMax, ReduceMin, ReduceSum
 
             func = GlobalSum if v.over == "global" else {"sum": ReduceSum, "min": ReduceMin, "max": ReduceMax}[v.reduce]
-            result = func(expand(v.expr.name) if v.expr.name in by_name else v.expr)
+            result = func(self(v.expr.name) if v.expr.name in self.by_name else v.expr)
         else:
-            result = v.expr.xreplace({s: expand(s.name) for s in v.expr.free_symbols if s.name in by_name})
-        memo[n] = result
+            result = v.expr.xreplace({s: self(s.name) for s in v.expr.free_symbols if s.name in self.by_name})
+        self.memo[name] = result
         return result
 
-    return expand(name)
+
+def inline(program: Program, name: str) -> sympy.Expr:
+    """A value's expression over inputs only (reductions kept as reduction calls)."""
+    return Inliner(program)(name)
 
 
 def _base_facts(spec: Spec) -> SignFacts:
-    below_one = {
-        spec.symbols[n]
-        for n, (h, _) in spec.scalar_hypers.items()
-        if h.range.lo >= 0 and h.range.hi <= 1 and h.range.hi_open
-    }
-    return SignFacts(bounded_by_one=below_one)
+    unit = {n: h.range for n, (h, _) in spec.scalar_hypers.items() if h.range.lo >= 0 and h.range.hi <= 1}
+    below_one = {spec.symbols[n] for n, r in unit.items() if r.hi_open or r.hi < 1}
+    return SignFacts(bounded_by_one=below_one, at_most_one={spec.symbols[n] for n in unit})
 
 
 def nonneg_states(spec: Spec, options: dict[str, bool]) -> set[str]:
     """States >= 0 at every step: the greatest set S such that each state in S starts >= 0
     and its update is >= 0 whenever the states in S are (induction on the step)."""
+    key = tuple(sorted(options.items()))
+    cache = spec.__dict__.setdefault("_nonneg_cache", {})
+    if key not in cache:
+        cache[key] = _nonneg_states(spec, options)
+    return cache[key]
+
+
+def _nonneg_states(spec: Spec, options: dict[str, bool]) -> set[str]:
     try:
         program = _ssa_only(spec, options)
     except SpecError:
         return set()
     candidates = {s.name for s in program.states}
-    updates = {s.name: inline(program, program.outputs[s.name]) for s in program.states}
+    expand = Inliner(program)
+    updates = {s.name: expand(program.outputs[s.name]) for s in program.states}
     inits = {s.name: s.init for s in program.states}
     while True:
         facts = _base_facts(spec)
@@ -203,29 +215,36 @@ def _ssa_only(spec: Spec, options: dict[str, bool]) -> Program:
     return program
 
 
-def _check_denominators(program: Program, report: Report) -> None:
+def value_facts(program: Program) -> SignFacts:
+    """Sign facts for the program's inputs and values: ranges, non-negative states, and
+    each value whose definition is shown >= 0 (or > 0) from the ones before it."""
     spec = program.spec
     facts = _base_facts(spec)
-    facts.nonneg |= {spec.symbols[n] for n in nonneg_states(spec, program.options)}
+    facts.nonneg |= {sympy.Symbol(n, real=True) for n in nonneg_states(spec, program.options)}
     for v in program.values:
-        if v.is_reduction or v.scope == "host" and _host_guarded(v):
+        if v.is_reduction:
+            if sympy.Symbol(v.expr.name, real=True) in facts.nonneg:
+                facts.nonneg.add(v.symbol)
+        elif facts.is_positive(v.expr):
+            facts.positive.add(v.symbol)
+        elif facts.is_nonneg(v.expr):
+            facts.nonneg.add(v.symbol)
+    return facts
+
+
+def _check_denominators(program: Program, report: Report) -> None:
+    """Every division by a value that cannot be shown > 0 is a warning at its statement;
+    a division inside a where(...) is the spec's own guard and is not reported."""
+    facts = value_facts(program)
+    for v in program.values:
+        if v.is_reduction:
             continue
-        expr = inline(program, v.name)
-        for node in sympy.preorder_traversal(expr):
-            if isinstance(node, sympy.Pow) and node.exp.is_negative and not facts.is_positive(node.base):
-                if isinstance(node.base, REDUCTIONS) or _guarded(expr, node):
-                    continue
-                report.add(v.loc, f"cannot show the denominator {_short(node.base)} is > 0", "warning")
+        for node in sympy.preorder_traversal(v.expr):
+            if isinstance(node, sympy.Piecewise):
                 break
-
-
-def _host_guarded(v) -> bool:
-    return isinstance(v.expr, sympy.Piecewise)
-
-
-def _guarded(expr, node) -> bool:
-    """A division inside a where(...) branch is the spec's own guard: not reported."""
-    return any(isinstance(a, sympy.Piecewise) and node in sympy.preorder_traversal(a) for a in sympy.preorder_traversal(expr))
+            if isinstance(node, sympy.Pow) and node.exp.is_negative and not facts.is_positive(node.base):
+                report.add(v.loc, f"cannot show the denominator {_short(node.base)} is > 0 (from the ranges and the states' induction)", "warning")
+                break
 
 
 def _short(expr) -> str:

@@ -12,10 +12,11 @@ from .expr import GlobalSum, ReduceMax, ReduceMin, ReduceSum
 
 
 class SignFacts:
-    def __init__(self, nonneg: set | None = None, positive: set | None = None, bounded_by_one: set | None = None):
+    def __init__(self, nonneg=None, positive=None, bounded_by_one=None, at_most_one=None):
         self.nonneg = set(nonneg or ())  # symbols known >= 0
         self.positive = set(positive or ())  # symbols known > 0
         self.below_one = set(bounded_by_one or ())  # symbols known in [0, 1)
+        self.at_most_one = set(at_most_one or ()) | self.below_one  # symbols known in [0, 1]
 
     def is_nonneg(self, e: sympy.Basic) -> bool:
         return self._sign(e) in ("+", "0+")
@@ -34,7 +35,10 @@ class SignFacts:
                 return "0+"
             return None
         if isinstance(e, sympy.Add):
-            return self._add_sign(e)
+            sign = self._add_sign(e)
+            if sign is None and len(e.free_symbols) <= 3:
+                sign = "+" if e.is_positive else "0+" if e.is_nonnegative else None  # step - 1 >= 0
+            return sign
         if isinstance(e, sympy.Mul):
             signs = [self._sign(a) for a in e.args]
             if None in signs:
@@ -77,6 +81,8 @@ class SignFacts:
             exp = neg.exp if isinstance(neg, sympy.Pow) else sympy.S.One
             if base in self.below_one and (exp.is_positive is True):
                 return "+"
+            if base in self.at_most_one and (exp.is_positive is True):
+                return "0+"
         return None
 
     def _pow_sign(self, e: sympy.Pow) -> str | None:
@@ -87,7 +93,7 @@ class SignFacts:
         if b == "+":
             return "+"
         if b == "0+":
-            return "0+" if exp.is_positive else None  # 0**negative is not a number
+            return "0+"  # where defined: x**-k with x = 0 is not a number at all
         if exp.is_positive and exp.is_Rational and not exp.is_Integer:
             return "0+"  # a real root (sqrt) is >= 0 wherever it is defined
         return None

@@ -349,6 +349,8 @@ def _hoist(program: Program) -> None:
     for v in program.values:
         if v.scope != "host" and not v.is_reduction:
             v.expr = hoister.lift(v.expr, v.scope)
+            for made in hoister.pending:
+                made.loc = made.loc or v.loc
             out.extend(hoister.pending)
             hoister.pending = []
         out.append(v)
@@ -378,10 +380,11 @@ def _monotone_reductions(program: Program) -> None:
             inner_phase = _phase_of(inner, by_name)
             if inner_phase >= arg.phase:
                 continue
+            op = red.reduce
             _apply_monotone(program, red, outer, inner, flips)
             program.notes.append(
-                f"{red.reduce}({arg.name}) computed as {outer} with x = {red.reduce if not flips else _flip(red.reduce)}({inner}): "
-                "a monotone map, one reduction pass fewer"
+                f"{op}({arg.name}) = {outer} with x = {_flip(op) if flips else op}({inner}): "
+                "the map is monotone, so one reduction pass fewer"
             )
             changed = True
             break
@@ -400,19 +403,22 @@ def _peel(expr, by_name, facts: SignFacts, program):
     outer = _X
     flips = False
     inner = expr
+    named = None  # the value whose definition `inner` is, to reduce over it by name
     for _ in range(16):
         if inner.is_Symbol and inner.name in by_name and by_name[inner.name].scope == "element" and not by_name[inner.name].is_reduction:
+            named = inner
             inner = by_name[inner.name].expr
             continue
         step = _peel_one(inner, facts, program)
         if step is None:
             break
         f, inner, decreasing = step
+        named = None
         outer = outer.xreplace({_X: f})
         flips ^= decreasing
     if outer == _X:
         return None
-    return outer, inner, flips
+    return outer, named if named is not None else inner, flips
 
 
 def _peel_one(e, facts: SignFacts, program):
@@ -481,24 +487,9 @@ def _topological(values: list[Value], program: Program) -> list[Value]:
 
 
 def _sign_facts(program: Program) -> SignFacts:
-    from .check import nonneg_states  # the checker owns the induction
+    from .check import value_facts  # the checker owns the induction on states
 
-    spec = program.spec
-    below_one = {spec.symbols[n] for n, (h, _) in spec.scalar_hypers.items() if h.range.lo >= 0 and h.range.hi <= 1 and h.range.hi_open}
-    facts = SignFacts(bounded_by_one=below_one)
-    states = nonneg_states(spec, program.options)
-    facts.nonneg |= {sympy.Symbol(n, real=True) for n in states}
-    # values: a value is non-negative if its definition is
-    for v in program.values:
-        if v.is_reduction:
-            arg_nonneg = sympy.Symbol(v.expr.name, real=True) in facts.nonneg
-            if arg_nonneg or v.reduce == "sum" and False:
-                facts.nonneg.add(v.symbol)
-        elif facts.is_nonneg(v.expr):
-            facts.nonneg.add(v.symbol)
-            if facts.is_positive(v.expr):
-                facts.positive.add(v.symbol)
-    return facts
+    return value_facts(program)
 
 
 # --------------------------------------------------------------------------- cleanup

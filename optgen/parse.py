@@ -41,7 +41,7 @@ from .yamlpos import Node, load_yaml, scalar_text_origin
 
 TOP_KEYS = {
     "name", "summary", "paper", "parity", "notes", "extends", "hyperparameters", "options",
-    "state", "update", "update_replace", "claims",
+    "state", "update", "update_replace", "claims", "gradient_at",
 }
 HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc"}
 STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc"}
@@ -550,6 +550,9 @@ class SpecBuilder:
         if self.update_source is None:
             raise SpecError(self.root.loc, "missing key `update`: the update program")
         update = UpdateParser(self.update_source, self.scalar_names, set(options), set(states)).parse(self.symbols)
+        gradient_at = None
+        if "gradient_at" in self.top:
+            gradient_at = self.point_expr(self.top["gradient_at"], set(states))
         claims = self.top.get("claims")
         if claims is not None:
             _expect(claims, list, "a list of claims")
@@ -570,6 +573,7 @@ class SpecBuilder:
             tex_symbols=self.tex,
             locations=self.locations,
             source_texts=self.texts,
+            gradient_at=gradient_at,
         )
 
     def required(self, key: str, what: str) -> Node:
@@ -729,6 +733,15 @@ class SpecBuilder:
                 raise SpecError(fields["key"].loc, f"state key {state_key!r} is not an identifier")
         self.tex_field(fields.get("tex"), key)
         return StateDecl(key, init, scope, loc, state_key, self.tex.get(key), when)
+
+    def point_expr(self, node: Node, states: set[str]) -> sympy.Expr:
+        """`gradient_at`: the point where the gradient is taken, from param, states and
+        hyperparameters (the extrapolated point of Nesterov-style paper forms)."""
+        _expect(node, str, "an expression for the point where the gradient is taken")
+        src = source_of(node)
+        tree = parse_python(src, "eval", "`gradient_at`")
+        allowed = {n: s for n, s in self.symbols.items() if n != GRAD}
+        return ExprConverter(src, allowed, set(), "`gradient_at` (param, states, hyperparameters, step)").convert(tree.body)
 
     def init_expr(self, node: Node, key: str) -> sympy.Expr:
         value = node.value

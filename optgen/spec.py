@@ -133,6 +133,7 @@ class Spec:
     tex_symbols: dict[str, str] = field(default_factory=dict)  # name -> LaTeX
     locations: dict[str, Loc] = field(default_factory=dict)  # name -> where it is declared
     source_texts: list[str] = field(default_factory=list)  # the YAML texts (spec and parents)
+    gradient_at: sympy.Expr | None = None  # paper forms: the gradient is taken at this point
 
     @property
     def scalar_hypers(self) -> dict[str, tuple[Hyperparameter, int]]:

@@ -42,24 +42,36 @@ def _loc(file: str, mark) -> Loc:
 _RESOLVER = yaml.SafeLoader
 
 
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null")}
+_ALLOWED_TAGS = _PLAIN_TAGS | {"tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"}
+
+
+def _check_tag(node: yaml.Node, file: str) -> None:
+    if node.tag not in _ALLOWED_TAGS:
+        raise SpecError(_loc(file, node.start_mark), f"tag {node.tag!r} is not allowed in a spec")
+
+
 def _scalar(node: yaml.ScalarNode, file: str, lines: list[str]) -> Node:
+    if node.tag not in _PLAIN_TAGS:
+        # dates and the like stay the text written; explicit tags are refused
+        if node.tag.startswith("!") or "python" in node.tag or node.tag.endswith((":seq", ":map")):
+            _check_tag(node, file)
+        return Node(node.value, _loc(file, node.start_mark), node.style, raw_lines=lines)
     loader = yaml.SafeLoader("")
     try:
-        value = loader.construct_object(node, deep=True) if node.tag.startswith("tag:yaml.org,2002:") else None
-    except yaml.YAMLError as exc:
+        value = loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, OverflowError) as exc:
         raise SpecError(_loc(file, node.start_mark), f"bad scalar: {exc}") from None
     finally:
         loader.dispose()
-    if not node.tag.startswith("tag:yaml.org,2002:"):
-        raise SpecError(_loc(file, node.start_mark), f"tag {node.tag!r} is not allowed in a spec")
-    if node.tag.endswith((":timestamp", ":binary", ":set", ":omap", ":pairs")):
-        value = node.value  # keep dates and the like as the text written
     return Node(value, _loc(file, node.start_mark), node.style, raw_lines=lines)
 
 
 def _convert(node: yaml.Node, file: str, lines: list[str]) -> Node:
     if isinstance(node, yaml.ScalarNode):
         return _scalar(node, file, lines)
+    if not isinstance(node, yaml.ScalarNode):
+        _check_tag(node, file)
     if isinstance(node, yaml.SequenceNode):
         return Node([_convert(n, file, lines) for n in node.value], _loc(file, node.start_mark))
     if isinstance(node, yaml.MappingNode):

@@ -1,0 +1,43 @@
+"""Backends: each a subpackage with a printer, a config and templates/<name>/.
+
+A backend module provides:
+    NAME: str                      # "torch", "triton", "latex"
+    render(spec) -> dict[str, str] # file name -> text, written under generated/<NAME>/
+and optionally
+    render_index(specs) -> dict[str, str]   # catalog-wide files (an __init__.py, a sheet)
+    compile_spec(spec) -> object             # load the rendered code in memory
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# Order matters: later backends may import what earlier ones render (torch imports triton lazily).
+KNOWN = ("torch", "triton", "latex")
+
+
+def available() -> list[ModuleType]:
+    """The backends present in this installation, in build order."""
+    out = []
+    for name in KNOWN:
+        try:
+            out.append(importlib.import_module(f".{name}", __name__))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    return out
+
+
+def get(name: str) -> ModuleType:
+    for module in available():
+        if module.NAME == name:
+            return module
+    raise ValueError(f"unknown backend {name!r}; available: {', '.join(m.NAME for m in available())}")
+
+
+def compile_spec(spec, backend: str = "torch"):
+    module = get(backend)
+    if not hasattr(module, "compile_spec"):
+        raise ValueError(f"backend {backend!r} produces documents, not an optimizer class")
+    return module.compile_spec(spec)

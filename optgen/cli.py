@@ -1,0 +1,170 @@
+"""The `optgen` command line. Exit codes: 0 ok, 1 a check or proof failed, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from . import catalog
+from .errors import SpecError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _specs(names: list[str]):
+    from . import load
+
+    chosen = names or catalog.names()
+    return [load(Path(n) if n.endswith((".yaml", ".yml")) else n) for n in chosen]
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_list(args) -> int:
+    from . import load
+
+    for name in catalog.names():
+        spec = load(name)
+        print(f"{name:<12} {spec.name:<12} {spec.parity:<30} {spec.summary}")
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    from .check import check
+
+    start = time.perf_counter()
+    failed = 0
+    specs = _specs(args.specs)
+    for spec in specs:
+        report = check(spec)
+        for finding in report.findings:
+            print(finding)
+        failed += not report.ok
+        if args.verbose:
+            facts = ", ".join(sorted(report.nonneg)) or "none"
+            print(f"{spec.name}: {'ok' if report.ok else 'FAILED'} (non-negative states: {facts})")
+    status = "ok" if not failed else f"{failed} failed"
+    print(f"checked {len(specs)} spec(s) in {time.perf_counter() - start:.2f}s: {status}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_show(args) -> int:
+    from .lower import lower
+    from .show import show
+
+    (spec,) = _specs([args.spec])
+    options = {}
+    for item in args.option or []:
+        key, _, value = item.partition("=")
+        if key not in spec.options:
+            raise UsageError(f"{spec.name} has no option {key!r}; options: {', '.join(spec.options) or 'none'}")
+        options[key] = value.lower() in ("1", "true", "yes", "on", "")
+    print(show(lower(spec, options)))
+    return EXIT_OK
+
+
+def cmd_build(args) -> int:
+    from .build import check_all, default_out, render_all, stale_files, write_tree
+
+    start = time.perf_counter()
+    specs = _specs(args.specs)
+    reports = check_all(specs)
+    bad = [r for r in reports if not r.ok]
+    for report in bad:
+        for finding in report.findings:
+            print(finding)
+    if bad:
+        print(f"build stopped: {len(bad)} spec(s) failed their checks; nothing was written")
+        return EXIT_FAILED
+    whole = not args.specs
+    files = render_all(specs, whole_catalog=whole)
+    out = Path(args.out) if args.out else default_out()
+    if args.check:
+        stale = stale_files(files, out, prune=whole)
+        if stale:
+            print(f"{len(stale)} generated file(s) are stale under {out}:")
+            for rel in stale:
+                print(f"  {rel}")
+            print("run `optgen build` and commit the result")
+            return EXIT_FAILED
+        print(f"{out}: {len(files)} generated file(s) are fresh")
+        return EXIT_OK
+    write_tree(files, out, prune=whole)
+    print(f"built {len(specs)} spec(s), {len(files)} file(s) in {out} ({time.perf_counter() - start:.1f}s)")
+    return EXIT_OK
+
+
+def _module_command(module: str, func: str):
+    def run(args) -> int:
+        return getattr(importlib.import_module(module, __package__), func)(args)
+
+    return run
+
+
+def _has(module: str) -> bool:
+    try:
+        importlib.import_module(module, __package__)
+        return True
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("optgen"):
+            return False
+        raise
+
+
+# --------------------------------------------------------------------------- parser
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="optgen", description="A compiler for deep-learning optimizers.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the catalog").set_defaults(run=cmd_list)
+    c = sub.add_parser("check", help="check specs (all of the catalog by default)")
+    c.add_argument("specs", nargs="*", metavar="SPEC")
+    c.add_argument("-v", "--verbose", action="store_true")
+    c.set_defaults(run=cmd_check)
+    s = sub.add_parser("show", help="print the lowered program of a spec")
+    s.add_argument("spec", metavar="SPEC")
+    s.add_argument("-o", "--option", action="append", metavar="NAME=BOOL", help="set an option, e.g. -o amsgrad=true")
+    s.set_defaults(run=cmd_show)
+    b = sub.add_parser("build", help="check and render every backend into generated/")
+    b.add_argument("specs", nargs="*", metavar="SPEC")
+    b.add_argument("--out", metavar="DIR", help="output folder (default: generated/ beside specs/)")
+    b.add_argument("--check", action="store_true", help="write nothing; exit 1 if generated files are stale")
+    b.set_defaults(run=cmd_build)
+    if _has(".prove"):
+        pr = sub.add_parser("prove", help="prove the claims of specs")
+        pr.add_argument("specs", nargs="*", metavar="SPEC")
+        pr.add_argument("-v", "--verbose", action="store_true")
+        pr.set_defaults(run=_module_command(".prove", "cli"))
+    if _has(".backends.latex"):
+        d = sub.add_parser("doc", help="a formula sheet (PDF or TeX)")
+        d.add_argument("specs", nargs="*", metavar="SPEC")
+        d.add_argument("-o", "--output", required=True, metavar="FILE.pdf|FILE.tex")
+        d.set_defaults(run=_module_command(".backends.latex", "cli"))
+    if _has(".bench"):
+        be = sub.add_parser("bench", help="benchmark generated optimizers against the references")
+        importlib.import_module(".bench", __package__).add_arguments(be)
+        be.set_defaults(run=_module_command(".bench", "cli"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except SpecError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except UsageError as exc:
+        print(f"optgen: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""`optgen show`: the lowered program as a person reads it."""
+
+from __future__ import annotations
+
+from .ir import Program, Value
+
+
+def _line(v: Value) -> str:
+    if v.is_reduction:
+        where = "all parameters" if v.over == "global" else "the tensor"
+        return f"{v.name} = {v.reduce}({v.expr}) over {where}"
+    origin = f"    # {v.var}" if v.var and v.var != v.name else ""
+    return f"{v.name} = {v.expr}{origin}"
+
+
+def show(program: Program) -> str:
+    spec = program.spec
+    opts = ", ".join(f"{k}={v}" for k, v in program.options.items()) or "none"
+    out = [f"{spec.name}  (options: {opts})", ""]
+    hypers = ", ".join(program.hyper_names)
+    out.append(f"inputs: param, grad, step; hyperparameters: {hypers}")
+    states = ", ".join(f"{s.name} [{s.scope}, init {s.init}]" for s in program.states) or "none"
+    out.append(f"state: {states}")
+    host = program.values_of_scope("host")
+    if host:
+        out.append("")
+        out.append("host scalars (once per tensor per step, on the host):")
+        out += [f"  {_line(v)}" for v in host]
+    glob = program.values_of_scope("global")
+    if glob:
+        out.append("")
+        out.append("before the update, across all parameters:")
+        out += [f"  {_line(v)}" for v in glob]
+    for phase in range(program.num_phases):
+        work = [v for v in program.values if v.scope in ("tensor", "element") and v.phase == phase]
+        last = phase == program.num_phases - 1
+        out.append("")
+        kind = "update pass" if last else "reduction pass"
+        out.append(f"pass {phase + 1} of {program.num_phases} ({kind}):")
+        for v in work:
+            out.append(f"  [{v.scope:7}] {_line(v)}")
+    out.append("")
+    writes = ", ".join(f"{k} <- {v}" for k, v in program.outputs.items())
+    out.append(f"writes: {writes}")
+    if program.notes:
+        out.append("")
+        out += [f"note: {n}" for n in program.notes]
+    return "\n".join(out)
