@@ -22,9 +22,18 @@ def default_out() -> Path:
     return catalog.specs_dir().parent / "generated"
 
 
+README = """# generated/
+
+The compiled catalog, written by `optgen build` from specs/ and templates/. Do not edit:
+edit the spec (or the template) and run `optgen build`; a test fails when these files are
+stale. One folder per backend: torch/ (optimizer classes), triton/ (fused kernels),
+latex/ (algorithm boxes and the formula sheet).
+"""
+
+
 def render_all(specs: list[Spec], whole_catalog: bool) -> dict[str, str]:
     """Relative path -> text for every backend and spec."""
-    files: dict[str, str] = {}
+    files: dict[str, str] = {"README.md": README} if whole_catalog else {}
     for backend in backends.available():
         for spec in specs:
             for name, text in backend.render(spec).items():
