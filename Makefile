@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
-TEX_PACKAGES := texlive-latex-base texlive-latex-recommended poppler-utils
+TEX_PACKAGES := texlive-base texlive-latex-base texlive-latex-recommended poppler-utils
 
 .PHONY: build test setup tex-deps
 

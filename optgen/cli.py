@@ -97,7 +97,23 @@ def cmd_build(args) -> int:
         return EXIT_OK
     write_tree(files, out, prune=whole)
     print(f"built {len(specs)} spec(s), {len(files)} file(s) in {out} ({time.perf_counter() - start:.1f}s)")
+    if whole and not args.out and _has(".backends.latex"):
+        _build_picture(specs)
     return EXIT_OK
+
+
+def _build_picture(specs) -> None:
+    """docs/formula-sheet.png, the README's picture of the catalog sheet (needs pdflatex)."""
+    import shutil
+
+    from .backends.latex import build_picture
+
+    if not (shutil.which("pdflatex") and shutil.which("pdftoppm")):
+        print("docs/formula-sheet.png not refreshed: pdflatex or pdftoppm is not installed")
+        return
+    path = catalog.specs_dir().parent / "docs" / "formula-sheet.png"
+    page = build_picture(specs, path)
+    print(f"{path}: page {page} of the formula sheet")
 
 
 def _module_command(module: str, func: str):

@@ -1,0 +1,327 @@
+"""The update of a spec as LaTeX lines: the algorithm box (torch.optim documentation style,
+`x <- ...` with options as conditionals) and the equations (`x_t = ...`, options at their
+defaults). The docstrings, the per-spec files and the formula sheet all come from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+
+from ...expr import GRAD, NDIM, NUMEL, PARAM, STEP
+from ...spec import Assign, If, Spec, holds
+from . import config
+from .printer import ALL_PARAMS, OptgenLatexPrinter, decimal
+from .symbols import GRAD_TEX, PARAM_TEX, STEP_TEX, default_tex, escape_name, with_index
+
+PREVIOUS, CURRENT = f"{STEP_TEX}-1", STEP_TEX
+
+
+def option_tex(name: str) -> str:
+    return rf"\textit{{{escape_name(name)}}}"
+
+
+def condition_tex(cond) -> str:
+    if isinstance(cond, str):
+        return option_tex(cond)
+    op, arg = cond
+    if op == "not":
+        return r"\textbf{not}\ " + condition_tex(arg)
+    parts = [condition_tex(c) if isinstance(c, str) or c[0] == "not" else rf"({condition_tex(c)})" for c in arg]
+    return rf"\ \textbf{{{op}}}\ ".join(parts)
+
+
+def symbol_tex(spec: Spec, name: str) -> str:
+    """The spec's LaTeX for a hyperparameter, state or local value (validated when the spec
+    was parsed: optgen/texcheck.py), or the default symbol for its name."""
+    return spec.tex_symbols.get(name) or default_tex(name)
+
+
+@dataclass
+class Namer:
+    """Symbol name -> LaTeX as the update is read statement by statement.
+
+    box mode (`x <- ...`): a state reads x_{t-1} until it is assigned, x_t after.
+    equation mode (`x = ...`): every assignment is a new value; all but the last of a state
+    or the parameter, and every reassignment of a local or the gradient, get a prime."""
+
+    spec: Spec
+    equations: bool = False
+    last_writes: dict[str, int] = field(default_factory=dict)  # equation mode: writes per name
+    writes: dict[str, int] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+    tensors: set[str] = field(default_factory=set)
+
+    def __post_init__(self):
+        spec = self.spec
+        for name in spec.scalar_hypers:
+            self.names[name] = symbol_tex(spec, name)
+        for name in spec.state:
+            self.names[name] = with_index(symbol_tex(spec, name), PREVIOUS)
+        self.names.update(
+            {
+                PARAM: with_index(PARAM_TEX, PREVIOUS),
+                GRAD: with_index(GRAD_TEX, CURRENT),
+                STEP: STEP_TEX,
+                NUMEL: rf"\operatorname{{numel}}({PARAM_TEX})",
+                NDIM: rf"\operatorname{{ndim}}({PARAM_TEX})",
+            }
+        )
+        self.tensors = set(spec.state) | {PARAM, GRAD}
+
+    def copy(self) -> Namer:
+        other = Namer(self.spec, self.equations, self.last_writes)
+        other.writes, other.names, other.tensors = dict(self.writes), dict(self.names), set(self.tensors)
+        return other
+
+    def merge(self, *branches: Namer) -> None:
+        """After an if/else: a name assigned in any branch reads as assigned."""
+        for branch in branches:
+            for name, count in branch.writes.items():
+                if count > self.writes.get(name, 0):
+                    self.writes[name] = count
+                    self.names[name] = branch.names[name]
+            self.tensors |= branch.tensors
+
+    def printer(self, first: str | None = None) -> OptgenLatexPrinter:
+        return OptgenLatexPrinter(self.names, self.tensors, first)
+
+    def expr(self, expr: sympy.Expr, first: str | None = None) -> str:
+        return self.printer(first).doprint(expr)
+
+    def write(self, name: str, expr: sympy.Expr) -> str:
+        """Record an assignment to `name`; its LaTeX as a target."""
+        count = self.writes.get(name, 0) + 1
+        self.writes[name] = count
+        if any(s.name in self.tensors for s in expr.free_symbols):
+            self.tensors.add(name)
+        self.names[name] = self._target(name, count)
+        return self.names[name]
+
+    def _target(self, name: str, count: int) -> str:
+        stateful = name == PARAM or name in self.spec.state
+        base = PARAM_TEX if name == PARAM else GRAD_TEX if name == GRAD else symbol_tex(self.spec, name)
+        tex = with_index(base, CURRENT) if stateful or name == GRAD else base
+        if not self.equations:
+            return tex
+        primes = self.last_writes.get(name, count) - count if stateful else count - (name != GRAD)
+        return f"{{{tex}}}" + "'" * primes if primes else tex
+
+
+@dataclass
+class Row:
+    """One line of the update: an assignment, or an `if`/`else if`/`else` head."""
+
+    depth: int
+    head: str | None = None  # "if", "else if", "else"
+    cond: str = ""
+    target: str = ""
+    value: str = ""
+
+
+def _written(statements: list, stateful: set[str], definitely: bool) -> set[str]:
+    out: set[str] = set()
+    for stmt in statements:
+        if isinstance(stmt, Assign):
+            out |= {stmt.target} & stateful
+        else:
+            body, orelse = (_written(b, stateful, definitely) for b in (stmt.body, stmt.orelse))
+            out |= (body & orelse) if definitely else (body | orelse)
+    return out
+
+
+def complete_branches(spec: Spec, statements: list) -> list:
+    """The statements with `x <- x` copies added so that every branch of an `if` assigns the
+    same states (and param): after the `if`, x_t then means one thing on every path."""
+    stateful = {s.name for s in spec.state.values() if s.when is None} | {PARAM}
+
+    def ensure(stmts: list, need: set[str]) -> list:
+        missing = sorted(need - _written(stmts, stateful, definitely=True))
+        return stmts + [Assign(n, spec.symbols[n], stmts[0].loc if stmts else None, None) for n in missing]
+
+    def complete_if(stmt: If, required: set[str]) -> If:
+        body, orelse = complete(stmt.body), complete(stmt.orelse)
+        need = required | _written(body, stateful, False) | _written(orelse, stateful, False)
+        if len(orelse) == 1 and isinstance(orelse[0], If):
+            orelse = [complete_if(orelse[0], need)]
+        else:
+            orelse = ensure(orelse, need)
+        return If(stmt.cond, ensure(body, need), orelse, stmt.loc)
+
+    def complete(stmts: list) -> list:
+        return [complete_if(s, set()) if isinstance(s, If) else s for s in stmts]
+
+    return complete(statements)
+
+
+def update_rows(spec: Spec, namer: Namer, statements: list, depth: int = 0) -> list[Row]:
+    rows: list[Row] = []
+    for stmt in statements:
+        if isinstance(stmt, Assign):
+            value = namer.expr(stmt.expr, first=stmt.target)
+            rows.append(Row(depth, target=namer.write(stmt.target, stmt.expr), value=value))
+        else:
+            rows += _if_rows(spec, namer, stmt, depth)
+    return rows
+
+
+def _if_rows(spec: Spec, namer: Namer, stmt: If, depth: int, head: str = "if") -> list[Row]:
+    body = namer.copy()
+    rows = [Row(depth, head, condition_tex(stmt.cond))] + update_rows(spec, body, stmt.body, depth + 1)
+    branches = [body]
+    if len(stmt.orelse) == 1 and isinstance(stmt.orelse[0], If):
+        other = namer.copy()
+        rows += _if_rows(spec, other, stmt.orelse[0], depth, "else if")
+        branches.append(other)
+    elif stmt.orelse:
+        other = namer.copy()
+        rows += [Row(depth, "else")] + update_rows(spec, other, stmt.orelse, depth + 1)
+        branches.append(other)
+    namer.merge(*branches)
+    return rows
+
+
+def specialise(statements: list, options: dict[str, bool]) -> list[Assign]:
+    """The assignments that run under `options`, in order."""
+    out: list[Assign] = []
+    for stmt in statements:
+        if isinstance(stmt, Assign):
+            out.append(stmt)
+        else:
+            out += specialise(stmt.body if holds(stmt.cond, options) else stmt.orelse, options)
+    return out
+
+
+# --------------------------------------------------------------------------- inputs
+def default_tex_value(spec: Spec, hyper) -> str:
+    if hyper.captured:
+        source = spec.scalar_hypers.get(hyper.captured)
+        return (symbol_tex(spec, hyper.captured) if source else escape_name(hyper.captured)) + r"\text{ at creation}"
+    values = [decimal(v) for v in hyper.default]
+    return values[0] if len(values) == 1 else "(" + ", ".join(values) + ")"
+
+
+def hyper_symbol(spec: Spec, hyper) -> str:
+    symbols = [symbol_tex(spec, n) for n in hyper.names]
+    return symbols[0] if len(symbols) == 1 else "(" + ", ".join(symbols) + ")"
+
+
+def input_items(spec: Spec) -> list[str]:
+    items = [
+        rf"{hyper_symbol(spec, h)} = {default_tex_value(spec, h)} \text{{ ({escape_name(h.key)})}}"
+        for h in spec.hyperparameters.values()
+    ]
+    items.append(rf"{with_index(PARAM_TEX, '0')} \text{{ (params)}}, f(\theta) \text{{ (objective)}}")
+    return items
+
+
+def option_items(spec: Spec) -> list[str]:
+    return [rf"{option_tex(o.name)} = \text{{{str(o.default).lower()}}}" for o in spec.options.values()]
+
+
+def init_items(spec: Spec) -> list[str]:
+    names = {n: symbol_tex(spec, n) for n in spec.scalar_hypers}
+    names.update({PARAM: with_index(PARAM_TEX, "0"), GRAD: with_index(GRAD_TEX, "1")})
+    printer = OptgenLatexPrinter(names, {PARAM, GRAD})
+    items = []
+    for state in spec.state.values():
+        item = rf"{with_index(symbol_tex(spec, state.name), '0')} \leftarrow {printer.doprint(state.init)}"
+        if state.when is not None:
+            item += rf" \text{{ (if }}{condition_tex(state.when)}\text{{)}}"
+        items.append(item)
+    return items
+
+
+def gradient_tex(spec: Spec, namer: Namer) -> str:
+    point = namer.expr(spec.gradient_at) if spec.gradient_at is not None else namer.names[PARAM]
+    return rf"\nabla_{{\theta}} f_{{t}}\left({point}\right)"
+
+
+def legend(spec: Spec) -> list[str]:
+    """What the reduction notation means, for the reductions this spec uses."""
+    from ...expr import GlobalSum, reductions_in
+
+    used = set()
+    for stmt in specialise_all(spec.update):
+        used |= {type(r) for r in reductions_in(stmt.expr)}
+    notes = []
+    if used - {GlobalSum}:
+        notes.append(
+            r"\textstyle\sum_i,\ \min_i,\ \max_i,\ \lVert\cdot\rVert\text{: over the elements of one parameter tensor}"
+        )
+    if GlobalSum in used:
+        notes.append(rf"{ALL_PARAMS}\text{{: every parameter tensor of the optimizer}}")
+    return notes
+
+
+def specialise_all(statements: list) -> list[Assign]:
+    """Every assignment under any option."""
+    out: list[Assign] = []
+    for stmt in statements:
+        out += [stmt] if isinstance(stmt, Assign) else specialise_all(stmt.body) + specialise_all(stmt.orelse)
+    return out
+
+
+# --------------------------------------------------------------------------- the two forms
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _labelled(label: str, items: list[str], per_line: int) -> list[str]:
+    lines = []
+    for i, chunk in enumerate(_chunks(items, per_line)):
+        lead = rf"\textbf{{{label}}}: " if i == 0 else rf"\hspace{{{config.CONTINUATION}}}"
+        lines.append(lead + ",\\ ".join(chunk) + ("," if i < (len(items) - 1) // per_line else ""))
+    return lines
+
+
+def box_lines(spec: Spec) -> list[str]:
+    """The lines of the algorithm box, each to be placed after `&` in an aligned environment."""
+    rule = rf"\rule{{{config.RULE_WIDTH}}}{{0.4pt}}"
+    namer = Namer(spec)
+    lines = [rule]
+    lines += _labelled("input", input_items(spec), config.ITEMS_PER_LINE)
+    if spec.options:
+        lines += _labelled("options", option_items(spec), config.ITEMS_PER_LINE)
+    lines += _labelled("initialize", init_items(spec), config.ITEMS_PER_LINE)
+    lines += [rule, r"\textbf{for}\ t = 1, 2, \ldots\ \textbf{do}"]
+    indent = lambda depth: rf"\hspace{{{config.INDENT_MM * (depth + 1)}mm}}"
+    lines.append(indent(0) + rf"{namer.names[GRAD]} \leftarrow {gradient_tex(spec, namer)}")
+    for row in update_rows(spec, namer, complete_branches(spec, spec.update)):
+        if row.head == "else":
+            lines.append(indent(row.depth) + r"\textbf{else}")
+        elif row.head:
+            lines.append(indent(row.depth) + rf"\textbf{{{row.head}}}\ {row.cond}")
+        else:
+            lines.append(indent(row.depth) + rf"{row.target} \leftarrow {row.value}")
+    lines += [rule, rf"\textbf{{return}}\ {with_index(PARAM_TEX, CURRENT)}"]
+    lines += [rf"\textit{{where }} {note}" for note in legend(spec)]
+    lines.append(rule)
+    return lines
+
+
+def aligned(lines: list[str], indent: str = "    ", env: str = "aligned") -> str:
+    """`lines` as an `aligned` environment (math mode; also Sphinx/MathJax) or an `align*`
+    display (documents: it may break across pages)."""
+    body = "".join(f"{indent}    &{line} \\\\\n" for line in lines)
+    return f"{indent}\\begin{{{env}}}\n{body}{indent}\\end{{{env}}}"
+
+
+def equation_rows(spec: Spec, options: dict[str, bool] | None = None) -> list[tuple[str, str]]:
+    """(lhs, rhs) pairs of the update specialised to `options` (default: the spec's defaults)."""
+    options = spec.default_options() if options is None else options
+    statements = specialise(spec.update, options)
+    counts: dict[str, int] = {}
+    for stmt in statements:
+        counts[stmt.target] = counts.get(stmt.target, 0) + 1
+    namer = Namer(spec, equations=True, last_writes=counts)
+    rows = [(namer.names[GRAD], gradient_tex(spec, namer))]
+    for stmt in statements:
+        value = namer.expr(stmt.expr, first=stmt.target)
+        rows.append((namer.write(stmt.target, stmt.expr), value))
+    return rows
+
+
+def align_env(spec: Spec, options: dict[str, bool] | None = None) -> str:
+    body = " \\\\\n".join(f"  {lhs} &= {rhs}" for lhs, rhs in equation_rows(spec, options))
+    return f"\\begin{{align*}}\n{body}\n\\end{{align*}}"
