@@ -48,7 +48,7 @@ def compile(spec: Spec | str | Path, backend: str = "torch"):  # noqa: A001 - th
 
 def prove(a, b=None, mapping=None, **kwargs):
     """Prove a claim: two specs (or specialisations) equivalent under a state map."""
-    from .prove import prove as _prove
+    from .prover import prove as _prove
 
     return _prove(a, b, mapping=mapping, **kwargs)
 

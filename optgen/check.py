@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import sympy
 
 from .errors import Loc, SpecError
-from .expr import REDUCTIONS
 from .facts import SignFacts
 from .ir import Program
 from .spec import If, Spec, condition_names
@@ -47,6 +46,7 @@ class Report:
 
 def check(spec: Spec) -> Report:
     from .lower import lower
+    from .prover.facts import denominator_findings
 
     report = Report(spec)
     _check_defaults(spec, report)
@@ -62,13 +62,30 @@ def check(spec: Spec) -> Report:
         programs.append(program)
         used_hypers |= _free_names(program)
         _check_states_read(program, report)
-        _check_denominators(program, report)
+        for finding in denominator_findings(spec, program.options, program):
+            report.add(finding.loc, finding.message, finding.severity)
     for key, h in spec.hyperparameters.items():
         if programs and not any(n in used_hypers for n in h.names):
             report.add(h.loc, f"hyperparameter `{key}` is never used by the update", "warning")
     if programs:
         report.nonneg = set.intersection(*(nonneg_states(spec, p.options) for p in programs))
+    if report.ok:
+        _check_claims(spec, report)
     return report
+
+
+def _check_claims(spec: Spec, report: Report) -> None:
+    """The spec's own claims are re-proven every time it is checked."""
+    from .prover import prove_spec_claims
+
+    try:
+        results = prove_spec_claims(spec)
+    except SpecError as exc:
+        report.add(exc.loc, exc.message)
+        return
+    for r in results:
+        if not r.as_expected:
+            report.add(r.loc, f"claim {r.index} ({r.proof.claim}): {r.proof.status}, expected {r.expect}")
 
 
 def _check_defaults(spec: Spec, report: Report) -> None:
@@ -180,39 +197,18 @@ def _base_facts(spec: Spec) -> SignFacts:
 
 
 def nonneg_states(spec: Spec, options: dict[str, bool]) -> set[str]:
-    """States >= 0 at every step: the greatest set S such that each state in S starts >= 0
-    and its update is >= 0 whenever the states in S are (induction on the step)."""
+    """States >= 0 at every step (induction on the step, from their init and update, given
+    the hyperparameter ranges): the prover's interval facts, cached per option setting."""
+    from .prover.facts import nonneg_states as prove_nonneg
+
     key = tuple(sorted(options.items()))
     cache = spec.__dict__.setdefault("_nonneg_cache", {})
     if key not in cache:
-        cache[key] = _nonneg_states(spec, options)
+        try:
+            cache[key] = prove_nonneg(spec, options)
+        except SpecError:
+            cache[key] = set()
     return cache[key]
-
-
-def _nonneg_states(spec: Spec, options: dict[str, bool]) -> set[str]:
-    try:
-        program = _ssa_only(spec, options)
-    except SpecError:
-        return set()
-    candidates = {s.name for s in program.states}
-    expand = Inliner(program)
-    updates = {s.name: expand(program.outputs[s.name]) for s in program.states}
-    inits = {s.name: s.init for s in program.states}
-    while True:
-        facts = _base_facts(spec)
-        facts.nonneg |= {spec.symbols[n] for n in candidates}
-        keep = {n for n in candidates if facts.is_nonneg(inits[n]) and facts.is_nonneg(updates[n])}
-        if keep == candidates:
-            return candidates
-        candidates = keep
-
-
-def _ssa_only(spec: Spec, options: dict[str, bool]) -> Program:
-    from .lower import _extract_reductions, _ssa, resolve_options
-
-    program = _ssa(spec, resolve_options(spec, options))
-    _extract_reductions(program)
-    return program
 
 
 def value_facts(program: Program) -> SignFacts:
@@ -230,21 +226,6 @@ def value_facts(program: Program) -> SignFacts:
         elif facts.is_nonneg(v.expr):
             facts.nonneg.add(v.symbol)
     return facts
-
-
-def _check_denominators(program: Program, report: Report) -> None:
-    """Every division by a value that cannot be shown > 0 is a warning at its statement;
-    a division inside a where(...) is the spec's own guard and is not reported."""
-    facts = value_facts(program)
-    for v in program.values:
-        if v.is_reduction:
-            continue
-        for node in sympy.preorder_traversal(v.expr):
-            if isinstance(node, sympy.Piecewise):
-                break
-            if isinstance(node, sympy.Pow) and node.exp.is_negative and not facts.is_positive(node.base):
-                report.add(v.loc, f"cannot show the denominator {_short(node.base)} is > 0 (from the ranges and the states' induction)", "warning")
-                break
 
 
 def _short(expr) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -124,17 +125,14 @@ def _module_command(module: str, func: str):
 
 
 def _has(module: str) -> bool:
-    try:
-        importlib.import_module(module, __package__)
-        return True
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("optgen"):
-            return False
-        raise
+    """Whether an optional stage is installed, without importing it (bench imports torch)."""
+    return importlib.util.find_spec(module, __package__) is not None
 
 
 # --------------------------------------------------------------------------- parser
-def parser() -> argparse.ArgumentParser:
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; `command` (the first argument) lets a subcommand with heavy
+    imports (bench) load only when it runs."""
     p = argparse.ArgumentParser(prog="optgen", description="A compiler for deep-learning optimizers.")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the catalog").set_defaults(run=cmd_list)
@@ -151,11 +149,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", metavar="DIR", help="output folder (default: generated/ beside specs/)")
     b.add_argument("--check", action="store_true", help="write nothing; exit 1 if generated files are stale")
     b.set_defaults(run=cmd_build)
-    if _has(".prove"):
+    if _has(".prover"):
         pr = sub.add_parser("prove", help="prove the claims of specs")
         pr.add_argument("specs", nargs="*", metavar="SPEC")
         pr.add_argument("-v", "--verbose", action="store_true")
-        pr.set_defaults(run=_module_command(".prove", "cli"))
+        pr.set_defaults(run=_module_command(".prover", "cli"))
     if _has(".backends.latex"):
         d = sub.add_parser("doc", help="a formula sheet (PDF or TeX)")
         d.add_argument("specs", nargs="*", metavar="SPEC")
@@ -163,13 +161,15 @@ def parser() -> argparse.ArgumentParser:
         d.set_defaults(run=_module_command(".backends.latex", "cli"))
     if _has(".bench"):
         be = sub.add_parser("bench", help="benchmark generated optimizers against the references")
-        importlib.import_module(".bench", __package__).add_arguments(be)
+        if command == "bench":
+            importlib.import_module(".bench", __package__).add_arguments(be)
         be.set_defaults(run=_module_command(".bench", "cli"))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(argv[0] if argv else None).parse_args(argv)
     try:
         return args.run(args)
     except SpecError as exc:

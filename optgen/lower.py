@@ -27,9 +27,6 @@ from .expr import (
     STEP,
     TENSOR_REDUCTIONS,
     GlobalSum,
-    ReduceMax,
-    ReduceMin,
-    symbol,
 )
 from .facts import SignFacts
 from .ir import SCOPE_RANK, Program, Value, wider
@@ -38,14 +35,18 @@ from .spec import Assign, If, Spec, holds
 _REDUCE_OP = {**TENSOR_REDUCTIONS, GlobalSum: "sum"}
 
 
-def lower(spec: Spec, options: dict[str, bool] | None = None) -> Program:
+def lower(spec: Spec, options: dict[str, bool] | None = None, optimize: bool = True) -> Program:
+    """optimize=False stops after the passes that keep the spec's own values (ssa,
+    reductions, copies): what the induction on states reads, which the optimiser's
+    monotone pass in turn relies on."""
     opts = resolve_options(spec, options)
     program = _ssa(spec, opts)
     _extract_reductions(program)
     _forward_copies(program)
-    _hoist(program)
-    _monotone_reductions(program)
-    _dedupe(program)
+    if optimize:
+        _hoist(program)
+        _monotone_reductions(program)
+        _dedupe(program)
     _dce(program)
     _check_global_reductions(program)
     _number_phases(program)

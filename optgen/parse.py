@@ -173,6 +173,8 @@ def _merge(parent: Node, child: Node) -> Node:
         else:
             merged[key] = value
     merged.pop("extends", None)
+    if "claims" not in child.value:
+        merged.pop("claims", None)  # the parent's claims name the parent's states and values
     return Node(merged, child.loc, key_locs=key_locs)
 
 

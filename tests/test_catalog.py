@@ -55,4 +55,4 @@ def test_show_prints_phases_and_hoisted_scalars():
 
     text = show(lower(optgen.load("setadam")))
     assert "host scalars" in text and "pass 1 of 2 (reduction pass)" in text and "pass 2 of 2 (update pass)" in text
-    assert "monotone map" in text
+    assert "the map is monotone, so one reduction pass fewer" in text

@@ -271,7 +271,7 @@ def test_claims_render_only_when_the_verdict_is_expected(monkeypatch):
 
 
 def test_claims_of_the_catalog_through_the_prover():
-    pytest.importorskip("optgen.prove")
+    pytest.importorskip("optgen.prover")
     statements = [p.statement for p in claims.propositions(optgen.load("adamw"))]
     assert any(s.startswith("AdamW is not the same algorithm as Adam") for s in statements)
     assert "With $\\lambda = 0$, AdamW is the same algorithm as Adam." in statements

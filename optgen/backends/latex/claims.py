@@ -1,6 +1,6 @@
 """The proven claims of a spec, as propositions for the documents.
 
-Claims are proven by optgen.prove (when it is installed): `prove_spec_claims(spec)` gives
+Claims are proven by optgen.prover (when it is installed): `prove_spec_claims(spec)` gives
 one result per claim with `.expect` and `.proof.status`. A claim is shown only when the
 verdict is the one the spec expects, so a document never states what was not shown.
 Claim expressions are parsed by the spec parser's converter (never eval'ed)."""
@@ -28,11 +28,11 @@ class Proposition:
 
 
 def prover():
-    """optgen.prove.prove_spec_claims, or None while the prover is not installed."""
+    """optgen.prover.prove_spec_claims, or None while the prover is not installed."""
     try:
-        module = importlib.import_module("optgen.prove")
+        module = importlib.import_module("optgen.prover")
     except ModuleNotFoundError as exc:
-        if exc.name == "optgen.prove":
+        if exc.name == "optgen.prover":
             return None
         raise
     return getattr(module, "prove_spec_claims", None)
@@ -115,7 +115,7 @@ def _statement(spec: Spec, claim: dict, verdict: str, math: _Math) -> str:
 def _other(spec: Spec, ref) -> Spec | None:
     """The spec an equivalence names, for its symbols; None when it cannot be loaded."""
     try:
-        from ...prove.claims import load_other
+        from ...prover.claims import load_other
 
         return load_other(str(ref), spec)
     except (SpecError, ImportError, OSError):

@@ -1,0 +1,134 @@
+"""Static facts of a spec: an interval for each state that holds at every step (by
+induction on the step, from the hyperparameter ranges), and the denominators of the update
+that can or cannot be shown > 0.
+
+A denominator the bounds cannot show positive is searched for a zero at the first step
+from simple inputs (grad 0 or 1, param 0 or 1, hyperparameters at their defaults or at a
+closed end of their range). A zero found is reported with that input; otherwise the
+finding says the positivity could not be shown. Both are warnings: the spec may guard
+the division in a way the analysis does not see."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import sympy
+
+from ..check import Finding, inline
+from ..expr import GRAD, PARAM, STEP
+from ..ir import Program
+from ..lower import lower
+from ..spec import If, Interval, Spec, holds
+from . import numeric as N
+from .bounds import bounds, is_positive, state_invariants
+from .sides import hyper_table
+
+
+def _facts(spec: Spec, options: dict[str, bool], program: Program | None) -> tuple[Program, dict[str, Interval]]:
+    """The lowered program and the bounds table: hyperparameter ranges and state intervals
+    (by their spec names: one spec alone needs no renaming)."""
+    program = program or lower(spec, options)
+    table = hyper_table(spec, set(spec.scalar_hypers))
+    inits = {s.name: s.init for s in program.states}
+    updates = {s.name: inline(program, program.outputs[s.name]) for s in program.states}
+    return program, {**table, **state_invariants(inits, updates, table)}
+
+
+def state_facts(spec: Spec, options: dict[str, bool] | None = None) -> dict[str, Interval]:
+    """State name -> an interval it stays in at every step (REAL when nothing is known)."""
+    options = options or spec.default_options()
+    program, table = _facts(spec, options, lower(spec, options, optimize=False))
+    return {s.name: table[s.name] for s in program.states}
+
+
+def nonneg_states(spec: Spec, options: dict[str, bool] | None = None) -> set[str]:
+    return {n for n, iv in state_facts(spec, options).items() if iv.lo >= 0}
+
+
+def denominator_findings(
+    spec: Spec, options: dict[str, bool] | None = None, program: Program | None = None
+) -> list[Finding]:
+    """A warning, at the statement, for each division whose denominator is not shown > 0.
+    `program`: the spec already lowered with these options (saves lowering it again)."""
+    program, table = _facts(spec, options or spec.default_options(), program)
+    findings = []
+    for stmt, denominator in _divisions(spec, program.options):
+        if is_positive(bounds(denominator, table)):
+            continue
+        witness = _zero_witness(spec, program, denominator)
+        text = _short(denominator)
+        if witness:
+            findings.append(Finding(stmt.loc, f"the denominator {text} can be 0: {witness}", "warning"))
+        else:
+            findings.append(Finding(stmt.loc, f"cannot show the denominator {text} is > 0", "warning"))
+    return findings
+
+
+def _divisions(spec: Spec, options: dict[str, bool]):
+    """(statement, denominator over the inputs) for each division written in the update,
+    except inside where(...) branches (the spec's own guard)."""
+    env: dict[str, sympy.Expr] = {}
+
+    def run(block):
+        for stmt in block:
+            if isinstance(stmt, If):
+                yield from run(stmt.body if holds(stmt.cond, options) else stmt.orelse)
+                continue
+            inlined = {s: env[s.name] for s in stmt.expr.free_symbols if s.name in env}
+            for base in _denominators(stmt.expr):
+                yield stmt, base.xreplace(inlined)
+            env[stmt.target] = stmt.expr.xreplace(inlined)
+
+    yield from run(spec.update)
+
+
+def _denominators(expr: sympy.Expr) -> list[sympy.Expr]:
+    out = []
+
+    def walk(e, guarded: bool):
+        if isinstance(e, sympy.Pow) and e.exp.is_negative and not guarded and e.base not in out:
+            out.append(e.base)
+        for a in e.args:
+            walk(a, guarded or isinstance(e, sympy.Piecewise))
+
+    walk(expr, False)
+    return out
+
+
+def _zero_witness(spec: Spec, program: Program, denominator: sympy.Expr) -> str | None:
+    """A first-step input at which the denominator is exactly 0, described, or None."""
+    settings = _hyper_settings(spec)
+    points = list(itertools.product((0.0, 1.0), (0.0, 1.0), range(len(settings))))
+    env = {**N.base_env(), STEP: np.float64(1)}
+    env[PARAM] = np.array([[p] * N.ELEMENTS for p, _, _ in points])
+    env[GRAD] = np.array([[g] * N.ELEMENTS for _, g, _ in points])
+    for name in spec.scalar_hypers:
+        env[name] = np.array([[settings[i][1][name]] for _, _, i in points])
+    for s in program.states:
+        env[s.name] = N.evaluate(s.init, env)
+    value = np.broadcast_to(N.compile_batch(denominator)(env), (len(points), N.ELEMENTS))
+    hits = np.flatnonzero(np.any(value == 0, axis=1))
+    if not hits.size:
+        return None
+    p, g, i = points[hits[0]]
+    return f"at the first step with grad = {g:g}, param = {p:g}, {settings[i][0]} (states at their init)"
+
+
+def _hyper_settings(spec: Spec) -> list[tuple[str, dict[str, float]]]:
+    """The defaults, then each hyperparameter alone at a closed end of its range."""
+    defaults = {}
+    for name, (h, i) in spec.scalar_hypers.items():
+        source = spec.hyperparameters[h.captured] if h.captured else h
+        defaults[name] = float(source.default[0 if h.captured else i])
+    settings = [("default hyperparameters", defaults)]
+    for name, (h, _) in spec.scalar_hypers.items():
+        for end, is_open in ((h.range.lo, h.range.lo_open), (h.range.hi, h.range.hi_open)):
+            if not is_open and np.isfinite(end) and end != defaults[name]:
+                settings.append((f"{name} = {end:g}", {**defaults, name: end}))
+    return settings
+
+
+def _short(expr) -> str:
+    text = str(expr)
+    return text if len(text) <= 60 else text[:57] + "..."
