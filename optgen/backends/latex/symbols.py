@@ -8,40 +8,9 @@ from __future__ import annotations
 
 import re
 
-GREEK = {
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "epsilon",
-    "zeta",
-    "eta",
-    "theta",
-    "iota",
-    "kappa",
-    "mu",
-    "nu",
-    "xi",
-    "pi",
-    "rho",
-    "sigma",
-    "tau",
-    "upsilon",
-    "phi",
-    "chi",
-    "psi",
-    "omega",
-    "Gamma",
-    "Delta",
-    "Theta",
-    "Xi",
-    "Pi",
-    "Sigma",
-    "Upsilon",
-    "Phi",
-    "Psi",
-    "Omega",
-}
+from ...texcheck import GREEK
+
+# a name word that is a Greek letter prints as the letter (beta1 -> \\beta_{1})
 PARAM_TEX, GRAD_TEX, STEP_TEX = r"\theta", "g", "t"
 _GREEK_DIGITS = re.compile(r"^([A-Za-z]+?)(\d+)$")
 
