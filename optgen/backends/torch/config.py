@@ -1,0 +1,6 @@
+"""The torch backend's settings."""
+
+NAME = "torch"
+TEMPLATE = "optimizer.py.j2"
+LINE_LENGTH = 100
+CACHE = "optgen-cache"  # under tempfile.gettempdir(): modules made by optgen.compile

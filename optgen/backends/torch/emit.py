@@ -1,0 +1,340 @@
+"""Print a schedule as the body of `_single_tensor_<name>` (a loop over tensors, method
+calls chained as in torch/optim/adam.py) or `_multi_tensor_<name>` (torch._foreach_* over
+the lists, Python floats per tensor as lists)."""
+
+from __future__ import annotations
+
+import sympy
+
+from ...expr import NDIM, NUMEL, STEP
+from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T
+from .prepare import PER_TENSOR, Prepared, plural
+from .printer import TensorPrinter, host_printer
+from .schedule import Schedule
+from .statements import Block, Line
+
+
+class _Texts:
+    """How an IR symbol is spelled inside one tensor's computation (the for-loop body, or the
+    body of a foreach list comprehension)."""
+
+    def __init__(self, p: Prepared, sched: Schedule):
+        self.p = p
+        self.display = sched.display
+
+    def name(self, ir: str) -> str:
+        if ir == NUMEL:
+            return "param.numel()"
+        if ir == NDIM:
+            return "param.ndim"
+        return self.display.get(ir, ir)
+
+    def host(self, ir: str) -> str:
+        if self.p.var_of.get(ir, ir) in self.p.scalar_states:
+            return f"{self.display[ir]}.item()"
+        return self.name(ir)
+
+
+class SinglePrinter:
+    def __init__(self, p: Prepared, sched: Schedule):
+        self.p = p
+        self.texts = _Texts(p, sched)
+        self.host_printer = host_printer(self.texts.host)
+        self.tensor_printer = TensorPrinter(self.texts.name, p.is_scalar, self.texts.host)
+
+    def host(self, expr) -> str:
+        return self.host_printer.doprint(expr)
+
+    def tensor(self, expr) -> str:
+        return self.tensor_printer.doprint(expr)
+
+    def arg(self, a) -> str:
+        return a.name if isinstance(a, T) else self.host(a.expr)
+
+    def kwargs(self, kw: dict) -> str:
+        return "".join(f", {k}={self.arg(v)}" for k, v in kw.items())
+
+    # ------------------------------------------------------------------ ops
+    def statements(self, ops: list) -> list:
+        """One line per op; in-place ops on the tensor the last line made or updated extend
+        that line (`denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)`)."""
+        out: list = []
+        chain: str | None = None  # the tensor the last line can be extended on
+        for op in ops:
+            if isinstance(op, InPlace) and op.target == chain and _chainable(op):
+                out[-1] = Line(out[-1].text + self._method(op))
+                continue
+            out.append(getattr(self, f"_{type(op).__name__}")(op))
+            chain = op.target if isinstance(op, New) or (isinstance(op, InPlace) and _chainable(op)) else None
+        return out
+
+    def _HostAssign(self, op: HostAssign) -> Line:
+        return Line(f"{op.name} = {self.host(op.expr)}")
+
+    def _New(self, op: New) -> Line:
+        return Line(f"{op.target} = {self._new(op)}")
+
+    def _InPlace(self, op: InPlace) -> Line:
+        if _chainable(op):
+            return Line(op.target + self._method(op))
+        return Line(f"torch.{op.fn}({op.target}, {self.arg(op.args[0])}, out={op.target})")
+
+    def _Alias(self, op: Alias) -> Line:
+        return Line(f"{op.target} = {op.source}")
+
+    def _Eval(self, op: Eval) -> Line:
+        return Line(f"{op.target} = {self.tensor(op.expr)}")
+
+    def _Reduce(self, op: Reduce) -> Line:
+        return Line(f"{op.target} = {_reduce(op.fn, op.source.name)}")
+
+    def _Fill(self, op: Fill) -> Line:
+        return Line(f"{op.target}.fill_({self.host(op.expr)})")
+
+    def _If(self, op: If) -> Block:
+        return Block(f"if {self.host(op.cond)}:", self.statements(op.body), self.statements(op.orelse))
+
+    def _new(self, op: New) -> str:
+        a = op.args
+        if op.fn in ("maximum", "minimum"):
+            return f"torch.{op.fn}({self.arg(a[0])}, {self.arg(a[1])})"
+        if op.fn == "full_like":
+            if a[1].expr == 0:
+                return f"torch.zeros_like({self.arg(a[0])})"
+            return f"torch.full_like({self.arg(a[0])}, {self.arg(a[1])})"
+        first = a[0].name
+        return first + self._call(op.fn, a[1:], op.kw, in_place=False)
+
+    def _method(self, op: InPlace) -> str:
+        return self._call(op.fn, op.args, op.kw, in_place=True)
+
+    def _call(self, fn: str, args: tuple, kw: dict, in_place: bool) -> str:
+        suffix = "_" if in_place else ""
+        alpha = kw.get("alpha")
+        if fn == "add" and alpha is not None and alpha.expr == -1:
+            return f".sub{suffix}({self.arg(args[0])})"
+        if fn == "add" and alpha is not None and _negative(alpha.expr):
+            return f".sub{suffix}({self.arg(args[0])}, alpha={self.host(-alpha.expr)})"
+        if fn == "clamp":
+            return f".clamp{suffix}({', '.join(f'{k}={self.arg(v)}' for k, v in kw.items())})"
+        if fn == "fill":
+            return f".fill_({self.arg(args[0])})"
+        if fn == "copy":
+            return f".copy_({self.arg(args[0])})"
+        return f".{fn}{suffix}({', '.join(self.arg(x) for x in args)}{self.kwargs(kw)})"
+
+
+def _chainable(op: InPlace) -> bool:
+    return op.fn not in ("maximum", "minimum")
+
+
+def _negative(expr) -> bool:
+    """-lr reads better as sub_(x, alpha=lr); 1 - dampening stays as it is."""
+    return not isinstance(expr, sympy.Add) and expr.as_coeff_Mul()[0] < 0
+
+
+def _reduce(fn: str, source: str) -> str:
+    if fn == "norm":
+        return f"torch.linalg.vector_norm({source})"
+    return f"{source}.{ {'sum': 'sum', 'min': 'amin', 'max': 'amax'}[fn] }()"
+
+
+class ForeachPrinter(SinglePrinter):
+    """The same schedule over lists: `torch._foreach_*`, per-tensor floats as lists."""
+
+    def __init__(self, p: Prepared, sched: Schedule):
+        super().__init__(p, sched)
+        self.display = sched.display
+        first = _FirstTexts(p, sched)
+        self.first_printer = host_printer(first.host)
+
+    # ------------------------------------------------------------------ operands
+    def arg(self, a) -> str:
+        if isinstance(a, T):
+            return plural(a.name) if a.per_tensor else a.name
+        if not self.p.per_tensor(a.expr):
+            return self.host(a.expr)
+        if a.expr.is_Symbol:
+            return self.list_of(a.expr.name)
+        return self.comprehension(self.host(a.expr), a.expr)
+
+    def list_of(self, ir: str) -> str:
+        if ir == STEP:
+            return "steps"
+        if ir in (NUMEL, NDIM):
+            return f"[{self.texts.name(ir)} for param in params]"
+        return plural(self.display[ir])
+
+    def loop_vars(self, expr) -> list[tuple[str, str]]:
+        pairs: list[tuple[str, str]] = []
+        for s in sorted(expr.free_symbols, key=lambda s: s.name):
+            if self.p.kinds.get(s.name, "uniform") not in PER_TENSOR:
+                continue
+            if s.name in (NUMEL, NDIM):
+                pair = ("param", "params")
+            elif s.name == STEP:
+                pair = ("step", "steps")
+            else:
+                pair = (self.display[s.name], plural(self.display[s.name]))
+            if pair not in pairs:
+                pairs.append(pair)
+        return pairs
+
+    def comprehension(self, body: str, expr, extra: list[tuple[str, str]] = ()) -> str:
+        pairs = list(extra) + [p for p in self.loop_vars(expr) if p not in extra]
+        names, lists = ", ".join(v for v, _ in pairs), ", ".join(l for _, l in pairs)
+        if len(pairs) == 1:
+            return f"[{body} for {names} in {lists}]"
+        return f"[{body} for {names} in zip({lists})]"
+
+    def first(self, expr) -> str:
+        """A per-tensor condition, read from the first tensor (a batch agrees on it)."""
+        return self.first_printer.doprint(expr)
+
+    # ------------------------------------------------------------------ ops
+    def statements(self, ops: list) -> list:
+        out: list = []
+        for op in ops:
+            lines = getattr(self, f"_{type(op).__name__}")(op)
+            out.extend(lines if isinstance(lines, list) else [lines])
+        return out
+
+    def _HostAssign(self, op: HostAssign) -> Line:
+        if op.per_tensor:
+            return Line(f"{plural(op.name)} = {self.comprehension(self.host(op.expr), op.expr)}")
+        return Line(f"{op.name} = {self.host(op.expr)}")
+
+    def _New(self, op: New) -> list:
+        return self._new_lines(op)
+
+    def _InPlace(self, op: InPlace) -> list:
+        return self._in_place_lines(op)
+
+    def _Alias(self, op: Alias) -> Line:
+        return Line(f"{plural(op.target)} = {plural(op.source)}")
+
+    def _Eval(self, op: Eval) -> Line:
+        if self.p.per_tensor(op.expr):
+            return Line(f"{plural(op.target)} = {self.comprehension(self.tensor(op.expr), op.expr)}")
+        return Line(f"{op.target} = {self.tensor(op.expr)}")
+
+    def _Reduce(self, op: Reduce) -> Line:
+        return Line(f"{plural(op.target)} = {self._reduce(op)}")
+
+    def _Fill(self, op: Fill) -> Block:
+        return self._fill(op.target, S(op.expr))
+
+    def _If(self, op: If) -> Block:
+        cond = self.first(op.cond) if op.per_tensor else self.host(op.cond)
+        return Block(f"if {cond}:", self.statements(op.body), self.statements(op.orelse))
+
+    def _reduce(self, op: Reduce) -> str:
+        xs = plural(op.source.name)
+        if op.fn == "norm":
+            return f"torch._foreach_norm({xs})"
+        method = {"sum": "sum", "min": "amin", "max": "amax"}[op.fn]
+        return f"[x.{method}() for x in {xs}]"
+
+    def _fill(self, target: str, value: S) -> Block:
+        ts = plural(target)
+        if self.p.per_tensor(value.expr):
+            return Block(f"for {target}, value in zip({ts}, {self.arg(value)}):", [Line(f"{target}.fill_(value)")])
+        return Block(f"for {target} in {ts}:", [Line(f"{target}.fill_({self.arg(value)})")])
+
+    def _foreach_call(self, fn: str, args: list[str], kw: dict, in_place: bool) -> str:
+        suffix = "_" if in_place else ""
+        alpha = kw.get("alpha")
+        if fn == "add" and alpha is not None and alpha.expr == -1:
+            return f"torch._foreach_sub{suffix}({', '.join(args)})"
+        if fn == "square":
+            return f"torch._foreach_mul{suffix}({args[0]}, {args[0]})"
+        extra = ""
+        for key, value in kw.items():
+            if key == "value" and self.p.per_tensor(value.expr):
+                extra += f", {self.arg(value)}"  # a list of scalars is positional
+            else:
+                extra += f", {key}={self.arg(value)}"
+        return f"torch._foreach_{fn}{suffix}({', '.join(args)}{extra})"
+
+    def _new_lines(self, op: New) -> list:
+        target = plural(op.target)
+        args = [self.arg(a) for a in op.args]
+        if op.fn == "clone":
+            return [Line(f"{target} = [x.clone() for x in {args[0]}]")]
+        if op.fn == "clamp":
+            (bound, value), *rest = op.kw.items()
+            lines = [Line(f"{target} = torch._foreach_clamp_{bound}({args[0]}, {self.arg(value)})")]
+            return lines + [Line(f"torch._foreach_clamp_{k}_({target}, {self.arg(v)})") for k, v in rest]
+        if op.fn == "full_like":
+            value = op.args[1]
+            body = "torch.zeros_like(param)" if value.expr == 0 else f"torch.full_like(param, {self.host(value.expr)})"
+            return [Line(f"{target} = {self.comprehension(body, value.expr, [('param', 'params')])}")]
+        return [Line(f"{target} = {self._foreach_call(op.fn, args, op.kw, in_place=False)}")]
+
+    def _in_place_lines(self, op: InPlace) -> list:
+        target = plural(op.target)
+        args = [target] + [self.arg(a) for a in op.args]
+        if op.fn == "copy":
+            return [Line(f"torch._foreach_copy_({args[0]}, {args[1]})")]
+        if op.fn == "fill":
+            return [self._fill(op.target, op.args[0])]
+        if op.fn == "clamp":
+            return [Line(f"torch._foreach_clamp_{k}_({target}, {self.arg(v)})") for k, v in op.kw.items()]
+        return [Line(self._foreach_call(op.fn, args, op.kw, in_place=True))]
+
+
+class _FirstTexts(_Texts):
+    def __init__(self, p: Prepared, sched: Schedule):
+        super().__init__(p, sched)
+
+    def host(self, ir: str) -> str:
+        if ir in (NUMEL, NDIM):
+            return "params[0].numel()" if ir == NUMEL else "params[0].ndim"
+        if ir == STEP:
+            return "steps[0]"
+        if self.p.kinds.get(ir, "uniform") in PER_TENSOR:
+            text = f"{plural(self.display[ir])}[0]"
+            return f"{text}.item()" if self.p.var_of.get(ir, ir) in self.p.scalar_states else text
+        return self.display.get(ir, ir)
+
+
+# --------------------------------------------------------------------------- function bodies
+def single_body(p: Prepared, sched: Schedule, index: str = "i") -> list:
+    """`i` is reserved: no value of the spec takes that name."""
+    printer = SinglePrinter(p, sched)
+    loop = [Line(f"grad = grads[{index}] if not maximize else -grads[{index}]")]
+    for s in p.program.states:
+        loop.append(Line(f"{s.name} = {plural(s.name)}[{index}]"))
+    loop += [Line(f"step_t = state_steps[{index}]"), Line("step_t += 1")]
+    if sched.uses_step:
+        loop.append(Line("step = step_t.item()"))
+    loop += printer.statements(sched.per_tensor_host) + printer.statements(sched.work)
+    group = printer.statements(sched.group)
+    if group:  # the group's values may read a cross-parameter value that no tensor needed
+        group = [Block("if not params:", [Line("return")]), *group]
+    return group + [Block(f"for {index}, param in enumerate(params):", loop)]
+
+
+def multi_body(p: Prepared, sched: Schedule, recurse: str, lists: list[str]) -> list:
+    """`recurse` is the call that runs one batch: `_multi_tensor_adam(*batch, lr=lr, ...)`."""
+    printer = ForeachPrinter(p, sched)
+    body: list = [Block("if not params:", [Line("return")])]
+    if sched.uses_step:
+        body.append(Line("steps = [step_t.item() + 1 for step_t in state_steps]"))
+    body += printer.statements(sched.group) + printer.statements(sched.per_tensor_host)
+    conds = sched.branch_conditions
+    key_parts = ["param.device", "param.dtype"] + [printer.host(c) for c in conds]
+    key_expr = sympy.Tuple(*conds) if conds else sympy.Tuple()
+    keys = printer.comprehension(f"({', '.join(key_parts)})", key_expr, [("param", "params")])
+    why = ", dtype and side of each host-side branch" if conds else " and dtype"
+    body.append(Line(f"# one foreach call per device{why}"))
+    body.append(Line(f"keys = {keys}"))
+    body.append(
+        Block(
+            "if len(set(keys)) > 1:",
+            [Block(f"for batch in _batches(keys, {', '.join(lists)}):", [Line(recurse)]), Line("return")],
+        )
+    )
+    body.append(Line("torch._foreach_add_(state_steps, 1)"))
+    body.append(Block("if maximize:", [Line("grads = torch._foreach_neg(grads)")]))
+    return body + printer.statements(sched.work)

@@ -1,0 +1,471 @@
+"""One spec -> one Python module: the optimizer class, the functional dispatcher and its
+for-loop, foreach and fused implementations (the shape of torch/optim/adam.py)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import textwrap
+from dataclasses import dataclass
+
+import jinja2
+import sympy
+from sympy.logic.boolalg import simplify_logic
+
+from ... import catalog
+from ...errors import CompileError
+from ...expr import GRAD, PARAM
+from ...lower import lower
+from ...spec import Spec, StateDecl
+from . import config
+from .emit import multi_body, single_body
+from .prepare import Prepared, plural, prepare
+from .printer import TensorPrinter, host_printer, number
+from .schedule import Scheduler
+from .statements import merge_variants, render
+
+
+@dataclass
+class Variant:
+    options: dict[str, bool]
+    prepared: Prepared
+
+
+@dataclass
+class GlobalFunction:
+    """A cross-parameter reduction: the class sums it over every group before updating."""
+
+    name: str
+    helper: str
+    doc: str
+    needed_group: str
+    needed_local: str
+    group_kwargs: str
+    local_kwargs: str
+    helper_signature: str
+    helper_body: str
+
+
+def render_module(spec: Spec, stamp: str, compiled: bool = False) -> str:
+    if spec.gradient_at is not None:
+        raise CompileError(
+            spec.loc,
+            f"{spec.name} takes its gradient at {spec.gradient_at} (a paper form, for proofs): "
+            "only a spec whose gradient is taken at `param` compiles to an optimizer",
+        )
+    variants = [Variant(combo, prepare(lower(spec, combo))) for combo in spec.option_combinations()]
+    context = _context(spec, variants, stamp, compiled)
+    template = _environment().get_template("optimizer.py.j2")
+    return format_source(template.render(**context))
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(catalog.templates_dir() / config.NAME)),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def format_source(text: str) -> str:
+    """ruff format, when ruff is installed (the committed files are always formatted)."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        return text
+    result = subprocess.run(
+        [ruff, "format", "--quiet", "--isolated", f"--line-length={config.LINE_LENGTH}", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout
+
+
+# --------------------------------------------------------------------------- context
+def _context(spec: Spec, variants: list[Variant], stamp: str, compiled: bool) -> dict:
+    fn = spec.module_name
+    lists = ["params", "grads"] + [plural(s) for s in spec.state] + ["state_steps"]
+    globals_ = _globals(spec, variants)
+    kwargs = list(spec.scalar_hypers) + list(spec.options) + ["maximize"] + [g.name for g in globals_]
+    return {
+        "stamp": stamp,
+        "name": spec.name,
+        "fn": fn,
+        "headline": _escape(_wrap(f"{spec.name}: {spec.summary}", 96, "")),
+        "paper": _escape(_wrap(spec.paper, 96, "")),
+        "compiled": compiled,
+        "lists": lists,
+        "globals": globals_,
+        "signature": _signature(spec, lists, globals_),
+        "forward_kwargs": [f"{k}={k}" for k in kwargs],
+        "states": [{"name": s, "list": plural(s)} for s in spec.state],
+        "spec_key": "_spec_key" if compiled else f'"{fn}"',
+        "hyper_names": list(spec.scalar_hypers),
+        "option_names": list(spec.options),
+        **_class_context(spec, variants, globals_),
+        **_bodies(spec, variants, lists, kwargs),
+    }
+
+
+def _class_context(spec: Spec, variants: list[Variant], globals_) -> dict:
+    captured = {k: h.captured for k, h in spec.hyperparameters.items() if h.captured}
+    device_states = _device_states(variants)
+    return {
+        "docstring": _docstring(spec),
+        "ctor_args": _ctor_args(spec),
+        "ctor_keys": [k for k, h in spec.hyperparameters.items() if h.captured is None] + list(spec.options),
+        "validation": _validation(spec),
+        "captured": [f'param_group.setdefault("{k}", param_group["{src}"])' for k, src in captured.items()],
+        "captured_setstate": [f'group.setdefault("{k}", group["{src}"])' for k, src in captured.items()],
+        "init_uses_grad": any(GRAD in {x.name for x in s.init.free_symbols} for s in spec.state.values()),
+        "state_init": [_state_init(spec, s, device_states) for s in spec.state.values()],
+        "unpack": [f'{", ".join(h.names)} = group["{k}"]' for k, h in spec.hyperparameters.items() if h.is_tuple],
+        "call_kwargs": _call_kwargs(spec, globals_),
+    }
+
+
+def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[str]) -> dict:
+    """The for-loop and foreach bodies: one schedule per setting of the options, merged."""
+    fn = spec.module_name
+    reserved = _reserved(spec, lists, kwargs, fn)
+    recurse = f"_multi_tensor_{fn}(*batch, {', '.join(f'{k}={k}' for k in kwargs)})"
+    singles, multis = [], []
+    for v in variants:
+        singles.append((v.options, single_body(v.prepared, Scheduler(v.prepared, False, reserved).run())))
+        multis.append((v.options, multi_body(v.prepared, Scheduler(v.prepared, True, reserved).run(), recurse, lists)))
+    options = list(spec.options)
+    return {
+        "single_body": render(merge_variants(singles, options), 1),
+        "multi_body": render(merge_variants(multis, options), 1),
+    }
+
+
+def _reserved(spec: Spec, lists: list[str], kwargs: list[str], fn: str) -> set[str]:
+    names = set(lists) | set(kwargs) | set(spec.state) | set(spec.options)
+    names |= {"param", "grad", "step", "step_t", "steps", "keys", "batch", "value", "x", "i", "p", "torch", "Tensor"}
+    names |= {fn, f"_single_tensor_{fn}", f"_multi_tensor_{fn}", f"_fused_{fn}", "_batches", "foreach", "fused"}
+    return names
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _wrap(text: str, width: int, indent: str) -> str:
+    return "\n".join(textwrap.wrap(_one_line(text), width, initial_indent=indent, subsequent_indent=indent))
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+
+
+# --------------------------------------------------------------------------- the class
+def _docstring(spec: Spec) -> str:
+    from ..latex.docstring import math_rst
+
+    pad = "    "
+    summary = _wrap(spec.summary, 92, pad).lstrip()
+    parts = [summary, "", math_rst(spec, indent=pad), "", pad + "Args:"]
+    parts.append(_arg("params (iterable)", "parameters to optimize, or dicts defining parameter groups."))
+    for key, h in spec.hyperparameters.items():
+        if h.captured is None:
+            parts.append(_arg(f"{key} ({_type_of(h)}, optional)", _hyper_doc(h)))
+    for name, opt in spec.options.items():
+        doc = opt.doc or "a compile-time option: the update is specialised to it"
+        parts.append(_arg(f"{name} (bool, optional)", f"{doc.rstrip('.')} (default: {opt.default})."))
+    parts.append(_arg("maximize (bool, optional)", "maximize the objective instead of minimizing it (default: False)."))
+    parts.append(
+        _arg(
+            "foreach (bool, optional)",
+            "update each group's tensors with torch._foreach_* kernels; None picks them on CUDA (default: None).",
+        )
+    )
+    parts.append(_arg("fused (bool, optional)", "update with optgen's fused Triton kernels (default: None)."))
+    for key, h in spec.hyperparameters.items():
+        if h.captured is not None:
+            parts += [
+                "",
+                _wrap(
+                    f"``{key}`` (:math:`{h.tex[0]}`) is not a keyword: it is set from the group's ``{h.captured}`` when the group is added, and stays fixed while an LR scheduler changes ``{h.captured}``.",
+                    92,
+                    pad,
+                ),
+            ]
+    if spec.notes:
+        parts += ["", _wrap(spec.notes, 92, pad)]
+    parity = (
+        "No public implementation: tested against an independent float64 implementation."
+        if spec.parity == "independent"
+        else f"Parity reference: ``{spec.parity}``."
+    )
+    parts += ["", _wrap(f"Paper: {spec.paper}", 92, pad), "", _wrap(parity, 92, pad)]
+    text = "\n".join(parts)
+    if '"""' in text or text.rstrip().endswith("\\"):
+        raise CompileError(spec.loc, f"{spec.name}: the docstring text would end the docstring early")
+    return text
+
+
+def _arg(head: str, text: str) -> str:
+    return textwrap.fill(f"{head}: {text}", 96, initial_indent=" " * 8, subsequent_indent=" " * 12)
+
+
+def _type_of(h) -> str:
+    return f"tuple[{', '.join(['float'] * len(h.names))}]" if h.is_tuple else "float"
+
+
+def _default(h) -> str:
+    if h.is_tuple:
+        return "(" + ", ".join(number(x) for x in h.default) + ")"
+    return number(h.default[0])
+
+
+def _hyper_doc(h) -> str:
+    if h.is_tuple:
+        symbols = ", ".join(h.tex)
+        what = h.doc.rstrip(".") + ", " if h.doc else ""
+        return f"{what}:math:`({symbols})` ({', '.join(h.names)}), each in {h.range} (default: {_default(h)})."
+    what = h.doc.rstrip(".") + ", " if h.doc else ""
+    return f"{what}:math:`{h.tex[0]}`, in {h.range} (default: {_default(h)})."
+
+
+def _ctor_args(spec: Spec) -> list[str]:
+    out = [f"{k}: {_type_of(h)} = {_default(h)}" for k, h in spec.hyperparameters.items() if h.captured is None]
+    return out + [f"{name}: bool = {opt.default}" for name, opt in spec.options.items()]
+
+
+def _validation(spec: Spec) -> list[str]:
+    lines = []
+    for key, h in spec.hyperparameters.items():
+        if h.captured is not None:
+            continue
+        if h.is_tuple:
+            lines.append(f'{", ".join(h.names)} = param_group["{key}"]')
+        else:
+            lines.append(f'{key} = param_group["{key}"]')
+        for i, name in enumerate(h.names):
+            test = _range_test(name, h.range)
+            if test is None:
+                continue
+            label = f"{name} ({key}[{i}])" if h.is_tuple else name
+            lines.append(f"if not {test}:")
+            lines += _raise(f'f"Invalid {label}: {{{name}!r}}', f'(expected a value in {h.range})"')
+    return lines
+
+
+def _raise(head: str, tail: str) -> list[str]:
+    """raise ValueError(message), the message split in two literals when one line is too long."""
+    if len(head) + len(tail) < 72:
+        return [f"    raise ValueError({head} {tail})"]
+    return ["    raise ValueError(", f'        {head} "', f'        "{tail}', "    )"]
+
+
+def _range_test(name: str, interval) -> str | None:
+    parts = []
+    if interval.lo != float("-inf"):
+        parts.append(f"{number(interval.lo)} {'<' if interval.lo_open else '<='} ")
+    parts.append(name)
+    if interval.hi != float("inf"):
+        parts.append(f" {'<' if interval.hi_open else '<='} {number(interval.hi)}")
+    return "".join(parts) if len(parts) > 1 else None
+
+
+def _group_text(spec: Spec):
+    """Hyperparameters and options as read from a param group."""
+    texts = {o: f'group["{o}"]' for o in spec.options}
+    for key, h in spec.hyperparameters.items():
+        for i, name in enumerate(h.names):
+            texts[name] = f'group["{key}"][{i}]' if h.is_tuple else f'group["{key}"]'
+    texts.update({PARAM: "p", GRAD: "grad", "numel": "p.numel()", "ndim": "p.ndim"})
+    return lambda name: texts.get(name, name)
+
+
+def _device_states(variants: list[Variant]) -> set[str]:
+    """Tensor-scope states whose update reads a reduction: 0-d tensors on the device."""
+    out = set()
+    for v in variants:
+        out |= {s.name for s in v.prepared.program.states if s.scope == "tensor"} - v.prepared.scalar_states
+    return out
+
+
+def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
+    text = _group_text(spec)
+    init = s.init
+    names = {x.name for x in init.free_symbols}
+    if s.scope == "tensor":
+        value = number(float(init)) if init.is_number else host_printer(text).doprint(init)
+        if s.name in device_states:
+            make = f"torch.full((), {value}, dtype=p.dtype, device=p.device)"
+        else:  # a 0-d CPU tensor, as torch keeps NAdam's mu_product
+            make = f"torch.tensor({value}, dtype=_get_scalar_dtype())"
+    elif init == 0:
+        make = "torch.zeros_like(p, memory_format=torch.preserve_format)"
+    elif not names & {PARAM, GRAD}:
+        make = f"torch.full_like(p, {host_printer(text).doprint(init)}, memory_format=torch.preserve_format)"
+    elif init.is_Symbol:
+        make = f"{text(init.name)}.clone(memory_format=torch.preserve_format)"
+    else:
+        make = TensorPrinter(text, lambda e: not ({x.name for x in e.free_symbols} & {PARAM, GRAD})).doprint(init)
+    lines = [
+        f'if "{s.key}" not in state:',
+        f'    state["{s.key}"] = {make}',
+        f'{plural(s.name)}.append(state["{s.key}"])',
+    ]
+    if s.when is not None:
+        lines = [f"if {_condition(s.when, lambda o: f'group[{o!r}]'.replace(chr(39), chr(34)))}:"] + [
+            "    " + line for line in lines
+        ]
+    return "\n".join(" " * 12 + line for line in lines)
+
+
+def _condition(cond, spell) -> str:
+    if isinstance(cond, str):
+        return spell(cond)
+    op, arg = cond
+    if op == "not":
+        return f"not {_condition(arg, spell)}"
+    joined = f" {op} ".join(
+        _condition(c, spell) if isinstance(c, str) or c[0] == "not" else f"({_condition(c, spell)})" for c in arg
+    )
+    return joined
+
+
+def _call_kwargs(spec: Spec, globals_) -> list[str]:
+    out = []
+    for key, h in spec.hyperparameters.items():
+        for name in h.names:
+            out.append(f"{name}={name}" if h.is_tuple else f'{name}=group["{key}"]')
+    out += [f'{o}=group["{o}"]' for o in spec.options]
+    out.append('maximize=group["maximize"]')
+    out += [f"{g.name}={g.name}" for g in globals_]
+    return out
+
+
+def _signature(spec: Spec, lists: list[str], globals_) -> str:
+    lines = [f"    {name}: list[Tensor]," for name in lists]
+    lines.append("    *,")
+    lines += [f"    {name}: float," for name in spec.scalar_hypers]
+    lines += [f"    {name}: bool," for name in spec.options]
+    lines.append("    maximize: bool,")
+    lines += [f"    {g.name}: Tensor | None = None," for g in globals_]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- global reductions
+def _globals(spec: Spec, variants: list[Variant]) -> list[GlobalFunction]:
+    found: dict[str, tuple] = {}
+    for v in variants:
+        for g in v.prepared.globals:
+            if g.name in found and found[g.name][0] != g.arg:
+                raise CompileError(spec.loc, f"the cross-parameter reduction {g.name} differs between option settings")
+            found.setdefault(g.name, (g.arg, []))[1].append(v)
+    out = []
+    for name, (arg, users) in found.items():
+        condition = _needed(name, users)
+        hypers = sorted({s.name for s in arg.free_symbols} - {PARAM, GRAD}, key=list(spec.scalar_hypers).index)
+        even = _even_in_grad(arg)
+        kw = hypers + ([] if even else ["maximize"])
+        group_kw = [
+            f'{h}=group["{_hyper_key(spec, h)}"]'
+            + (f"[{_hyper_index(spec, h)}]" if spec.scalar_hypers[h][0].is_tuple else "")
+            for h in hypers
+        ]
+        group_kw += [] if even else ['maximize=group["maximize"]']
+        out.append(
+            GlobalFunction(
+                name=name,
+                helper=f"_partial_{name}",
+                doc=f"The sum of {arg}",
+                needed_group=_spell(condition, _group_text(spec)),
+                needed_local=_spell(condition, lambda o: o),
+                group_kwargs="".join(f", {k}" for k in group_kw),
+                local_kwargs="".join(f", {k}={k}" for k in kw),
+                helper_signature=(
+                    "".join([", *"] + [f", {h}: float" for h in hypers] + ([] if even else [", maximize: bool"]))
+                )
+                if kw
+                else "",
+                helper_body=_global_body(arg, even),
+            )
+        )
+    return out
+
+
+def _hyper_key(spec: Spec, name: str) -> str:
+    return spec.scalar_hypers[name][0].key
+
+
+def _hyper_index(spec: Spec, name: str) -> int:
+    return spec.scalar_hypers[name][1]
+
+
+def _even_in_grad(arg) -> bool:
+    g = sympy.Symbol(GRAD, real=True)
+    grads = [s for s in arg.free_symbols if s.name == GRAD]
+    return not grads or sympy.simplify(arg.xreplace({grads[0]: -g}) - arg.xreplace({grads[0]: g})) == 0
+
+
+def _global_body(arg, even: bool) -> str:
+    for name, lst in ((GRAD, "grads"), (PARAM, "params")):
+        if isinstance(arg, sympy.Pow) and arg.exp == 2 and arg.base.is_Symbol and arg.base.name == name:
+            return f"    return torch.stack(torch._foreach_norm({lst})).square().sum()"
+    printer = TensorPrinter(lambda n: n, lambda e: not ({x.name for x in e.free_symbols} & {PARAM, GRAD}))
+    lines = [] if even else ["    if maximize:", "        grads = torch._foreach_neg(grads)"]
+    lines.append(
+        f"    return torch.stack([({printer.doprint(arg)}).sum() for param, grad in zip(params, grads)]).sum()"
+    )
+    return "\n".join(lines)
+
+
+def _needed(name: str, users: list[Variant]):
+    """When a param group needs the reduction: the option settings that have it, and the
+    hyperparameters that switch it off at 0 (Adan's max_grad_norm)."""
+    terms = []
+    for v in users:
+        literals = [sympy.Symbol(o) if on else sympy.Not(sympy.Symbol(o)) for o, on in v.options.items()]
+        kills = [sympy.Symbol(f"nonzero__{h}") for h in _killers(v.prepared, name)]
+        terms.append(sympy.And(*literals, *kills))
+    return simplify_logic(sympy.Or(*terms), form="dnf")
+
+
+def _killers(p: Prepared, name: str) -> list[str]:
+    out = []
+    spec = p.program.spec
+    for h, (hp, _) in spec.scalar_hypers.items():
+        if hp.captured is not None or not hp.range.contains(0.0) or h not in p.kinds:
+            continue
+        table = {h: sympy.Integer(0)}
+        for v in p.values:
+            if p.kinds[v.name] in ("uniform", "device_uniform"):
+                e = v.expr.xreplace({s: table[s.name] for s in v.expr.free_symbols if s.name in table})
+                if e.is_number:
+                    table[v.name] = e
+        live = set(p.program.outputs.values())
+        for v in reversed(p.values):
+            if v.name in live and v.name not in table:
+                e = v.expr.xreplace({s: table[s.name] for s in v.expr.free_symbols if s.name in table})
+                live |= {s.name for s in e.free_symbols}
+        if name not in live:
+            out.append(h)
+    return out
+
+
+def _spell(cond, option_text) -> str:
+    if cond is sympy.true:
+        return "True"
+    if cond is sympy.false:
+        return "False"
+    if isinstance(cond, sympy.Symbol):
+        if cond.name.startswith("nonzero__"):
+            h = cond.name[len("nonzero__") :]
+            return f"{option_text(h)} != 0"
+        return option_text(cond.name)
+    if isinstance(cond, sympy.Not):
+        return f"not {_spell(cond.args[0], option_text)}"
+    op = " and " if isinstance(cond, sympy.And) else " or "
+    parts = [_spell(a, option_text) for a in sorted(cond.args, key=str)]
+    if isinstance(cond, sympy.Or):
+        parts = [f"({p})" if " and " in p else p for p in parts]
+    return op.join(parts)
