@@ -1,0 +1,392 @@
+"""Running the generated Triton modules: what a torch optimizer class calls with fused=True.
+
+    fused_step(spec_key, params=..., grads=..., states=..., steps=..., hyper=..., options=...,
+               global_values=..., maximize=...)        # updates params and states in place
+    fused_global(spec_key, params=..., grads=..., hyper=..., options=..., maximize=...)
+    register(spec) -> spec_key                          # a spec from optgen.compile
+
+Tensors are split into groups of one device and one dtype per array (param, grad, each
+state); each group is one TensorGroup and each pass of the update one launch over it. A
+group's tables (block map, sizes, per-array offsets from a base pointer) live on the device
+and are cached by the tensors' addresses, so a steady training loop re-uploads only the small
+per-step tables (host scalars by step, reduction accumulators).
+
+Under TRITON_INTERPRET=1 the same kernels run on CPU tensors (NumPy, one program at a time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ... import catalog
+from . import config
+
+_MODULES: dict[str, ModuleType] = {}
+_IDENTITY = {"sum": 0.0, "min": float("inf"), "max": float("-inf")}
+
+
+# --------------------------------------------------------------------------- entry points
+def fused_step(
+    spec_key: str,
+    *,
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: dict[str, list[Tensor]],
+    steps: list[int],
+    hyper: dict[str, float],
+    options: dict[str, bool],
+    global_values: dict[str, Tensor],
+    maximize: bool,
+) -> None:
+    """One optimizer step of `params` in place (and of `states`, keyed by spec state name,
+    lists aligned with params; per-tensor states are 0-d tensors). `steps` are the step values
+    the formulas use (after the increment); `global_values` the global reductions over every
+    param group (see fused_global), by IR value name. A value left out is NaN in the kernels:
+    leave out only one the update does not read with these hyperparameters (Adan's gradient
+    norm when max_grad_norm == 0), so that a mistake poisons the params instead of hiding."""
+    module = load(spec_key)
+    _check_lengths(params, grads, steps, states)
+    if not params:
+        return
+    options = {name: bool(options.get(name, default)) for name, default in module.OPTIONS.items()}
+    _check_states(module, options, states)
+    hyper = {name: float(value) for name, value in hyper.items()}
+    arrays = {name: states[name] for name in module.ARRAYS[2:] if name in states}
+    tensor_states = {name: states[name] for name in getattr(module, "TENSOR_STATES", ()) if name in states}
+    for group in _groups(params, grads, arrays, tensor_states, steps):
+        values = _global_tensor(module, options, global_values, group.device)
+        module.launch(group, hyper, options, bool(maximize), values)
+        group.write_back()
+
+
+def fused_global(
+    spec_key: str,
+    *,
+    params: list[Tensor],
+    grads: list[Tensor],
+    hyper: dict[str, float],
+    options: dict[str, bool],
+    maximize: bool,
+) -> dict[str, Tensor]:
+    """This param group's share of the global reductions (`global_sums(options)`), as 0-d
+    float32 tensors on the first parameter's device; sum them over the param groups."""
+    module = load(spec_key)
+    options = {name: bool(options.get(name, default)) for name, default in module.OPTIONS.items()}
+    names = module.global_sums(options) if hasattr(module, "global_sums") else ()
+    if not names or not params:
+        return {}
+    hyper = {name: float(value) for name, value in hyper.items()}
+    totals: dict[torch.device, Tensor] = {}
+    for group in _groups(params, grads, {}, {}, [1] * len(params)):
+        out = totals.setdefault(group.device, torch.zeros(len(names), dtype=torch.float32, device=group.device))
+        module.launch_global_sums(group, hyper, options, bool(maximize), out)
+    device = params[0].device
+    total = sum(t.to(device) for t in totals.values())
+    return {name: total[i] for i, name in enumerate(names)}
+
+
+def register(spec) -> str:
+    """Render `spec` in memory, write it to the cache (@triton.jit needs a real source file)
+    and import it; the returned key names it for fused_step."""
+    from . import render_module
+
+    text = render_module(spec)
+    key = f"{spec.module_name}_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    path = cache_dir() / f"{key}.py"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(f".{os.getpid()}.tmp")
+        staging.write_text(text, encoding="utf-8")
+        os.replace(staging, path)
+    _MODULES[key] = _import(key, path)
+    return key
+
+
+def cache_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "optgen-cache"
+
+
+def load(spec_key: str) -> ModuleType:
+    """The module for a catalog stem ("adam": generated/triton/adam.py) or a registered key."""
+    if spec_key in _MODULES:
+        return _MODULES[spec_key]
+    for path in (catalog.generated_dir() / "triton" / f"{spec_key}.py", cache_dir() / f"{spec_key}.py"):
+        if path.is_file():
+            _MODULES[spec_key] = _import(spec_key, path)
+            return _MODULES[spec_key]
+    raise KeyError(f"no Triton module for {spec_key!r}: run `optgen build` (catalog) or register(spec) first")
+
+
+def _import(key: str, path: Path) -> ModuleType:
+    name = f"optgen_triton_{key}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# --------------------------------------------------------------------------- grouping
+def _check_states(module, options: dict[str, bool], states: dict) -> None:
+    every = (*module.ARRAYS[2:], *getattr(module, "TENSOR_STATES", ()))
+    needed = module.active_states(options) if hasattr(module, "active_states") else every
+    missing = [name for name in needed if name not in states]
+    if missing:
+        raise KeyError(f"states lacks {', '.join(missing)}, which these options use ({options})")
+
+
+def _check_lengths(params, grads, steps, states) -> None:
+    n = len(params)
+    lengths = {"grads": len(grads), "steps": len(steps), **{f"states[{k!r}]": len(v) for k, v in states.items()}}
+    wrong = {k: v for k, v in lengths.items() if v != n}
+    if wrong:
+        raise ValueError(
+            f"expected {n} entries (one per param) in {', '.join(f'{k} (got {v})' for k, v in wrong.items())}"
+        )
+
+
+def _groups(params, grads, arrays, tensor_states, steps) -> list[TensorGroup]:
+    """Tensors split by device and by the dtype of every array, in their order. (Per-step host
+    work: kept to a few C-level passes over the lists.)"""
+    columns = [params, grads, *arrays.values(), *tensor_states.values()]
+    keys = list(zip([p.device for p in params], *[[t.dtype for t in ts] for ts in columns]))
+    members: dict[tuple, list[int]] = {}
+    if len(set(keys)) == 1:
+        members[keys[0]] = list(range(len(params)))
+    else:
+        for i, key in enumerate(keys):
+            members.setdefault(key, []).append(i)
+    return [_group(idx, len(params), params, grads, arrays, tensor_states, steps) for idx in members.values()]
+
+
+def _group(idx: list[int], total: int, params, grads, arrays, tensor_states, steps) -> TensorGroup:
+    def pick(ts: list) -> list:
+        return list(ts) if len(idx) == total else [ts[i] for i in idx]
+
+    group_arrays = {"param": pick(params), "grad": pick(grads), **{k: pick(v) for k, v in arrays.items()}}
+    group_states = {k: pick(v) for k, v in tensor_states.items()}
+    return TensorGroup(group_arrays, group_states, [int(s) for s in pick(steps)])
+
+
+def _global_tensor(module, options, values: dict[str, Tensor], device) -> Tensor | None:
+    if not hasattr(module, "global_sums"):
+        return None
+    names = module.global_sums(options)
+    if not names:
+        return None
+    nan = torch.full((), float("nan"), device=device)
+    return torch.stack([values[n].to(device=device, dtype=torch.float32) if n in values else nan for n in names])
+
+
+# --------------------------------------------------------------------------- the tensor group
+class TensorGroup:
+    """Tensors of one device and one dtype per array, as the kernels address them."""
+
+    def __init__(self, arrays: dict[str, list[Tensor]], tensor_states: dict[str, list[Tensor]], steps: list[int]):
+        self.device = arrays["param"][0].device
+        self._check_device(arrays, tensor_states)
+        self._copy_back: list[tuple[Tensor, Tensor]] = []
+        self.arrays = {name: self._dense_all(ts, name != "grad") for name, ts in arrays.items()}
+        self.tensor_states = tensor_states
+        self.steps = steps
+        self.block_size = config.INTERPRETER_BLOCK_SIZE if self.device.type == "cpu" else config.BLOCK_SIZE
+        self.num_warps = config.NUM_WARPS
+        self.layout = _layout(self.arrays, tensor_states, self.block_size, self.device)
+
+    def _check_device(self, arrays, tensor_states) -> None:
+        if self.device.type == "cpu" and not interpreting():
+            raise RuntimeError(
+                "fused Triton kernels on CPU tensors need TRITON_INTERPRET=1 (set before importing triton)"
+            )
+        if self.device.type != "cpu" and interpreting():
+            raise RuntimeError(
+                "TRITON_INTERPRET=1 copies each kernel argument to the host on its own, but these kernels reach "
+                "every tensor of a group from one base pointer: run them compiled on the GPU, or on CPU tensors"
+            )
+        for name, ts in tensor_states.items():  # element arrays were grouped by the param's device
+            if any(t.device != self.device for t in ts):
+                raise ValueError(
+                    f"{name}: every tensor of a parameter must be on the parameter's device ({self.device})"
+                )
+
+    def _dense_all(self, tensors: list[Tensor], written: bool) -> list[Tensor]:
+        if all(t.is_contiguous() for t in tensors):
+            return tensors
+        return [self._dense(t, written) for t in tensors]
+
+    def _dense(self, t: Tensor, written: bool) -> Tensor:
+        if t.is_contiguous():
+            return t
+        work = t.contiguous()
+        if written:
+            self._copy_back.append((t, work))
+        return work
+
+    def write_back(self) -> None:
+        """Copy results into non-contiguous tensors the kernels worked on copies of."""
+        for original, work in self._copy_back:
+            original.copy_(work)
+
+    # ---- what the launcher passes
+    @property
+    def grid(self) -> tuple[int]:
+        return (self.layout.num_blocks,)
+
+    @property
+    def align(self) -> int:
+        return self.layout.align
+
+    @property
+    def block_tensors(self) -> Tensor:
+        return self.layout.block_tensors
+
+    @property
+    def block_indices(self) -> Tensor:
+        return self.layout.block_indices
+
+    @property
+    def numels(self) -> Tensor:
+        return self.layout.numels
+
+    @property
+    def ndims(self) -> Tensor:
+        return self.layout.ndims
+
+    def base(self, name: str) -> Tensor | None:
+        """The tensor whose address the array's offsets count from (None: not in this setting)."""
+        row = self.layout.rows.get(name)
+        if row is None:
+            return None
+        tensors = self.arrays.get(name) or self.tensor_states[name]
+        return tensors[self.layout.base_index[name]]
+
+    def offsets(self, name: str) -> Tensor | None:
+        row = self.layout.rows.get(name)
+        return None if row is None else self.layout.offsets[row]
+
+    def before(self, name: str) -> Tensor | None:
+        """A per-tensor state's values before this step: the update pass writes the state
+        while other blocks of the same tensor may still be reading it."""
+        if name not in self.tensor_states:
+            return None
+        return torch.stack(self.tensor_states[name])
+
+    def step_table(self, row, hyper: dict[str, float]) -> Tensor:
+        """float32 [tensors, columns]: `row(step, hyper)` computed once per distinct step in float64."""
+        h = {k: np.float64(v) for k, v in hyper.items()}
+        with np.errstate(all="ignore"):
+            rows = {step: row(step, h) for step in set(self.steps)}
+        return torch.tensor([rows[step] for step in self.steps], dtype=torch.float32, device=self.device)
+
+    @staticmethod
+    def host_scalars(compute, hyper: dict[str, float]) -> tuple[float, ...]:
+        """`compute(hyper)` in float64, as Python floats (fp32 kernel arguments)."""
+        with np.errstate(all="ignore"):
+            values = compute({k: np.float64(v) for k, v in hyper.items()})
+        return tuple(float(v) for v in values)
+
+    def reduction_buffer(self, passes: tuple[tuple[str, ...], ...]) -> Tensor | None:
+        """float32 [tensors, reductions], each column at its reduction's identity."""
+        ops = [op for p in passes for op in p]
+        if not ops:
+            return None
+        identities = torch.tensor([_IDENTITY[op] for op in ops], dtype=torch.float32, device=self.device)
+        return identities.repeat(len(self.steps), 1)
+
+
+# --------------------------------------------------------------------------- layouts
+class Layout:
+    """Device tables for one set of tensors: the block map and the per-array offsets."""
+
+    def __init__(
+        self, arrays: dict[str, list[Tensor]], tensor_states: dict[str, list[Tensor]], block_size: int, device
+    ):
+        first = next(iter(arrays.values()))
+        numels = [t.numel() for t in first]
+        counts = torch.tensor([max(1, -(-n // block_size)) for n in numels], dtype=torch.int64)
+        starts = torch.cumsum(counts, 0) - counts
+        tensor_ids = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), counts)
+        self.num_blocks = int(counts.sum())
+        self.block_tensors = tensor_ids.to(device)
+        self.block_indices = (
+            (torch.arange(self.num_blocks, dtype=torch.int64) - starts[tensor_ids.long()]).to(torch.int32).to(device)
+        )
+        self.numels = torch.tensor(numels, dtype=torch.int64, device=device)
+        self.ndims = torch.tensor([t.dim() for t in first], dtype=torch.int64, device=device)
+        self.rows: dict[str, int] = {}
+        self.base_index: dict[str, int] = {}
+        offsets = []
+        for name, tensors in {**arrays, **tensor_states}.items():
+            base, row = _offsets(tensors)
+            self.rows[name], self.base_index[name] = len(offsets), base
+            offsets.append(row)
+        # rows padded to an even length: each row's address stays 16-byte aligned, so that
+        # Triton specialises every offsets argument alike (one compilation, any tensor count)
+        pad = [0] * (len(numels) % 2)
+        self.offsets = torch.tensor([row + pad for row in offsets], dtype=torch.int64, device=device)
+        self.align = _alignment(numels + [o for row in offsets[: len(arrays)] for o in row])
+
+
+def _offsets(tensors: list[Tensor]) -> tuple[int, list[int]]:
+    """(index of the base tensor, each tensor's offset from it in elements). The base is the
+    lowest address, so offsets are non-negative; empty tensors are never read (offset 0)."""
+    size = tensors[0].element_size()
+    live = [i for i, t in enumerate(tensors) if t.numel() > 0]
+    if not live:
+        return 0, [0] * len(tensors)
+    base = min(live, key=lambda i: tensors[i].data_ptr())
+    origin = tensors[base].data_ptr()
+    row = []
+    for t in tensors:
+        delta = t.data_ptr() - origin if t.numel() > 0 else 0
+        if delta % size:
+            raise ValueError(
+                f"a {t.dtype} tensor at an address that is not a multiple of {size} bytes from the group's first"
+            )
+        row.append(delta // size)
+    return base, row
+
+
+def _alignment(counts: list[int]) -> int:
+    """The largest power of two up to MAX_ALIGN dividing every size and offset (elements).
+    The kernels hint it to the compiler: a block's mask and addresses are then uniform over
+    ALIGN elements, and loads and stores become vector instructions."""
+    align = config.MAX_ALIGN
+    while align > 1 and any(c % align for c in counts):
+        align //= 2
+    return align
+
+
+_LAYOUTS: OrderedDict = OrderedDict()
+_MAX_LAYOUTS = 32
+
+
+def _layout(arrays, tensor_states, block_size: int, device) -> Layout:
+    """Cached by every tensor's address and size: a steady loop re-uses its device tables."""
+    params = arrays["param"]
+    key = (device, block_size, tuple(arrays), tuple(tensor_states))
+    key += tuple(t.data_ptr() for ts in (*arrays.values(), *tensor_states.values()) for t in ts)
+    key += tuple(p.shape for p in params)  # every array has the param's shape
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = _LAYOUTS[key] = Layout(arrays, tensor_states, block_size, device)
+        if len(_LAYOUTS) > _MAX_LAYOUTS:
+            _LAYOUTS.popitem(last=False)
+    else:
+        _LAYOUTS.move_to_end(key)
+    return layout
