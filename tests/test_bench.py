@@ -1,0 +1,98 @@
+"""Smoke tests of `optgen bench` on tiny problems: the table's shape and the harness's
+bookkeeping (identical inputs on both sides, memory, options). Timings are never asserted."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import types
+
+from optgen import bench, cli
+
+TINY = ["--params", "0.05", "--tensors", "16", "--steps", "3", "--repeats", "2", "--warmup", "1"]
+COLUMNS = ["algorithm", "reference", "optgen ms", "reference ms", "ratio", "pair ratios IQR",
+           "optgen peak extra MiB", "reference peak extra MiB", "max rel diff"]  # fmt: skip
+
+
+def _rows(text: str) -> dict[str, dict[str, str]]:
+    """The markdown table in `text`, as {algorithm: {column: cell}}."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert set(lines[1].strip("|").split("|")) == {"---"}
+    rows = [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
+    return {row["algorithm"]: row for row in rows}
+
+
+def _mib(cell: str) -> float:
+    match = re.fullmatch(r"(\d+\.\d) \((\d+\.\d\d) P\)", cell)
+    assert match, f"memory cell {cell!r}"
+    return float(match.group(1))
+
+
+def _run(capsys, *argv) -> tuple[int, str]:
+    code = cli.main(["bench", *argv])
+    return code, capsys.readouterr().out
+
+
+def test_optgen_against_references(capsys, tmp_path):
+    out_file = tmp_path / "table.md"
+    code, out = _run(capsys, *TINY, "--algorithms", "adam,lion", "--markdown", str(out_file))
+    assert code == 0
+    rows = _rows(out)
+    assert set(rows) == {"Adam", "Lion"}
+    for row in rows.values():
+        assert set(COLUMNS) <= set(row)
+        assert float(row["ratio"]) > 0
+        lo, hi = map(float, row["pair ratios IQR"].split(" - "))
+        assert 0 < lo <= hi
+        # Same start, same gradients, same number of steps: both sides must agree (float32).
+        assert float(row["max rel diff"]) < 1e-4
+    assert "torch.optim.Adam (foreach)" in rows["Adam"]["reference"]
+    assert "pytorch_optimizer.Lion (loop)" in rows["Lion"]["reference"]
+    # torch's foreach Adam keeps one temporary the size of the parameters (its denominator).
+    assert _mib(rows["Adam"]["reference peak extra MiB"]) > 0
+    assert _rows(out_file.read_text()) == rows
+
+
+def test_self_check_sides_are_identical(capsys):
+    code, out = _run(capsys, *TINY, "--algorithms", "sgd", "AdaBelief", "--self-check", "--reference-path", "foreach")
+    assert code == 0
+    rows = _rows(out)
+    assert list(rows) == ["SGD", "AdaBelief"]
+    for row in rows.values():
+        assert row["reference"].startswith("(itself)") and row["reference"].endswith("(foreach)")
+        assert float(row["max rel diff"]) == 0.0
+        assert row["optgen peak extra MiB"] == row["reference peak extra MiB"]
+
+
+def test_gpt_shapes_hit_the_requested_size():
+    shapes = bench.gpt_shapes(12, 150)
+    count = sum(math.prod(shape) for _, shape in shapes)
+    assert 140 <= len(shapes) <= 160
+    assert 10e6 <= count <= 14e6
+    assert len({name for name, _ in shapes}) == len(shapes)
+
+
+def test_bad_input_exits_2(capsys):
+    assert cli.main(["bench", *TINY, "--algorithms", "adamm", "--self-check"]) == 2
+    assert "unknown algorithm" in capsys.readouterr().err
+    assert cli.main(["bench", *TINY, "--clock", "thread", "--self-check"]) == 2
+    assert "--threads 1" in capsys.readouterr().err
+
+
+def test_cuda_without_bench_gpu(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optgen.bench_gpu", None)  # import raises ModuleNotFoundError
+    assert cli.main(["bench", "--device", "cuda"]) == 2
+    assert "optgen.bench_gpu" in capsys.readouterr().err
+
+
+def test_cuda_hands_options_to_bench_gpu(monkeypatch):
+    seen = []
+    fake = types.ModuleType("optgen.bench_gpu")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "optgen.bench_gpu", fake)
+    assert cli.main(["bench", "--device", "cuda", "--algorithms", "adan", "--repeats", "7"]) == 0
+    (argv,) = seen
+    assert argv[argv.index("--repeats") + 1] == "7"
+    assert argv[argv.index("--algorithms") + 1] == "adan"
