@@ -25,4 +25,4 @@ tex-deps:
 	else echo "pdflatex/poppler-utils missing and cannot install them: the LaTeX tests will be skipped"; fi
 
 test: setup tex-deps
-	$(PY) -m pytest
+	$(PY) -m pytest -q
