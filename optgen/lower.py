@@ -14,6 +14,7 @@ Passes, in order:
 from __future__ import annotations
 
 import itertools
+import re
 
 import sympy
 
@@ -285,21 +286,31 @@ class _Hoister:
             (f,) = narrow
             if _is_reciprocal(f):
                 return sympy.Mul(coeff, *wide) / self.hoisted(1 / f, self.scope(f))
-            return sympy.Mul(coeff, self.hoisted(f, self.scope(f)), *wide)
+            return sympy.Mul(coeff, self.hoisted(f, self.scope(f), self.step_size_name(f, wide)), *wide)
         prod = sympy.Mul(*narrow)
-        return sympy.Mul(coeff, self.hoisted(prod, self.scope(prod)), *wide)
+        return sympy.Mul(coeff, self.hoisted(prod, self.scope(prod), self.step_size_name(prod, wide)), *wide)
+
+    def step_size_name(self, coefficient, wide) -> str | None:
+        """A learning-rate coefficient of an update term is a step size (torch's name); a
+        second one is named after what it scales."""
+        if "lr" not in {s.name for s in coefficient.free_symbols}:
+            return None
+        if "step_size" not in self.namer.taken:
+            return "step_size"
+        scaled = [f.name for f in wide if f.is_Symbol]
+        return f"{re.sub(r'_[0-9]+$', '', scaled[0])}_step_size" if scaled else None
 
     def trivial(self, e) -> bool:
         """Cheap host arithmetic (1 - beta1, lr * weight_decay) stays inline."""
         return e.is_Atom or (sympy.count_ops(e) <= 2 and not e.has(sympy.Pow) and self.scope(e) == "host" and not any(s.name == "step" for s in e.free_symbols))
 
-    def hoisted(self, e, scope: str):
+    def hoisted(self, e, scope: str, name: str | None = None):
         if self.trivial(e):
             return e
         if e in self.made:
             return self.made[e].symbol
         inner = e.func(*[self.lift(a, scope) for a in e.args])
-        value = Value(self.namer.fresh(_name_for(e)), inner, scope, "")
+        value = Value(self.namer.fresh(name or _name_for(e)), inner, scope, "")
         self.made[e] = value
         self.scopes[value.name] = scope
         self.pending.append(value)

@@ -361,10 +361,10 @@ def _single_tensor_adabelief(
                 if n_sma >= n_sma_threshold
                 else 1
             )
-            rect_lr_over_bias_correction1 = rect * lr / bias_correction1
+            step_size = rect * lr / bias_correction1
         else:
             bias_correction2_sqrt = bias_correction2**0.5
-            lr_over_bias_correction1 = lr / bias_correction1
+            step_size = lr / bias_correction1
         if weight_decay != 0:
             if weight_decouple:
                 if fixed_decay:
@@ -389,11 +389,11 @@ def _single_tensor_adabelief(
                     denom = max_exp_avg_var.sqrt().add_(eps)
                 else:
                     denom = exp_avg_var.sqrt().add_(eps)
-                param.addcdiv_(exp_avg, denom, value=-rect_lr_over_bias_correction1)
+                param.addcdiv_(exp_avg, denom, value=-step_size)
             elif degenerated_to_sgd:
-                param.sub_(exp_avg, alpha=rect_lr_over_bias_correction1)
+                param.sub_(exp_avg, alpha=step_size)
         else:
-            param.addcdiv_(exp_avg, denom, value=-lr_over_bias_correction1)
+            param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 def _multi_tensor_adabelief(
@@ -445,7 +445,7 @@ def _multi_tensor_adabelief(
             )
             for bias_correction2, n_sma in zip(bias_correction2_list, n_smas)
         ]
-        rect_lr_over_bias_correction1_list = [
+        step_sizes = [
             rect * lr / bias_correction1
             for bias_correction1, rect in zip(bias_correction1_list, rects)
         ]
@@ -458,9 +458,7 @@ def _multi_tensor_adabelief(
         bias_correction2_sqrts = [
             bias_correction2**0.5 for bias_correction2 in bias_correction2_list
         ]
-        lr_over_bias_correction1_list = [
-            lr / bias_correction1 for bias_correction1 in bias_correction1_list
-        ]
+        step_sizes = [lr / bias_correction1 for bias_correction1 in bias_correction1_list]
         # one foreach call per device and dtype
         keys = [(param.device, param.dtype) for param in params]
     if len(set(keys)) > 1:
@@ -513,35 +511,15 @@ def _multi_tensor_adabelief(
                 denoms = torch._foreach_sqrt(exp_avg_vars)
             torch._foreach_add_(denoms, eps)
             torch._foreach_addcdiv_(
-                params,
-                exp_avgs,
-                denoms,
-                [
-                    -rect_lr_over_bias_correction1
-                    for rect_lr_over_bias_correction1 in rect_lr_over_bias_correction1_list
-                ],
+                params, exp_avgs, denoms, [-step_size for step_size in step_sizes]
             )
         elif degenerated_to_sgd:
-            scaled_exp_avgs = torch._foreach_mul(
-                exp_avgs,
-                [
-                    -rect_lr_over_bias_correction1
-                    for rect_lr_over_bias_correction1 in rect_lr_over_bias_correction1_list
-                ],
-            )
+            scaled_exp_avgs = torch._foreach_mul(exp_avgs, [-step_size for step_size in step_sizes])
             torch._foreach_add_(params, scaled_exp_avgs)
     else:
         torch._foreach_div_(denoms, bias_correction2_sqrts)
         torch._foreach_add_(denoms, eps)
-        torch._foreach_addcdiv_(
-            params,
-            exp_avgs,
-            denoms,
-            [
-                -lr_over_bias_correction1
-                for lr_over_bias_correction1 in lr_over_bias_correction1_list
-            ],
-        )
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, [-step_size for step_size in step_sizes])
 
 
 def _fused_adabelief(

@@ -285,7 +285,7 @@ def _single_tensor_adam(
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         bias_correction2_sqrt = bias_correction2**0.5
-        lr_over_bias_correction1 = lr / bias_correction1
+        step_size = lr / bias_correction1
         if weight_decay != 0:
             if decoupled_weight_decay:
                 param.mul_(1 - weight_decay * lr)
@@ -298,7 +298,7 @@ def _single_tensor_adam(
             denom = max_exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
         else:
             denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-lr_over_bias_correction1)
+        param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 def _multi_tensor_adam(
@@ -325,9 +325,7 @@ def _multi_tensor_adam(
     bias_correction1_list = [1 - beta1**step for step in steps]
     bias_correction2_list = [1 - beta2**step for step in steps]
     bias_correction2_sqrts = [bias_correction2**0.5 for bias_correction2 in bias_correction2_list]
-    lr_over_bias_correction1_list = [
-        lr / bias_correction1 for bias_correction1 in bias_correction1_list
-    ]
+    step_sizes = [lr / bias_correction1 for bias_correction1 in bias_correction1_list]
     # one foreach call per device and dtype
     keys = [(param.device, param.dtype) for param in params]
     if len(set(keys)) > 1:
@@ -364,12 +362,7 @@ def _multi_tensor_adam(
         denoms = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denoms, bias_correction2_sqrts)
     torch._foreach_add_(denoms, eps)
-    torch._foreach_addcdiv_(
-        params,
-        exp_avgs,
-        denoms,
-        [-lr_over_bias_correction1 for lr_over_bias_correction1 in lr_over_bias_correction1_list],
-    )
+    torch._foreach_addcdiv_(params, exp_avgs, denoms, [-step_size for step_size in step_sizes])
 
 
 def _fused_adam(

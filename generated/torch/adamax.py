@@ -238,14 +238,14 @@ def _single_tensor_adamax(
         step_t += 1
         step = step_t.item()
         bias_correction1 = 1 - beta1**step
-        lr_over_bias_correction1 = lr / bias_correction1
+        step_size = lr / bias_correction1
         if weight_decay != 0:
             grad = grad.add(param, alpha=weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_inf.mul_(beta2)
         scratch = grad.abs().add_(eps)
         torch.maximum(exp_inf, scratch, out=exp_inf)
-        param.addcdiv_(exp_avg, exp_inf, value=-lr_over_bias_correction1)
+        param.addcdiv_(exp_avg, exp_inf, value=-step_size)
 
 
 def _multi_tensor_adamax(
@@ -267,9 +267,7 @@ def _multi_tensor_adamax(
         return
     steps = [step_t.item() + 1 for step_t in state_steps]
     bias_correction1_list = [1 - beta1**step for step in steps]
-    lr_over_bias_correction1_list = [
-        lr / bias_correction1 for bias_correction1 in bias_correction1_list
-    ]
+    step_sizes = [lr / bias_correction1 for bias_correction1 in bias_correction1_list]
     # one foreach call per device and dtype
     keys = [(param.device, param.dtype) for param in params]
     if len(set(keys)) > 1:
@@ -294,12 +292,7 @@ def _multi_tensor_adamax(
     scratches = torch._foreach_abs(grads)
     torch._foreach_add_(scratches, eps)
     torch._foreach_maximum_(exp_infs, scratches)
-    torch._foreach_addcdiv_(
-        params,
-        exp_avgs,
-        exp_infs,
-        [-lr_over_bias_correction1 for lr_over_bias_correction1 in lr_over_bias_correction1_list],
-    )
+    torch._foreach_addcdiv_(params, exp_avgs, exp_infs, [-step_size for step_size in step_sizes])
 
 
 def _fused_adamax(

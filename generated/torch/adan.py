@@ -358,8 +358,8 @@ def _single_tensor_adan(
         bias_correction2 = 1 - beta2**step
         bias_correction3 = 1 - beta3**step
         bias_correction3_sqrt = bias_correction3**0.5
-        lr_over_bias_correction1 = lr / bias_correction1
-        beta2_lr_over_bias_correction2 = beta2 * lr / bias_correction2
+        step_size = lr / bias_correction1
+        exp_avg_diff_step_size = beta2 * lr / bias_correction2
         if max_grad_norm != 0:
             grad = grad.mul(clip_coef)
         if step == 1:
@@ -375,8 +375,8 @@ def _single_tensor_adan(
         if weight_decouple and weight_decay != 0:
             param.mul_(1 - weight_decay * lr)
         denom = exp_avg_sq.sqrt().div_(bias_correction3_sqrt).add_(eps)
-        param.addcdiv_(exp_avg_diff, denom, value=-beta2_lr_over_bias_correction2).addcdiv_(
-            exp_avg, denom, value=-lr_over_bias_correction1
+        param.addcdiv_(exp_avg, denom, value=-step_size).addcdiv_(
+            exp_avg_diff, denom, value=-exp_avg_diff_step_size
         )
         if not weight_decouple and weight_decay != 0:
             param.div_(1 + weight_decay * lr)
@@ -415,10 +415,8 @@ def _multi_tensor_adan(
     bias_correction2_list = [1 - beta2**step for step in steps]
     bias_correction3_list = [1 - beta3**step for step in steps]
     bias_correction3_sqrts = [bias_correction3**0.5 for bias_correction3 in bias_correction3_list]
-    lr_over_bias_correction1_list = [
-        lr / bias_correction1 for bias_correction1 in bias_correction1_list
-    ]
-    beta2_lr_over_bias_correction2_list = [
+    step_sizes = [lr / bias_correction1 for bias_correction1 in bias_correction1_list]
+    exp_avg_diff_step_sizes = [
         beta2 * lr / bias_correction2 for bias_correction2 in bias_correction2_list
     ]
     # one foreach call per device, dtype and side of each host-side branch
@@ -462,20 +460,12 @@ def _multi_tensor_adan(
     denoms = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denoms, bias_correction3_sqrts)
     torch._foreach_add_(denoms, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denoms, [-step_size for step_size in step_sizes])
     torch._foreach_addcdiv_(
         params,
         exp_avg_diffs,
         denoms,
-        [
-            -beta2_lr_over_bias_correction2
-            for beta2_lr_over_bias_correction2 in beta2_lr_over_bias_correction2_list
-        ],
-    )
-    torch._foreach_addcdiv_(
-        params,
-        exp_avgs,
-        denoms,
-        [-lr_over_bias_correction1 for lr_over_bias_correction1 in lr_over_bias_correction1_list],
+        [-exp_avg_diff_step_size for exp_avg_diff_step_size in exp_avg_diff_step_sizes],
     )
     if not weight_decouple and weight_decay != 0:
         torch._foreach_div_(params, 1 + weight_decay * lr)

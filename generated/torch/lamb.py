@@ -363,7 +363,7 @@ def _single_tensor_lamb(
         step = step_t.item()
         bias_correction1 = 1 - beta1**step
         if adam:
-            coef = trust_ratio * lr / bias_correction1
+            step_size = trust_ratio * lr / bias_correction1
         else:
             inv_bias_correction1 = 1 / bias_correction1
         if pre_norm:
@@ -380,10 +380,10 @@ def _single_tensor_lamb(
                 else:
                     param.mul_(1 - weight_decay * lr)
         elif adam and weight_decay != 0:
-            param.mul_(1 - coef * weight_decay)
+            param.mul_(1 - step_size * weight_decay)
         denom = exp_avg_sq.sqrt().add_(eps)
         if adam:
-            param.addcdiv_(exp_avg, denom, value=-coef)
+            param.addcdiv_(exp_avg, denom, value=-step_size)
         else:
             update = exp_avg.div(denom)
             if not weight_decouple and weight_decay != 0:
@@ -394,8 +394,8 @@ def _single_tensor_lamb(
             trust_ratio = torch.where(
                 (adam_norm == 0) | (weight_norm == 0), 1.0, weight_norm / (adam_norm + eps)
             )
-            coef = inv_bias_correction1 * trust_ratio * lr
-            param.addcmul_(update, coef, value=-1)
+            step_size = inv_bias_correction1 * trust_ratio * lr
+            param.addcmul_(update, step_size, value=-1)
 
 
 def _multi_tensor_lamb(
@@ -433,7 +433,9 @@ def _multi_tensor_lamb(
         trust_ratio = 1
     bias_correction1_list = [1 - beta1**step for step in steps]
     if adam:
-        coefs = [trust_ratio * lr / bias_correction1 for bias_correction1 in bias_correction1_list]
+        step_sizes = [
+            trust_ratio * lr / bias_correction1 for bias_correction1 in bias_correction1_list
+        ]
     else:
         inv_bias_correction1_list = [
             1 / bias_correction1 for bias_correction1 in bias_correction1_list
@@ -478,11 +480,11 @@ def _multi_tensor_lamb(
             else:
                 torch._foreach_mul_(params, 1 - weight_decay * lr)
     elif adam and weight_decay != 0:
-        torch._foreach_mul_(params, [1 - coef * weight_decay for coef in coefs])
+        torch._foreach_mul_(params, [1 - step_size * weight_decay for step_size in step_sizes])
     denoms = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denoms, eps)
     if adam:
-        torch._foreach_addcdiv_(params, exp_avgs, denoms, [-coef for coef in coefs])
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, [-step_size for step_size in step_sizes])
     else:
         updates = torch._foreach_div(exp_avgs, denoms)
         if not weight_decouple and weight_decay != 0:
@@ -498,8 +500,8 @@ def _multi_tensor_lamb(
             trust_ratios,
             [inv_bias_correction1 * lr for inv_bias_correction1 in inv_bias_correction1_list],
         )
-        coefs = trust_ratios
-        torch._foreach_addcmul_(params, updates, coefs, value=-1)
+        step_sizes = trust_ratios
+        torch._foreach_addcmul_(params, updates, step_sizes, value=-1)
 
 
 def _fused_lamb(

@@ -293,10 +293,10 @@ def _single_tensor_nadam(
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = exp_avg_sq.div(bias_correction2).sqrt_().add_(eps)
-        coef = lr * (1 - mu) / (1 - mu_product.item())
-        param.addcdiv_(grad, denom, value=-coef)
-        coef_1 = mu_next * lr / (1 - mu_next * mu_product.item())
-        param.addcdiv_(exp_avg, denom, value=-coef_1)
+        step_size = lr * (1 - mu) / (1 - mu_product.item())
+        param.addcdiv_(grad, denom, value=-step_size)
+        exp_avg_step_size = mu_next * lr / (1 - mu_next * mu_product.item())
+        param.addcdiv_(exp_avg, denom, value=-exp_avg_step_size)
 
 
 def _multi_tensor_nadam(
@@ -354,13 +354,17 @@ def _multi_tensor_nadam(
     denoms = torch._foreach_div(exp_avg_sqs, bias_correction2_list)
     torch._foreach_sqrt_(denoms)
     torch._foreach_add_(denoms, eps)
-    coefs = [lr * (1 - mu) / (1 - mu_product.item()) for mu, mu_product in zip(mus, mu_products)]
-    torch._foreach_addcdiv_(params, grads, denoms, [-coef for coef in coefs])
-    coef_1_list = [
+    step_sizes = [
+        lr * (1 - mu) / (1 - mu_product.item()) for mu, mu_product in zip(mus, mu_products)
+    ]
+    torch._foreach_addcdiv_(params, grads, denoms, [-step_size for step_size in step_sizes])
+    exp_avg_step_sizes = [
         mu_next * lr / (1 - mu_next * mu_product.item())
         for mu_next, mu_product in zip(mu_nexts, mu_products)
     ]
-    torch._foreach_addcdiv_(params, exp_avgs, denoms, [-coef_1 for coef_1 in coef_1_list])
+    torch._foreach_addcdiv_(
+        params, exp_avgs, denoms, [-exp_avg_step_size for exp_avg_step_size in exp_avg_step_sizes]
+    )
 
 
 def _fused_nadam(

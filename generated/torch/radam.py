@@ -274,7 +274,7 @@ def _single_tensor_radam(
             else 1
         )
         bias_correction2_sqrt = bias_correction2**0.5
-        rect_lr_over_bias_correction1 = rect * lr / bias_correction1
+        step_size = rect * lr / bias_correction1
         if weight_decay != 0:
             if decoupled_weight_decay:
                 param.mul_(1 - weight_decay * lr)
@@ -284,11 +284,9 @@ def _single_tensor_radam(
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         if rho_t > 5:
             denom = exp_avg_sq.sqrt().add_(eps)
-            param.addcdiv_(
-                exp_avg, denom, value=-bias_correction2_sqrt * rect_lr_over_bias_correction1
-            )
+            param.addcdiv_(exp_avg, denom, value=-bias_correction2_sqrt * step_size)
         else:
-            param.sub_(exp_avg, alpha=rect_lr_over_bias_correction1)
+            param.sub_(exp_avg, alpha=step_size)
 
 
 def _multi_tensor_radam(
@@ -326,7 +324,7 @@ def _multi_tensor_radam(
         for rho_t in rho_t_list
     ]
     bias_correction2_sqrts = [bias_correction2**0.5 for bias_correction2 in bias_correction2_list]
-    rect_lr_over_bias_correction1_list = [
+    step_sizes = [
         rect * lr / bias_correction1 for bias_correction1, rect in zip(bias_correction1_list, rects)
     ]
     # one foreach call per device, dtype and side of each host-side branch
@@ -363,20 +361,12 @@ def _multi_tensor_radam(
             exp_avgs,
             denoms,
             [
-                -bias_correction2_sqrt * rect_lr_over_bias_correction1
-                for bias_correction2_sqrt, rect_lr_over_bias_correction1 in zip(
-                    bias_correction2_sqrts, rect_lr_over_bias_correction1_list
-                )
+                -bias_correction2_sqrt * step_size
+                for bias_correction2_sqrt, step_size in zip(bias_correction2_sqrts, step_sizes)
             ],
         )
     else:
-        scaled_exp_avgs = torch._foreach_mul(
-            exp_avgs,
-            [
-                -rect_lr_over_bias_correction1
-                for rect_lr_over_bias_correction1 in rect_lr_over_bias_correction1_list
-            ],
-        )
+        scaled_exp_avgs = torch._foreach_mul(exp_avgs, [-step_size for step_size in step_sizes])
         torch._foreach_add_(params, scaled_exp_avgs)
 
 

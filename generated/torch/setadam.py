@@ -280,7 +280,7 @@ def _single_tensor_setadam(
         step = step_t.item()
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
-        lr_over_bias_correction1 = lr / bias_correction1
+        step_size = lr / bias_correction1
         if weight_decay != 0:
             if decoupled_weight_decay:
                 param.mul_(1 - weight_decay * lr)
@@ -297,7 +297,7 @@ def _single_tensor_setadam(
         translated_denom = (
             exp_avg_sq.mul(cos_sq).div_(bias_correction2).add_(eps).sqrt_().add_(neg_min_denom_tau)
         )
-        param.addcdiv_(exp_avg, translated_denom, value=-lr_over_bias_correction1)
+        param.addcdiv_(exp_avg, translated_denom, value=-step_size)
 
 
 def _multi_tensor_setadam(
@@ -322,9 +322,7 @@ def _multi_tensor_setadam(
     steps = [step_t.item() + 1 for step_t in state_steps]
     bias_correction1_list = [1 - beta1**step for step in steps]
     bias_correction2_list = [1 - beta2**step for step in steps]
-    lr_over_bias_correction1_list = [
-        lr / bias_correction1 for bias_correction1 in bias_correction1_list
-    ]
+    step_sizes = [lr / bias_correction1 for bias_correction1 in bias_correction1_list]
     # one foreach call per device and dtype
     keys = [(param.device, param.dtype) for param in params]
     if len(set(keys)) > 1:
@@ -371,10 +369,7 @@ def _multi_tensor_setadam(
     torch._foreach_sqrt_(translated_denoms)
     torch._foreach_add_(translated_denoms, neg_min_denom_taus)
     torch._foreach_addcdiv_(
-        params,
-        exp_avgs,
-        translated_denoms,
-        [-lr_over_bias_correction1 for lr_over_bias_correction1 in lr_over_bias_correction1_list],
+        params, exp_avgs, translated_denoms, [-step_size for step_size in step_sizes]
     )
 
 

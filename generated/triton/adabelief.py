@@ -81,9 +81,9 @@ HOST_SCALARS = (
 # the columns of the step table: per tensor, values that depend on its step
 STEP_SCALARS = (
     "bias_correction2_sqrt",
-    "lr_over_bias_correction1",
+    "step_size",
     "n_sma",
-    "rect_lr_over_bias_correction1",
+    "step_size_1",
 )
 
 
@@ -118,7 +118,7 @@ def step_table_row(step: int, hyper: dict[str, np.float64]) -> tuple[np.float64,
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     bias_correction2_sqrt = np.sqrt(bias_correction2)
-    lr_over_bias_correction1 = lr / bias_correction1
+    step_size = lr / bias_correction1
     n_sma_max = 2 / (1 - beta2) - 1
     n_sma = n_sma_max - 2 * beta2**step * step / bias_correction2
     rect = (
@@ -132,12 +132,12 @@ def step_table_row(step: int, hyper: dict[str, np.float64]) -> tuple[np.float64,
         if n_sma >= n_sma_threshold
         else 1
     )
-    rect_lr_over_bias_correction1 = lr * rect / bias_correction1
+    step_size_1 = lr * rect / bias_correction1
     return (
         bias_correction2_sqrt,
-        lr_over_bias_correction1,
+        step_size,
         n_sma,
-        rect_lr_over_bias_correction1,
+        step_size_1,
     )
 
 
@@ -199,10 +199,10 @@ def adabelief_update(
     step_row = step_scalars + tensor * 4
     if not RECTIFY:
         bias_correction2_sqrt = tl.load(step_row + 0)
-        lr_over_bias_correction1 = tl.load(step_row + 1)
+        step_size = tl.load(step_row + 1)
     else:
         n_sma = tl.load(step_row + 2)
-        rect_lr_over_bias_correction1 = tl.load(step_row + 3)
+        step_size_1 = tl.load(step_row + 3)
     param_ptrs = param_ptr + tl.multiple_of(tl.load(param_offsets + tensor), ALIGN) + offsets
     param = tl.load(param_ptrs, mask=mask).to(tl.float32)
     grad_ptrs = grad_ptr + tl.multiple_of(tl.load(grad_offsets + tensor), ALIGN) + offsets
@@ -240,13 +240,13 @@ def adabelief_update(
         denom = tl.sqrt_rn(max_exp_avg_var)
     if not RECTIFY:
         denom = eps + denom / bias_correction2_sqrt
-        param = param - exp_avg * lr_over_bias_correction1 / denom
+        param = param - exp_avg * step_size / denom
     elif not DEGENERATED_TO_SGD:
         update = tl.where(n_sma >= n_sma_threshold, exp_avg / (denom + eps), 0.0)
     else:
         update = tl.where(n_sma >= n_sma_threshold, exp_avg / (denom + eps), exp_avg)
     if RECTIFY:
-        param = param - rect_lr_over_bias_correction1 * update
+        param = param - step_size_1 * update
     tl.store(param_ptrs, param.to(param_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptrs, exp_avg.to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_var_ptrs, exp_avg_var.to(exp_avg_var_ptr.dtype.element_ty), mask=mask)

@@ -41,7 +41,7 @@ ARRAYS = (
 # kernel arguments computed from hyperparameters alone
 HOST_SCALARS = ("one_minus_beta1",)
 # the columns of the step table: per tensor, values that depend on its step
-STEP_SCALARS = ("lr_over_bias_correction1",)
+STEP_SCALARS = ("step_size",)
 
 
 def host_scalars(hyper: dict[str, np.float64]) -> tuple[np.float64, ...]:
@@ -55,8 +55,8 @@ def step_table_row(step: int, hyper: dict[str, np.float64]) -> tuple[np.float64,
     """The step table's row for a tensor at `step`: STEP_SCALARS, in float64."""
     lr, beta1 = hyper["lr"], hyper["beta1"]
     bias_correction1 = 1 - beta1**step
-    lr_over_bias_correction1 = lr / bias_correction1
-    return (lr_over_bias_correction1,)
+    step_size = lr / bias_correction1
+    return (step_size,)
 
 
 @triton.jit
@@ -96,7 +96,7 @@ def adamax_update(
     numel = tl.multiple_of(tl.load(numels + tensor), ALIGN)
     mask = offsets < numel
     step_row = step_scalars + tensor
-    lr_over_bias_correction1 = tl.load(step_row + 0)
+    step_size = tl.load(step_row + 0)
     param_ptrs = param_ptr + tl.multiple_of(tl.load(param_offsets + tensor), ALIGN) + offsets
     param = tl.load(param_ptrs, mask=mask).to(tl.float32)
     grad_ptrs = grad_ptr + tl.multiple_of(tl.load(grad_offsets + tensor), ALIGN) + offsets
@@ -110,7 +110,7 @@ def adamax_update(
     grad = grad + param * weight_decay
     exp_avg = beta1 * exp_avg + grad * one_minus_beta1
     exp_inf = tl.maximum(beta2 * exp_inf, eps + tl.abs(grad), propagate_nan=tl.PropagateNan.ALL)
-    param = param - exp_avg * lr_over_bias_correction1 / exp_inf
+    param = param - exp_avg * step_size / exp_inf
     tl.store(param_ptrs, param.to(param_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptrs, exp_avg.to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_inf_ptrs, exp_inf.to(exp_inf_ptr.dtype.element_ty), mask=mask)

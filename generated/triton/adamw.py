@@ -57,7 +57,7 @@ HOST_SCALARS = (
 # the columns of the step table: per tensor, values that depend on its step
 STEP_SCALARS = (
     "bias_correction2_sqrt",
-    "lr_over_bias_correction1",
+    "step_size",
 )
 
 
@@ -85,10 +85,10 @@ def step_table_row(step: int, hyper: dict[str, np.float64]) -> tuple[np.float64,
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     bias_correction2_sqrt = np.sqrt(bias_correction2)
-    lr_over_bias_correction1 = lr / bias_correction1
+    step_size = lr / bias_correction1
     return (
         bias_correction2_sqrt,
-        lr_over_bias_correction1,
+        step_size,
     )
 
 
@@ -144,7 +144,7 @@ def adamw_update(
     mask = offsets < numel
     step_row = step_scalars + tensor * 2
     bias_correction2_sqrt = tl.load(step_row + 0)
-    lr_over_bias_correction1 = tl.load(step_row + 1)
+    step_size = tl.load(step_row + 1)
     param_ptrs = param_ptr + tl.multiple_of(tl.load(param_offsets + tensor), ALIGN) + offsets
     param = tl.load(param_ptrs, mask=mask).to(tl.float32)
     grad_ptrs = grad_ptr + tl.multiple_of(tl.load(grad_offsets + tensor), ALIGN) + offsets
@@ -175,7 +175,7 @@ def adamw_update(
     else:
         max_exp_avg_sq = tl.maximum(exp_avg_sq, max_exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
         denom = eps + tl.sqrt_rn(max_exp_avg_sq) / bias_correction2_sqrt
-    param = param - exp_avg * lr_over_bias_correction1 / denom
+    param = param - exp_avg * step_size / denom
     tl.store(param_ptrs, param.to(param_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptrs, exp_avg.to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_sq_ptrs, exp_avg_sq.to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)

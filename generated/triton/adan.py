@@ -66,8 +66,8 @@ HOST_SCALARS = (
 STEP_SCALARS = (
     "step",
     "bias_correction3_sqrt",
-    "beta2_lr_over_bias_correction2",
-    "lr_over_bias_correction1",
+    "step_size",
+    "exp_avg_diff_step_size",
 )
 
 
@@ -101,13 +101,13 @@ def step_table_row(step: int, hyper: dict[str, np.float64]) -> tuple[np.float64,
     bias_correction2 = 1 - beta2**step
     bias_correction3 = 1 - beta3**step
     bias_correction3_sqrt = np.sqrt(bias_correction3)
-    lr_over_bias_correction1 = lr / bias_correction1
-    beta2_lr_over_bias_correction2 = beta2 * lr / bias_correction2
+    step_size = lr / bias_correction1
+    exp_avg_diff_step_size = beta2 * lr / bias_correction2
     return (
         step,
         bias_correction3_sqrt,
-        beta2_lr_over_bias_correction2,
-        lr_over_bias_correction1,
+        step_size,
+        exp_avg_diff_step_size,
     )
 
 
@@ -225,8 +225,8 @@ def adan_update(
     step_row = step_scalars + tensor * 4
     step = tl.load(step_row + 0)
     bias_correction3_sqrt = tl.load(step_row + 1)
-    beta2_lr_over_bias_correction2 = tl.load(step_row + 2)
-    lr_over_bias_correction1 = tl.load(step_row + 3)
+    step_size = tl.load(step_row + 2)
+    exp_avg_diff_step_size = tl.load(step_row + 3)
     global_sum_clip_coef_arg = tl.load(global_values + 0)
     param_ptrs = param_ptr + tl.multiple_of(tl.load(param_offsets + tensor), ALIGN) + offsets
     param = tl.load(param_ptrs, mask=mask).to(tl.float32)
@@ -266,10 +266,7 @@ def adan_update(
     )
     previous_grad = grad
     denom = eps + tl.sqrt_rn(exp_avg_sq) / bias_correction3_sqrt
-    update = (
-        beta2_lr_over_bias_correction2 * exp_avg_diff / denom
-        + exp_avg * lr_over_bias_correction1 / denom
-    )
+    update = exp_avg * step_size / denom + exp_avg_diff * exp_avg_diff_step_size / denom
     if not WEIGHT_DECOUPLE:
         param = (param - update) / one_plus_lr_weight_decay
     else:

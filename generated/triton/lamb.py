@@ -78,7 +78,7 @@ HOST_SCALARS = (
     "one_minus_beta1",
 )
 # the columns of the step table: per tensor, values that depend on its step
-STEP_SCALARS = ("coef_1",)
+STEP_SCALARS = ("step_size_1",)
 
 
 def host_scalars(hyper: dict[str, np.float64]) -> tuple[np.float64, ...]:
@@ -105,8 +105,8 @@ def step_table_row(step: int, hyper: dict[str, np.float64]) -> tuple[np.float64,
     """The step table's row for a tensor at `step`: STEP_SCALARS, in float64."""
     lr, beta1 = hyper["lr"], hyper["beta1"]
     bias_correction1 = 1 - beta1**step
-    coef_1 = lr / bias_correction1
-    return (coef_1,)
+    step_size_1 = lr / bias_correction1
+    return (step_size_1,)
 
 
 def reduction_passes(options: dict[str, bool]) -> tuple[tuple[str, ...], ...]:
@@ -331,7 +331,7 @@ def lamb_update(
     numel = tl.multiple_of(tl.load(numels + tensor), ALIGN)
     mask = offsets < numel
     step_row = step_scalars + tensor
-    coef_1 = tl.load(step_row + 0)
+    step_size_1 = tl.load(step_row + 0)
     if PRE_NORM:
         global_sum_clip_coef_arg = tl.load(global_values + 0)
     if not ADAM:
@@ -381,10 +381,10 @@ def lamb_update(
         trust_ratio = tl.where(
             (adam_norm == 0.0) | (weight_norm == 0.0), 1.0, weight_norm / (adam_norm + eps)
         )
-        coef = coef_1 * trust_ratio
-        param = param - coef * update
+        step_size = step_size_1 * trust_ratio
+        param = param - step_size * update
     else:
-        param = param - coef_1 * update
+        param = param - step_size_1 * update
     tl.store(param_ptrs, param.to(param_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptrs, exp_avg.to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_sq_ptrs, exp_avg_sq.to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)

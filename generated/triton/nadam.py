@@ -175,10 +175,10 @@ def nadam_update(
     exp_avg = beta1 * exp_avg + grad * one_minus_beta1
     exp_avg_sq = beta2 * exp_avg_sq + grad * grad * one_minus_beta2
     denom = eps + tl.sqrt_rn(exp_avg_sq / bias_correction2)
-    coef = lr_one_minus_mu / (1.0 - mu_product)
-    param = param - coef * grad / denom
-    coef_1 = lr_mu_next / (1.0 - mu_next * mu_product)
-    param = param - coef_1 * exp_avg / denom
+    step_size = lr_one_minus_mu / (1.0 - mu_product)
+    param = param - grad * step_size / denom
+    exp_avg_step_size = lr_mu_next / (1.0 - mu_next * mu_product)
+    param = param - exp_avg * exp_avg_step_size / denom
     tl.store(param_ptrs, param.to(param_ptr.dtype.element_ty), mask=mask)
     tl.store(
         mu_product_ptr + tl.load(mu_product_offsets + tensor),

@@ -58,7 +58,7 @@ HOST_SCALARS = (
 STEP_SCALARS = (
     "bias_correction2_sqrt",
     "rho_t",
-    "rect_lr_over_bias_correction1",
+    "step_size",
 )
 
 
@@ -93,11 +93,11 @@ def step_table_row(step: int, hyper: dict[str, np.float64]) -> tuple[np.float64,
         else 1
     )
     bias_correction2_sqrt = np.sqrt(bias_correction2)
-    rect_lr_over_bias_correction1 = lr * rect / bias_correction1
+    step_size = lr * rect / bias_correction1
     return (
         bias_correction2_sqrt,
         rho_t,
-        rect_lr_over_bias_correction1,
+        step_size,
     )
 
 
@@ -144,7 +144,7 @@ def radam_update(
     step_row = step_scalars + tensor * 3
     bias_correction2_sqrt = tl.load(step_row + 0)
     rho_t = tl.load(step_row + 1)
-    rect_lr_over_bias_correction1 = tl.load(step_row + 2)
+    step_size = tl.load(step_row + 2)
     param_ptrs = param_ptr + tl.multiple_of(tl.load(param_offsets + tensor), ALIGN) + offsets
     param = tl.load(param_ptrs, mask=mask).to(tl.float32)
     grad_ptrs = grad_ptr + tl.multiple_of(tl.load(grad_offsets + tensor), ALIGN) + offsets
@@ -164,7 +164,7 @@ def radam_update(
     exp_avg = beta1 * exp_avg + grad * one_minus_beta1
     exp_avg_sq = beta2 * exp_avg_sq + grad * grad * one_minus_beta2
     adaptive_lr = tl.where(rho_t > 5.0, bias_correction2_sqrt / (eps + tl.sqrt_rn(exp_avg_sq)), 1.0)
-    param = param - adaptive_lr * exp_avg * rect_lr_over_bias_correction1
+    param = param - adaptive_lr * exp_avg * step_size
     tl.store(param_ptrs, param.to(param_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptrs, exp_avg.to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_sq_ptrs, exp_avg_sq.to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)

@@ -60,7 +60,7 @@ HOST_SCALARS = (
 # the columns of the step table: per tensor, values that depend on its step
 STEP_SCALARS = (
     "bias_correction2",
-    "lr_over_bias_correction1",
+    "step_size",
 )
 
 
@@ -87,10 +87,10 @@ def step_table_row(step: int, hyper: dict[str, np.float64]) -> tuple[np.float64,
     lr, beta1, beta2 = hyper["lr"], hyper["beta1"], hyper["beta2"]
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
-    lr_over_bias_correction1 = lr / bias_correction1
+    step_size = lr / bias_correction1
     return (
         bias_correction2,
-        lr_over_bias_correction1,
+        step_size,
     )
 
 
@@ -219,7 +219,7 @@ def setadam_update(
     mask = offsets < numel
     step_row = step_scalars + tensor * 2
     bias_correction2 = tl.load(step_row + 0)
-    lr_over_bias_correction1 = tl.load(step_row + 1)
+    step_size = tl.load(step_row + 1)
     tensor_reductions = reductions + tensor * NUM_REDUCTIONS
     sum_exp_avg_sq_1 = tl.load(tensor_reductions + 0)
     sum_cos_sq_arg = tl.load(tensor_reductions + 1)
@@ -248,7 +248,7 @@ def setadam_update(
     min_denom = tl.sqrt_rn(eps + cos_sq * min_exp_avg_sq_1 / bias_correction2)
     neg_min_denom_tau = -min_denom * tau
     translated_denom = denom + neg_min_denom_tau
-    param = param - exp_avg * lr_over_bias_correction1 / translated_denom
+    param = param - exp_avg * step_size / translated_denom
     tl.store(param_ptrs, param.to(param_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptrs, exp_avg.to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_sq_ptrs, exp_avg_sq.to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
