@@ -379,7 +379,11 @@ def _run_gpu(args) -> int:
         print("optgen bench: --device cuda needs optgen.bench_gpu (the Triton benchmark), which is missing",
               file=sys.stderr)  # fmt: skip
         return 2
-    argv = _argv(args) + (["--markdown", args.markdown] if args.markdown else [])
+    # the GPU benchmark's workloads are fixed (1B flat, GPT-2 small fp32/bf16): pass on only
+    # the choice of algorithms and where to write the table
+    argv = (["--algorithms", *args.algorithms] if args.algorithms else []) + (
+        ["--markdown", args.markdown] if args.markdown else []
+    )
     return gpu.main(argv)
 
 

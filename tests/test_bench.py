@@ -87,12 +87,12 @@ def test_cuda_without_bench_gpu(capsys, monkeypatch):
     assert "optgen.bench_gpu" in capsys.readouterr().err
 
 
-def test_cuda_hands_options_to_bench_gpu(monkeypatch):
+def test_cuda_hands_algorithms_and_table_to_bench_gpu(monkeypatch, tmp_path):
     seen = []
     fake = types.ModuleType("optgen.bench_gpu")
     fake.main = lambda argv: seen.append(argv) or 0
     monkeypatch.setitem(sys.modules, "optgen.bench_gpu", fake)
-    assert cli.main(["bench", "--device", "cuda", "--algorithms", "adan", "--repeats", "7"]) == 0
+    table = str(tmp_path / "gpu.md")
+    assert cli.main(["bench", "--device", "cuda", "--algorithms", "adan", "--repeats", "7", "--markdown", table]) == 0
     (argv,) = seen
-    assert argv[argv.index("--repeats") + 1] == "7"
-    assert argv[argv.index("--algorithms") + 1] == "adan"
+    assert argv == ["--algorithms", "adan", "--markdown", table]  # the GPU workloads are fixed
