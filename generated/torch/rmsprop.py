@@ -37,7 +37,7 @@ class RMSprop(Optimizer):
            &\hspace{10mm}\mathrm{avg} \leftarrow \sqrt{v_{t} - \bar{g}_{t}^{2}} + \epsilon \\
            &\hspace{5mm}\textbf{else} \\
            &\hspace{10mm}\mathrm{avg} \leftarrow \sqrt{v_{t}} + \epsilon \\
-           &\hspace{5mm}b_{t} \leftarrow \mu b_{t-1} + \frac{g_{t}}{\mathrm{avg}} \\
+           &\hspace{5mm}b_{t} \leftarrow \begin{cases} \displaystyle \mu b_{t-1} + \frac{g_{t}}{\mathrm{avg}} & \text{if } \mu > 0 \\ \displaystyle b_{t-1} & \text{otherwise} \end{cases} \\
            &\hspace{5mm}\theta_{t} \leftarrow \theta_{t-1} - \gamma \begin{cases} \displaystyle b_{t} & \text{if } \mu > 0 \\ \displaystyle \frac{g_{t}}{\mathrm{avg}} & \text{otherwise} \end{cases} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
@@ -279,8 +279,8 @@ def _single_tensor_rmsprop(
             avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_().add_(eps)
         else:
             avg = square_avg.sqrt().add_(eps)
-        momentum_buffer.mul_(momentum).addcdiv_(grad, avg)
         if momentum > 0:
+            momentum_buffer.mul_(momentum).addcdiv_(grad, avg)
             param.sub_(momentum_buffer, alpha=lr)
         else:
             param.addcdiv_(grad, avg, value=-lr)
@@ -336,9 +336,9 @@ def _multi_tensor_rmsprop(
     else:
         avgs = torch._foreach_sqrt(square_avgs)
     torch._foreach_add_(avgs, eps)
-    torch._foreach_mul_(momentum_buffers, momentum)
-    torch._foreach_addcdiv_(momentum_buffers, grads, avgs)
     if momentum > 0:
+        torch._foreach_mul_(momentum_buffers, momentum)
+        torch._foreach_addcdiv_(momentum_buffers, grads, avgs)
         torch._foreach_add_(params, momentum_buffers, alpha=-lr)
     else:
         torch._foreach_addcdiv_(params, grads, avgs, value=-lr)

@@ -18,7 +18,7 @@ written in their own dtypes):
         avg = eps + sqrt(square_avg - grad_avg**2)
     else:
         avg = eps + sqrt(square_avg)
-    momentum_buffer = momentum*momentum_buffer + grad/avg
+    momentum_buffer = where(momentum > 0, momentum*momentum_buffer + grad/avg, momentum_buffer)
     param = param - lr*where(momentum > 0, momentum_buffer, grad/avg)
 
 How the kernels are laid out:
@@ -132,7 +132,9 @@ def rmsprop_update(
     else:
         grad_avg = alpha * grad_avg + grad * one_minus_alpha
         avg = eps + tl.sqrt_rn(square_avg - grad_avg * grad_avg)
-    momentum_buffer = momentum * momentum_buffer + grad / avg
+    momentum_buffer = tl.where(
+        momentum > 0.0, momentum * momentum_buffer + grad / avg, momentum_buffer
+    )
     param = param - lr * tl.where(momentum > 0.0, momentum_buffer, grad / avg)
     tl.store(param_ptrs, param.to(param_ptr.dtype.element_ty), mask=mask)
     tl.store(square_avg_ptrs, square_avg.to(square_avg_ptr.dtype.element_ty), mask=mask)

@@ -114,6 +114,8 @@ class Scheduler:
                 self.out.append(If(cond, [op], [], False))
             return
         last = self.out[-1] if self.out else None
+        if _merge_branches(last, op):  # two `if momentum > 0:` in a row: one
+            return
         if _clamps_on_one_side_each(last, op):  # clamp_(min=a) then clamp_(max=b): clamp_(a, b)
             last.kw = {"min": (last.kw | op.kw)["min"], "max": (last.kw | op.kw)["max"]}
             return
@@ -792,3 +794,20 @@ def _name_for(expr, base: dict) -> str:
         if isinstance(core, f) and core.args[0].is_Symbol:
             return f"{base.get(core.args[0].name, core.args[0].name)}_{suffix}"
     return "scratch"
+
+
+def _merge_branches(last, op) -> bool:
+    """Append `op`, an If on the same host condition as `last` (or its negation), to `last`'s
+    branches. Host conditions are fixed for the whole step, so the merge keeps the order of
+    every op on each side."""
+    if not (isinstance(last, If) and isinstance(op, If) and last.per_tensor == op.per_tensor):
+        return False
+    if op.cond == last.cond:
+        last.body.extend(op.body)
+        last.orelse.extend(op.orelse)
+    elif op.cond == sympy.Not(last.cond) or last.cond == sympy.Not(op.cond):
+        last.body.extend(op.orelse)
+        last.orelse.extend(op.body)
+    else:
+        return False
+    return True
