@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import sympy
@@ -65,7 +66,7 @@ def _pow(e):
     if exp == sympy.Rational(-1, 2):
         return lambda env: 1.0 / np.sqrt(base(env))
     if exp == 2:
-        return lambda env: (lambda b: b * b)(base(env))
+        return lambda env: np.square(base(env))
     if exp.is_Number:
         p = float(exp)
         return lambda env: np.power(base(env), p)
@@ -167,7 +168,7 @@ class CompiledProgram:
     global_needs: set[str]  # values needed by the global reductions
 
     @classmethod
-    def build(cls, program: Program) -> "CompiledProgram":
+    def build(cls, program: Program) -> CompiledProgram:
         steps = [(v.name, compile_expr(v.expr), v.reduce, v.over) for v in program.values]
         inits = {s.name: compile_expr(s.init) for s in program.states}
         needs: set[str] = set()

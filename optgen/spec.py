@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import sympy
 
@@ -61,7 +60,7 @@ class Option:
 
 
 # A compile-time condition over options: an option name, or ("not", c), ("and", [c...]), ("or", [c...]).
-Condition = Union[str, tuple]
+Condition = str | tuple
 
 
 def holds(cond: Condition, options: dict[str, bool]) -> bool:
@@ -111,7 +110,7 @@ class If:
     loc: Loc
 
 
-Statement = Union[Assign, If]
+Statement = Assign | If
 
 
 @dataclass
