@@ -14,7 +14,7 @@ from .check import Report, check
 from .errors import CompileError, Loc, SpecError
 from .spec import Spec
 
-__all__ = ["load", "check", "compile", "prove", "latex", "Spec", "Report", "SpecError", "CompileError", "Loc"]
+__all__ = ["CompileError", "Loc", "Report", "Spec", "SpecError", "check", "compile", "latex", "load", "prove"]
 __version__ = "0.1.0"
 
 
@@ -39,7 +39,7 @@ def _as_spec(spec: Spec | str | Path) -> Spec:
     return spec if isinstance(spec, Spec) else load(spec)
 
 
-def compile(spec: Spec | str | Path, backend: str = "torch"):  # noqa: A001 - the public name
+def compile(spec: Spec | str | Path, backend: str = "torch"):
     """The optimizer class for a spec, rendered and loaded in memory (no build step)."""
     from .backends import compile_spec
 

@@ -20,10 +20,10 @@ from .errors import Loc, SpecError
 from .expr import (
     ELEMENTWISE_FUNCS,
     FUNCTIONS,
+    GRAD,
     NDIM_SYMBOL,
     NUMEL_SYMBOL,
     PARAM,
-    GRAD,
     REDUCTION_FUNCS,
     STEP,
     STEP_SYMBOL,

@@ -8,7 +8,6 @@ import shutil
 import time
 import types
 import unicodedata
-import warnings
 import zlib
 
 import pytest

@@ -18,25 +18,25 @@ import importlib
 import inspect
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
-import pytest
-import torch
+from typing import Any
 
 import adabound
+import numpy as np
+import pytest
 import pytorch_optimizer
 import pytorch_optimizer.optimizer.adan
 import pytorch_optimizer.optimizer.lamb
+import torch
 
 import optgen
 from optgen import catalog
 from optgen.reference import Reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_impls import SETAdam, max_rel_diff  # noqa: E402
+from reference_impls import SETAdam, max_rel_diff
 
 STEPS = 64
 RTOL = 1e-9
@@ -141,7 +141,7 @@ LARS_NESTEROV_GROUPS = (
 
 to = torch.optim
 po = pytorch_optimizer
-NEGATE = lambda x: -x  # noqa: E731  pytorch_optimizer's Adan stores -previous_grad
+NEGATE = lambda x: -x
 ADAN_STATE = {"previous_grad": ("previous_grad", NEGATE)}
 
 CASES = [
