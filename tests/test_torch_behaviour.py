@@ -511,3 +511,64 @@ def test_paper_forms_do_not_compile():
     forms = catalog.specs_dir() / "forms"
     with pytest.raises(CompileError, match="gradient"):
         optgen.compile(forms / "adan_agd.yaml")
+
+
+# --------------------------------------------------------------------------- bf16 state
+def test_state_dtype_needs_the_fused_path():
+    params = _leaves(_tensors(dtype=torch.float32))
+    for kwargs in ({}, {"foreach": True}, {"foreach": False}):
+        with pytest.raises(ValueError, match="state_dtype=torch.bfloat16 requires fused=True"):
+            optgen.optimizers.Adam(params, state_dtype=torch.bfloat16, **kwargs)
+    with pytest.raises(ValueError, match="requires fused=True"):
+        optgen.optimizers.Adam(params, fused=True, state_dtype=torch.bfloat16).add_param_group(
+            {"params": [torch.nn.Parameter(torch.zeros(2))], "fused": False}
+        )
+
+
+def test_bf16_params_and_bf16_state_train_like_float32():
+    """Adam on bf16 parameters with bf16 state (the fused Triton kernels) against the foreach
+    path in float32, from the same start on the same (bf16-exact) gradients.
+
+    The bound, per element after T steps, with eps = 2^-7 the relative error of one rounding
+    to bf16 (8 significant bits: 2^-8 rounding to nearest as compiled kernels do, 2^-7
+    truncating as Triton's interpreter does): each step rounds the parameter (<= eps |p|)
+    and each moment (relative eps; a moment's error carries over with a factor beta <= 1,
+    so at step t it is at most t * eps). The update lr * m/sqrt(v) is about lr in size, so
+    its error at step t is about (1 + 1/2) t eps lr, under T^2 eps lr summed over T steps.
+    """
+    steps, lr, eps = 5, 0.05, 2.0**-7
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(7)
+    start = [torch.randn(shape, generator=g).bfloat16().to(device) for shape in ((48, 32), (70,))]
+    grads = [[torch.randn(x.shape, generator=g).bfloat16().to(device) for x in start] for _ in range(steps)]
+    low, ref = _leaves(start), _leaves([x.float() for x in start])
+    opt = optgen.optimizers.Adam(low, lr=lr, fused=True, state_dtype=torch.bfloat16)
+    _train(opt, low, steps, grads=lambda t, _: grads[t - 1])
+    opt_ref = optgen.optimizers.Adam(ref, lr=lr, foreach=True)
+    _train(opt_ref, ref, steps, grads=lambda t, _: [x.float() for x in grads[t - 1]])
+    assert all(opt.state[p][key].dtype == torch.bfloat16 for p in low for key in ("exp_avg", "exp_avg_sq"))
+    for p, q, x in zip(low, ref, start):
+        assert p.dtype == torch.bfloat16
+        bound = eps * (steps * q.detach().abs() + steps**2 * lr)
+        assert torch.all((p.detach().float() - q.detach()).abs() <= bound)
+        moved = (q.detach() - x.float()).abs()
+        assert moved.max() > 2 * bound.median()  # the comparison sees the update, not just the start
+
+
+# --------------------------------------------------------------------------- CPU chunks
+@pytest.mark.parametrize("name", NAMES)
+def test_foreach_in_cpu_chunks_matches_one_batch(name, monkeypatch):
+    """The foreach path on CPU runs a few MiB of tensors at a time: with chunks of one tensor
+    each, the result is that of one batch over all of them."""
+    cls = cls_of(name)
+    module = __import__(cls.__module__, fromlist=["_cpu_chunks"])
+    start = _tensors(seed=3) + _tensors(seed=4)
+    results = []
+    for chunk_bytes in (1 << 30, 8):
+        monkeypatch.setattr(module, "_CPU_CHUNK_BYTES", chunk_bytes)
+        params = _leaves(start)
+        _train(cls(params, foreach=True), params, 3)
+        results.append(params)
+    assert module._cpu_chunks(results[1]) == list(range(len(start)))
+    for one_batch, chunked in zip(*results):
+        torch.testing.assert_close(chunked, one_batch, rtol=1e-14, atol=0)

@@ -12,6 +12,10 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach, _get_scalar_dtype
 
+# The parameter bytes of one foreach batch on CPU (see _cpu_chunks): 2 MiB measured best
+# of 0.5-4 MiB on the GPT-like benchmark (BENCHMARKS.md).
+_CPU_CHUNK_BYTES = 1 << 21
+
 __all__ = ["AdaBound", "adabound"]
 
 
@@ -66,6 +70,10 @@ class AdaBound(Optimizer):
         foreach (bool, optional): update each group's tensors with torch._foreach_* kernels;
             None picks them on CUDA (default: None).
         fused (bool, optional): update with optgen's fused Triton kernels (default: None).
+        state_dtype (torch.dtype, optional): the dtype of the per-element state (torch.bfloat16
+            halves its memory; the fused kernels compute in float32 and round on store); None
+            keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
+            (default: None).
 
     ``base_lr`` (:math:`\alpha_0`) is not a keyword: it is set from the group's ``lr`` when
     the group is added, and stays fixed while an LR scheduler changes ``lr``.
@@ -94,6 +102,7 @@ class AdaBound(Optimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
@@ -108,6 +117,7 @@ class AdaBound(Optimizer):
             "maximize": maximize,
             "foreach": foreach,
             "fused": fused,
+            "state_dtype": state_dtype,
         }
         super().__init__(params, defaults)
 
@@ -115,6 +125,12 @@ class AdaBound(Optimizer):
         """Add a param group, checking its hyperparameters against their ranges."""
         for key, value in self.defaults.items():
             param_group.setdefault(key, value)
+        if param_group["state_dtype"] is not None and not param_group["fused"]:
+            # the foreach and for-loop paths mix state and parameter in one op: one dtype
+            raise ValueError(
+                f"state_dtype={param_group['state_dtype']} requires fused=True "
+                "(the foreach and for-loop paths keep the state in the parameter's dtype)"
+            )
         lr = param_group["lr"]
         if not 0.0 < lr:
             raise ValueError(f"Invalid lr: {lr!r} (expected a value in (0, inf))")
@@ -154,6 +170,8 @@ class AdaBound(Optimizer):
     def _init_group(
         self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
     ) -> None:
+        # None (also in a state dict from torch.optim): the parameter's dtype
+        state_dtype = group.get("state_dtype")
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -169,15 +187,19 @@ class AdaBound(Optimizer):
                 # (torch.optim.SGD): at least one step was taken
                 state["step"] = torch.tensor(1.0 if state else 0.0, dtype=_get_scalar_dtype())
             if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = torch.zeros_like(
+                    p, dtype=state_dtype, memory_format=torch.preserve_format
+                )
             exp_avgs.append(state["exp_avg"])
             if "exp_avg_sq" not in state:
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(
+                    p, dtype=state_dtype, memory_format=torch.preserve_format
+                )
             exp_avg_sqs.append(state["exp_avg_sq"])
             if group["amsbound"]:
                 if "max_exp_avg_sq" not in state:
                     state["max_exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
+                        p, dtype=state_dtype, memory_format=torch.preserve_format
                     )
                 max_exp_avg_sqs.append(state["max_exp_avg_sq"])
             state_steps.append(state["step"])
@@ -324,10 +346,21 @@ def _single_tensor_adabound(
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         if amsbound:
             torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-            denom = max_exp_avg_sq.sqrt().add_(eps)
+            bounded = (
+                max_exp_avg_sq.sqrt()
+                .add_(eps)
+                .reciprocal_()
+                .mul_(step_size)
+                .clamp_(min=lower_bound, max=upper_bound)
+            )
         else:
-            denom = exp_avg_sq.sqrt().add_(eps)
-        bounded = denom.reciprocal().mul_(step_size).clamp_(min=lower_bound, max=upper_bound)
+            bounded = (
+                exp_avg_sq.sqrt()
+                .add_(eps)
+                .reciprocal_()
+                .mul_(step_size)
+                .clamp_(min=lower_bound, max=upper_bound)
+            )
         param.addcmul_(exp_avg, bounded, value=-1)
 
 
@@ -363,8 +396,8 @@ def _multi_tensor_adabound(
     ]
     lower_bounds = [final * (1 - 1 / (1 + gamma * step)) for step in steps]
     upper_bounds = [final * (1 + 1 / (gamma * step)) for step in steps]
-    # one foreach call per device and dtype
-    keys = [(param.device, param.dtype) for param in params]
+    # one foreach call per device, dtype and CPU chunk
+    keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
         for batch in _batches(
             keys, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
@@ -393,11 +426,11 @@ def _multi_tensor_adabound(
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
     if amsbound:
         torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
-        denoms = torch._foreach_sqrt(max_exp_avg_sqs)
+        boundeds = torch._foreach_sqrt(max_exp_avg_sqs)
     else:
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_add_(denoms, eps)
-    boundeds = torch._foreach_reciprocal(denoms)
+        boundeds = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_add_(boundeds, eps)
+    torch._foreach_reciprocal_(boundeds)
     torch._foreach_mul_(boundeds, step_sizes)
     torch._foreach_clamp_min_(boundeds, lower_bounds)
     torch._foreach_clamp_max_(boundeds, upper_bounds)
@@ -456,6 +489,21 @@ def _fused_adabound(
         global_values={},
         maximize=maximize,
     )
+
+
+def _cpu_chunks(params: list[Tensor]) -> list[int]:
+    """A chunk number per tensor: on CPU, runs of consecutive tensors of about
+    _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
+    the whole list streams every tensor through memory once per op; chunk by chunk, the
+    tensors stay in cache from one op to the next."""
+    chunks, chunk, size = [], 0, 0
+    for param in params:
+        nbytes = param.numel() * param.element_size()
+        if param.device.type == "cpu" and size and size + nbytes > _CPU_CHUNK_BYTES:
+            chunk, size = chunk + 1, 0
+        chunks.append(chunk)
+        size += nbytes
+    return chunks
 
 
 def _batches(keys: list, *tensor_lists: list[Tensor]):

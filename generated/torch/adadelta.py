@@ -10,6 +10,10 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach, _get_scalar_dtype
 
+# The parameter bytes of one foreach batch on CPU (see _cpu_chunks): 2 MiB measured best
+# of 0.5-4 MiB on the GPT-like benchmark (BENCHMARKS.md).
+_CPU_CHUNK_BYTES = 1 << 21
+
 __all__ = ["Adadelta", "adadelta"]
 
 
@@ -46,6 +50,10 @@ class Adadelta(Optimizer):
         foreach (bool, optional): update each group's tensors with torch._foreach_* kernels;
             None picks them on CUDA (default: None).
         fused (bool, optional): update with optgen's fused Triton kernels (default: None).
+        state_dtype (torch.dtype, optional): the dtype of the per-element state (torch.bfloat16
+            halves its memory; the fused kernels compute in float32 and round on store); None
+            keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
+            (default: None).
 
     Paper: Zeiler, "ADADELTA: An Adaptive Learning Rate Method", arXiv:1212.5701, 2012.
 
@@ -63,6 +71,7 @@ class Adadelta(Optimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
@@ -74,6 +83,7 @@ class Adadelta(Optimizer):
             "maximize": maximize,
             "foreach": foreach,
             "fused": fused,
+            "state_dtype": state_dtype,
         }
         super().__init__(params, defaults)
 
@@ -81,6 +91,12 @@ class Adadelta(Optimizer):
         """Add a param group, checking its hyperparameters against their ranges."""
         for key, value in self.defaults.items():
             param_group.setdefault(key, value)
+        if param_group["state_dtype"] is not None and not param_group["fused"]:
+            # the foreach and for-loop paths mix state and parameter in one op: one dtype
+            raise ValueError(
+                f"state_dtype={param_group['state_dtype']} requires fused=True "
+                "(the foreach and for-loop paths keep the state in the parameter's dtype)"
+            )
         lr = param_group["lr"]
         if not 0.0 < lr:
             raise ValueError(f"Invalid lr: {lr!r} (expected a value in (0, inf))")
@@ -108,6 +124,8 @@ class Adadelta(Optimizer):
                 param_state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
 
     def _init_group(self, group, params, grads, square_avgs, acc_deltas, state_steps) -> None:
+        # None (also in a state dict from torch.optim): the parameter's dtype
+        state_dtype = group.get("state_dtype")
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -123,10 +141,14 @@ class Adadelta(Optimizer):
                 # (torch.optim.SGD): at least one step was taken
                 state["step"] = torch.tensor(1.0 if state else 0.0, dtype=_get_scalar_dtype())
             if "square_avg" not in state:
-                state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["square_avg"] = torch.zeros_like(
+                    p, dtype=state_dtype, memory_format=torch.preserve_format
+                )
             square_avgs.append(state["square_avg"])
             if "acc_delta" not in state:
-                state["acc_delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["acc_delta"] = torch.zeros_like(
+                    p, dtype=state_dtype, memory_format=torch.preserve_format
+                )
             acc_deltas.append(state["acc_delta"])
             state_steps.append(state["step"])
 
@@ -230,8 +252,7 @@ def _single_tensor_adadelta(
         if weight_decay != 0:
             grad = grad.add(param, alpha=weight_decay)
         square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
-        acc_delta_sqrt = acc_delta.add(eps).sqrt_()
-        delta = grad.mul(acc_delta_sqrt)
+        delta = acc_delta.add(eps).sqrt_().mul_(grad)
         denom = square_avg.add(eps).sqrt_()
         delta.div_(denom)
         acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
@@ -254,8 +275,8 @@ def _multi_tensor_adadelta(
     """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
         return
-    # one foreach call per device and dtype
-    keys = [(param.device, param.dtype) for param in params]
+    # one foreach call per device, dtype and CPU chunk
+    keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
         for batch in _batches(keys, params, grads, square_avgs, acc_deltas, state_steps):
             _multi_tensor_adadelta(
@@ -269,9 +290,9 @@ def _multi_tensor_adadelta(
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     torch._foreach_mul_(square_avgs, rho)
     torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - rho)
-    acc_delta_sqrts = torch._foreach_add(acc_deltas, eps)
-    torch._foreach_sqrt_(acc_delta_sqrts)
-    deltas = torch._foreach_mul(grads, acc_delta_sqrts)
+    deltas = torch._foreach_add(acc_deltas, eps)
+    torch._foreach_sqrt_(deltas)
+    torch._foreach_mul_(deltas, grads)
     denoms = torch._foreach_add(square_avgs, eps)
     torch._foreach_sqrt_(denoms)
     torch._foreach_div_(deltas, denoms)
@@ -319,6 +340,21 @@ def _fused_adadelta(
         global_values={},
         maximize=maximize,
     )
+
+
+def _cpu_chunks(params: list[Tensor]) -> list[int]:
+    """A chunk number per tensor: on CPU, runs of consecutive tensors of about
+    _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
+    the whole list streams every tensor through memory once per op; chunk by chunk, the
+    tensors stay in cache from one op to the next."""
+    chunks, chunk, size = [], 0, 0
+    for param in params:
+        nbytes = param.numel() * param.element_size()
+        if param.device.type == "cpu" and size and size + nbytes > _CPU_CHUNK_BYTES:
+            chunk, size = chunk + 1, 0
+        chunks.append(chunk)
+        size += nbytes
+    return chunks
 
 
 def _batches(keys: list, *tensor_lists: list[Tensor]):

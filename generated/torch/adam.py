@@ -11,6 +11,10 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach, _get_scalar_dtype
 
+# The parameter bytes of one foreach batch on CPU (see _cpu_chunks): 2 MiB measured best
+# of 0.5-4 MiB on the GPT-like benchmark (BENCHMARKS.md).
+_CPU_CHUNK_BYTES = 1 << 21
+
 __all__ = ["Adam", "adam"]
 
 
@@ -63,6 +67,10 @@ class Adam(Optimizer):
         foreach (bool, optional): update each group's tensors with torch._foreach_* kernels;
             None picks them on CUDA (default: None).
         fused (bool, optional): update with optgen's fused Triton kernels (default: None).
+        state_dtype (torch.dtype, optional): the dtype of the per-element state (torch.bfloat16
+            halves its memory; the fused kernels compute in float32 and round on store); None
+            keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
+            (default: None).
 
     Paper: Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015; AMSGrad:
     Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018.
@@ -83,6 +91,7 @@ class Adam(Optimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
@@ -96,6 +105,7 @@ class Adam(Optimizer):
             "maximize": maximize,
             "foreach": foreach,
             "fused": fused,
+            "state_dtype": state_dtype,
         }
         super().__init__(params, defaults)
 
@@ -103,6 +113,12 @@ class Adam(Optimizer):
         """Add a param group, checking its hyperparameters against their ranges."""
         for key, value in self.defaults.items():
             param_group.setdefault(key, value)
+        if param_group["state_dtype"] is not None and not param_group["fused"]:
+            # the foreach and for-loop paths mix state and parameter in one op: one dtype
+            raise ValueError(
+                f"state_dtype={param_group['state_dtype']} requires fused=True "
+                "(the foreach and for-loop paths keep the state in the parameter's dtype)"
+            )
         lr = param_group["lr"]
         if not 0.0 < lr:
             raise ValueError(f"Invalid lr: {lr!r} (expected a value in (0, inf))")
@@ -134,6 +150,8 @@ class Adam(Optimizer):
     def _init_group(
         self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
     ) -> None:
+        # None (also in a state dict from torch.optim): the parameter's dtype
+        state_dtype = group.get("state_dtype")
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -149,15 +167,19 @@ class Adam(Optimizer):
                 # (torch.optim.SGD): at least one step was taken
                 state["step"] = torch.tensor(1.0 if state else 0.0, dtype=_get_scalar_dtype())
             if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = torch.zeros_like(
+                    p, dtype=state_dtype, memory_format=torch.preserve_format
+                )
             exp_avgs.append(state["exp_avg"])
             if "exp_avg_sq" not in state:
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(
+                    p, dtype=state_dtype, memory_format=torch.preserve_format
+                )
             exp_avg_sqs.append(state["exp_avg_sq"])
             if group["amsgrad"]:
                 if "max_exp_avg_sq" not in state:
                     state["max_exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
+                        p, dtype=state_dtype, memory_format=torch.preserve_format
                     )
                 max_exp_avg_sqs.append(state["max_exp_avg_sq"])
             state_steps.append(state["step"])
@@ -295,10 +317,10 @@ def _single_tensor_adam(
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         if amsgrad:
             torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-            denom = max_exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
+            denom = max_exp_avg_sq.sqrt().add_(bias_correction2_sqrt * eps)
         else:
-            denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
+            denom = exp_avg_sq.sqrt().add_(bias_correction2_sqrt * eps)
+        param.addcdiv_(exp_avg, denom, value=-bias_correction2_sqrt * step_size)
 
 
 def _multi_tensor_adam(
@@ -326,8 +348,8 @@ def _multi_tensor_adam(
     bias_correction2_list = [1 - beta2**step for step in steps]
     bias_correction2_sqrts = [bias_correction2**0.5 for bias_correction2 in bias_correction2_list]
     step_sizes = [lr / bias_correction1 for bias_correction1 in bias_correction1_list]
-    # one foreach call per device and dtype
-    keys = [(param.device, param.dtype) for param in params]
+    # one foreach call per device, dtype and CPU chunk
+    keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
         for batch in _batches(
             keys, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
@@ -360,9 +382,18 @@ def _multi_tensor_adam(
         denoms = torch._foreach_sqrt(max_exp_avg_sqs)
     else:
         denoms = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denoms, bias_correction2_sqrts)
-    torch._foreach_add_(denoms, eps)
-    torch._foreach_addcdiv_(params, exp_avgs, denoms, [-step_size for step_size in step_sizes])
+    torch._foreach_add_(
+        denoms, [bias_correction2_sqrt * eps for bias_correction2_sqrt in bias_correction2_sqrts]
+    )
+    torch._foreach_addcdiv_(
+        params,
+        exp_avgs,
+        denoms,
+        [
+            -bias_correction2_sqrt * step_size
+            for bias_correction2_sqrt, step_size in zip(bias_correction2_sqrts, step_sizes)
+        ],
+    )
 
 
 def _fused_adam(
@@ -413,6 +444,21 @@ def _fused_adam(
         global_values={},
         maximize=maximize,
     )
+
+
+def _cpu_chunks(params: list[Tensor]) -> list[int]:
+    """A chunk number per tensor: on CPU, runs of consecutive tensors of about
+    _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
+    the whole list streams every tensor through memory once per op; chunk by chunk, the
+    tensors stay in cache from one op to the next."""
+    chunks, chunk, size = [], 0, 0
+    for param in params:
+        nbytes = param.numel() * param.element_size()
+        if param.device.type == "cpu" and size and size + nbytes > _CPU_CHUNK_BYTES:
+            chunk, size = chunk + 1, 0
+        chunks.append(chunk)
+        size += nbytes
+    return chunks
 
 
 def _batches(keys: list, *tensor_lists: list[Tensor]):

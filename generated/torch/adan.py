@@ -11,6 +11,10 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach, _get_scalar_dtype
 
+# The parameter bytes of one foreach batch on CPU (see _cpu_chunks): 2 MiB measured best
+# of 0.5-4 MiB on the GPT-like benchmark (BENCHMARKS.md).
+_CPU_CHUNK_BYTES = 1 << 21
+
 __all__ = ["Adan", "adan"]
 
 
@@ -65,6 +69,10 @@ class Adan(Optimizer):
         foreach (bool, optional): update each group's tensors with torch._foreach_* kernels;
             None picks them on CUDA (default: None).
         fused (bool, optional): update with optgen's fused Triton kernels (default: None).
+        state_dtype (torch.dtype, optional): the dtype of the per-element state (torch.bfloat16
+            halves its memory; the fused kernels compute in float32 and round on store); None
+            keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
+            (default: None).
 
     betas follow the official code, (0.98, 0.92, 0.99); the paper's beta_i are one minus
     these. The gradient difference is 0 at the first step (previous_grad starts as the
@@ -92,6 +100,7 @@ class Adan(Optimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
@@ -105,6 +114,7 @@ class Adan(Optimizer):
             "maximize": maximize,
             "foreach": foreach,
             "fused": fused,
+            "state_dtype": state_dtype,
         }
         super().__init__(params, defaults)
 
@@ -112,6 +122,12 @@ class Adan(Optimizer):
         """Add a param group, checking its hyperparameters against their ranges."""
         for key, value in self.defaults.items():
             param_group.setdefault(key, value)
+        if param_group["state_dtype"] is not None and not param_group["fused"]:
+            # the foreach and for-loop paths mix state and parameter in one op: one dtype
+            raise ValueError(
+                f"state_dtype={param_group['state_dtype']} requires fused=True "
+                "(the foreach and for-loop paths keep the state in the parameter's dtype)"
+            )
         lr = param_group["lr"]
         if not 0.0 < lr:
             raise ValueError(f"Invalid lr: {lr!r} (expected a value in (0, inf))")
@@ -158,6 +174,8 @@ class Adan(Optimizer):
         previous_grads,
         state_steps,
     ) -> None:
+        # None (also in a state dict from torch.optim): the parameter's dtype
+        state_dtype = group.get("state_dtype")
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -174,16 +192,22 @@ class Adan(Optimizer):
                 state["step"] = torch.tensor(1.0 if state else 0.0, dtype=_get_scalar_dtype())
             grad = -p.grad if group["maximize"] else p.grad
             if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = torch.zeros_like(
+                    p, dtype=state_dtype, memory_format=torch.preserve_format
+                )
             exp_avgs.append(state["exp_avg"])
             if "exp_avg_sq" not in state:
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(
+                    p, dtype=state_dtype, memory_format=torch.preserve_format
+                )
             exp_avg_sqs.append(state["exp_avg_sq"])
             if "exp_avg_diff" not in state:
-                state["exp_avg_diff"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_diff"] = torch.zeros_like(
+                    p, dtype=state_dtype, memory_format=torch.preserve_format
+                )
             exp_avg_diffs.append(state["exp_avg_diff"])
             if "previous_grad" not in state:
-                state["previous_grad"] = grad.clone(memory_format=torch.preserve_format)
+                state["previous_grad"] = grad.to(state_dtype or grad.dtype, copy=True)
             previous_grads.append(state["previous_grad"])
             state_steps.append(state["step"])
 
@@ -374,9 +398,9 @@ def _single_tensor_adan(
         previous_grad.copy_(grad)
         if weight_decouple and weight_decay != 0:
             param.mul_(1 - weight_decay * lr)
-        denom = exp_avg_sq.sqrt().div_(bias_correction3_sqrt).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-step_size).addcdiv_(
-            exp_avg_diff, denom, value=-exp_avg_diff_step_size
+        denom = exp_avg_sq.sqrt().add_(bias_correction3_sqrt * eps)
+        param.addcdiv_(exp_avg, denom, value=-bias_correction3_sqrt * step_size).addcdiv_(
+            exp_avg_diff, denom, value=-bias_correction3_sqrt * exp_avg_diff_step_size
         )
         if not weight_decouple and weight_decay != 0:
             param.div_(1 + weight_decay * lr)
@@ -419,8 +443,11 @@ def _multi_tensor_adan(
     exp_avg_diff_step_sizes = [
         beta2 * lr / bias_correction2 for bias_correction2 in bias_correction2_list
     ]
-    # one foreach call per device, dtype and side of each host-side branch
-    keys = [(param.device, param.dtype, step == 1) for param, step in zip(params, steps)]
+    # one foreach call per device, dtype, CPU chunk and side of each host-side branch
+    keys = [
+        (param.device, param.dtype, chunk, step == 1)
+        for param, chunk, step in zip(params, _cpu_chunks(params), steps)
+    ]
     if len(set(keys)) > 1:
         for batch in _batches(
             keys, params, grads, exp_avgs, exp_avg_sqs, exp_avg_diffs, previous_grads, state_steps
@@ -458,14 +485,28 @@ def _multi_tensor_adan(
     if weight_decouple and weight_decay != 0:
         torch._foreach_mul_(params, 1 - weight_decay * lr)
     denoms = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denoms, bias_correction3_sqrts)
-    torch._foreach_add_(denoms, eps)
-    torch._foreach_addcdiv_(params, exp_avgs, denoms, [-step_size for step_size in step_sizes])
+    torch._foreach_add_(
+        denoms, [bias_correction3_sqrt * eps for bias_correction3_sqrt in bias_correction3_sqrts]
+    )
+    torch._foreach_addcdiv_(
+        params,
+        exp_avgs,
+        denoms,
+        [
+            -bias_correction3_sqrt * step_size
+            for bias_correction3_sqrt, step_size in zip(bias_correction3_sqrts, step_sizes)
+        ],
+    )
     torch._foreach_addcdiv_(
         params,
         exp_avg_diffs,
         denoms,
-        [-exp_avg_diff_step_size for exp_avg_diff_step_size in exp_avg_diff_step_sizes],
+        [
+            -bias_correction3_sqrt * exp_avg_diff_step_size
+            for bias_correction3_sqrt, exp_avg_diff_step_size in zip(
+                bias_correction3_sqrts, exp_avg_diff_step_sizes
+            )
+        ],
     )
     if not weight_decouple and weight_decay != 0:
         torch._foreach_div_(params, 1 + weight_decay * lr)
@@ -527,6 +568,21 @@ def _fused_adan(
         global_values={name: value for name, value in global_values.items() if value is not None},
         maximize=maximize,
     )
+
+
+def _cpu_chunks(params: list[Tensor]) -> list[int]:
+    """A chunk number per tensor: on CPU, runs of consecutive tensors of about
+    _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
+    the whole list streams every tensor through memory once per op; chunk by chunk, the
+    tensors stay in cache from one op to the next."""
+    chunks, chunk, size = [], 0, 0
+    for param in params:
+        nbytes = param.numel() * param.element_size()
+        if param.device.type == "cpu" and size and size + nbytes > _CPU_CHUNK_BYTES:
+            chunk, size = chunk + 1, 0
+        chunks.append(chunk)
+        size += nbytes
+    return chunks
 
 
 def _batches(keys: list, *tensor_lists: list[Tensor]):

@@ -11,6 +11,10 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _default_to_fused_or_foreach, _get_scalar_dtype
 
+# The parameter bytes of one foreach batch on CPU (see _cpu_chunks): 2 MiB measured best
+# of 0.5-4 MiB on the GPT-like benchmark (BENCHMARKS.md).
+_CPU_CHUNK_BYTES = 1 << 21
+
 __all__ = ["Lion", "lion"]
 
 
@@ -57,6 +61,10 @@ class Lion(Optimizer):
         foreach (bool, optional): update each group's tensors with torch._foreach_* kernels;
             None picks them on CUDA (default: None).
         fused (bool, optional): update with optgen's fused Triton kernels (default: None).
+        state_dtype (torch.dtype, optional): the dtype of the per-element state (torch.bfloat16
+            halves its memory; the fused kernels compute in float32 and round on store); None
+            keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
+            (default: None).
 
     Paper: Chen, Liang, Huang, Real, Wang, Pham, Dong, Luong, Hsieh, Lu & Le, "Symbolic
     Discovery of Optimization Algorithms", NeurIPS 2023 (arXiv:2302.06675).
@@ -76,6 +84,7 @@ class Lion(Optimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
@@ -88,6 +97,7 @@ class Lion(Optimizer):
             "maximize": maximize,
             "foreach": foreach,
             "fused": fused,
+            "state_dtype": state_dtype,
         }
         super().__init__(params, defaults)
 
@@ -95,6 +105,12 @@ class Lion(Optimizer):
         """Add a param group, checking its hyperparameters against their ranges."""
         for key, value in self.defaults.items():
             param_group.setdefault(key, value)
+        if param_group["state_dtype"] is not None and not param_group["fused"]:
+            # the foreach and for-loop paths mix state and parameter in one op: one dtype
+            raise ValueError(
+                f"state_dtype={param_group['state_dtype']} requires fused=True "
+                "(the foreach and for-loop paths keep the state in the parameter's dtype)"
+            )
         lr = param_group["lr"]
         if not 0.0 < lr:
             raise ValueError(f"Invalid lr: {lr!r} (expected a value in (0, inf))")
@@ -121,6 +137,8 @@ class Lion(Optimizer):
                 param_state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
 
     def _init_group(self, group, params, grads, exp_avgs, state_steps) -> None:
+        # None (also in a state dict from torch.optim): the parameter's dtype
+        state_dtype = group.get("state_dtype")
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -136,7 +154,9 @@ class Lion(Optimizer):
                 # (torch.optim.SGD): at least one step was taken
                 state["step"] = torch.tensor(1.0 if state else 0.0, dtype=_get_scalar_dtype())
             if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = torch.zeros_like(
+                    p, dtype=state_dtype, memory_format=torch.preserve_format
+                )
             exp_avgs.append(state["exp_avg"])
             state_steps.append(state["step"])
 
@@ -270,8 +290,8 @@ def _multi_tensor_lion(
     """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
         return
-    # one foreach call per device and dtype
-    keys = [(param.device, param.dtype) for param in params]
+    # one foreach call per device, dtype and CPU chunk
+    keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
         for batch in _batches(keys, params, grads, exp_avgs, state_steps):
             _multi_tensor_lion(
@@ -344,6 +364,21 @@ def _fused_lion(
         global_values={},
         maximize=maximize,
     )
+
+
+def _cpu_chunks(params: list[Tensor]) -> list[int]:
+    """A chunk number per tensor: on CPU, runs of consecutive tensors of about
+    _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
+    the whole list streams every tensor through memory once per op; chunk by chunk, the
+    tensors stay in cache from one op to the next."""
+    chunks, chunk, size = [], 0, 0
+    for param in params:
+        nbytes = param.numel() * param.element_size()
+        if param.device.type == "cpu" and size and size + nbytes > _CPU_CHUNK_BYTES:
+            chunk, size = chunk + 1, 0
+        chunks.append(chunk)
+        size += nbytes
+    return chunks
 
 
 def _batches(keys: list, *tensor_lists: list[Tensor]):

@@ -323,10 +323,11 @@ def multi_body(p: Prepared, sched: Schedule, recurse: str, lists: list[str]) -> 
         body.append(Line("steps = [step_t.item() + 1 for step_t in state_steps]"))
     body += printer.statements(sched.group) + printer.statements(sched.per_tensor_host)
     conds = sched.branch_conditions
-    key_parts = ["param.device", "param.dtype"] + [printer.host(c) for c in conds]
+    key_parts = ["param.device", "param.dtype", "chunk"] + [printer.host(c) for c in conds]
     key_expr = sympy.Tuple(*conds) if conds else sympy.Tuple()
-    keys = printer.comprehension(f"({', '.join(key_parts)})", key_expr, [("param", "params")])
-    why = ", dtype and side of each host-side branch" if conds else " and dtype"
+    pairs = [("param", "params"), ("chunk", "_cpu_chunks(params)")]
+    keys = printer.comprehension(f"({', '.join(key_parts)})", key_expr, pairs)
+    why = ", dtype, CPU chunk and side of each host-side branch" if conds else ", dtype and CPU chunk"
     body.append(Line(f"# one foreach call per device{why}"))
     body.append(Line(f"keys = {keys}"))
     body.append(

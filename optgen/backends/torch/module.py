@@ -3,8 +3,6 @@ for-loop, foreach and fused implementations (the shape of torch/optim/adam.py)."
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import textwrap
 from dataclasses import dataclass
 
@@ -17,6 +15,7 @@ from ...errors import CompileError
 from ...expr import GRAD, PARAM
 from ...lower import lower
 from ...spec import Spec, StateDecl
+from .. import format_python
 from . import config
 from .emit import multi_body, single_body
 from .prepare import Prepared, plural, prepare
@@ -70,18 +69,7 @@ def _environment() -> jinja2.Environment:
 
 
 def format_source(text: str) -> str:
-    """ruff format, when ruff is installed (the committed files are always formatted)."""
-    ruff = shutil.which("ruff")
-    if ruff is None:
-        return text
-    result = subprocess.run(
-        [ruff, "format", "--quiet", "--isolated", f"--line-length={config.LINE_LENGTH}", "-"],
-        input=text,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout
+    return format_python(text, config.LINE_LENGTH)
 
 
 # --------------------------------------------------------------------------- context
@@ -122,6 +110,7 @@ def _class_context(spec: Spec, variants: list[Variant], globals_) -> dict:
         "captured_setstate": [f'group.setdefault("{k}", group["{src}"])' for k, src in captured.items()],
         "init_uses_grad": any(GRAD in {x.name for x in s.init.free_symbols} for s in spec.state.values()),
         "state_init": [_state_init(spec, s, device_states) for s in spec.state.values()],
+        "uses_state_dtype": any(s.scope != "tensor" for s in spec.state.values()),
         "unpack": [f'{", ".join(h.names)} = group["{k}"]' for k, h in spec.hyperparameters.items() if h.is_tuple],
         "call_kwargs": _call_kwargs(spec, globals_),
     }
@@ -145,7 +134,7 @@ def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[
 
 def _reserved(spec: Spec, lists: list[str], kwargs: list[str], fn: str) -> set[str]:
     names = set(lists) | set(kwargs) | set(spec.state) | set(spec.options)
-    names |= {"param", "grad", "step", "step_t", "steps", "keys", "batch", "value", "x", "i", "p", "torch", "Tensor"}
+    names |= {"param", "grad", "step", "step_t", "steps", "keys", "chunk", "batch", "value", "x", "i", "p", "torch", "Tensor"}
     names |= {fn, f"_single_tensor_{fn}", f"_multi_tensor_{fn}", f"_fused_{fn}", "_batches", "foreach", "fused"}
     return names
 
@@ -184,6 +173,12 @@ def _docstring(spec: Spec) -> str:
         )
     )
     parts.append(_arg("fused (bool, optional)", "update with optgen's fused Triton kernels (default: None)."))
+    parts.append(
+        _arg(
+            "state_dtype (torch.dtype, optional)",
+            "the dtype of the per-element state (torch.bfloat16 halves its memory; the fused kernels compute in float32 and round on store); None keeps it in the parameter's dtype, as torch.optim does. Only with fused=True (default: None).",
+        )
+    )
     for key, h in spec.hyperparameters.items():
         if h.captured is not None:
             parts += [
@@ -290,6 +285,9 @@ def _device_states(variants: list[Variant]) -> set[str]:
     return out
 
 
+_STATE_DTYPE = "state_dtype"  # a local of _init_group
+
+
 def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
     text = _group_text(spec)
     init = s.init
@@ -301,13 +299,16 @@ def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
         else:  # a 0-d CPU tensor, as torch keeps NAdam's mu_product
             make = f"torch.tensor({value}, dtype=_get_scalar_dtype())"
     elif init == 0:
-        make = "torch.zeros_like(p, memory_format=torch.preserve_format)"
+        make = f"torch.zeros_like(p, dtype={_STATE_DTYPE}, memory_format=torch.preserve_format)"
     elif not names & {PARAM, GRAD}:
-        make = f"torch.full_like(p, {host_printer(text).doprint(init)}, memory_format=torch.preserve_format)"
+        value = host_printer(text).doprint(init)
+        make = f"torch.full_like(p, {value}, dtype={_STATE_DTYPE}, memory_format=torch.preserve_format)"
     elif init.is_Symbol:
-        make = f"{text(init.name)}.clone(memory_format=torch.preserve_format)"
+        source = text(init.name)
+        make = f"{source}.to({_STATE_DTYPE} or {source}.dtype, copy=True)"
     else:
-        make = TensorPrinter(text, lambda e: not ({x.name for x in e.free_symbols} & {PARAM, GRAD})).doprint(init)
+        tensor = TensorPrinter(text, lambda e: not ({x.name for x in e.free_symbols} & {PARAM, GRAD})).doprint(init)
+        make = f"({tensor}).to({_STATE_DTYPE} or p.dtype)"
     lines = [
         f'if "{s.key}" not in state:',
         f'    state["{s.key}"] = {make}',

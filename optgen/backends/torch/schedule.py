@@ -123,7 +123,7 @@ class Scheduler:
 
     def _value(self, v) -> None:
         kind = self.p.kinds[v.name]
-        expr = inline(self.p, v.expr)
+        expr = self._fold_denominator_scales(inline(self.p, v.expr))
         self.value_expr = expr
         if v.is_reduction:
             source = self.operand(v.expr)
@@ -143,6 +143,29 @@ class Scheduler:
         else:
             self.fresh(name, expr, top=True)
         self._bind(v.name, name, owned=self.st.owned.get(name, False), buffers=self.st.buffers.get(name))
+
+    def _fold_denominator_scales(self, expr):
+        """a / (x/c + e) -> (a*c) / (x + e*c) for host values c and e: the division by c
+        rides on the scalars (the step size, eps) instead of taking a pass over x (Adam's
+        sqrt(v)/sqrt(bias_correction2) + eps)."""
+
+        def folded(power):
+            host = [t for t in power.base.args if self.p.is_scalar(t)]
+            (term,) = [t for t in power.base.args if not self.p.is_scalar(t)]
+            divisors = [f for f in sympy.Mul.make_args(term) if self.p.is_scalar(f)]
+            c = sympy.Mul(*[sympy.Pow(f, -1) for f in divisors])
+            return c / (term * c + sympy.Add(*host) * c)
+
+        def matches(e) -> bool:
+            if not (isinstance(e, sympy.Pow) and e.exp == -1 and isinstance(e.base, sympy.Add)):
+                return False
+            tensors = [t for t in e.base.args if not self.p.is_scalar(t)]
+            if len(tensors) != 1 or len(tensors) == len(e.base.args):
+                return False
+            divisors = [f for f in sympy.Mul.make_args(tensors[0]) if self.p.is_scalar(f)]
+            return bool(divisors) and all(f.is_Pow and f.exp.is_negative for f in divisors)
+
+        return expr.replace(matches, folded)
 
     def _chain_value(self, v, chain: str, expr) -> None:
         current = self.st.current[chain]
@@ -654,7 +677,12 @@ class Scheduler:
 
     def _fresh_mul(self, name: str, expr) -> None:
         scale, num, den = self._split(expr)
-        if not num:
+        num = sorted(num, key=lambda f: not self._computed_here(f, expr))
+        if not num and self._computed_here(den[0], expr):
+            self._fresh_owned(name, den[0])
+            self.emit(InPlace(name, "reciprocal", ()))
+            den = den[1:]
+        elif not num:
             self.emit(New(name, "reciprocal", (self.operand(den[0], hint="denom"),)))
             den = den[1:]
         elif not num[0].is_Symbol:
@@ -680,6 +708,16 @@ class Scheduler:
         self._fresh_buffer(name)
         rest = sympy.Mul(*num) / sympy.Mul(*den) * scale
         self.mul_by(name, rest)
+
+    def _computed_here(self, factor, expr) -> bool:
+        """A factor that only this product needs (sqrt(acc_delta + eps)): computed straight
+        into the product's buffer, which the other factors then multiply in place, rather
+        than into a temporary of its own (one tensor list less at the peak)."""
+        return (
+            not factor.is_Symbol
+            and factor not in self.st.memo
+            and self.p.kind(factor) == self.p.kind(expr)
+        )
 
     def _fresh_minmax(self, name: str, expr) -> None:
         fn = "maximum" if isinstance(expr, sympy.Max) else "minimum"
