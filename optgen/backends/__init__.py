@@ -11,6 +11,8 @@ and optionally
 from __future__ import annotations
 
 import importlib
+import shutil
+import subprocess
 from types import ModuleType
 
 # Order matters: later backends may import what earlier ones render (torch imports triton lazily).
@@ -43,3 +45,19 @@ def compile_spec(spec, backend: str = "torch"):
     if not hasattr(module, "compile_spec"):
         raise ValueError(f"backend {backend!r} produces documents, not an optimizer class")
     return module.compile_spec(spec)
+
+
+def format_python(text: str, line_length: int) -> str:
+    """Generated Python as ruff formats it (ruff is a pinned dependency, so a build is
+    byte-for-byte reproducible); unformatted only where ruff is missing."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        return text
+    result = subprocess.run(
+        [ruff, "format", "--quiet", "--isolated", f"--line-length={line_length}", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout

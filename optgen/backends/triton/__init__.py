@@ -7,8 +7,6 @@ every option a `tl.constexpr`) and the launcher that runs them over groups of te
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import textwrap
 from dataclasses import dataclass
 
@@ -16,6 +14,7 @@ import jinja2
 
 from ... import catalog
 from ...spec import Assign, If, Spec
+from .. import format_python
 from . import config
 from .kernels import Module, build
 from .merge import Guarded
@@ -209,15 +208,4 @@ def _condition(cond) -> str:
 
 
 def format_source(text: str) -> str:
-    """ruff format, when ruff is installed (the committed files are always formatted)."""
-    ruff = shutil.which("ruff")
-    if ruff is None:
-        return text
-    result = subprocess.run(
-        [ruff, "format", "--quiet", "--isolated", f"--line-length={config.LINE_LENGTH}", "-"],
-        input=text,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout
+    return format_python(text, config.LINE_LENGTH)
