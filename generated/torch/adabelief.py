@@ -442,6 +442,31 @@ def _multi_tensor_adabelief(
     """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
         return
+    if not rectify:
+        # one foreach call per device, dtype and CPU chunk
+        keys = [
+            (param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))
+        ]
+        if len(set(keys)) > 1:
+            for batch in _batches(
+                keys, params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, state_steps
+            ):
+                _multi_tensor_adabelief(
+                    *batch,
+                    lr=lr,
+                    beta1=beta1,
+                    beta2=beta2,
+                    weight_decay=weight_decay,
+                    n_sma_threshold=n_sma_threshold,
+                    eps=eps,
+                    weight_decouple=weight_decouple,
+                    fixed_decay=fixed_decay,
+                    rectify=rectify,
+                    degenerated_to_sgd=degenerated_to_sgd,
+                    ams_bound=ams_bound,
+                    maximize=maximize,
+                )
+            return
     steps = [step_t.item() + 1 for step_t in state_steps]
     if rectify:
         n_sma_max = 2 / (1 - beta2) - 1
@@ -476,35 +501,31 @@ def _multi_tensor_adabelief(
             (param.device, param.dtype, chunk, n_sma >= n_sma_threshold)
             for param, chunk, n_sma in zip(params, _cpu_chunks(params), n_smas)
         ]
+        if len(set(keys)) > 1:
+            for batch in _batches(
+                keys, params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, state_steps
+            ):
+                _multi_tensor_adabelief(
+                    *batch,
+                    lr=lr,
+                    beta1=beta1,
+                    beta2=beta2,
+                    weight_decay=weight_decay,
+                    n_sma_threshold=n_sma_threshold,
+                    eps=eps,
+                    weight_decouple=weight_decouple,
+                    fixed_decay=fixed_decay,
+                    rectify=rectify,
+                    degenerated_to_sgd=degenerated_to_sgd,
+                    ams_bound=ams_bound,
+                    maximize=maximize,
+                )
+            return
     else:
         bias_correction2_sqrts = [
             bias_correction2**0.5 for bias_correction2 in bias_correction2_list
         ]
         step_sizes = [lr / bias_correction1 for bias_correction1 in bias_correction1_list]
-        # one foreach call per device, dtype and CPU chunk
-        keys = [
-            (param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))
-        ]
-    if len(set(keys)) > 1:
-        for batch in _batches(
-            keys, params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, state_steps
-        ):
-            _multi_tensor_adabelief(
-                *batch,
-                lr=lr,
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=weight_decay,
-                n_sma_threshold=n_sma_threshold,
-                eps=eps,
-                weight_decouple=weight_decouple,
-                fixed_decay=fixed_decay,
-                rectify=rectify,
-                degenerated_to_sgd=degenerated_to_sgd,
-                ams_bound=ams_bound,
-                maximize=maximize,
-            )
-        return
     torch._foreach_add_(state_steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)

@@ -386,16 +386,6 @@ def _multi_tensor_adabound(
     """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
         return
-    steps = [step_t.item() + 1 for step_t in state_steps]
-    final = final_lr * lr / base_lr
-    bias_correction1_list = [1 - beta1**step for step in steps]
-    bias_correction2_list = [1 - beta2**step for step in steps]
-    step_sizes = [
-        lr * bias_correction2**0.5 / bias_correction1
-        for bias_correction1, bias_correction2 in zip(bias_correction1_list, bias_correction2_list)
-    ]
-    lower_bounds = [final * (1 - 1 / (1 + gamma * step)) for step in steps]
-    upper_bounds = [final * (1 + 1 / (gamma * step)) for step in steps]
     # one foreach call per device, dtype and CPU chunk
     keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
@@ -416,6 +406,16 @@ def _multi_tensor_adabound(
                 maximize=maximize,
             )
         return
+    steps = [step_t.item() + 1 for step_t in state_steps]
+    final = final_lr * lr / base_lr
+    bias_correction1_list = [1 - beta1**step for step in steps]
+    bias_correction2_list = [1 - beta2**step for step in steps]
+    step_sizes = [
+        lr * bias_correction2**0.5 / bias_correction1
+        for bias_correction1, bias_correction2 in zip(bias_correction1_list, bias_correction2_list)
+    ]
+    lower_bounds = [final * (1 - 1 / (1 + gamma * step)) for step in steps]
+    upper_bounds = [final * (1 + 1 / (gamma * step)) for step in steps]
     torch._foreach_add_(state_steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)

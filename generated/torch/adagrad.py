@@ -282,8 +282,6 @@ def _multi_tensor_adagrad(
     """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
         return
-    steps = [step_t.item() + 1 for step_t in state_steps]
-    clrs = [lr / (1 + lr_decay * (step - 1)) for step in steps]
     # one foreach call per device, dtype and CPU chunk
     keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
@@ -298,6 +296,8 @@ def _multi_tensor_adagrad(
                 maximize=maximize,
             )
         return
+    steps = [step_t.item() + 1 for step_t in state_steps]
+    clrs = [lr / (1 + lr_decay * (step - 1)) for step in steps]
     torch._foreach_add_(state_steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)

@@ -444,24 +444,6 @@ def _multi_tensor_lamb(
     """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
         return
-    steps = [step_t.item() + 1 for step_t in state_steps]
-    if pre_norm:
-        clip_coef = (
-            torch.clamp(max_grad_norm / (eps + torch.sqrt(global_sum_clip_coef_arg)), max=1)
-            if max_grad_norm > 0
-            else 1
-        )
-    if adam:
-        trust_ratio = 1
-    bias_correction1_list = [1 - beta1**step for step in steps]
-    if adam:
-        step_sizes = [
-            trust_ratio * lr / bias_correction1 for bias_correction1 in bias_correction1_list
-        ]
-    else:
-        inv_bias_correction1_list = [
-            1 / bias_correction1 for bias_correction1 in bias_correction1_list
-        ]
     # one foreach call per device, dtype and CPU chunk
     keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
@@ -483,6 +465,24 @@ def _multi_tensor_lamb(
                 global_sum_clip_coef_arg=global_sum_clip_coef_arg,
             )
         return
+    steps = [step_t.item() + 1 for step_t in state_steps]
+    if pre_norm:
+        clip_coef = (
+            torch.clamp(max_grad_norm / (eps + torch.sqrt(global_sum_clip_coef_arg)), max=1)
+            if max_grad_norm > 0
+            else 1
+        )
+    if adam:
+        trust_ratio = 1
+    bias_correction1_list = [1 - beta1**step for step in steps]
+    if adam:
+        step_sizes = [
+            trust_ratio * lr / bias_correction1 for bias_correction1 in bias_correction1_list
+        ]
+    else:
+        inv_bias_correction1_list = [
+            1 / bias_correction1 for bias_correction1 in bias_correction1_list
+        ]
     torch._foreach_add_(state_steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)

@@ -341,10 +341,6 @@ def _multi_tensor_setadam(
     """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
         return
-    steps = [step_t.item() + 1 for step_t in state_steps]
-    bias_correction1_list = [1 - beta1**step for step in steps]
-    bias_correction2_list = [1 - beta2**step for step in steps]
-    step_sizes = [lr / bias_correction1 for bias_correction1 in bias_correction1_list]
     # one foreach call per device, dtype and CPU chunk
     keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
@@ -361,6 +357,10 @@ def _multi_tensor_setadam(
                 maximize=maximize,
             )
         return
+    steps = [step_t.item() + 1 for step_t in state_steps]
+    bias_correction1_list = [1 - beta1**step for step in steps]
+    bias_correction2_list = [1 - beta2**step for step in steps]
+    step_sizes = [lr / bias_correction1 for bias_correction1 in bias_correction1_list]
     torch._foreach_add_(state_steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)

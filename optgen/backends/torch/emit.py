@@ -318,24 +318,28 @@ def single_body(p: Prepared, sched: Schedule, index: str = "i") -> list:
 def multi_body(p: Prepared, sched: Schedule, recurse: str, lists: list[str]) -> list:
     """`recurse` is the call that runs one batch: `_multi_tensor_adam(*batch, lr=lr, ...)`."""
     printer = ForeachPrinter(p, sched)
-    body: list = [Block("if not params:", [Line("return")])]
+    host: list = []
     if sched.uses_step:
-        body.append(Line("steps = [step_t.item() + 1 for step_t in state_steps]"))
-    body += printer.statements(sched.group) + printer.statements(sched.per_tensor_host)
+        host.append(Line("steps = [step_t.item() + 1 for step_t in state_steps]"))
+    host += printer.statements(sched.group) + printer.statements(sched.per_tensor_host)
     conds = sched.branch_conditions
     key_parts = ["param.device", "param.dtype", "chunk"] + [printer.host(c) for c in conds]
     key_expr = sympy.Tuple(*conds) if conds else sympy.Tuple()
     pairs = [("param", "params"), ("chunk", "_cpu_chunks(params)")]
     keys = printer.comprehension(f"({', '.join(key_parts)})", key_expr, pairs)
     why = ", dtype, CPU chunk and side of each host-side branch" if conds else ", dtype and CPU chunk"
-    body.append(Line(f"# one foreach call per device{why}"))
-    body.append(Line(f"keys = {keys}"))
-    body.append(
+    split = [
+        Line(f"# one foreach call per device{why}"),
+        Line(f"keys = {keys}"),
         Block(
             "if len(set(keys)) > 1:",
             [Block(f"for batch in _batches(keys, {', '.join(lists)}):", [Line(recurse)]), Line("return")],
-        )
-    )
+        ),
+    ]
+    # host values are computed once, in the call that runs the batch (the split needs them
+    # only when a host-side branch separates tensors)
+    body: list = [Block("if not params:", [Line("return")])]
+    body += host + split if conds else split + host
     body.append(Line("torch._foreach_add_(state_steps, 1)"))
     body.append(Block("if maximize:", [Line("grads = torch._foreach_neg(grads)")]))
     return body + printer.statements(sched.work)
