@@ -1,8 +1,8 @@
 """optgen: a compiler for deep-learning optimizers.
 
-    spec = optgen.load("adam")           # a catalog name, a path, or YAML text
-    report = optgen.check(spec)          # .ok, .findings
-    Adam = optgen.compile(spec)          # a torch.optim.Optimizer subclass
+spec = optgen.load("adam")           # a catalog name, a path, or YAML text
+report = optgen.check(spec)          # .ok, .findings
+Adam = optgen.compile(spec)          # a torch.optim.Optimizer subclass
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ never leaves a half-written tree."""
 
 from __future__ import annotations
 
-import filecmp
 import shutil
 import tempfile
 from pathlib import Path
@@ -90,6 +89,3 @@ def stale_files(files: dict[str, str | bytes], out: Path, prune: bool) -> list[s
 def check_all(specs: list[Spec]) -> list:
     reports = [check(spec) for spec in specs]
     return reports
-
-
-del filecmp

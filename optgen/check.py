@@ -153,13 +153,19 @@ def _check_states_read(program: Program, report: Report) -> None:
     states = {s.name for s in program.states}
     useful = inputs_of(program, program.outputs["param"]) & states
     while True:
-        more = set().union(*(inputs_of(program, program.outputs[s]) & states for s in useful)) - useful if useful else set()
+        more = (
+            set().union(*(inputs_of(program, program.outputs[s]) & states for s in useful)) - useful
+            if useful
+            else set()
+        )
         if not more:
             break
         useful |= more
     for s in program.states:
         if s.name not in useful:
-            report.add(s.loc, f"state `{s.name}` never influences the parameter update (options: {_fmt(program.options)})")
+            report.add(
+                s.loc, f"state `{s.name}` never influences the parameter update (options: {_fmt(program.options)})"
+            )
 
 
 class Inliner:

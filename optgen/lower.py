@@ -140,7 +140,9 @@ def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive) -> None:
     name = namer.fresh(stmt.target)
     for a in sympy.preorder_traversal(expr):
         if isinstance(a, REDUCTIONS) and _scope(a.args[0], _all_scopes(scopes, values)) != "element":
-            raise SpecError(stmt.loc, "a reduction (sum, mean, norm, amin, amax, global_norm) takes a per-element value")
+            raise SpecError(
+                stmt.loc, "a reduction (sum, mean, norm, amin, amax, global_norm) takes a per-element value"
+            )
     value = Value(name, expr, _scope(expr, _all_scopes(scopes, values)), stmt.target, stmt.loc)
     values.append(value)
     env[stmt.target] = value.symbol
@@ -164,24 +166,6 @@ def _rebuild(program: Program, values: list[Value]) -> None:
         if not v.is_reduction:
             v.scope = _scope(v.expr, scopes)
         scopes[v.name] = v.scope
-
-
-def _uses(program: Program) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for v in program.values:
-        for s in v.expr.free_symbols:
-            counts[s.name] = counts.get(s.name, 0) + 1
-    for name in program.outputs.values():
-        counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
-def _substitute(program: Program, mapping: dict) -> None:
-    if not mapping:
-        return
-    by_name = {k.name: v for k, v in mapping.items()}
-    for v in program.values:
-        v.expr = v.expr.xreplace({s: by_name[s.name] for s in v.expr.free_symbols if s.name in by_name})
 
 
 # --------------------------------------------------------------------------- reductions
@@ -302,7 +286,12 @@ class _Hoister:
 
     def trivial(self, e) -> bool:
         """Cheap host arithmetic (1 - beta1, lr * weight_decay) stays inline."""
-        return e.is_Atom or (sympy.count_ops(e) <= 2 and not e.has(sympy.Pow) and self.scope(e) == "host" and not any(s.name == "step" for s in e.free_symbols))
+        return e.is_Atom or (
+            sympy.count_ops(e) <= 2
+            and not e.has(sympy.Pow)
+            and self.scope(e) == "host"
+            and not any(s.name == "step" for s in e.free_symbols)
+        )
 
     def hoisted(self, e, scope: str, name: str | None = None):
         if self.trivial(e):
@@ -417,7 +406,12 @@ def _peel(expr, by_name, facts: SignFacts, program):
     inner = expr
     named = None  # the value whose definition `inner` is, to reduce over it by name
     for _ in range(16):
-        if inner.is_Symbol and inner.name in by_name and by_name[inner.name].scope == "element" and not by_name[inner.name].is_reduction:
+        if (
+            inner.is_Symbol
+            and inner.name in by_name
+            and by_name[inner.name].scope == "element"
+            and not by_name[inner.name].is_reduction
+        ):
             named = inner
             inner = by_name[inner.name].expr
             continue
@@ -474,7 +468,9 @@ def _apply_monotone(program: Program, red: Value, outer, inner, flips: bool) -> 
                 new_values.append(arg)
                 arg_sym = arg.symbol
             op = _flip(red.reduce) if flips else red.reduce
-            inner_red = Value(namer.fresh(f"{op}_{arg_sym.name}"), arg_sym, "tensor", "", red.loc, reduce=op, over="tensor")
+            inner_red = Value(
+                namer.fresh(f"{op}_{arg_sym.name}"), arg_sym, "tensor", "", red.loc, reduce=op, over="tensor"
+            )
             new_values.append(inner_red)
             red.expr = outer.xreplace({_X: inner_red.symbol})
             red.reduce = None
@@ -522,13 +518,11 @@ def _dedupe(program: Program) -> None:
 
 
 def _dce(program: Program) -> None:
-    by_name = program.by_name
     live = set(program.outputs.values())
     for v in reversed(program.values):
         if v.name in live:
             live |= {s.name for s in v.expr.free_symbols}
     _rebuild(program, [v for v in program.values if v.name in live])
-    del by_name
 
 
 def _check_global_reductions(program: Program) -> None:
@@ -545,7 +539,10 @@ def _check_global_reductions(program: Program) -> None:
             if name in by_name:
                 stack.extend(s.name for s in by_name[name].expr.free_symbols)
             elif program.input_scopes.get(name) in ("tensor",) or name in {s.name for s in program.states}:
-                raise CompileError(red.loc, f"global_norm(...) may use only param, grad and hyperparameters, not `{name}`: it is computed before any per-tensor work")
+                raise CompileError(
+                    red.loc,
+                    f"global_norm(...) may use only param, grad and hyperparameters, not `{name}`: it is computed before any per-tensor work",
+                )
 
 
 def _number_phases(program: Program) -> None:

@@ -40,8 +40,19 @@ from .texcheck import tex_problem
 from .yamlpos import Node, load_yaml, scalar_text_origin
 
 TOP_KEYS = {
-    "name", "summary", "paper", "parity", "notes", "extends", "hyperparameters", "options",
-    "state", "update", "update_replace", "claims", "gradient_at",
+    "name",
+    "summary",
+    "paper",
+    "parity",
+    "notes",
+    "extends",
+    "hyperparameters",
+    "options",
+    "state",
+    "update",
+    "update_replace",
+    "claims",
+    "gradient_at",
 }
 HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc"}
 STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc"}
@@ -128,10 +139,10 @@ _RANGE = re.compile(
 
 
 def parse_range(node: Node) -> Interval:
-    text = _expect(node, str, "a range such as \"(0, inf)\" or \"[0, 1)\"")
+    text = _expect(node, str, 'a range such as "(0, inf)" or "[0, 1)"')
     m = _RANGE.match(text)
     if not m:
-        raise SpecError(node.loc, f"bad range {text!r}: expected an interval such as \"(0, inf)\" or \"[0, 1)\"")
+        raise SpecError(node.loc, f'bad range {text!r}: expected an interval such as "(0, inf)" or "[0, 1)"')
     lo, hi = float(m.group(2)), float(m.group(3))  # the regex admits only numerals and inf
     if lo > hi:
         raise SpecError(node.loc, f"bad range {text!r}: lower bound above upper bound")
@@ -188,7 +199,9 @@ def _resolve_parent(extends: Node, here: Path | None) -> Path:
         return path
     path = catalog.path_of(name)
     if path is None:
-        raise SpecError(extends.loc, f"`extends: {name}`: no catalog spec named {name!r}; known: {', '.join(catalog.names())}")
+        raise SpecError(
+            extends.loc, f"`extends: {name}`: no catalog spec named {name!r}; known: {', '.join(catalog.names())}"
+        )
     return path
 
 
@@ -246,7 +259,8 @@ def _apply_replacements(parent: Source, replace: Node) -> Source:
         new_origin = source_of(new_node).origins
         lines[i : i + 1] = new_lines
         origins[i : i + 1] = [
-            Loc(o.file, o.line, max(1, o.col - len(indent))) for o in (new_origin + new_origin[-1:] * len(new_lines))[: len(new_lines)]
+            Loc(o.file, o.line, max(1, o.col - len(indent)))
+            for o in (new_origin + new_origin[-1:] * len(new_lines))[: len(new_lines)]
         ]
     return Source("\n".join(lines), origins)
 
@@ -272,7 +286,9 @@ class ExprConverter:
         if method is None:
             raise self.error(node, f"{_node_name(node)} is not allowed in {self.context}")
         result = method(node, condition) if method.__code__.co_argcount == 3 else method(node)
-        if isinstance(result, sympy.Expr) and (result.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo) or result.has(sympy.I)):
+        if isinstance(result, sympy.Expr) and (
+            result.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo) or result.has(sympy.I)
+        ):
             raise self.error(node, f"this expression is not a finite real number ({_short(result)})")
         return result
 
@@ -296,7 +312,10 @@ class ExprConverter:
         if name in FUNCTIONS:
             raise self.error(node, f"`{name}` is a function; call it as {name}(...)")
         if name not in self.symbols:
-            raise self.error(node, f"unknown name `{name}`; expected a hyperparameter, a state, a value assigned in the update, or param/grad/step")
+            raise self.error(
+                node,
+                f"unknown name `{name}`; expected a hyperparameter, a state, a value assigned in the update, or param/grad/step",
+            )
         return self.symbols[name]
 
     def _BinOp(self, node: ast.BinOp):
@@ -348,14 +367,18 @@ class ExprConverter:
 
     def _Call(self, node: ast.Call):
         if not isinstance(node.func, ast.Name):
-            raise self.error(node, f"{_node_name(node.func)} cannot be called; expected a built-in function such as sqrt(x)")
+            raise self.error(
+                node, f"{_node_name(node.func)} cannot be called; expected a built-in function such as sqrt(x)"
+            )
         name = node.func.id
         if name not in FUNCTIONS:
             known = ", ".join(sorted(FUNCTIONS))
             raise self.error(node.func, f"unknown function `{name}`; expected one of: {known}")
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
             raise self.error(node, f"{name}() takes positional arguments only")
-        lo, hi = ELEMENTWISE_FUNCS.get(name) or ((REDUCTION_FUNCS.get(name),) * 2 if name in REDUCTION_FUNCS else (1, 1))
+        lo, hi = ELEMENTWISE_FUNCS.get(name) or (
+            (REDUCTION_FUNCS.get(name),) * 2 if name in REDUCTION_FUNCS else (1, 1)
+        )
         if not lo <= len(node.args) <= hi:
             raise self.error(node, f"{name}() takes {lo} argument{'s' if lo > 1 else ''}, got {len(node.args)}")
         if name in TENSOR_SHAPE_FUNCS:
@@ -384,24 +407,50 @@ def _short(expr) -> str:
 
 def _node_name(node: ast.AST) -> str:
     names = {
-        "Attribute": "attribute access (a.b)", "Subscript": "indexing (a[i])", "Lambda": "a lambda",
-        "IfExp": "a conditional expression (use where(c, a, b))", "JoinedStr": "an f-string",
-        "List": "a list", "Tuple": "a tuple", "Dict": "a dict", "Set": "a set",
-        "ListComp": "a comprehension", "GeneratorExp": "a generator", "DictComp": "a comprehension",
-        "SetComp": "a comprehension", "Await": "await", "Yield": "yield", "YieldFrom": "yield",
-        "NamedExpr": "an assignment expression (:=)", "Starred": "a starred expression",
-        "Slice": "a slice", "Compare": "a comparison", "BoolOp": "and/or",
+        "Attribute": "attribute access (a.b)",
+        "Subscript": "indexing (a[i])",
+        "Lambda": "a lambda",
+        "IfExp": "a conditional expression (use where(c, a, b))",
+        "JoinedStr": "an f-string",
+        "List": "a list",
+        "Tuple": "a tuple",
+        "Dict": "a dict",
+        "Set": "a set",
+        "ListComp": "a comprehension",
+        "GeneratorExp": "a generator",
+        "DictComp": "a comprehension",
+        "SetComp": "a comprehension",
+        "Await": "await",
+        "Yield": "yield",
+        "YieldFrom": "yield",
+        "NamedExpr": "an assignment expression (:=)",
+        "Starred": "a starred expression",
+        "Slice": "a slice",
+        "Compare": "a comparison",
+        "BoolOp": "and/or",
     }
     return names.get(type(node).__name__, f"`{type(node).__name__}`")
 
 
 _OPS = {
-    ast.FloorDiv: "//", ast.Mod: "%", ast.MatMult: "@", ast.BitAnd: "&", ast.BitOr: "|",
-    ast.BitXor: "^", ast.LShift: "<<", ast.RShift: ">>", ast.Invert: "~", ast.Not: "not",
+    ast.FloorDiv: "//",
+    ast.Mod: "%",
+    ast.MatMult: "@",
+    ast.BitAnd: "&",
+    ast.BitOr: "|",
+    ast.BitXor: "^",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.Invert: "~",
+    ast.Not: "not",
 }
 _RELATIONS = {
-    ast.Lt: sympy.Lt, ast.LtE: sympy.Le, ast.Gt: sympy.Gt, ast.GtE: sympy.Ge,
-    ast.Eq: sympy.Eq, ast.NotEq: sympy.Ne,
+    ast.Lt: sympy.Lt,
+    ast.LtE: sympy.Le,
+    ast.Gt: sympy.Gt,
+    ast.GtE: sympy.Ge,
+    ast.Eq: sympy.Eq,
+    ast.NotEq: sympy.Ne,
 }
 _FUNC_BUILDERS = {
     "sqrt": sympy.sqrt,
@@ -456,9 +505,14 @@ class UpdateParser:
             if isinstance(stmt, (ast.Assign, ast.AugAssign)):
                 node = stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
                 if isinstance(stmt, ast.Assign) and (len(stmt.targets) != 1):
-                    raise SpecError(self.source.loc(stmt.lineno, stmt.col_offset), "chained assignment (a = b = ...) is not allowed")
+                    raise SpecError(
+                        self.source.loc(stmt.lineno, stmt.col_offset), "chained assignment (a = b = ...) is not allowed"
+                    )
                 if not isinstance(node, ast.Name):
-                    raise SpecError(self.source.loc(node.lineno, node.col_offset), f"cannot assign to {_node_name(node)}; expected a name")
+                    raise SpecError(
+                        self.source.loc(node.lineno, node.col_offset),
+                        f"cannot assign to {_node_name(node)}; expected a name",
+                    )
                 yield node.id, node
                 self._check_target(node)
             elif isinstance(stmt, ast.If):
@@ -489,10 +543,17 @@ class UpdateParser:
             elif isinstance(stmt, ast.AugAssign):
                 rhs = self.expr.convert(stmt.value)
                 current = self.symbols[stmt.target.id]
-                ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
+                ops = {
+                    ast.Add: lambda a, b: a + b,
+                    ast.Sub: lambda a, b: a - b,
+                    ast.Mult: lambda a, b: a * b,
+                    ast.Div: lambda a, b: a / b,
+                }
                 op = ops.get(type(stmt.op))
                 if op is None:
-                    raise SpecError(loc, f"augmented operator {_OPS.get(type(stmt.op), '?')}= is not allowed; expected += -= *= /=")
+                    raise SpecError(
+                        loc, f"augmented operator {_OPS.get(type(stmt.op), '?')}= is not allowed; expected += -= *= /="
+                    )
                 out.append(Assign(stmt.target.id, op(current, rhs), loc, loc))
             elif isinstance(stmt, ast.If):
                 cond = self.condition(stmt.test)
@@ -500,14 +561,20 @@ class UpdateParser:
             elif isinstance(stmt, ast.Pass):
                 continue
             else:
-                raise SpecError(loc, f"{_statement_name(stmt)} is not allowed in the update; expected `name = expression` or `if option:`")
+                raise SpecError(
+                    loc,
+                    f"{_statement_name(stmt)} is not allowed in the update; expected `name = expression` or `if option:`",
+                )
         return out
 
     def condition(self, node: ast.AST):
         loc = self.source.loc(node.lineno, node.col_offset)
         if isinstance(node, ast.Name):
             if node.id not in self.options:
-                raise SpecError(loc, f"`if` takes an option (compile-time switch); `{node.id}` is not one (options: {', '.join(sorted(self.options)) or 'none'}). For a run-time choice use where(cond, a, b)")
+                raise SpecError(
+                    loc,
+                    f"`if` takes an option (compile-time switch); `{node.id}` is not one (options: {', '.join(sorted(self.options)) or 'none'}). For a run-time choice use where(cond, a, b)",
+                )
             return node.id
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             return ("not", self.condition(node.operand))
@@ -518,11 +585,23 @@ class UpdateParser:
 
 def _statement_name(stmt: ast.stmt) -> str:
     return {
-        "Expr": "a bare expression", "For": "a for loop", "While": "a while loop", "Import": "import",
-        "ImportFrom": "import", "FunctionDef": "a function definition", "Return": "return",
-        "Delete": "del", "With": "with", "Try": "try", "Raise": "raise", "Global": "global",
-        "Nonlocal": "nonlocal", "ClassDef": "a class definition", "AnnAssign": "an annotated assignment",
-        "Assert": "assert", "Match": "match",
+        "Expr": "a bare expression",
+        "For": "a for loop",
+        "While": "a while loop",
+        "Import": "import",
+        "ImportFrom": "import",
+        "FunctionDef": "a function definition",
+        "Return": "return",
+        "Delete": "del",
+        "With": "with",
+        "Try": "try",
+        "Raise": "raise",
+        "Global": "global",
+        "Nonlocal": "nonlocal",
+        "ClassDef": "a class definition",
+        "AnnAssign": "an annotated assignment",
+        "Assert": "assert",
+        "Match": "match",
     }.get(type(stmt).__name__, type(stmt).__name__)
 
 
@@ -542,7 +621,9 @@ class SpecBuilder:
         name_node = self.required("name", "the optimizer's class name")
         name = _expect(name_node, str, "a class name")
         if not name.isidentifier() or not name.isascii() or not name[0].isupper():
-            raise SpecError(name_node.loc, f"name {name!r}: expected a class name (an identifier starting with a capital letter)")
+            raise SpecError(
+                name_node.loc, f"name {name!r}: expected a class name (an identifier starting with a capital letter)"
+            )
         hypers = self.hyperparameters()
         options = self.options()
         self.symbols[STEP] = STEP_SYMBOL
@@ -643,7 +724,9 @@ class SpecBuilder:
                 _expect(names_node, list, "a list of component names")
                 names = [_expect(n, str, "a component name") for n in names_node.value]
                 if len(names) != len(defaults):
-                    raise SpecError(names_node.loc, f"`{key}` has {len(defaults)} default value(s) but {len(names)} name(s)")
+                    raise SpecError(
+                        names_node.loc, f"`{key}` has {len(defaults)} default value(s) but {len(names)} name(s)"
+                    )
         if captured is None and "names" not in fields:
             self.declare(key, loc, "hyperparameter")
         else:
@@ -663,7 +746,9 @@ class SpecBuilder:
             tex = [self.tex[n] for n in names]
         for n in names:
             self.symbols[n] = symbol(n, **assumptions_for(interval))
-        return Hyperparameter(key, names, tuple(defaults), interval, tex, loc, captured, _text(fields.get("doc"), "text"))
+        return Hyperparameter(
+            key, names, tuple(defaults), interval, tex, loc, captured, _text(fields.get("doc"), "text")
+        )
 
     def declare_key(self, key: str, loc: Loc) -> None:
         _check_name(key, loc, "bad hyperparameter name")
@@ -690,7 +775,10 @@ class SpecBuilder:
                 doc = _text(node.value.get("doc"), "text")
                 node = node.value["default"]
             if not isinstance(node.value, bool):
-                raise SpecError(node.loc, f"option `{key}` must be true or false (a compile-time switch); got {_describe(node.value)}. A numeric setting is a hyperparameter")
+                raise SpecError(
+                    node.loc,
+                    f"option `{key}` must be true or false (a compile-time switch); got {_describe(node.value)}. A numeric setting is a hyperparameter",
+                )
             out[key] = Option(key, node.value, loc, doc)
         return out
 
@@ -743,7 +831,9 @@ class SpecBuilder:
         src = source_of(node)
         tree = parse_python(src, "eval", "`gradient_at`")
         allowed = {n: s for n, s in self.symbols.items() if n != GRAD}
-        return ExprConverter(src, allowed, set(), "`gradient_at` (param, states, hyperparameters, step)").convert(tree.body)
+        return ExprConverter(src, allowed, set(), "`gradient_at` (param, states, hyperparameters, step)").convert(
+            tree.body
+        )
 
     def init_expr(self, node: Node, key: str) -> sympy.Expr:
         value = node.value

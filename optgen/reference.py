@@ -7,7 +7,6 @@ generated optimizers do."""
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -299,14 +298,3 @@ class Reference:
                 state[s.key] = np.array(np.broadcast_to(value, self.params[i].shape), dtype=np.float64)
             else:
                 state[s.key] = np.float64(value)
-
-
-def run_reference(spec: Spec | str, params: list[np.ndarray], grads: list[list[np.ndarray]], **group) -> list[np.ndarray]:
-    """Convenience: one param group, a list of per-step gradient lists; returns the params."""
-    ref = Reference(spec, [{"params": params, **group}])
-    for g in grads:
-        ref.step(g)
-    return ref.params
-
-
-del math

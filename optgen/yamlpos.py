@@ -103,7 +103,9 @@ def load_yaml(text: str, file: str) -> Node:
     except yaml.YAMLError as exc:
         raise SpecError(Loc(file, 1, 1), f"invalid YAML: {exc}") from None
     if root is None:
-        raise SpecError(Loc(file, 1, 1), "empty spec: expected a mapping with `name`, `hyperparameters`, `state`, `update`")
+        raise SpecError(
+            Loc(file, 1, 1), "empty spec: expected a mapping with `name`, `hyperparameters`, `state`, `update`"
+        )
     node = _convert(root, file, text.splitlines())
     if not isinstance(node.value, dict):
         raise SpecError(node.loc, "a spec must be a YAML mapping")

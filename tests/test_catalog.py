@@ -14,8 +14,23 @@ from optgen.lower import lower_all
 
 NAMES = catalog.names()
 EXPECTED = {
-    "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nadam", "radam", "adamax",
-    "adabound", "adan", "setadam", "adabelief", "padam", "lion", "lamb", "lars",
+    "sgd",
+    "adagrad",
+    "rmsprop",
+    "adadelta",
+    "adam",
+    "adamw",
+    "nadam",
+    "radam",
+    "adamax",
+    "adabound",
+    "adan",
+    "setadam",
+    "adabelief",
+    "padam",
+    "lion",
+    "lamb",
+    "lars",
 }
 
 
@@ -45,7 +60,9 @@ def test_check_of_the_whole_catalog_is_fast():
 
 
 def test_generated_files_are_fresh():
-    result = subprocess.run([sys.executable, "-m", "optgen.cli", "build", "--check"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "optgen.cli", "build", "--check"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, f"{result.stdout}{result.stderr}\nrun `optgen build` and commit generated/"
 
 

@@ -13,12 +13,65 @@ from optgen import catalog
 from optgen.errors import SpecError
 from optgen.parse import loads
 
-CATALOG_TEXTS = [catalog.path_of(n).read_text() for n in catalog.names() if "extends:" not in catalog.path_of(n).read_text()]
+CATALOG_TEXTS = [
+    catalog.path_of(n).read_text() for n in catalog.names() if "extends:" not in catalog.path_of(n).read_text()
+]
 TOKENS = [
-    "grad", "param", "step", "lr", "beta1", "sqrt(", "sum(", "norm(", "where(", "global_norm(", ")", "(", "*", "**",
-    "/", "+", "-", "=", ":", " ", "\n", "    ", "if ", "else:", "not ", "0", "1e-8", "[", "]", "{", "}", ",", "'", '"',
-    "&a", "*a", "!!python/name:os.system", "<<", "__import__", ".", "#", "\t", "\\", "inf", "nan", "amin(",
-    "clamp(", "numel(param)", "exp_avg", "init:", "scope: tensor", "when:", "key:", "extends: adam", "names:",
+    "grad",
+    "param",
+    "step",
+    "lr",
+    "beta1",
+    "sqrt(",
+    "sum(",
+    "norm(",
+    "where(",
+    "global_norm(",
+    ")",
+    "(",
+    "*",
+    "**",
+    "/",
+    "+",
+    "-",
+    "=",
+    ":",
+    " ",
+    "\n",
+    "    ",
+    "if ",
+    "else:",
+    "not ",
+    "0",
+    "1e-8",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    "'",
+    '"',
+    "&a",
+    "*a",
+    "!!python/name:os.system",
+    "<<",
+    "__import__",
+    ".",
+    "#",
+    "\t",
+    "\\",
+    "inf",
+    "nan",
+    "amin(",
+    "clamp(",
+    "numel(param)",
+    "exp_avg",
+    "init:",
+    "scope: tensor",
+    "when:",
+    "key:",
+    "extends: adam",
+    "names:",
 ]
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -28,7 +81,9 @@ def load_and_check(text: str) -> None:
     try:
         spec = loads(text, "fuzz.yaml")
     except SpecError as exc:
-        assert exc.loc is not None and exc.loc.file.endswith(".yaml") and exc.loc.line >= 1 and exc.loc.col >= 1, str(exc)
+        assert exc.loc is not None and exc.loc.file.endswith(".yaml") and exc.loc.line >= 1 and exc.loc.col >= 1, str(
+            exc
+        )
         assert str(exc).startswith(f"{exc.loc}: ")
         return
     try:
@@ -75,7 +130,11 @@ def test_mutated_catalog_specs_load_or_fail_cleanly(text):
 
 
 yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=12))
-yaml_values = st.recursive(yaml_scalars, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3), max_leaves=12)
+yaml_values = st.recursive(
+    yaml_scalars,
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3),
+    max_leaves=12,
+)
 
 
 @st.composite
@@ -86,7 +145,12 @@ def random_spec(draw):
         "name": draw(st.sampled_from(["Opt", "opt", "X1", "", "Opt Two"])),
         "hyperparameters": draw(st.one_of(yaml_values, st.just({"lr": {"default": 0.1, "range": "(0, inf)"}}))),
         "state": draw(st.one_of(yaml_values, st.just({"m": {"init": 0}}))),
-        "update": draw(st.one_of(st.text(alphabet="".join(TOKENS[:40]) + "mab", max_size=60), st.just("m = m + grad\nparam = param - lr * m\n"))),
+        "update": draw(
+            st.one_of(
+                st.text(alphabet="".join(TOKENS[:40]) + "mab", max_size=60),
+                st.just("m = m + grad\nparam = param - lr * m\n"),
+            )
+        ),
     }
     if draw(st.booleans()):
         doc[draw(st.text(max_size=6))] = draw(yaml_values)

@@ -51,7 +51,13 @@ def test_base_spec_loads_and_checks():
 @pytest.mark.parametrize(
     "old, new, line, col, words",
     [
-        ("param = param - lr * beta2 * step_dir", "param = param - lr * gamma * step_dir", 17, 24, "unknown name `gamma`"),
+        (
+            "param = param - lr * beta2 * step_dir",
+            "param = param - lr * gamma * step_dir",
+            17,
+            24,
+            "unknown name `gamma`",
+        ),
         ("buf = beta1 * buf", "buf = beta1 * sqrt(buf, 2)", 12, 17, "sqrt() takes 1 argument, got 2"),
         ("buf = beta1 * buf", "buf = beta1 * foo(buf)", 12, 17, "unknown function `foo`"),
         ('range: "(0, inf)"', 'range: "(0, inf"', 5, 29, "bad range"),
@@ -95,7 +101,9 @@ def test_hostile_expression_runs_nothing(tmp_path: Path):
     hostile = BASE.replace("buf = beta1 * buf", f"buf = __import__('os').system('touch {marker}') * buf")
     spec_file = tmp_path / "hostile.yaml"
     spec_file.write_text(hostile)
-    result = subprocess.run([sys.executable, "-m", "optgen.cli", "check", str(spec_file)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "optgen.cli", "check", str(spec_file)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert re.match(rf"^{re.escape(str(spec_file))}:12:\d+: ", result.stderr), result.stderr
@@ -103,7 +111,9 @@ def test_hostile_expression_runs_nothing(tmp_path: Path):
 
 
 def test_yaml_tags_and_merge_keys_are_refused():
-    err = error_of(BASE.replace("summary: A tiny momentum method.", "summary: !!python/object/apply:os.system ['true']"))
+    err = error_of(
+        BASE.replace("summary: A tiny momentum method.", "summary: !!python/object/apply:os.system ['true']")
+    )
     assert "tag" in err.message and err.loc.line == 2
     err = error_of(BASE.replace("  lr: {default: 0.1", "  base: &b {default: 0.1}\n  lr: {<<: *b, default: 0.1"))
     assert "merge keys" in err.message
@@ -140,7 +150,9 @@ def test_extends_overrides_and_update_replace(tmp_path: Path):
     assert child.name == "Child" and child.hyperparameters["lr"].default == (0.5,)
     report = optgen.check(child)
     assert report.ok, [str(f) for f in report.findings]
-    (tmp_path / "bad.yaml").write_text("extends: base.yaml\nname: Bad\nupdate_replace:\n  - old: nothing like this\n    new: x = 1\n")
+    (tmp_path / "bad.yaml").write_text(
+        "extends: base.yaml\nname: Bad\nupdate_replace:\n  - old: nothing like this\n    new: x = 1\n"
+    )
     with pytest.raises(SpecError) as info:
         optgen.load(tmp_path / "bad.yaml")
     assert "no line of the parent's update reads" in info.value.message and info.value.loc.line == 4
@@ -183,7 +195,9 @@ def test_cli_exit_codes(tmp_path: Path):
     unused.write_text(BASE.replace("param = param - lr * beta2 * step_dir", "param = param - lr * beta2 * grad"))
     bad = tmp_path / "bad.yaml"
     bad.write_text(BASE.replace("lr * beta2", "lr * betaX"))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "optgen.cli", *a], capture_output=True, text=True, check=False)
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-m", "optgen.cli", *a], capture_output=True, text=True, check=False
+    )
     assert run("check", str(good)).returncode == 0
     assert run("check", str(unused)).returncode == 1
     result = run("check", str(bad))

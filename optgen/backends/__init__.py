@@ -41,7 +41,9 @@ def get(name: str) -> ModuleType:
 def compile_spec(spec, backend: str = "torch"):
     module = get(backend)
     if backend == "triton":
-        raise ValueError("the Triton kernels are the fused path of the torch class: optgen.compile(spec)(params, fused=True)")
+        raise ValueError(
+            "the Triton kernels are the fused path of the torch class: optgen.compile(spec)(params, fused=True)"
+        )
     if not hasattr(module, "compile_spec"):
         raise ValueError(f"backend {backend!r} produces documents, not an optimizer class")
     return module.compile_spec(spec)
