@@ -131,32 +131,14 @@ def _free_names(program: Program) -> set[str]:
     return names | captured
 
 
-def inputs_of(program: Program, name: str) -> set[str]:
-    """The input names (states, param, grad, hyperparameters) a value depends on."""
-    by_name = program.by_name
-    out, stack, seen = set(), [name], set()
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n in by_name:
-            stack.extend(s.name for s in by_name[n].expr.free_symbols)
-        else:
-            out.add(n)
-    return out
-
-
 def _check_states_read(program: Program, report: Report) -> None:
     """A state is useful if its old value reaches param's new value, directly or through
     another useful state across steps."""
     states = {s.name for s in program.states}
-    useful = inputs_of(program, program.outputs["param"]) & states
+    useful = program.inputs_of(program.outputs["param"]) & states
     while True:
         more = (
-            set().union(*(inputs_of(program, program.outputs[s]) & states for s in useful)) - useful
-            if useful
-            else set()
+            set().union(*(program.inputs_of(program.outputs[s]) & states for s in useful)) - useful if useful else set()
         )
         if not more:
             break

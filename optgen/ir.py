@@ -88,5 +88,20 @@ class Program:
     def reductions(self, over: str | None = None) -> list[Value]:
         return [v for v in self.values if v.is_reduction and (over is None or v.over == over)]
 
+    def inputs_of(self, name: str) -> set[str]:
+        """The input names (param, grad, states, hyperparameters, step) a value depends on."""
+        by_name = self.by_name
+        out, stack, seen = set(), [name], set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n in by_name:
+                stack.extend(s.name for s in by_name[n].expr.free_symbols)
+            else:
+                out.add(n)
+        return out
+
     def state_output(self, state: StateDecl) -> str:
         return self.outputs[state.name]

@@ -528,20 +528,14 @@ def _dce(program: Program) -> None:
 def _check_global_reductions(program: Program) -> None:
     """Cross-parameter reductions run before any per-tensor work (every group's gradients are
     needed first), so their arguments may use only param, grad and host values."""
-    by_name = program.by_name
+    states = {s.name for s in program.states}
     for red in program.reductions("global"):
-        stack, seen = [red.expr.name], set()
-        while stack:
-            name = stack.pop()
-            if name in seen:
-                continue
-            seen.add(name)
-            if name in by_name:
-                stack.extend(s.name for s in by_name[name].expr.free_symbols)
-            elif program.input_scopes.get(name) in ("tensor",) or name in {s.name for s in program.states}:
+        for name in sorted(program.inputs_of(red.expr.name)):
+            if program.input_scopes.get(name) == "tensor" or name in states:
                 raise CompileError(
                     red.loc,
-                    f"global_norm(...) may use only param, grad and hyperparameters, not `{name}`: it is computed before any per-tensor work",
+                    f"global_norm(...) may use only param, grad and hyperparameters, not `{name}`: "
+                    "it is computed before any per-tensor work",
                 )
 
 
