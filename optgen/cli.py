@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from . import catalog
-from .errors import SpecError
+from .errors import SetupError, SpecError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except SpecError as exc:
         print(f"{exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SetupError as exc:
+        print(f"optgen: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except UsageError as exc:
         print(f"optgen: {exc}", file=sys.stderr)

@@ -28,3 +28,8 @@ class SpecError(Exception):
 
 class CompileError(SpecError):
     """A well-formed spec asks for something the compiler cannot do."""
+
+
+class SetupError(Exception):
+    """The installation lacks something optgen needs (a formatter, a compiler). The CLI
+    prints the message and exits 2."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -60,8 +61,11 @@ def test_check_of_the_whole_catalog_is_fast():
 
 
 def test_generated_files_are_fresh():
+    """A build in a bare environment (no venv on PATH, nothing but the interpreter) writes
+    exactly the committed files: what `optgen build` writes never depends on PATH or shell."""
+    bare = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C"}
     result = subprocess.run(
-        [sys.executable, "-m", "optgen.cli", "build", "--check"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "optgen.cli", "build", "--check"], capture_output=True, text=True, check=False, env=bare
     )
     assert result.returncode == 0, f"{result.stdout}{result.stderr}\nrun `optgen build` and commit generated/"
 

@@ -10,10 +10,13 @@ and optionally
 
 from __future__ import annotations
 
+import functools
 import importlib
-import shutil
+import os
 import subprocess
 from types import ModuleType
+
+from ..errors import SetupError
 
 # Order matters: later backends may import what earlier ones render (torch imports triton lazily).
 KNOWN = ("torch", "triton", "latex")
@@ -50,16 +53,27 @@ def compile_spec(spec, backend: str = "torch"):
 
 
 def format_python(text: str, line_length: int) -> str:
-    """Generated Python as ruff formats it (ruff is a pinned dependency, so a build is
-    byte-for-byte reproducible); unformatted only where ruff is missing."""
-    ruff = shutil.which("ruff")
-    if ruff is None:
-        return text
+    """Generated Python as ruff formats it. ruff is a pinned dependency, so a build is
+    byte-for-byte reproducible; it is found through its own package (never on PATH, which
+    differs between shells and machines), and a build without it is an error, never
+    silently unformatted."""
     result = subprocess.run(
-        [ruff, "format", "--quiet", "--isolated", f"--line-length={line_length}", "-"],
+        [_ruff(), "format", "--quiet", "--isolated", "--no-cache", f"--line-length={line_length}", "-"],
         input=text,
         capture_output=True,
         text=True,
-        check=True,
     )
+    if result.returncode != 0:
+        raise SetupError(f"ruff could not format generated code: {result.stderr.strip()}")
     return result.stdout
+
+
+@functools.cache
+def _ruff() -> str:
+    try:
+        from ruff import find_ruff_bin
+    except ImportError:
+        raise SetupError(
+            "optgen formats generated code with ruff, which is not installed: pip install 'ruff==0.17.6'"
+        ) from None
+    return os.fsdecode(find_ruff_bin())
