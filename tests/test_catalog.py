@@ -64,6 +64,7 @@ def test_generated_files_are_fresh():
     """A build in a bare environment (no venv on PATH, nothing but the interpreter) writes
     exactly the committed files: what `optgen build` writes never depends on PATH or shell."""
     bare = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C"}
+    bare.update({k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ})  # a worktree's checkout
     result = subprocess.run(
         [sys.executable, "-m", "optgen.cli", "build", "--check"], capture_output=True, text=True, check=False, env=bare
     )
