@@ -123,10 +123,28 @@ def _check_name(name: str, loc: Loc, what: str) -> None:
         raise SpecError(loc, f"{what}: {problem}")
 
 
+# YAML 1.1 (PyYAML) reads `1e-3` as text: a float needs a dot there. A numeral is a number
+# wherever a number is expected.
+_NUMERAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def number_value(value):
+    """`value` as an int or float when it is one or is written as a numeral (`1e-3`),
+    else None. Booleans are not numbers."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str) and _NUMERAL.fullmatch(value.strip()):
+        text = value.strip()
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    return None
+
+
 def _number(node: Node, what: str) -> float:
-    value = node.value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(node.loc, f"expected a number for {what}, got {_describe(value)}")
+    value = number_value(node.value)
+    if value is None:
+        raise SpecError(node.loc, f"expected a number for {what}, got {_describe(node.value)}")
     if not math.isfinite(value):
         raise SpecError(node.loc, f"{what} must be finite")
     return float(value)
@@ -839,7 +857,8 @@ class SpecBuilder:
         value = node.value
         if isinstance(value, bool) or value is None:
             raise SpecError(node.loc, f"init of `{key}`: expected a number or an expression, got {_describe(value)}")
-        if isinstance(value, (int, float)):
+        if number_value(value) is not None:
+            value = number_value(value)
             if not math.isfinite(value):
                 raise SpecError(node.loc, f"init of `{key}` must be finite")
             frac = Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
