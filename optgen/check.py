@@ -161,6 +161,8 @@ class Inliner:
     def __call__(self, name: str) -> sympy.Expr:
         if name in self.memo:
             return self.memo[name]
+        if name not in self.by_name:  # an input: a snapshot state is its own new value
+            return sympy.Symbol(name, real=True)
         v = self.by_name[name]
         if v.is_reduction:
             from .expr import GlobalSum, ReduceMax, ReduceMin, ReduceSum

@@ -116,14 +116,14 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
             _ssa_assign(stmt, env, values, scopes, namer, inactive)
 
     run(spec.update)
-    outputs = {}
-    for s in [PARAM] + [s.name for s in states]:
-        current = env.get(s)
-        if current is None or current == spec.symbols.get(s):
-            where = spec.state[s].loc if s in spec.state else spec.loc
-            what = "the update never assigns `param`" if s == PARAM else f"state `{s}` is never updated"
-            raise SpecError(where, f"{what} (options: {_fmt_options(opts)})")
-        outputs[s] = current.name
+    current = env.get(PARAM)
+    if current is None or current == spec.symbols[PARAM]:
+        raise SpecError(spec.loc, f"the update never assigns `param` (options: {_fmt_options(opts)})")
+    outputs = {PARAM: current.name}
+    for s in states:
+        # A state the update never assigns is a snapshot: set by its init at the first step,
+        # only read afterwards. Its new value is its old one (Program.writes leaves it out).
+        outputs[s.name] = env[s.name].name
     return Program(spec, opts, states, values, outputs, scopes)
 
 
