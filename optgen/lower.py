@@ -143,6 +143,12 @@ def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive) -> None:
             raise SpecError(
                 stmt.loc, "a reduction (sum, mean, norm, amin, amax, global_norm) takes a per-element value"
             )
+    for a in sympy.preorder_traversal(expr):
+        if isinstance(a, (sympy.Mod, sympy.floor)) and _scope(a, _all_scopes(scopes, values)) != "host":
+            sign = "%" if isinstance(a, sympy.Mod) else "//"
+            raise SpecError(
+                stmt.loc, f"`{sign}` takes host values (hyperparameters, step, numbers); here it reads a tensor value"
+            )
     value = Value(name, expr, _scope(expr, _all_scopes(scopes, values)), stmt.target, stmt.loc)
     values.append(value)
     env[stmt.target] = value.symbol

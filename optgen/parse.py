@@ -292,6 +292,8 @@ class ExprConverter:
         self.symbols = symbols
         self.options = options
         self.context = context
+        # values that are not host scalars: operands `%` and `//` refuse
+        self.tensor_names = {PARAM, GRAD, NUMEL_SYMBOL.name, NDIM_SYMBOL.name}
 
     def loc(self, node: ast.AST) -> Loc:
         return self.source.loc(getattr(node, "lineno", 1), getattr(node, "col_offset", 0))
@@ -349,13 +351,31 @@ class ExprConverter:
             if right == 0:
                 raise self.error(node, "division by zero")
             return left / right
+        if op in (ast.Mod, ast.FloorDiv):
+            return self._integer_op(node, op, left, right)
         if op is ast.Pow:
             if right.is_Number and abs(right) > MAX_EXPONENT:
                 raise self.error(node, f"exponent {right} is too large (at most {MAX_EXPONENT})")
             if left == 0 and right.is_Number and right <= 0:
                 raise self.error(node, "zero to a non-positive power")
             return left**right
-        raise self.error(node, f"operator {_OPS.get(op, op.__name__)} is not allowed; expected + - * / **")
+        raise self.error(node, f"operator {_OPS.get(op, op.__name__)} is not allowed; expected + - * / ** % //")
+
+    def _integer_op(self, node: ast.BinOp, op, left, right):
+        """`%` and `//` (floored, as Python's) for every-k schedules: `step % k == 0`. Host
+        arithmetic only: their operands may read hyperparameters, `step` and constants (a
+        value assigned in the update is checked when the program is lowered)."""
+        sign = _OPS[op]
+        for side, value in (("left", left), ("right", right)):
+            tensors = sorted(s.name for s in value.free_symbols if s.name in self.tensor_names)
+            if tensors:
+                raise self.error(
+                    node,
+                    f"`{sign}` takes host values (hyperparameters, step, numbers); its {side} operand reads `{tensors[0]}`",
+                )
+        if right == 0:
+            raise self.error(node, f"`{sign}` by zero")
+        return sympy.Mod(left, right) if op is ast.Mod else sympy.floor(left / right)
 
     def _UnaryOp(self, node: ast.UnaryOp, condition: bool):
         if isinstance(node.op, ast.USub):
@@ -516,6 +536,7 @@ class UpdateParser:
             if target not in symbols:
                 symbols[target] = symbol(target)
         self.expr = ExprConverter(self.source, symbols, self.options, "the update program")
+        self.expr.tensor_names |= self.states
         return self._block(tree.body)
 
     def _targets(self, body):

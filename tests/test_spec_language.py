@@ -144,3 +144,121 @@ def test_a_snapshot_that_nothing_reads_is_still_an_error():
     assert [(f.loc.line, f.message.split(" (")[0]) for f in report.findings if f.severity == "error"] == [
         (9, "state `lr0` never influences the parameter update")
     ]
+
+
+# --------------------------------------------------------------------------- every-k schedules
+LOOKAHEAD = textwrap.dedent(
+    """\
+    name: LookaheadSGD
+    summary: Lookahead over SGD; the inner step size decays with each sync round.
+    parity: independent
+    hyperparameters:
+      lr: {default: 0.1, range: "(0, inf)"}
+      k: {default: 3, range: "[1, inf)", tex: 'k'}
+      alpha: {default: 0.5, range: "[0, 1]", tex: '\\alpha'}
+    state:
+      slow: {init: param, tex: '\\phi'}
+    update: |
+      rounds = step // k
+      fast = param - lr / (1 + rounds) * grad
+      slow = where(step % k == 0, slow + alpha * (fast - slow), slow)
+      param = where(step % k == 0, slow, fast)
+    """
+)
+
+
+def _lookahead_by_hand(start, grads, lr=0.1, k=3, alpha=0.5):
+    params, slows = [p.copy() for p in start], [p.copy() for p in start]
+    for t, g in enumerate(grads, 1):
+        for i, x in enumerate(g):
+            fast = params[i] - lr / (1 + t // k) * x
+            if t % k == 0:
+                slows[i] = slows[i] + alpha * (fast - slows[i])
+                params[i] = slows[i].copy()
+            else:
+                params[i] = fast
+    return params, slows
+
+
+@pytest.mark.parametrize("k", [3, 2.5])
+def test_every_k_steps_with_mod_and_floor_division_on_every_path(k):
+    """`step % k` and `step // k` are floored host arithmetic (a float k too, as Python's):
+    the for-loop, foreach and fused paths and the Reference match a float64 loop."""
+    import numpy as np
+
+    spec = loads(LOOKAHEAD, "lookahead.yaml")
+    assert optgen.check(spec).ok
+    start, grads, runs = _run_paths(spec, 7, k=k)
+    want, slow = _lookahead_by_hand(start, grads, k=k)
+    for flag, params, opt in runs:
+        for p, w, s in zip(params, want, slow):
+            _close(flag, p, w)
+            _close(flag, opt.state[p]["slow"], s)
+    ref = Reference(spec, [{"params": start, "k": k}])
+    for g in grads:
+        ref.step(g)
+    for p, w in zip(ref.params, want):
+        np.testing.assert_allclose(p, w, rtol=1e-13)
+
+
+def test_mod_and_floor_division_print_as_host_code_and_latex():
+    spec = loads(LOOKAHEAD, "lookahead.yaml")
+    source = __import__("inspect").getsource(__import__("inspect").getmodule(optgen.compile(spec)))
+    assert "rounds = step // k" in source and "if (step % k) == 0:" in source
+    tex = optgen.latex(spec)
+    assert r"t \bmod k = 0" in tex and r"\left\lfloor{\frac{t}{k}}\right\rfloor" in tex
+
+
+@pytest.mark.parametrize(
+    "old, new, line, col, words",
+    [
+        ("rounds = step // k", "rounds = grad // k", 11, 12, "`//` takes host values"),
+        ("step % k == 0, slow +", "slow % k == 0, slow +", 13, 16, "its left operand reads `slow`"),
+        ("rounds = step // k", "rounds = sum(grad) // k", 11, 12, "reads `grad`"),
+        ("rounds = step // k", "rounds = step // (k - k)", 11, 12, "`//` by zero"),
+        ("slow: {init: param,", "slow: {init: param % 2,", 9, 16, "reads `param`"),
+    ],
+)
+def test_mod_and_floor_division_of_tensor_values_are_refused_where_they_stand(old, new, line, col, words):
+    with pytest.raises(SpecError) as info:
+        loads(LOOKAHEAD.replace(old, new), "lookahead.yaml")
+    assert (info.value.loc.line, info.value.loc.col) == (line, col), str(info.value)
+    assert words in info.value.message
+
+
+def test_mod_of_a_tensor_value_through_a_local_is_refused_at_its_line():
+    text = LOOKAHEAD.replace("rounds = step // k", "n = sum(grad)\n  rounds = n // k")
+    (finding,) = optgen.check(loads(text, "lookahead.yaml")).findings
+    assert finding.loc.line == 12 and "`//` takes host values" in finding.message
+
+
+SGD_ROUNDS = textwrap.dedent(
+    """\
+    name: SGDRounds
+    summary: SGD whose step size decays each k steps.
+    parity: independent
+    hyperparameters:
+      lr: {default: 0.1, range: "(0, inf)"}
+      k: {default: 3, range: "[1, inf)"}
+    update: |
+      param = param - lr / (1 + step // k) * grad
+    """
+)
+
+
+@pytest.mark.parametrize("alpha, status", [(1, "proven"), (0.5, "refuted")])
+def test_the_prover_reasons_about_mod_and_floor_division(alpha, status):
+    """Lookahead with alpha = 1 is SGD on the decayed step size (its slow weights are the
+    parameter at the last sync, a ghost of SGD): proven symbolically over both cases of
+    `step % k == 0`; with alpha = 0.5 refuted by a run."""
+    spec = loads(LOOKAHEAD, "lookahead.yaml")
+    other = loads(SGD_ROUNDS, "rounds.yaml")
+    ghost = {"g": {"init": "param", "update": "where(step % k == 0, param - lr / (1 + step // k) * grad, g)"}}
+    proof = optgen.prove(spec, other, {"slow": "g"}, given={"hyperparameters": {"alpha": alpha}}, ghost=ghost)
+    assert proof.status == status
+    cases = [o.name for o in proof.obligations if "Mod(1, k), 0)]" in o.name]  # the first step, split on the sync
+    assert any(c.endswith("[Eq(Mod(1, k), 0)]") for c in cases) and any("[not Eq" in c for c in cases)
+    if status == "proven":
+        assert all(o.status == "proven" for o in proof.obligations)
+    else:
+        assert proof.counterexample is not None and proof.counterexample["step"] in (1, 2, 3)
