@@ -57,7 +57,8 @@ def check(spec: Spec) -> Report:
         try:
             program = lower(spec, combo)
         except SpecError as exc:
-            report.add(exc.loc, exc.message)
+            for error in getattr(exc, "errors", [exc]):  # SpecErrors: every line's error
+                report.add(error.loc, error.message)
             continue
         programs.append(program)
         used_hypers |= _free_names(program)

@@ -18,7 +18,7 @@ import re
 
 import sympy
 
-from .errors import CompileError, SpecError
+from .errors import CompileError, SpecError, SpecErrors
 from .expr import (
     GRAD,
     NDIM,
@@ -107,15 +107,23 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
     namer = _Namer(set(scopes))
     env: dict[str, sympy.Symbol] = {n: spec.symbols[n] for n in scopes if n in spec.symbols}
     values: list[Value] = []
+    errors: list[SpecError] = []
+    broken: set[str] = set()  # targets of lines with an error: their uses are not errors too
 
     def run(block):
         for stmt in block:
             if isinstance(stmt, If):
                 run(stmt.body if holds(stmt.cond, opts) else stmt.orelse)
                 continue
-            _ssa_assign(stmt, env, values, scopes, namer, inactive)
+            try:
+                _ssa_assign(stmt, env, values, scopes, namer, inactive, broken)
+            except SpecError as exc:
+                errors.append(exc)
+                broken.add(stmt.target)
 
     run(spec.update)
+    if errors:
+        raise SpecErrors.of(errors)
     current = env.get(PARAM)
     if current is None or current == spec.symbols[PARAM]:
         raise SpecError(spec.loc, f"the update never assigns `param` (options: {_fmt_options(opts)})")
@@ -127,8 +135,10 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
     return Program(spec, opts, states, values, outputs, scopes)
 
 
-def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive) -> None:
-    free = {s.name for s in stmt.expr.free_symbols}
+def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive, broken=frozenset()) -> None:
+    """`inactive`: states that do not exist with these options; `broken`: targets of lines
+    with an error (reading them is not a second error)."""
+    free = {s.name for s in stmt.expr.free_symbols} - set(broken)
     for name in sorted(free):
         if name in inactive:
             raise SpecError(stmt.loc, f"state `{name}` does not exist with these options (its `when` is false)")

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 import optgen
-from optgen.errors import SpecError
+from optgen.errors import SpecError, SpecErrors
 from optgen.lower import lower
 from optgen.parse import loads
 from optgen.reference import Reference
@@ -262,3 +262,90 @@ def test_the_prover_reasons_about_mod_and_floor_division(alpha, status):
         assert all(o.status == "proven" for o in proof.obligations)
     else:
         assert proof.counterexample is not None and proof.counterexample["step"] in (1, 2, 3)
+
+
+# --------------------------------------------------------------------------- all errors at once
+MANY_ERRORS = textwrap.dedent(
+    """\
+    name: Many
+    summary: A spec with one error in each of several independent places.
+    parity: independent
+    hyperparameters:
+      lr: {default: fast, range: "(0, inf)"}
+      betas: {default: [0.9, 0.99], names: [beta1, beta2], range: "[0, 1)"}
+    options:
+      flip: 3
+      amsgrad: false
+    state:
+      exp_avg: {init: 0, scop: tensor}
+      exp_avg_sq: {init: 0}
+    update: |
+      exp_avg = beta1 * exp_avg + (1 - beta1) * grad
+      exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad**2
+      if amsgrd:
+          exp_avg = exp_avg
+      if flip:
+          exp_avg = -exp_avg
+      denom = sqr(exp_avg_sq) + 1
+      param = param - lr * exp_avgg / denom
+    """
+)
+MANY_EXPECTED = [
+    "many.yaml:5:17: expected a number for the default of `lr`, got text 'fast'",
+    "many.yaml:8:9: option `flip` must be true or false",
+    "many.yaml:11:22: unknown key 'scop' in state `exp_avg`; did you mean `scope`?",
+    "many.yaml:16:6: `if` takes an option (compile-time switch); `amsgrd` is not one; did you mean `amsgrad`?",
+    "many.yaml:20:11: unknown function `sqr`; did you mean `sqrt`?",
+    "many.yaml:21:24: unknown name `exp_avgg`; did you mean `exp_avg`?",
+]
+
+
+def test_every_independent_error_is_reported_at_once_in_file_order():
+    """One run reports an error per hyperparameter, option, state and update line, with
+    "did you mean" for misspelled names; uses of `lr` and `flip` (whose declarations have
+    errors) are not reported again."""
+    with pytest.raises(SpecError) as info:  # SpecErrors is a SpecError: callers keep working
+        loads(MANY_ERRORS, "many.yaml")
+    error = info.value
+    assert isinstance(error, SpecErrors)
+    lines = str(error).splitlines()
+    assert len(lines) == len(MANY_EXPECTED), lines
+    for line, want in zip(lines, MANY_EXPECTED):
+        assert line.startswith(want), (line, want)
+    assert [str(e) for e in error.errors] == lines
+    assert (error.loc.line, error.loc.col) == (5, 17) and error.message.startswith("expected a number")
+
+
+def test_one_error_is_a_plain_spec_error():
+    with pytest.raises(SpecError) as info:
+        loads(MANY_ERRORS.split("options:")[0] + "update: |\n  param = param - lr * grad\n", "many.yaml")
+    assert type(info.value) is SpecError and "\n" not in str(info.value)
+
+
+def test_cli_prints_each_error_on_its_own_line_and_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "many.yaml"
+    path.write_text(MANY_ERRORS)
+    run = subprocess.run(
+        [sys.executable, "-m", "optgen.cli", "check", str(path)], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert [line.replace(str(path), "many.yaml")[: len(w)] for line, w in zip(lines, MANY_EXPECTED)] == MANY_EXPECTED
+    assert len(lines) == len(MANY_EXPECTED) and "Traceback" not in run.stderr
+
+
+def test_each_line_that_lowering_refuses_is_reported_without_its_consequences():
+    text = tiny().replace(
+        "  buf = beta1 * buf + (1 - beta1) * grad\n",
+        "  early = later + grad\n  n = sum(grad)\n  also = n // 2 + grad\n"
+        "  buf = beta1 * buf + (1 - beta1) * early * also\n  later = 1\n",
+    )
+    report = optgen.check(loads(text, "t.yaml"))
+    errors = [(f.loc.line, f.message.split(" (options")[0]) for f in report.findings if f.severity == "error"]
+    assert errors == [
+        (11, "`later` is used before it is assigned"),
+        (13, "`//` takes host values (hyperparameters, step, numbers); here it reads a tensor value"),
+    ]
