@@ -55,6 +55,7 @@ TOP_KEYS = {
     "update_replace",
     "claims",
     "gradient_at",
+    "tex",
 }
 HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc"}
 STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc"}
@@ -222,7 +223,7 @@ def _merge(parent: Node, child: Node) -> Node:
         if key == "extends":
             continue
         key_locs[key] = child.key_locs[key]
-        if key in ("hyperparameters", "options", "state") and key in merged and isinstance(value.value, dict):
+        if key in ("hyperparameters", "options", "state", "tex") and key in merged and isinstance(value.value, dict):
             base = merged[key]
             entries = dict(base.value) if isinstance(base.value, dict) else {}
             entry_locs = dict(base.key_locs or {})
@@ -716,6 +717,16 @@ TEXT_FIELDS = {
 }
 
 
+def _assigned(statements: list) -> set[str]:
+    out = set()
+    for stmt in statements:
+        if isinstance(stmt, If):
+            out |= _assigned(stmt.body) | _assigned(stmt.orelse)
+        else:
+            out.add(stmt.target)
+    return out
+
+
 def _errors_of(thunk) -> list[SpecError]:
     try:
         thunk()
@@ -782,6 +793,7 @@ class SpecBuilder:
                 _expect(claims, list, "a list of claims")
         with errors.each():
             self.text_fields()
+        self.value_tex(update)
         errors.raise_if_any()
         return Spec(
             name=name,
@@ -799,6 +811,29 @@ class SpecBuilder:
             source_texts=self.texts,
             gradient_at=gradient_at,
         )
+
+    def value_tex(self, update: list) -> None:
+        """The top-level `tex:` map: LaTeX for values the update assigns (bias_correction1:
+        'b_1'), checked like every tex field. Hyperparameters and states take theirs in
+        their declarations."""
+        entries = {}
+        with self.errors.each():
+            entries = self.entries("tex")
+        assigned = _assigned(update) - {PARAM, GRAD}
+        section = self.top.get("tex")
+        for name, node in entries.items():
+            with self.errors.each():
+                loc = section.key_locs[name]
+                if name in self.state_names or name in self.scalar_names - assigned:
+                    what = "state" if name in self.state_names else "hyperparameter"
+                    raise SpecError(loc, f"`{name}` is a {what}: give its tex in its declaration")
+                if name not in assigned and loc.file != self.root.loc.file:
+                    continue  # a parent's value that this spec's own update no longer has
+                if name not in assigned:
+                    hint = did_you_mean(name, assigned)
+                    raise SpecError(loc, f"`tex:` names `{name}`, which the update never assigns{hint}")
+                _expect(node, str, f"LaTeX for `{name}`")
+                self.tex_field(node, name)
 
     def required(self, key: str, what: str) -> Node:
         if key not in self.top:

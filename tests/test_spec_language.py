@@ -349,3 +349,72 @@ def test_each_line_that_lowering_refuses_is_reported_without_its_consequences():
         (11, "`later` is used before it is assigned"),
         (13, "`//` takes host values (hyperparameters, step, numbers); here it reads a tensor value"),
     ]
+
+
+# --------------------------------------------------------------------------- tex of values, one symbol per role
+def _catalog_specs():
+    from optgen import catalog
+
+    paths = [catalog.path_of(n) for n in catalog.names()] + sorted((catalog.specs_dir() / "forms").glob("*.yaml"))
+    return [optgen.load(p) for p in paths]
+
+
+def test_the_catalog_uses_one_symbol_per_role():
+    """A hyperparameter (or an assigned value with a `tex:`) of one name has one symbol in
+    every spec; the learning rate is \\gamma, as in torch.optim's documentation; inside a
+    spec no two names share a symbol."""
+    by_name: dict[str, dict[str, str]] = {}
+    for spec in _catalog_specs():
+        symbols = {}
+        for name in spec.scalar_hypers:
+            symbols[name] = spec.tex_symbols[name]
+        symbols |= {n: t for n, t in spec.tex_symbols.items() if n not in spec.state}
+        for name, tex in symbols.items():
+            by_name.setdefault(name, {})[spec.name] = tex
+        shared = {t for t in spec.tex_symbols.values() if list(spec.tex_symbols.values()).count(t) > 1}
+        assert not shared, (spec.name, shared)
+    mixed = {name: specs for name, specs in by_name.items() if len(set(specs.values())) > 1}
+    assert not mixed, mixed
+    assert set(by_name["lr"].values()) == {r"\gamma"} and len(by_name["lr"]) == 25
+    assert set(by_name["bias_correction1"].values()) == {"c_1"}
+    assert by_name["rho_t"]["RAdam"] == by_name["n_sma"]["AdaBelief"] == r"\rho_t"
+
+
+def test_tex_of_assigned_values_reaches_every_latex_output():
+    """RAdam's locals print with their `tex:` in the algorithm box and the equations, the
+    formula sheet and the generated class's docstring: no \\mathrm{bias\\_correction1}."""
+    from pathlib import Path
+
+    import optgen.optimizers
+
+    spec = optgen.load("radam")
+    document = optgen.latex(spec)
+    sheet = (Path(__file__).resolve().parents[1] / "generated" / "latex" / "catalog.tex").read_text()
+    doc = optgen.optimizers.RAdam.__doc__
+    for text in (document, sheet, doc):
+        assert r"\mathrm{bias\_correction" not in text and r"\mathrm{n\_sma" not in text
+        assert r"\rho_t \leftarrow \rho_\infty - \frac{2 \beta_2^{t} t}{c_2}" in text
+    assert r"\rho_t &= \rho_\infty - \frac{2 \beta_2^{t} t}{c_2}" in document  # the equations
+
+
+@pytest.mark.parametrize(
+    "tex, line, col, words",
+    [
+        ("  lr: '\\eta'\n", 11, 3, "`lr` is a hyperparameter: give its tex in its declaration"),
+        ("  buf: 'b'\n", 11, 3, "`buf` is a state: give its tex in its declaration"),
+        ("  stepdir: 'd'\n", 11, 3, "`tex:` names `stepdir`, which the update never assigns; did you mean `step_dir`?"),
+        ("  step_dir: '\\input{x}'\n", 11, 13, "control sequence \\input is not in the math vocabulary"),
+        ("  step_dir: [d]\n", 11, 13, "expected LaTeX for `step_dir`"),
+    ],
+)
+def test_tex_of_values_is_checked_where_it_stands(tex, line, col, words):
+    text = tiny().replace("update: |\n", "tex:\n" + tex + "update: |\n")
+    text = text.replace(
+        "  param = param - lr * beta2 * buf / (1 + eps)",
+        "  step_dir = buf / (1 + eps)\n  param = param - lr * beta2 * step_dir",
+    )
+    assert loads(text.replace(tex, "  step_dir: 'd'\n"), "t.yaml").tex_symbols["step_dir"] == "d"
+    with pytest.raises(SpecError) as info:
+        loads(text, "t.yaml")
+    assert (info.value.loc.line, info.value.loc.col) == (line, col), str(info.value)
+    assert words in info.value.message
