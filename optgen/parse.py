@@ -777,7 +777,7 @@ class SpecBuilder:
         self.symbols[PARAM] = symbol(PARAM)
         self.symbols[GRAD] = symbol(GRAD)
         states = self.states(options)
-        update = []
+        update = None  # stays None when the program cannot be parsed at all
         with errors.each():
             if self.update_source is None:
                 raise SpecError(self.root.loc, "missing key `update`: the update program")
@@ -793,7 +793,8 @@ class SpecBuilder:
                 _expect(claims, list, "a list of claims")
         with errors.each():
             self.text_fields()
-        self.value_tex(update)
+        if update is not None:  # else which values it assigns is unknown: no second error
+            self.value_tex(update)
         errors.raise_if_any()
         return Spec(
             name=name,

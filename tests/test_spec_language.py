@@ -418,3 +418,10 @@ def test_tex_of_values_is_checked_where_it_stands(tex, line, col, words):
         loads(text, "t.yaml")
     assert (info.value.loc.line, info.value.loc.col) == (line, col), str(info.value)
     assert words in info.value.message
+
+
+def test_a_syntax_error_in_the_update_does_not_make_its_tex_entries_errors():
+    text = tiny().replace("update: |\n", "tex:\n  step_dir: 'd'\nupdate: |\n").replace("buf = beta1", "buf = = beta1")
+    with pytest.raises(SpecError) as info:
+        loads(text, "t.yaml")
+    assert type(info.value) is SpecError and "syntax error" in info.value.message
