@@ -147,9 +147,8 @@ class Collector:
         except SpecError as exc:
             self.errors.append(exc)
 
-    @property
-    def failed(self) -> bool:
-        return bool(self.errors)
+    def add(self, error: SpecError) -> None:
+        self.errors.append(error)
 
     def raise_if_any(self) -> None:
         if self.errors:
@@ -727,14 +726,6 @@ def _assigned(statements: list) -> set[str]:
     return out
 
 
-def _errors_of(thunk) -> list[SpecError]:
-    try:
-        thunk()
-    except SpecError as exc:
-        return [exc]
-    return []
-
-
 class SpecBuilder:
     def __init__(self, root: Node, update_source: Source | None, path: Path | None, texts: list[str]):
         self.root = root
@@ -747,15 +738,6 @@ class SpecBuilder:
         self.locations: dict[str, Loc] = {}
         self.errors = Collector()
         self.state_names: set[str] = set()
-
-    def text_fields(self) -> None:
-        errors = [
-            exc
-            for key, what in TEXT_FIELDS.items()
-            for exc in _errors_of(lambda key=key, what=what: _text(self.top.get(key), what))
-        ]
-        if errors:
-            raise SpecErrors.of(errors)
 
     def build(self) -> Spec:
         """The Spec, or every independent error of it at once (SpecErrors): each
@@ -791,8 +773,9 @@ class SpecBuilder:
         with errors.each():
             if claims is not None:
                 _expect(claims, list, "a list of claims")
-        with errors.each():
-            self.text_fields()
+        for key, what in TEXT_FIELDS.items():
+            with errors.each():
+                _text(self.top.get(key), what)
         if update is not None:  # else which values it assigns is unknown: no second error
             self.value_tex(update)
         errors.raise_if_any()
@@ -815,7 +798,7 @@ class SpecBuilder:
 
     def value_tex(self, update: list) -> None:
         """The top-level `tex:` map: LaTeX for values the update assigns (bias_correction1:
-        'b_1'), checked like every tex field. Hyperparameters and states take theirs in
+        'c_1'), checked like every tex field. Hyperparameters and states take theirs in
         their declarations."""
         entries = {}
         with self.errors.each():
@@ -1004,7 +987,7 @@ class SpecBuilder:
         keys = [s.key for s in out.values()]
         for s in out.values():
             if keys.count(s.key) > 1 or s.key == "step":
-                self.errors.errors.append(
+                self.errors.add(
                     SpecError(s.loc, f"state key {s.key!r} is used twice (`step` is kept by the optimizer)")
                 )
         return out
