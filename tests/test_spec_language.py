@@ -425,3 +425,9 @@ def test_a_syntax_error_in_the_update_does_not_make_its_tex_entries_errors():
     with pytest.raises(SpecError) as info:
         loads(text, "t.yaml")
     assert type(info.value) is SpecError and "syntax error" in info.value.message
+
+
+def test_a_snapshot_state_reads_as_its_initial_value_in_latex():
+    tex = optgen.latex(loads(L2SP, "l2sp.yaml"))
+    assert r"\mathrm{start}_{0} \leftarrow \theta_{0}" in tex  # initialised ...
+    assert r"\theta_{t-1} - \mathrm{start}_{0}" in tex and r"\mathrm{start}_{t-1}" not in tex  # ... and read as such
