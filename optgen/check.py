@@ -57,7 +57,8 @@ def check(spec: Spec) -> Report:
         try:
             program = lower(spec, combo)
         except SpecError as exc:
-            report.add(exc.loc, exc.message)
+            for error in getattr(exc, "errors", [exc]):  # SpecErrors: every line's error
+                report.add(error.loc, error.message)
             continue
         programs.append(program)
         used_hypers |= _free_names(program)
@@ -161,6 +162,8 @@ class Inliner:
     def __call__(self, name: str) -> sympy.Expr:
         if name in self.memo:
             return self.memo[name]
+        if name not in self.by_name:  # an input: a snapshot state is its own new value
+            return sympy.Symbol(name, real=True)
         v = self.by_name[name]
         if v.is_reduction:
             from .expr import GlobalSum, ReduceMax, ReduceMin, ReduceSum

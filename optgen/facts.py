@@ -58,6 +58,10 @@ class SignFacts:
             if None in signs:
                 return None
             return "+" if all(s == "+" for s in signs) else "0+"
+        if isinstance(e, sympy.floor):  # floor(x) >= 0 for x >= 0
+            return "0+" if self._sign(e.args[0]) in ("+", "0+") else None
+        if isinstance(e, sympy.Mod):  # floored: a % b has b's sign
+            return "0+" if self._sign(e.args[1]) == "+" else None
         if isinstance(e, sympy.Piecewise):
             signs = [self._sign(a.expr) for a in e.args]
             if None in signs:

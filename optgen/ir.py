@@ -61,6 +61,7 @@ class Program:
     states: list[StateDecl]
     values: list[Value]
     outputs: dict[str, str]  # "param" and each state name -> the value holding its new value
+    # (a state the update never assigns maps to its own name: its new value is its old one)
     input_scopes: dict[str, str]  # input symbol name -> scope
     notes: list[str] = field(default_factory=list)  # what the optimiser passes did, for `optgen show`
 
@@ -102,6 +103,12 @@ class Program:
             else:
                 out.add(n)
         return out
+
+    @property
+    def writes(self) -> dict[str, str]:
+        """The outputs that change: param and each state the update assigns. A snapshot
+        state (never assigned) maps to itself in `outputs` and is never written back."""
+        return {k: v for k, v in self.outputs.items() if k != v}
 
     def state_output(self, state: StateDecl) -> str:
         return self.outputs[state.name]

@@ -18,7 +18,7 @@ import re
 
 import sympy
 
-from .errors import CompileError, SpecError
+from .errors import CompileError, SpecError, SpecErrors
 from .expr import (
     GRAD,
     NDIM,
@@ -107,28 +107,38 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
     namer = _Namer(set(scopes))
     env: dict[str, sympy.Symbol] = {n: spec.symbols[n] for n in scopes if n in spec.symbols}
     values: list[Value] = []
+    errors: list[SpecError] = []
+    broken: set[str] = set()  # targets of lines with an error: their uses are not errors too
 
     def run(block):
         for stmt in block:
             if isinstance(stmt, If):
                 run(stmt.body if holds(stmt.cond, opts) else stmt.orelse)
                 continue
-            _ssa_assign(stmt, env, values, scopes, namer, inactive)
+            try:
+                _ssa_assign(stmt, env, values, scopes, namer, inactive, broken)
+            except SpecError as exc:
+                errors.append(exc)
+                broken.add(stmt.target)
 
     run(spec.update)
-    outputs = {}
-    for s in [PARAM] + [s.name for s in states]:
-        current = env.get(s)
-        if current is None or current == spec.symbols.get(s):
-            where = spec.state[s].loc if s in spec.state else spec.loc
-            what = "the update never assigns `param`" if s == PARAM else f"state `{s}` is never updated"
-            raise SpecError(where, f"{what} (options: {_fmt_options(opts)})")
-        outputs[s] = current.name
+    if errors:
+        raise SpecErrors.of(errors)
+    current = env.get(PARAM)
+    if current is None or current == spec.symbols[PARAM]:
+        raise SpecError(spec.loc, f"the update never assigns `param` (options: {_fmt_options(opts)})")
+    outputs = {PARAM: current.name}
+    for s in states:
+        # A state the update never assigns is a snapshot: set by its init at the first step,
+        # only read afterwards. Its new value is its old one (Program.writes leaves it out).
+        outputs[s.name] = env[s.name].name
     return Program(spec, opts, states, values, outputs, scopes)
 
 
-def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive) -> None:
-    free = {s.name for s in stmt.expr.free_symbols}
+def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive, broken=frozenset()) -> None:
+    """`inactive`: states that do not exist with these options; `broken`: targets of lines
+    with an error (reading them is not a second error)."""
+    free = {s.name for s in stmt.expr.free_symbols} - set(broken)
     for name in sorted(free):
         if name in inactive:
             raise SpecError(stmt.loc, f"state `{name}` does not exist with these options (its `when` is false)")
@@ -142,6 +152,12 @@ def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive) -> None:
         if isinstance(a, REDUCTIONS) and _scope(a.args[0], _all_scopes(scopes, values)) != "element":
             raise SpecError(
                 stmt.loc, "a reduction (sum, mean, norm, amin, amax, global_norm) takes a per-element value"
+            )
+    for a in sympy.preorder_traversal(expr):
+        if isinstance(a, (sympy.Mod, sympy.floor)) and _scope(a, _all_scopes(scopes, values)) != "host":
+            sign = "%" if isinstance(a, sympy.Mod) else "//"
+            raise SpecError(
+                stmt.loc, f"`{sign}` takes host values (hyperparameters, step, numbers); here it reads a tensor value"
             )
     value = Value(name, expr, _scope(expr, _all_scopes(scopes, values)), stmt.target, stmt.loc)
     values.append(value)

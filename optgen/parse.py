@@ -7,8 +7,10 @@ its location."""
 from __future__ import annotations
 
 import ast
+import difflib
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import sympy
 
 from . import catalog
-from .errors import Loc, SpecError
+from .errors import Loc, SpecError, SpecErrors
 from .expr import (
     ELEMENTWISE_FUNCS,
     FUNCTIONS,
@@ -53,6 +55,7 @@ TOP_KEYS = {
     "update_replace",
     "claims",
     "gradient_at",
+    "tex",
 }
 HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc"}
 STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc"}
@@ -112,9 +115,44 @@ def _text(node: Node | None, what: str) -> str:
 
 
 def _check_keys(node: Node, allowed: set[str], where: str) -> None:
+    known = ", ".join(sorted(allowed))
+    errors = []
     for key, key_loc in (node.key_locs or {}).items():
         if key not in allowed:
-            raise SpecError(key_loc, f"unknown key {key!r} in {where}; expected one of: {', '.join(sorted(allowed))}")
+            hint = did_you_mean(key, allowed)
+            rest = f"{hint} (expected one of: {known})" if hint else f"; expected one of: {known}"
+            errors.append(SpecError(key_loc, f"unknown key {key!r} in {where}{rest}"))
+    if errors:
+        raise SpecErrors.of(errors)
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """`; did you mean `exp_avg`?` for a misspelled name, or nothing."""
+    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.75)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+class Collector:
+    """The independent errors of one spec, so that a run reports them all: each `with
+    collector.each():` block is one independent thing (a hyperparameter, a state, a line of
+    the update); an error in it ends that block only."""
+
+    def __init__(self):
+        self.errors: list[SpecError] = []
+
+    @contextmanager
+    def each(self):
+        try:
+            yield
+        except SpecError as exc:
+            self.errors.append(exc)
+
+    def add(self, error: SpecError) -> None:
+        self.errors.append(error)
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise SpecErrors.of(self.errors)
 
 
 def _check_name(name: str, loc: Loc, what: str) -> None:
@@ -123,10 +161,28 @@ def _check_name(name: str, loc: Loc, what: str) -> None:
         raise SpecError(loc, f"{what}: {problem}")
 
 
+# YAML 1.1 (PyYAML) reads `1e-3` as text: a float needs a dot there. A numeral is a number
+# wherever a number is expected.
+_NUMERAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def number_value(value):
+    """`value` as an int or float when it is one or is written as a numeral (`1e-3`),
+    else None. Booleans are not numbers."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str) and _NUMERAL.fullmatch(value.strip()):
+        text = value.strip()
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    return None
+
+
 def _number(node: Node, what: str) -> float:
-    value = node.value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(node.loc, f"expected a number for {what}, got {_describe(value)}")
+    value = number_value(node.value)
+    if value is None:
+        raise SpecError(node.loc, f"expected a number for {what}, got {_describe(node.value)}")
     if not math.isfinite(value):
         raise SpecError(node.loc, f"{what} must be finite")
     return float(value)
@@ -166,7 +222,7 @@ def _merge(parent: Node, child: Node) -> Node:
         if key == "extends":
             continue
         key_locs[key] = child.key_locs[key]
-        if key in ("hyperparameters", "options", "state") and key in merged and isinstance(value.value, dict):
+        if key in ("hyperparameters", "options", "state", "tex") and key in merged and isinstance(value.value, dict):
             base = merged[key]
             entries = dict(base.value) if isinstance(base.value, dict) else {}
             entry_locs = dict(base.key_locs or {})
@@ -274,6 +330,8 @@ class ExprConverter:
         self.symbols = symbols
         self.options = options
         self.context = context
+        # values that are not host scalars: operands `%` and `//` refuse
+        self.tensor_names = {PARAM, GRAD, NUMEL_SYMBOL.name, NDIM_SYMBOL.name}
 
     def loc(self, node: ast.AST) -> Loc:
         return self.source.loc(getattr(node, "lineno", 1), getattr(node, "col_offset", 0))
@@ -312,9 +370,10 @@ class ExprConverter:
         if name in FUNCTIONS:
             raise self.error(node, f"`{name}` is a function; call it as {name}(...)")
         if name not in self.symbols:
+            hint = did_you_mean(name, [*self.symbols, *FUNCTIONS])
             raise self.error(
                 node,
-                f"unknown name `{name}`; expected a hyperparameter, a state, a value assigned in the update, or param/grad/step",
+                f"unknown name `{name}`{hint or '; expected a hyperparameter, a state, a value assigned in the update, or param/grad/step'}",
             )
         return self.symbols[name]
 
@@ -331,13 +390,31 @@ class ExprConverter:
             if right == 0:
                 raise self.error(node, "division by zero")
             return left / right
+        if op in (ast.Mod, ast.FloorDiv):
+            return self._integer_op(node, op, left, right)
         if op is ast.Pow:
             if right.is_Number and abs(right) > MAX_EXPONENT:
                 raise self.error(node, f"exponent {right} is too large (at most {MAX_EXPONENT})")
             if left == 0 and right.is_Number and right <= 0:
                 raise self.error(node, "zero to a non-positive power")
             return left**right
-        raise self.error(node, f"operator {_OPS.get(op, op.__name__)} is not allowed; expected + - * / **")
+        raise self.error(node, f"operator {_OPS.get(op, op.__name__)} is not allowed; expected + - * / ** % //")
+
+    def _integer_op(self, node: ast.BinOp, op, left, right):
+        """`%` and `//` (floored, as Python's) for every-k schedules: `step % k == 0`. Host
+        arithmetic only: their operands may read hyperparameters, `step` and constants (a
+        value assigned in the update is checked when the program is lowered)."""
+        sign = _OPS[op]
+        for side, value in (("left", left), ("right", right)):
+            tensors = sorted(s.name for s in value.free_symbols if s.name in self.tensor_names)
+            if tensors:
+                raise self.error(
+                    node,
+                    f"`{sign}` takes host values (hyperparameters, step, numbers); its {side} operand reads `{tensors[0]}`",
+                )
+        if right == 0:
+            raise self.error(node, f"`{sign}` by zero")
+        return sympy.Mod(left, right) if op is ast.Mod else sympy.floor(left / right)
 
     def _UnaryOp(self, node: ast.UnaryOp, condition: bool):
         if isinstance(node.op, ast.USub):
@@ -373,7 +450,8 @@ class ExprConverter:
         name = node.func.id
         if name not in FUNCTIONS:
             known = ", ".join(sorted(FUNCTIONS))
-            raise self.error(node.func, f"unknown function `{name}`; expected one of: {known}")
+            hint = did_you_mean(name, FUNCTIONS)
+            raise self.error(node.func, f"unknown function `{name}`{hint or '; expected one of: ' + known}")
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
             raise self.error(node, f"{name}() takes positional arguments only")
         lo, hi = ELEMENTWISE_FUNCS.get(name) or (
@@ -484,40 +562,53 @@ def parse_python(source: Source, mode: str, what: str) -> ast.AST:
 class UpdateParser:
     """The update program: statements, option conditions, SymPy expressions."""
 
-    def __init__(self, source: Source, spec_names: dict, options: set[str], states: set[str]):
+    def __init__(
+        self, source: Source, spec_names: dict, options: set[str], states: set[str], errors: Collector | None = None
+    ):
         self.source = source
         self.options = options
         self.states = states
         self.hyper_names = spec_names
         self.symbols: dict[str, sympy.Symbol] = {}
+        self.owns_errors = errors is None
+        self.errors = errors or Collector()  # one error per statement, raised together
+        self.unassignable: set[int] = set()  # statements whose target is not a single name
 
     def parse(self, symbols: dict[str, sympy.Symbol]) -> list:
         tree = parse_python(self.source, "exec", "the update program")
         self.symbols = symbols
-        for target, node in self._targets(tree.body):
-            if target not in symbols:
-                symbols[target] = symbol(target)
+        self._declare_targets(tree.body)
         self.expr = ExprConverter(self.source, symbols, self.options, "the update program")
-        return self._block(tree.body)
+        self.expr.tensor_names |= self.states
+        program = self._block(tree.body)
+        if self.owns_errors:
+            self.errors.raise_if_any()
+        return program
 
-    def _targets(self, body):
+    def _declare_targets(self, body) -> None:
+        """Every assigned name is known before any line is converted, also when its line
+        has an error, so that a use elsewhere is not reported as unknown."""
         for stmt in body:
             if isinstance(stmt, (ast.Assign, ast.AugAssign)):
-                node = stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
-                if isinstance(stmt, ast.Assign) and (len(stmt.targets) != 1):
-                    raise SpecError(
-                        self.source.loc(stmt.lineno, stmt.col_offset), "chained assignment (a = b = ...) is not allowed"
-                    )
-                if not isinstance(node, ast.Name):
-                    raise SpecError(
-                        self.source.loc(node.lineno, node.col_offset),
-                        f"cannot assign to {_node_name(node)}; expected a name",
-                    )
-                yield node.id, node
-                self._check_target(node)
+                with self.errors.each():
+                    self.unassignable.add(id(stmt))
+                    node = stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
+                    if isinstance(stmt, ast.Assign) and (len(stmt.targets) != 1):
+                        raise SpecError(
+                            self.source.loc(stmt.lineno, stmt.col_offset),
+                            "chained assignment (a = b = ...) is not allowed",
+                        )
+                    if not isinstance(node, ast.Name):
+                        raise SpecError(
+                            self.source.loc(node.lineno, node.col_offset),
+                            f"cannot assign to {_node_name(node)}; expected a name",
+                        )
+                    self.unassignable.discard(id(stmt))
+                    self.symbols.setdefault(node.id, symbol(node.id))
+                    self._check_target(node)
             elif isinstance(stmt, ast.If):
-                yield from self._targets(stmt.body)
-                yield from self._targets(stmt.orelse)
+                self._declare_targets(stmt.body)
+                self._declare_targets(stmt.orelse)
 
     def _check_target(self, node: ast.Name) -> None:
         name, loc = node.id, self.source.loc(node.lineno, node.col_offset)
@@ -536,44 +627,55 @@ class UpdateParser:
     def _block(self, body) -> list:
         out = []
         for stmt in body:
-            loc = self.source.loc(stmt.lineno, stmt.col_offset)
-            if isinstance(stmt, ast.Assign):
-                target = stmt.targets[0]
-                out.append(Assign(target.id, self.expr.convert(stmt.value), loc, loc))
-            elif isinstance(stmt, ast.AugAssign):
-                rhs = self.expr.convert(stmt.value)
-                current = self.symbols[stmt.target.id]
-                ops = {
-                    ast.Add: lambda a, b: a + b,
-                    ast.Sub: lambda a, b: a - b,
-                    ast.Mult: lambda a, b: a * b,
-                    ast.Div: lambda a, b: a / b,
-                }
-                op = ops.get(type(stmt.op))
-                if op is None:
-                    raise SpecError(
-                        loc, f"augmented operator {_OPS.get(type(stmt.op), '?')}= is not allowed; expected += -= *= /="
-                    )
-                out.append(Assign(stmt.target.id, op(current, rhs), loc, loc))
-            elif isinstance(stmt, ast.If):
-                cond = self.condition(stmt.test)
-                out.append(If(cond, self._block(stmt.body), self._block(stmt.orelse), loc))
-            elif isinstance(stmt, ast.Pass):
-                continue
-            else:
-                raise SpecError(
-                    loc,
-                    f"{_statement_name(stmt)} is not allowed in the update; expected `name = expression` or `if option:`",
-                )
+            if id(stmt) in self.unassignable:
+                continue  # reported by _declare_targets
+            with self.errors.each():
+                self._statement(stmt, out)
         return out
+
+    def _statement(self, stmt: ast.stmt, out: list) -> None:
+        loc = self.source.loc(stmt.lineno, stmt.col_offset)
+        if isinstance(stmt, ast.Assign):
+            target = stmt.targets[0]
+            out.append(Assign(target.id, self.expr.convert(stmt.value), loc, loc))
+        elif isinstance(stmt, ast.AugAssign):
+            rhs = self.expr.convert(stmt.value)
+            current = self.symbols[stmt.target.id]
+            ops = {
+                ast.Add: lambda a, b: a + b,
+                ast.Sub: lambda a, b: a - b,
+                ast.Mult: lambda a, b: a * b,
+                ast.Div: lambda a, b: a / b,
+            }
+            op = ops.get(type(stmt.op))
+            if op is None:
+                raise SpecError(
+                    loc, f"augmented operator {_OPS.get(type(stmt.op), '?')}= is not allowed; expected += -= *= /="
+                )
+            out.append(Assign(stmt.target.id, op(current, rhs), loc, loc))
+        elif isinstance(stmt, ast.If):
+            cond = None
+            with self.errors.each():
+                cond = self.condition(stmt.test)
+            body, orelse = self._block(stmt.body), self._block(stmt.orelse)  # their own errors too
+            if cond is not None:
+                out.append(If(cond, body, orelse, loc))
+        elif isinstance(stmt, ast.Pass):
+            return
+        else:
+            raise SpecError(
+                loc,
+                f"{_statement_name(stmt)} is not allowed in the update; expected `name = expression` or `if option:`",
+            )
 
     def condition(self, node: ast.AST):
         loc = self.source.loc(node.lineno, node.col_offset)
         if isinstance(node, ast.Name):
             if node.id not in self.options:
+                hint = did_you_mean(node.id, self.options)
                 raise SpecError(
                     loc,
-                    f"`if` takes an option (compile-time switch); `{node.id}` is not one (options: {', '.join(sorted(self.options)) or 'none'}). For a run-time choice use where(cond, a, b)",
+                    f"`if` takes an option (compile-time switch); `{node.id}` is not one{hint} (options: {', '.join(sorted(self.options)) or 'none'}). For a run-time choice use where(cond, a, b)",
                 )
             return node.id
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
@@ -606,6 +708,24 @@ def _statement_name(stmt: ast.stmt) -> str:
 
 
 # --------------------------------------------------------------------------- the spec
+TEXT_FIELDS = {
+    "summary": "a one-line summary",
+    "paper": "a citation",
+    "parity": "the parity reference, e.g. torch.optim.Adam",
+    "notes": "notes as text",
+}
+
+
+def _assigned(statements: list) -> set[str]:
+    out = set()
+    for stmt in statements:
+        if isinstance(stmt, If):
+            out |= _assigned(stmt.body) | _assigned(stmt.orelse)
+        else:
+            out.add(stmt.target)
+    return out
+
+
 class SpecBuilder:
     def __init__(self, root: Node, update_source: Source | None, path: Path | None, texts: list[str]):
         self.root = root
@@ -616,35 +736,52 @@ class SpecBuilder:
         self.symbols: dict[str, sympy.Symbol] = {}
         self.tex: dict[str, str] = {}
         self.locations: dict[str, Loc] = {}
+        self.errors = Collector()
+        self.state_names: set[str] = set()
 
     def build(self) -> Spec:
-        name_node = self.required("name", "the optimizer's class name")
-        name = _expect(name_node, str, "a class name")
-        if not name.isidentifier() or not name.isascii() or not name[0].isupper():
-            raise SpecError(
-                name_node.loc, f"name {name!r}: expected a class name (an identifier starting with a capital letter)"
-            )
+        """The Spec, or every independent error of it at once (SpecErrors): each
+        hyperparameter, option, state and line of the update is checked on its own, and a
+        name whose declaration has an error is still known to the rest (no cascades)."""
+        errors = self.errors
+        name = None
+        with errors.each():
+            name_node = self.required("name", "the optimizer's class name")
+            name = _expect(name_node, str, "a class name")
+            if not name.isidentifier() or not name.isascii() or not name[0].isupper():
+                raise SpecError(
+                    name_node.loc,
+                    f"name {name!r}: expected a class name (an identifier starting with a capital letter)",
+                )
         hypers = self.hyperparameters()
         options = self.options()
         self.symbols[STEP] = STEP_SYMBOL
         self.symbols[PARAM] = symbol(PARAM)
         self.symbols[GRAD] = symbol(GRAD)
-        states = self.states(set(options))
-        if self.update_source is None:
-            raise SpecError(self.root.loc, "missing key `update`: the update program")
-        update = UpdateParser(self.update_source, self.scalar_names, set(options), set(states)).parse(self.symbols)
+        states = self.states(options)
+        update = None  # stays None when the program cannot be parsed at all
+        with errors.each():
+            if self.update_source is None:
+                raise SpecError(self.root.loc, "missing key `update`: the update program")
+            parser = UpdateParser(self.update_source, self.scalar_names, set(options), self.state_names, errors)
+            update = parser.parse(self.symbols)
         gradient_at = None
-        if "gradient_at" in self.top:
-            gradient_at = self.point_expr(self.top["gradient_at"], set(states))
+        with errors.each():
+            if "gradient_at" in self.top:
+                gradient_at = self.point_expr(self.top["gradient_at"], set(states))
         claims = self.top.get("claims")
-        if claims is not None:
-            _expect(claims, list, "a list of claims")
+        with errors.each():
+            if claims is not None:
+                _expect(claims, list, "a list of claims")
+        for key, what in TEXT_FIELDS.items():
+            with errors.each():
+                _text(self.top.get(key), what)
+        if update is not None:  # else which values it assigns is unknown: no second error
+            self.value_tex(update)
+        errors.raise_if_any()
         return Spec(
             name=name,
-            summary=_text(self.top.get("summary"), "a one-line summary"),
-            paper=_text(self.top.get("paper"), "a citation"),
-            parity=_text(self.top.get("parity"), "the parity reference, e.g. torch.optim.Adam"),
-            notes=_text(self.top.get("notes"), "notes as text"),
+            **{key: _text(self.top.get(key), what) for key, what in TEXT_FIELDS.items()},
             hyperparameters=hypers,
             options=options,
             state=states,
@@ -658,6 +795,29 @@ class SpecBuilder:
             source_texts=self.texts,
             gradient_at=gradient_at,
         )
+
+    def value_tex(self, update: list) -> None:
+        """The top-level `tex:` map: LaTeX for values the update assigns (bias_correction1:
+        'c_1'), checked like every tex field. Hyperparameters and states take theirs in
+        their declarations."""
+        entries = {}
+        with self.errors.each():
+            entries = self.entries("tex")
+        assigned = _assigned(update) - {PARAM, GRAD}
+        section = self.top.get("tex")
+        for name, node in entries.items():
+            with self.errors.each():
+                loc = section.key_locs[name]
+                if name in self.state_names or name in self.scalar_names - assigned:
+                    what = "state" if name in self.state_names else "hyperparameter"
+                    raise SpecError(loc, f"`{name}` is a {what}: give its tex in its declaration")
+                if name not in assigned and loc.file != self.root.loc.file:
+                    continue  # a parent's value that this spec's own update no longer has
+                if name not in assigned:
+                    hint = did_you_mean(name, assigned)
+                    raise SpecError(loc, f"`tex:` names `{name}`, which the update never assigns{hint}")
+                _expect(node, str, f"LaTeX for `{name}`")
+                self.tex_field(node, name)
 
     def required(self, key: str, what: str) -> Node:
         if key not in self.top:
@@ -691,12 +851,29 @@ class SpecBuilder:
     def hyperparameters(self) -> dict[str, Hyperparameter]:
         out = {}
         section = self.top.get("hyperparameters")
-        for key, node in self.entries("hyperparameters").items():
+        entries = {}
+        with self.errors.each():
+            entries = self.entries("hyperparameters")
+        for key, node in entries.items():
             key_loc = section.key_locs[key]
-            _expect(node, dict, f"a mapping for hyperparameter `{key}` (default, range, tex)")
-            _check_keys(node, HYPER_KEYS, f"hyperparameter `{key}`")
-            out[key] = self.hyperparameter(key, key_loc, node.value)
+            with self.errors.each():
+                try:
+                    _expect(node, dict, f"a mapping for hyperparameter `{key}` (default, range, tex)")
+                    _check_keys(node, HYPER_KEYS, f"hyperparameter `{key}`")
+                    out[key] = self.hyperparameter(key, key_loc, node.value)
+                except SpecError:
+                    self.poison(key, node)
+                    raise
         return out
+
+    def poison(self, key: str, node: Node) -> None:
+        """A hyperparameter with an error still names its values, so that their uses are
+        not reported as unknown as well."""
+        names = node.value.get("names") if isinstance(node.value, dict) else None
+        listed = [n.value for n in names.value] if names is not None and isinstance(names.value, list) else [key]
+        for n in listed:
+            if isinstance(n, str) and n not in self.symbols:
+                self.symbols[n] = symbol(n)
 
     def hyperparameter(self, key: str, loc: Loc, fields: dict[str, Node]) -> Hyperparameter:
         _check_name(key, loc, "bad hyperparameter name")
@@ -764,41 +941,55 @@ class SpecBuilder:
     def options(self) -> dict[str, Option]:
         out = {}
         section = self.top.get("options")
-        for key, node in self.entries("options").items():
-            loc = section.key_locs[key]
-            self.declare(key, loc, "option")
-            doc = ""
-            if isinstance(node.value, dict):
-                _check_keys(node, OPTION_KEYS, f"option `{key}`")
-                if "default" not in node.value:
-                    raise SpecError(node.loc, f"option `{key}` needs a `default` (true or false)")
-                doc = _text(node.value.get("doc"), "text")
-                node = node.value["default"]
-            if not isinstance(node.value, bool):
-                raise SpecError(
-                    node.loc,
-                    f"option `{key}` must be true or false (a compile-time switch); got {_describe(node.value)}. A numeric setting is a hyperparameter",
-                )
-            out[key] = Option(key, node.value, loc, doc)
+        entries = {}
+        with self.errors.each():
+            entries = self.entries("options")
+        for key, node in entries.items():
+            with self.errors.each():
+                out[key] = Option(key, False, section.key_locs[key])  # known even if it has an error
+                out[key] = self.option(key, section.key_locs[key], node)
         return out
 
-    def states(self, options: set[str]) -> dict[str, StateDecl]:
+    def option(self, key: str, loc: Loc, node: Node) -> Option:
+        self.declare(key, loc, "option")
+        doc = ""
+        if isinstance(node.value, dict):
+            _check_keys(node, OPTION_KEYS, f"option `{key}`")
+            if "default" not in node.value:
+                raise SpecError(node.loc, f"option `{key}` needs a `default` (true or false)")
+            doc = _text(node.value.get("doc"), "text")
+            node = node.value["default"]
+        if not isinstance(node.value, bool):
+            raise SpecError(
+                node.loc,
+                f"option `{key}` must be true or false (a compile-time switch); got {_describe(node.value)}. A numeric setting is a hyperparameter",
+            )
+        return Option(key, node.value, loc, doc)
+
+    def states(self, options: dict[str, Option]) -> dict[str, StateDecl]:
         out = {}
         section = self.top.get("state")
-        entries = self.entries("state")
+        entries = {}
+        with self.errors.each():
+            entries = self.entries("state")
+        self.state_names = set(entries)  # also those whose declaration has an error
         for key in entries:
-            self.declare(key, section.key_locs[key], "state")
-            self.symbols[key] = symbol(key)
+            with self.errors.each():
+                self.symbols[key] = symbol(key)
+                self.declare(key, section.key_locs[key], "state")
         for key, node in entries.items():
             loc = section.key_locs[key]
-            if not isinstance(node.value, dict):
-                raise SpecError(node.loc, f"expected a mapping for state `{key}` (init, scope, tex, when, key)")
-            _check_keys(node, STATE_KEYS, f"state `{key}`")
-            out[key] = self.state(key, loc, node.value, options)
+            with self.errors.each():
+                if not isinstance(node.value, dict):
+                    raise SpecError(node.loc, f"expected a mapping for state `{key}` (init, scope, tex, when, key)")
+                _check_keys(node, STATE_KEYS, f"state `{key}`")
+                out[key] = self.state(key, loc, node.value, set(options))
         keys = [s.key for s in out.values()]
         for s in out.values():
             if keys.count(s.key) > 1 or s.key == "step":
-                raise SpecError(s.loc, f"state key {s.key!r} is used twice (`step` is kept by the optimizer)")
+                self.errors.add(
+                    SpecError(s.loc, f"state key {s.key!r} is used twice (`step` is kept by the optimizer)")
+                )
         return out
 
     def state(self, key: str, loc: Loc, fields: dict[str, Node], options: set[str]) -> StateDecl:
@@ -839,7 +1030,8 @@ class SpecBuilder:
         value = node.value
         if isinstance(value, bool) or value is None:
             raise SpecError(node.loc, f"init of `{key}`: expected a number or an expression, got {_describe(value)}")
-        if isinstance(value, (int, float)):
+        if number_value(value) is not None:
+            value = number_value(value)
             if not math.isfinite(value):
                 raise SpecError(node.loc, f"init of `{key}` must be finite")
             frac = Fraction(repr(value)) if isinstance(value, float) else Fraction(value)

@@ -143,6 +143,8 @@ _HANDLERS: dict[type, Callable] = {
     sympy.sign: _func(np.sign),
     sympy.exp: _func(np.exp),
     sympy.log: _func(np.log),
+    sympy.Mod: _nary(np.mod),  # floored, as Python's % and SymPy's Mod
+    sympy.floor: _func(np.floor),
     sympy.Piecewise: _piecewise,
     sympy.StrictLessThan: _relation(operator.lt),
     sympy.LessThan: _relation(operator.le),

@@ -40,7 +40,7 @@ def show(program: Program) -> str:
         for v in work:
             out.append(f"  [{v.scope:7}] {_line(v)}")
     out.append("")
-    writes = ", ".join(f"{k} <- {v}" for k, v in program.outputs.items())
+    writes = ", ".join(f"{k} <- {v}" for k, v in program.writes.items())
     out.append(f"writes: {writes}")
     if program.notes:
         out.append("")

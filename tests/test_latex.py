@@ -262,7 +262,7 @@ def test_claims_render_only_when_the_verdict_is_expected(monkeypatch):
     monkeypatch.setattr(claims, "prover", lambda: lambda s: [FakeResult("proven")])
     (prop,) = claims.propositions(spec)
     assert prop.statement.startswith("AdanNME is the same algorithm as AdanAGD")
-    assert (r"\theta", r"\theta - \eta \left(1 - \beta_1\right) m") in prop.mapping
+    assert (r"\theta", r"\theta - \gamma \left(1 - \beta_1\right) m") in prop.mapping  # lr is \gamma
     monkeypatch.setattr(claims, "prover", lambda: lambda s: [FakeResult("unknown")])
     assert claims.propositions(spec) == []
     monkeypatch.setattr(claims, "prover", lambda: None)
@@ -275,7 +275,7 @@ def test_claims_of_the_catalog_through_the_prover():
     assert any(s.startswith("AdamW is not the same algorithm as Adam") for s in statements)
     assert "With $\\lambda = 0$, AdamW is the same algorithm as Adam." in statements
     (limit, *_) = claims.propositions(optgen.load("adabound"))
-    assert r"\lim_{t \to \infty} \mathrm{lower\_bound} = \alpha^*" in limit.statement
+    assert r"\lim_{t \to \infty} \eta_l = \gamma^*" in limit.statement  # lower_bound is \eta_l, final_lr \gamma^*
 
 
 # --------------------------------------------------------------------------- cli

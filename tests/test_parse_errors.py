@@ -173,7 +173,6 @@ def test_error_inside_replaced_line_points_at_the_child(tmp_path: Path):
     "old, new, words",
     [
         ("      step_dir = buf\n", "      pass\n", "`step_dir` is used before it is assigned"),
-        ("buf = beta1 * buf + (1 - beta1) * grad", "other = grad", "state `buf` is never updated"),
         ("param = param - lr * beta2 * step_dir", "param = param - lr * beta2 * grad", "state `buf` never influences"),
         ("  flip: false", "  flip: false\n  unused: true", "option `unused` is never used"),
         ('{default: 0.1, range: "(0, inf)"}', '{default: -0.1, range: "(0, inf)"}', "outside its range"),

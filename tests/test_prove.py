@@ -190,3 +190,32 @@ def _line_of(path: Path, text: str) -> int:
 
 def test_forms_are_not_in_the_built_catalog():
     assert FORMS.is_dir() and not any(n.startswith("forms") for n in catalog.names())
+
+
+# --------------------------------------------------------------------------- the report
+ADAMW_EXPECTING_PROVEN = """\
+extends: {adamw}
+name: AdamWClaimsTooMuch
+claims:
+  - equivalent_to: adam
+    expect: proven
+"""
+
+
+def test_prove_marks_each_claim_as_expected_or_not(tmp_path, capsys):
+    """A claim expected to be refuted that is refuted is as expected: its line says so, and
+    only an unexpected verdict is in capitals, counted in the summary and fails the run."""
+    assert main(["prove", "adamw"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    claims = [line for line in lines if " claim " in line and not line.startswith(" ")]
+    assert len(claims) == 2
+    assert claims[0].endswith("AdamW equivalent to Adam: refuted (as expected)")
+    assert claims[1].endswith(": proven (as expected)")
+    assert lines[-1].endswith("1 proven, 1 refuted; all as expected")
+
+    path = tmp_path / "too_much.yaml"
+    path.write_text(ADAMW_EXPECTING_PROVEN.format(adamw=SPECS / "adamw.yaml"))
+    assert main(["prove", str(path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.endswith("AdamWClaimsTooMuch equivalent to Adam: REFUTED (expected proven)") for line in lines)
+    assert lines[-1].endswith("1 refuted; 1 unexpected: AdamWClaimsTooMuch claim 1 (refuted, expected proven)")

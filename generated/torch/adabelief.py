@@ -26,7 +26,7 @@ class AdaBelief(Optimizer):
     .. math::
        \begin{aligned}
            &\rule{110mm}{0.4pt} \\
-           &\textbf{input}: \alpha = 0.001 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.999) \text{ (betas)},\ \lambda = 0 \text{ (weight\_decay)}, \\
+           &\textbf{input}: \gamma = 0.001 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.999) \text{ (betas)},\ \lambda = 0 \text{ (weight\_decay)}, \\
            &\hspace{13mm}\rho_{\min} = 5 \text{ (n\_sma\_threshold)},\ \epsilon = 10^{-16} \text{ (eps)},\ \theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
            &\textbf{options}: \textit{weight\_decouple} = \text{true},\ \textit{fixed\_decay} = \text{false},\ \textit{rectify} = \text{false}, \\
            &\hspace{13mm}\textit{degenerated\_to\_sgd} = \text{true},\ \textit{ams\_bound} = \text{false} \\
@@ -37,7 +37,7 @@ class AdaBelief(Optimizer):
            &\hspace{5mm}\textbf{if}\ \textit{weight\_decouple}\ \textbf{and}\ \textit{fixed\_decay} \\
            &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \lambda\right) \theta_{t-1} \\
            &\hspace{5mm}\textbf{else if}\ \textit{weight\_decouple} \\
-           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \alpha \lambda\right) \theta_{t-1} \\
+           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \gamma \lambda\right) \theta_{t-1} \\
            &\hspace{5mm}\textbf{else} \\
            &\hspace{10mm}g_{t} \leftarrow g_{t} + \lambda \theta_{t-1} \\
            &\hspace{10mm}\theta_{t} \leftarrow \theta_{t-1} \\
@@ -49,20 +49,20 @@ class AdaBelief(Optimizer):
            &\hspace{10mm}\mathrm{denom} \leftarrow \sqrt{s_{t}^{\max}} \\
            &\hspace{5mm}\textbf{else} \\
            &\hspace{10mm}\mathrm{denom} \leftarrow \sqrt{s_{t}} \\
-           &\hspace{5mm}\mathrm{bias\_correction1} \leftarrow 1 - \beta_1^{t} \\
-           &\hspace{5mm}\mathrm{bias\_correction2} \leftarrow 1 - \beta_2^{t} \\
+           &\hspace{5mm}c_1 \leftarrow 1 - \beta_1^{t} \\
+           &\hspace{5mm}c_2 \leftarrow 1 - \beta_2^{t} \\
            &\hspace{5mm}\textbf{if}\ \textit{rectify} \\
-           &\hspace{10mm}\mathrm{n\_sma\_max} \leftarrow \frac{2}{1 - \beta_2} - 1 \\
-           &\hspace{10mm}\mathrm{n\_sma} \leftarrow \mathrm{n\_sma\_max} - \frac{2 \beta_2^{t} t}{\mathrm{bias\_correction2}} \\
-           &\hspace{10mm}\mathrm{rect} \leftarrow \begin{cases} \displaystyle \sqrt{\frac{\mathrm{bias\_correction2} \cdot \mathrm{n\_sma\_max} \cdot \left(\mathrm{n\_sma} - 4\right) \left(\mathrm{n\_sma} - 2\right)}{\mathrm{n\_sma} \cdot \left(\mathrm{n\_sma\_max} - 4\right) \left(\mathrm{n\_sma\_max} - 2\right)}} & \text{if } \mathrm{n\_sma} \geq \rho_{\min} \\ \displaystyle 1 & \text{otherwise} \end{cases} \\
+           &\hspace{10mm}\rho_\infty \leftarrow \frac{2}{1 - \beta_2} - 1 \\
+           &\hspace{10mm}\rho_t \leftarrow \rho_\infty - \frac{2 \beta_2^{t} t}{c_2} \\
+           &\hspace{10mm}r_t \leftarrow \begin{cases} \displaystyle \sqrt{\frac{c_2 \rho_\infty \left(\rho_t - 4\right) \left(\rho_t - 2\right)}{\rho_t \left(\rho_\infty - 4\right) \left(\rho_\infty - 2\right)}} & \text{if } \rho_t \geq \rho_{\min} \\ \displaystyle 1 & \text{otherwise} \end{cases} \\
            &\hspace{10mm}\textbf{if}\ \textit{degenerated\_to\_sgd} \\
-           &\hspace{15mm}\mathrm{update} \leftarrow \begin{cases} \displaystyle \frac{m_{t}}{\mathrm{denom} + \epsilon} & \text{if } \mathrm{n\_sma} \geq \rho_{\min} \\ \displaystyle m_{t} & \text{otherwise} \end{cases} \\
+           &\hspace{15mm}\mathrm{update} \leftarrow \begin{cases} \displaystyle \frac{m_{t}}{\mathrm{denom} + \epsilon} & \text{if } \rho_t \geq \rho_{\min} \\ \displaystyle m_{t} & \text{otherwise} \end{cases} \\
            &\hspace{10mm}\textbf{else} \\
-           &\hspace{15mm}\mathrm{update} \leftarrow \begin{cases} \displaystyle \frac{m_{t}}{\mathrm{denom} + \epsilon} & \text{if } \mathrm{n\_sma} \geq \rho_{\min} \\ \displaystyle 0 & \text{otherwise} \end{cases} \\
-           &\hspace{10mm}\theta_{t} \leftarrow \theta_{t} - \frac{\alpha \cdot \mathrm{rect} \cdot \mathrm{update}}{\mathrm{bias\_correction1}} \\
+           &\hspace{15mm}\mathrm{update} \leftarrow \begin{cases} \displaystyle \frac{m_{t}}{\mathrm{denom} + \epsilon} & \text{if } \rho_t \geq \rho_{\min} \\ \displaystyle 0 & \text{otherwise} \end{cases} \\
+           &\hspace{10mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma r_t \cdot \mathrm{update}}{c_1} \\
            &\hspace{5mm}\textbf{else} \\
-           &\hspace{10mm}\mathrm{denom} \leftarrow \frac{\mathrm{denom}}{\sqrt{\mathrm{bias\_correction2}}} + \epsilon \\
-           &\hspace{10mm}\theta_{t} \leftarrow \theta_{t} - \frac{\alpha m_{t}}{\mathrm{bias\_correction1} \cdot \mathrm{denom}} \\
+           &\hspace{10mm}\mathrm{denom} \leftarrow \frac{\mathrm{denom}}{\sqrt{c_2}} + \epsilon \\
+           &\hspace{10mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma m_{t}}{c_1 \cdot \mathrm{denom}} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\rule{110mm}{0.4pt} \\
@@ -70,7 +70,7 @@ class AdaBelief(Optimizer):
 
     Args:
         params (iterable): parameters to optimize, or dicts defining parameter groups.
-        lr (float, optional): :math:`\alpha`, in (0, inf) (default: 0.001).
+        lr (float, optional): :math:`\gamma`, in (0, inf) (default: 0.001).
         betas (tuple[float, float], optional): :math:`(\beta_1, \beta_2)` (beta1, beta2), each
             in [0, 1) (default: (0.9, 0.999)).
         weight_decay (float, optional): :math:`\lambda`, in [0, inf) (default: 0.0).

@@ -26,9 +26,9 @@ class AdaBound(Optimizer):
     .. math::
        \begin{aligned}
            &\rule{110mm}{0.4pt} \\
-           &\textbf{input}: \alpha = 0.001 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.999) \text{ (betas)},\ \alpha^* = 0.1 \text{ (final\_lr)}, \\
-           &\hspace{13mm}\gamma = 0.001 \text{ (gamma)},\ \epsilon = 10^{-8} \text{ (eps)},\ \lambda = 0 \text{ (weight\_decay)}, \\
-           &\hspace{13mm}\alpha_0 = \alpha\text{ at creation} \text{ (base\_lr)},\ \theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
+           &\textbf{input}: \gamma = 0.001 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.999) \text{ (betas)},\ \gamma^* = 0.1 \text{ (final\_lr)}, \\
+           &\hspace{13mm}\zeta = 0.001 \text{ (gamma)},\ \epsilon = 10^{-8} \text{ (eps)},\ \lambda = 0 \text{ (weight\_decay)}, \\
+           &\hspace{13mm}\gamma_0 = \gamma\text{ at creation} \text{ (base\_lr)},\ \theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
            &\textbf{options}: \textit{amsbound} = \text{false} \\
            &\textbf{initialize}: m_{0} \leftarrow 0,\ v_{0} \leftarrow 0,\ v_{0}^{\max} \leftarrow 0 \text{ (if }\textit{amsbound}\text{)} \\
            &\rule{110mm}{0.4pt} \\
@@ -42,13 +42,13 @@ class AdaBound(Optimizer):
            &\hspace{10mm}\mathrm{denom} \leftarrow \sqrt{v_{t}^{\max}} + \epsilon \\
            &\hspace{5mm}\textbf{else} \\
            &\hspace{10mm}\mathrm{denom} \leftarrow \sqrt{v_{t}} + \epsilon \\
-           &\hspace{5mm}\mathrm{bias\_correction1} \leftarrow 1 - \beta_1^{t} \\
-           &\hspace{5mm}\mathrm{bias\_correction2} \leftarrow 1 - \beta_2^{t} \\
-           &\hspace{5mm}\mathrm{step\_size} \leftarrow \frac{\sqrt{\mathrm{bias\_correction2}} \alpha}{\mathrm{bias\_correction1}} \\
-           &\hspace{5mm}\mathrm{final} \leftarrow \frac{\alpha^* \alpha}{\alpha_0} \\
-           &\hspace{5mm}\mathrm{lower\_bound} \leftarrow \mathrm{final} \cdot \left(1 - \frac{1}{1 + \gamma t}\right) \\
-           &\hspace{5mm}\mathrm{upper\_bound} \leftarrow \mathrm{final} \cdot \left(1 + \frac{1}{\gamma t}\right) \\
-           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t-1} - \min\left(\mathrm{upper\_bound}, \max\left(\mathrm{lower\_bound}, \frac{\mathrm{step\_size}}{\mathrm{denom}}\right)\right) m_{t} \\
+           &\hspace{5mm}c_1 \leftarrow 1 - \beta_1^{t} \\
+           &\hspace{5mm}c_2 \leftarrow 1 - \beta_2^{t} \\
+           &\hspace{5mm}\gamma_t \leftarrow \frac{\sqrt{c_2} \gamma}{c_1} \\
+           &\hspace{5mm}\mathrm{final} \leftarrow \frac{\gamma^* \gamma}{\gamma_0} \\
+           &\hspace{5mm}\eta_l \leftarrow \mathrm{final} \cdot \left(1 - \frac{1}{1 + \zeta t}\right) \\
+           &\hspace{5mm}\eta_u \leftarrow \mathrm{final} \cdot \left(1 + \frac{1}{\zeta t}\right) \\
+           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t-1} - \min\left(\eta_u, \max\left(\eta_l, \frac{\gamma_t}{\mathrm{denom}}\right)\right) m_{t} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\rule{110mm}{0.4pt} \\
@@ -56,11 +56,11 @@ class AdaBound(Optimizer):
 
     Args:
         params (iterable): parameters to optimize, or dicts defining parameter groups.
-        lr (float, optional): :math:`\alpha`, in (0, inf) (default: 0.001).
+        lr (float, optional): :math:`\gamma`, in (0, inf) (default: 0.001).
         betas (tuple[float, float], optional): :math:`(\beta_1, \beta_2)` (beta1, beta2), each
             in [0, 1) (default: (0.9, 0.999)).
-        final_lr (float, optional): :math:`\alpha^*`, in [0, inf) (default: 0.1).
-        gamma (float, optional): :math:`\gamma`, in (0, 1) (default: 0.001).
+        final_lr (float, optional): :math:`\gamma^*`, in [0, inf) (default: 0.1).
+        gamma (float, optional): :math:`\zeta`, in (0, 1) (default: 0.001).
         eps (float, optional): :math:`\epsilon`, in (0, inf) (default: 1e-8).
         weight_decay (float, optional): :math:`\lambda`, in [0, inf) (default: 0.0).
         amsbound (bool, optional): a compile-time option: the update is specialised to it
@@ -75,7 +75,7 @@ class AdaBound(Optimizer):
             keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
             (default: None).
 
-    ``base_lr`` (:math:`\alpha_0`) is not a keyword: it is set from the group's ``lr`` when
+    ``base_lr`` (:math:`\gamma_0`) is not a keyword: it is set from the group's ``lr`` when
     the group is added, and stays fixed while an LR scheduler changes ``lr``.
 
     The authors' package (adabound on PyPI): L2 weight decay added to the gradient; the

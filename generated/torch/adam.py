@@ -38,14 +38,14 @@ class Adam(Optimizer):
            &\hspace{10mm}\theta_{t} \leftarrow \theta_{t-1} \\
            &\hspace{5mm}m_{t} \leftarrow \beta_1 m_{t-1} + \left(1 - \beta_1\right) g_{t} \\
            &\hspace{5mm}v_{t} \leftarrow \beta_2 v_{t-1} + \left(1 - \beta_2\right) g_{t}^{2} \\
-           &\hspace{5mm}\mathrm{bias\_correction1} \leftarrow 1 - \beta_1^{t} \\
-           &\hspace{5mm}\mathrm{bias\_correction2} \leftarrow 1 - \beta_2^{t} \\
+           &\hspace{5mm}c_1 \leftarrow 1 - \beta_1^{t} \\
+           &\hspace{5mm}c_2 \leftarrow 1 - \beta_2^{t} \\
            &\hspace{5mm}\textbf{if}\ \textit{amsgrad} \\
            &\hspace{10mm}v_{t}^{\max} \leftarrow \max\left(v_{t}, v_{t-1}^{\max}\right) \\
-           &\hspace{10mm}\mathrm{denom} \leftarrow \frac{\sqrt{v_{t}^{\max}}}{\sqrt{\mathrm{bias\_correction2}}} + \epsilon \\
+           &\hspace{10mm}\mathrm{denom} \leftarrow \frac{\sqrt{v_{t}^{\max}}}{\sqrt{c_2}} + \epsilon \\
            &\hspace{5mm}\textbf{else} \\
-           &\hspace{10mm}\mathrm{denom} \leftarrow \frac{\sqrt{v_{t}}}{\sqrt{\mathrm{bias\_correction2}}} + \epsilon \\
-           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma m_{t}}{\mathrm{bias\_correction1} \cdot \mathrm{denom}} \\
+           &\hspace{10mm}\mathrm{denom} \leftarrow \frac{\sqrt{v_{t}}}{\sqrt{c_2}} + \epsilon \\
+           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma m_{t}}{c_1 \cdot \mathrm{denom}} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\rule{110mm}{0.4pt} \\

@@ -32,8 +32,8 @@ class Adamax(Optimizer):
            &\hspace{5mm}g_{t} \leftarrow g_{t} + \lambda \theta_{t-1} \\
            &\hspace{5mm}m_{t} \leftarrow \beta_1 m_{t-1} + \left(1 - \beta_1\right) g_{t} \\
            &\hspace{5mm}u_{t} \leftarrow \max\left(\beta_2 u_{t-1}, \left|{g_{t}}\right| + \epsilon\right) \\
-           &\hspace{5mm}\mathrm{bias\_correction1} \leftarrow 1 - \beta_1^{t} \\
-           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t-1} - \frac{\gamma m_{t}}{\mathrm{bias\_correction1} \cdot u_{t}} \\
+           &\hspace{5mm}c_1 \leftarrow 1 - \beta_1^{t} \\
+           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t-1} - \frac{\gamma m_{t}}{c_1 u_{t}} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\rule{110mm}{0.4pt} \\

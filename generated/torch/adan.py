@@ -24,7 +24,7 @@ class Adan(Optimizer):
     .. math::
        \begin{aligned}
            &\rule{110mm}{0.4pt} \\
-           &\textbf{input}: \eta = 0.001 \text{ (lr)},\ (\beta_1, \beta_2, \beta_3) = (0.98, 0.92, 0.99) \text{ (betas)},\ \lambda = 0 \text{ (weight\_decay)}, \\
+           &\textbf{input}: \gamma = 0.001 \text{ (lr)},\ (\beta_1, \beta_2, \beta_3) = (0.98, 0.92, 0.99) \text{ (betas)},\ \lambda = 0 \text{ (weight\_decay)}, \\
            &\hspace{13mm}G_{\max} = 0 \text{ (max\_grad\_norm)},\ \epsilon = 10^{-8} \text{ (eps)},\ \theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
            &\textbf{options}: \textit{weight\_decouple} = \text{false} \\
            &\textbf{initialize}: m_{0} \leftarrow 0,\ n_{0} \leftarrow 0,\ v_{0} \leftarrow 0, \\
@@ -39,15 +39,15 @@ class Adan(Optimizer):
            &\hspace{5mm}v_{t} \leftarrow \beta_2 v_{t-1} + \left(1 - \beta_2\right) \cdot \mathrm{grad\_diff} \\
            &\hspace{5mm}n_{t} \leftarrow \beta_3 n_{t-1} + \left(1 - \beta_3\right) \left(\beta_2 \cdot \mathrm{grad\_diff} + g_{t}\right)^{2} \\
            &\hspace{5mm}g_{\mathrm{prev},t} \leftarrow g_{t} \\
-           &\hspace{5mm}\mathrm{bias\_correction1} \leftarrow 1 - \beta_1^{t} \\
-           &\hspace{5mm}\mathrm{bias\_correction2} \leftarrow 1 - \beta_2^{t} \\
-           &\hspace{5mm}\mathrm{bias\_correction3} \leftarrow 1 - \beta_3^{t} \\
-           &\hspace{5mm}\mathrm{denom} \leftarrow \frac{\sqrt{n_{t}}}{\sqrt{\mathrm{bias\_correction3}}} + \epsilon \\
-           &\hspace{5mm}\mathrm{update} \leftarrow \frac{\beta_2 \eta v_{t}}{\mathrm{bias\_correction2} \cdot \mathrm{denom}} + \frac{\eta m_{t}}{\mathrm{bias\_correction1} \cdot \mathrm{denom}} \\
+           &\hspace{5mm}c_1 \leftarrow 1 - \beta_1^{t} \\
+           &\hspace{5mm}c_2 \leftarrow 1 - \beta_2^{t} \\
+           &\hspace{5mm}c_3 \leftarrow 1 - \beta_3^{t} \\
+           &\hspace{5mm}\mathrm{denom} \leftarrow \frac{\sqrt{n_{t}}}{\sqrt{c_3}} + \epsilon \\
+           &\hspace{5mm}\mathrm{update} \leftarrow \frac{\beta_2 \gamma v_{t}}{c_2 \cdot \mathrm{denom}} + \frac{\gamma m_{t}}{c_1 \cdot \mathrm{denom}} \\
            &\hspace{5mm}\textbf{if}\ \textit{weight\_decouple} \\
-           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \eta \lambda\right) \theta_{t-1} - \mathrm{update} \\
+           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \gamma \lambda\right) \theta_{t-1} - \mathrm{update} \\
            &\hspace{5mm}\textbf{else} \\
-           &\hspace{10mm}\theta_{t} \leftarrow \frac{\theta_{t-1} - \mathrm{update}}{1 + \eta \lambda} \\
+           &\hspace{10mm}\theta_{t} \leftarrow \frac{\theta_{t-1} - \mathrm{update}}{1 + \gamma \lambda} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\textit{where } \mathcal{P}\text{: every parameter tensor of the optimizer} \\
@@ -56,7 +56,7 @@ class Adan(Optimizer):
 
     Args:
         params (iterable): parameters to optimize, or dicts defining parameter groups.
-        lr (float, optional): :math:`\eta`, in (0, inf) (default: 0.001).
+        lr (float, optional): :math:`\gamma`, in (0, inf) (default: 0.001).
         betas (tuple[float, float, float], optional): :math:`(\beta_1, \beta_2, \beta_3)`
             (beta1, beta2, beta3), each in [0, 1) (default: (0.98, 0.92, 0.99)).
         weight_decay (float, optional): :math:`\lambda`, in [0, inf) (default: 0.0).

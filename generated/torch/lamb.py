@@ -26,7 +26,7 @@ class Lamb(Optimizer):
     .. math::
        \begin{aligned}
            &\rule{110mm}{0.4pt} \\
-           &\textbf{input}: \eta = 0.001 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.999) \text{ (betas)},\ \lambda = 0 \text{ (weight\_decay)}, \\
+           &\textbf{input}: \gamma = 0.001 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.999) \text{ (betas)},\ \lambda = 0 \text{ (weight\_decay)}, \\
            &\hspace{13mm}G_{\max} = 1 \text{ (max\_grad\_norm)},\ \epsilon = 10^{-6} \text{ (eps)},\ \theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
            &\textbf{options}: \textit{weight\_decouple} = \text{true},\ \textit{fixed\_decay} = \text{false},\ \textit{grad\_averaging} = \text{true}, \\
            &\hspace{13mm}\textit{adam} = \text{false},\ \textit{pre\_norm} = \text{false} \\
@@ -45,7 +45,7 @@ class Lamb(Optimizer):
            &\hspace{5mm}\textbf{if}\ \textit{weight\_decouple}\ \textbf{and}\ \textit{fixed\_decay} \\
            &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \lambda\right) \theta_{t-1} \\
            &\hspace{5mm}\textbf{else if}\ \textit{weight\_decouple} \\
-           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \eta \lambda\right) \theta_{t-1} \\
+           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \gamma \lambda\right) \theta_{t-1} \\
            &\hspace{5mm}\textbf{else} \\
            &\hspace{10mm}\theta_{t} \leftarrow \theta_{t-1} \\
            &\hspace{5mm}\mathrm{update} \leftarrow \frac{m_{t}}{\sqrt{v_{t}} + \epsilon} \\
@@ -57,8 +57,8 @@ class Lamb(Optimizer):
            &\hspace{10mm}\mathrm{weight\_norm} \leftarrow \min\left(10, \left\lVert \theta_{t} \right\rVert\right) \\
            &\hspace{10mm}\mathrm{adam\_norm} \leftarrow \left\lVert \mathrm{update} \right\rVert \\
            &\hspace{10mm}\mathrm{trust\_ratio} \leftarrow \begin{cases} \displaystyle 1 & \text{if } \mathrm{adam\_norm} = 0 \text{ or } \mathrm{weight\_norm} = 0 \\ \displaystyle \frac{\mathrm{weight\_norm}}{\mathrm{adam\_norm} + \epsilon} & \text{otherwise} \end{cases} \\
-           &\hspace{5mm}\mathrm{bias\_correction1} \leftarrow 1 - \beta_1^{t} \\
-           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\eta \cdot \mathrm{trust\_ratio} \cdot \mathrm{update}}{\mathrm{bias\_correction1}} \\
+           &\hspace{5mm}c_1 \leftarrow 1 - \beta_1^{t} \\
+           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma \cdot \mathrm{trust\_ratio} \cdot \mathrm{update}}{c_1} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\textit{where } \textstyle\sum_i,\ \min_i,\ \max_i,\ \lVert\cdot\rVert\text{: over the elements of one parameter tensor} \\
@@ -68,7 +68,7 @@ class Lamb(Optimizer):
 
     Args:
         params (iterable): parameters to optimize, or dicts defining parameter groups.
-        lr (float, optional): :math:`\eta`, in (0, inf) (default: 0.001).
+        lr (float, optional): :math:`\gamma`, in (0, inf) (default: 0.001).
         betas (tuple[float, float], optional): :math:`(\beta_1, \beta_2)` (beta1, beta2), each
             in [0, 1) (default: (0.9, 0.999)).
         weight_decay (float, optional): :math:`\lambda`, in [0, inf) (default: 0.0).

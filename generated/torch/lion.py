@@ -24,7 +24,7 @@ class Lion(Optimizer):
     .. math::
        \begin{aligned}
            &\rule{110mm}{0.4pt} \\
-           &\textbf{input}: \eta = 0.0001 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.99) \text{ (betas)},\ \lambda = 0 \text{ (weight\_decay)}, \\
+           &\textbf{input}: \gamma = 0.0001 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.99) \text{ (betas)},\ \lambda = 0 \text{ (weight\_decay)}, \\
            &\hspace{13mm}\theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
            &\textbf{options}: \textit{weight\_decouple} = \text{true},\ \textit{fixed\_decay} = \text{false} \\
            &\textbf{initialize}: m_{0} \leftarrow 0 \\
@@ -34,13 +34,13 @@ class Lion(Optimizer):
            &\hspace{5mm}\textbf{if}\ \textit{weight\_decouple}\ \textbf{and}\ \textit{fixed\_decay} \\
            &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \lambda\right) \theta_{t-1} \\
            &\hspace{5mm}\textbf{else if}\ \textit{weight\_decouple} \\
-           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \eta \lambda\right) \theta_{t-1} \\
+           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \gamma \lambda\right) \theta_{t-1} \\
            &\hspace{5mm}\textbf{else} \\
            &\hspace{10mm}g_{t} \leftarrow g_{t} + \lambda \theta_{t-1} \\
            &\hspace{10mm}\theta_{t} \leftarrow \theta_{t-1} \\
            &\hspace{5mm}\mathrm{update} \leftarrow \operatorname{sign}\left(\beta_1 m_{t-1} + \left(1 - \beta_1\right) g_{t}\right) \\
            &\hspace{5mm}m_{t} \leftarrow \beta_2 m_{t-1} + \left(1 - \beta_2\right) g_{t} \\
-           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \eta \cdot \mathrm{update} \\
+           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \gamma \cdot \mathrm{update} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\rule{110mm}{0.4pt} \\
@@ -48,7 +48,7 @@ class Lion(Optimizer):
 
     Args:
         params (iterable): parameters to optimize, or dicts defining parameter groups.
-        lr (float, optional): :math:`\eta`, in (0, inf) (default: 0.0001).
+        lr (float, optional): :math:`\gamma`, in (0, inf) (default: 0.0001).
         betas (tuple[float, float], optional): :math:`(\beta_1, \beta_2)` (beta1, beta2), each
             in [0, 1) (default: (0.9, 0.99)).
         weight_decay (float, optional): :math:`\lambda`, in [0, inf) (default: 0.0).

@@ -35,15 +35,15 @@ class NAdam(Optimizer):
            &\hspace{5mm}\textbf{else} \\
            &\hspace{10mm}g_{t} \leftarrow g_{t} + \lambda \theta_{t-1} \\
            &\hspace{10mm}\theta_{t} \leftarrow \theta_{t-1} \\
-           &\hspace{5mm}\mu \leftarrow \beta_1 \left(1 - 0.5 \cdot 0.96^{\psi t}\right) \\
-           &\hspace{5mm}\mu_{\mathrm{next}} \leftarrow \beta_1 \left(1 - 0.5 \cdot 0.96^{\psi \left(1 + t\right)}\right) \\
-           &\hspace{5mm}\Pi_{t} \leftarrow \mu \Pi_{t-1} \\
+           &\hspace{5mm}\mu_t \leftarrow \beta_1 \left(1 - 0.5 \cdot 0.96^{\psi t}\right) \\
+           &\hspace{5mm}\mu_{t+1} \leftarrow \beta_1 \left(1 - 0.5 \cdot 0.96^{\psi \left(1 + t\right)}\right) \\
+           &\hspace{5mm}\Pi_{t} \leftarrow \mu_t \Pi_{t-1} \\
            &\hspace{5mm}m_{t} \leftarrow \beta_1 m_{t-1} + \left(1 - \beta_1\right) g_{t} \\
            &\hspace{5mm}v_{t} \leftarrow \beta_2 v_{t-1} + \left(1 - \beta_2\right) g_{t}^{2} \\
-           &\hspace{5mm}\mathrm{bias\_correction2} \leftarrow 1 - \beta_2^{t} \\
-           &\hspace{5mm}\mathrm{denom} \leftarrow \sqrt{\frac{v_{t}}{\mathrm{bias\_correction2}}} + \epsilon \\
-           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma \left(1 - \mu\right) g_{t}}{\left(1 - \Pi_{t}\right) \cdot \mathrm{denom}} \\
-           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma \mu_{\mathrm{next}} m_{t}}{\left(1 - \mu_{\mathrm{next}} \Pi_{t}\right) \cdot \mathrm{denom}} \\
+           &\hspace{5mm}c_2 \leftarrow 1 - \beta_2^{t} \\
+           &\hspace{5mm}\mathrm{denom} \leftarrow \sqrt{\frac{v_{t}}{c_2}} + \epsilon \\
+           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma \left(1 - \mu_t\right) g_{t}}{\left(1 - \Pi_{t}\right) \cdot \mathrm{denom}} \\
+           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma \mu_{t+1} m_{t}}{\left(1 - \mu_{t+1} \Pi_{t}\right) \cdot \mathrm{denom}} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\rule{110mm}{0.4pt} \\

@@ -26,7 +26,7 @@ class PAdam(Optimizer):
     .. math::
        \begin{aligned}
            &\rule{110mm}{0.4pt} \\
-           &\textbf{input}: \eta = 0.1 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.999) \text{ (betas)},\ p = 0.25 \text{ (partial)}, \\
+           &\textbf{input}: \gamma = 0.1 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.999) \text{ (betas)},\ p = 0.25 \text{ (partial)}, \\
            &\hspace{13mm}\lambda = 0 \text{ (weight\_decay)},\ \epsilon = 10^{-8} \text{ (eps)},\ \theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
            &\textbf{options}: \textit{weight\_decouple} = \text{false},\ \textit{fixed\_decay} = \text{false} \\
            &\textbf{initialize}: m_{0} \leftarrow 0,\ v_{0} \leftarrow 0 \\
@@ -36,17 +36,17 @@ class PAdam(Optimizer):
            &\hspace{5mm}\textbf{if}\ \textit{weight\_decouple}\ \textbf{and}\ \textit{fixed\_decay} \\
            &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \lambda\right) \theta_{t-1} \\
            &\hspace{5mm}\textbf{else if}\ \textit{weight\_decouple} \\
-           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \eta \lambda\right) \theta_{t-1} \\
+           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \gamma \lambda\right) \theta_{t-1} \\
            &\hspace{5mm}\textbf{else} \\
            &\hspace{10mm}g_{t} \leftarrow g_{t} + \lambda \theta_{t-1} \\
            &\hspace{10mm}\theta_{t} \leftarrow \theta_{t-1} \\
            &\hspace{5mm}m_{t} \leftarrow \beta_1 m_{t-1} + \left(1 - \beta_1\right) g_{t} \\
            &\hspace{5mm}v_{t} \leftarrow \beta_2 v_{t-1} + \left(1 - \beta_2\right) g_{t}^{2} \\
-           &\hspace{5mm}\mathrm{bias\_correction1} \leftarrow 1 - \beta_1^{t} \\
-           &\hspace{5mm}\mathrm{bias\_correction2} \leftarrow 1 - \beta_2^{t} \\
-           &\hspace{5mm}\mathrm{step\_size} \leftarrow \frac{\sqrt{\mathrm{bias\_correction2}} \eta}{\mathrm{bias\_correction1}} \\
+           &\hspace{5mm}c_1 \leftarrow 1 - \beta_1^{t} \\
+           &\hspace{5mm}c_2 \leftarrow 1 - \beta_2^{t} \\
+           &\hspace{5mm}\gamma_t \leftarrow \frac{\sqrt{c_2} \gamma}{c_1} \\
            &\hspace{5mm}\mathrm{denom} \leftarrow \left(\sqrt{v_{t}} + \epsilon\right)^{2 p} \\
-           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\mathrm{step\_size} \cdot m_{t}}{\mathrm{denom}} \\
+           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma_t m_{t}}{\mathrm{denom}} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\rule{110mm}{0.4pt} \\
@@ -54,7 +54,7 @@ class PAdam(Optimizer):
 
     Args:
         params (iterable): parameters to optimize, or dicts defining parameter groups.
-        lr (float, optional): :math:`\eta`, in (0, inf) (default: 0.1).
+        lr (float, optional): :math:`\gamma`, in (0, inf) (default: 0.1).
         betas (tuple[float, float], optional): :math:`(\beta_1, \beta_2)` (beta1, beta2), each
             in [0, 1) (default: (0.9, 0.999)).
         partial (float, optional): :math:`p`, in [0, 0.5] (default: 0.25).

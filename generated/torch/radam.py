@@ -40,13 +40,13 @@ class RAdam(Optimizer):
            &\hspace{10mm}\theta_{t} \leftarrow \theta_{t-1} \\
            &\hspace{5mm}m_{t} \leftarrow \beta_1 m_{t-1} + \left(1 - \beta_1\right) g_{t} \\
            &\hspace{5mm}v_{t} \leftarrow \beta_2 v_{t-1} + \left(1 - \beta_2\right) g_{t}^{2} \\
-           &\hspace{5mm}\mathrm{bias\_correction1} \leftarrow 1 - \beta_1^{t} \\
-           &\hspace{5mm}\mathrm{bias\_correction2} \leftarrow 1 - \beta_2^{t} \\
-           &\hspace{5mm}\rho_{\mathrm{inf}} \leftarrow \frac{2}{1 - \beta_2} - 1 \\
-           &\hspace{5mm}\rho_{t} \leftarrow \rho_{\mathrm{inf}} - \frac{2 \beta_2^{t} t}{\mathrm{bias\_correction2}} \\
-           &\hspace{5mm}\mathrm{rect} \leftarrow \begin{cases} \displaystyle \sqrt{\frac{\rho_{\mathrm{inf}} \left(\rho_{t} - 4\right) \left(\rho_{t} - 2\right)}{\rho_{t} \left(\rho_{\mathrm{inf}} - 4\right) \left(\rho_{\mathrm{inf}} - 2\right)}} & \text{if } \rho_{t} > 5 \\ \displaystyle 1 & \text{otherwise} \end{cases} \\
-           &\hspace{5mm}\mathrm{adaptive\_lr} \leftarrow \begin{cases} \displaystyle \frac{\sqrt{\mathrm{bias\_correction2}}}{\sqrt{v_{t}} + \epsilon} & \text{if } \rho_{t} > 5 \\ \displaystyle 1 & \text{otherwise} \end{cases} \\
-           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma \cdot \mathrm{rect} \cdot \mathrm{adaptive\_lr} \cdot m_{t}}{\mathrm{bias\_correction1}} \\
+           &\hspace{5mm}c_1 \leftarrow 1 - \beta_1^{t} \\
+           &\hspace{5mm}c_2 \leftarrow 1 - \beta_2^{t} \\
+           &\hspace{5mm}\rho_\infty \leftarrow \frac{2}{1 - \beta_2} - 1 \\
+           &\hspace{5mm}\rho_t \leftarrow \rho_\infty - \frac{2 \beta_2^{t} t}{c_2} \\
+           &\hspace{5mm}r_t \leftarrow \begin{cases} \displaystyle \sqrt{\frac{\rho_\infty \left(\rho_t - 4\right) \left(\rho_t - 2\right)}{\rho_t \left(\rho_\infty - 4\right) \left(\rho_\infty - 2\right)}} & \text{if } \rho_t > 5 \\ \displaystyle 1 & \text{otherwise} \end{cases} \\
+           &\hspace{5mm}l_t \leftarrow \begin{cases} \displaystyle \frac{\sqrt{c_2}}{\sqrt{v_{t}} + \epsilon} & \text{if } \rho_t > 5 \\ \displaystyle 1 & \text{otherwise} \end{cases} \\
+           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma r_t l_t m_{t}}{c_1} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\rule{110mm}{0.4pt} \\

@@ -92,12 +92,21 @@ def cli(args) -> int:
         for result in prove_spec_claims(spec):
             print(format_result(result, args.verbose))
             results.append(result)
-    off = [r for r in results if not r.as_expected]
+    print(summary_line(results, time.perf_counter() - start))
+    return 1 if any(not r.as_expected for r in results) else 0
+
+
+def summary_line(results: list[ClaimResult], seconds: float) -> str:
+    """`6 claim(s) in 2.0s: 4 proven, 2 refuted; all as expected`, or `...; 1 unexpected:
+    AdamW claim 2 (refuted, expected proven)`: only unexpected results fail the run."""
     counts = {s: sum(r.proof.status == s for r in results) for s in (PROVEN, REFUTED, UNKNOWN)}
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    status = "all as expected" if not off else f"{len(off)} not as expected"
-    print(f"{len(results)} claim(s) in {time.perf_counter() - start:.1f}s: {summary or 'none'}; {status}")
-    return 1 if off else 0
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"
+    off = [r for r in results if not r.as_expected]
+    status = "all as expected"
+    if off:
+        which = ", ".join(f"{r.spec} claim {r.index} ({r.proof.status}, expected {r.expect})" for r in off)
+        status = f"{len(off)} unexpected: {which}"
+    return f"{len(results)} claim(s) in {seconds:.1f}s: {summary}; {status}"
 
 
 def _specs(names: list[str]) -> list[Spec]:

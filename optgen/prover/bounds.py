@@ -268,6 +268,21 @@ def _reduce_sum(e, table) -> Interval:
     return Interval(lo[0], hi[0], lo[1], hi[1])
 
 
+def _floor(e, table) -> Interval:
+    iv = bounds(e.args[0], table)
+    lo = float(math.floor(iv.lo)) if math.isfinite(iv.lo) else iv.lo
+    hi = float(math.floor(iv.hi)) if math.isfinite(iv.hi) else iv.hi
+    return Interval(lo, hi, not math.isfinite(lo), not math.isfinite(hi))
+
+
+def _mod(e, table) -> Interval:
+    """Floored: a % b lies in [0, b) for b > 0."""
+    b = bounds(e.args[1], table)
+    if is_positive(b):
+        return Interval(0.0, b.hi, False, True)
+    return REAL
+
+
 _RULES = {
     sympy.Add: _add,
     sympy.Mul: _mul,
@@ -279,6 +294,8 @@ _RULES = {
     sympy.exp: lambda e, t: monotone(_exp, bounds(e.args[0], t)),
     sympy.log: lambda e, t: monotone(_log, bounds(e.args[0], t)),
     sympy.Piecewise: _piecewise,
+    sympy.floor: _floor,
+    sympy.Mod: _mod,
     ReduceSum: _reduce_sum,
     GlobalSum: _reduce_sum,
     ReduceMin: lambda e, t: bounds(e.args[0], t),

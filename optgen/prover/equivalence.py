@@ -49,7 +49,7 @@ from .sides import (
 )
 from .source import Text, expr_from
 
-STEPS_DONE = sympy.Symbol("k", integer=True, positive=True)  # later steps: step = k + 1
+STEPS_DONE = sympy.Symbol("_k", integer=True, positive=True)  # later steps: step = _k + 1 (no spec name starts with _)
 REPLAY_STEPS = 4
 REPLAY_SEEDS = (0, 1, 2)
 
@@ -221,7 +221,7 @@ def _init_of(side: Side, key: str) -> sympy.Expr:
 
 def _step_cases(s: Setup, step_goals: list[Goal], b_init: dict):
     """One case for every step, or, where a branch reads the step count, the first step
-    (from the initial states) and the later ones (step = k + 1, k >= 1)."""
+    (from the initial states) and the later ones (step = _k + 1, _k >= 1)."""
     exprs = [e for g in step_goals for e in (g.left, g.right)]
     on_step = any(STEP_SYMBOL in rel.free_symbols for e in exprs for rel in e.atoms(sympy.core.relational.Relational))
     if not on_step:

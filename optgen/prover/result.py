@@ -56,8 +56,15 @@ class ClaimResult:
 
     def __str__(self) -> str:
         where = f"{self.loc}: " if self.loc else ""
-        verdict = self.proof.status if self.as_expected else f"{self.proof.status.upper()} (expected {self.expect})"
-        return f"{where}{self.spec} claim {self.index}: {self.proof.claim}: {verdict}"
+        return f"{where}{self.spec} claim {self.index}: {self.proof.claim}: {self.verdict}"
+
+    @property
+    def verdict(self) -> str:
+        """`refuted (as expected)`, or in capitals when the claim did not come out as it
+        expects: `REFUTED (expected proven)`."""
+        if self.as_expected:
+            return f"{self.proof.status} (as expected)"
+        return f"{self.proof.status.upper()} (expected {self.expect})"
 
 
 def verdict(obligations: list[Obligation], counterexample: dict | None) -> str:

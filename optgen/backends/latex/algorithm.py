@@ -56,8 +56,10 @@ class Namer:
         spec = self.spec
         for name in spec.scalar_hypers:
             self.names[name] = symbol_tex(spec, name)
+        snapshots = set(spec.state) - _written(spec.update, set(spec.state), definitely=False)
         for name in spec.state:
-            self.names[name] = with_index(symbol_tex(spec, name), PREVIOUS)
+            # a state the update never assigns keeps its initial value: x_0 at every step
+            self.names[name] = with_index(symbol_tex(spec, name), "0" if name in snapshots else PREVIOUS)
         self.names.update(
             {
                 PARAM: with_index(PARAM_TEX, PREVIOUS),

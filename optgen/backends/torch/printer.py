@@ -131,6 +131,12 @@ class HostPrinter(_Base):
     def _print_Piecewise(self, expr):
         return _conditional(self, expr)
 
+    def _print_Mod(self, expr):
+        return _integer_op(self, expr)
+
+    def _print_floor(self, expr):
+        return _integer_op(self, expr)
+
     def _print_And(self, expr):
         return " and ".join(self.parenthesize(a, PRECEDENCE["And"] + 1) for a in expr.args)
 
@@ -139,6 +145,16 @@ class HostPrinter(_Base):
 
     def _print_Not(self, expr):
         return f"not {self.parenthesize(expr.args[0], PRECEDENCE['Not'])}"
+
+
+def _integer_op(printer, expr) -> str:
+    """Mod(a, b) -> `a % b`; floor(a/b) -> `a // b` (both floored, in Python as in SymPy)."""
+    if isinstance(expr, sympy.Mod):
+        a, b, op = *expr.args, "%"
+    else:
+        (a, b), op = sympy.fraction(expr.args[0]), "//"
+    prec = PRECEDENCE["Mul"]
+    return f"({printer.parenthesize(a, prec)} {op} {printer.parenthesize(b, prec + 1)})"
 
 
 def _conditional(printer, expr) -> str:

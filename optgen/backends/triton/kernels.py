@@ -88,7 +88,7 @@ class PassBuilder:
         values = [v for v in self.program.values if v.name in need and v.scope != "host"]
         loaded = [v for v in values if v.is_reduction and v.name not in targets]
         computed = [v for v in values if v not in loaded]
-        outputs = self.program.outputs if stores else {}
+        outputs = self.program.writes if stores else {}
         reads = {s for v in computed for s in self._reads(v)} | set(outputs.values())
         body = self._scalar_loads(computed, loaded)
         body += self._input_loads(reads, set(outputs))
@@ -335,7 +335,7 @@ def _passes(setting: Setting, builder: PassBuilder):
     for k in range(last):
         targets = [r.name for r in setting.reductions if r.phase == k]
         yield f"reduce_{k + 1}", builder.build(targets, k, stores=False)
-    yield "update", builder.build(list(program.outputs.values()), last, stores=True)
+    yield "update", builder.build(list(program.writes.values()), last, stores=True)
 
 
 def _role_order(role: str):
@@ -351,7 +351,7 @@ def _kernel_doc(module: Module, role: str) -> list[str]:
             "into `global_values` (summed over every group by the caller).",
         ]
     if role == "update":
-        stored = _unique(name for s in module.settings for name in s.program.outputs)
+        stored = _unique(name for s in module.settings for name in s.program.writes)
         text = (
             f"The update pass: reads each element once, computes in float32, and writes {', '.join(stored)} "
             "back in their own dtypes (a per-tensor state by block 0 of its tensor)."

@@ -55,6 +55,17 @@ class _Printer(StrPrinter):
     def _print_Infinity(self, expr) -> str:
         return 'float("inf")'
 
+    def _print_Mod(self, expr) -> str:
+        return self._integer_op(*expr.args, "%")
+
+    def _print_floor(self, expr) -> str:
+        return self._integer_op(*sympy.fraction(expr.args[0]), "//")
+
+    def _integer_op(self, a, b, op: str) -> str:
+        """`step % k`, `step // k`: floored, as in SymPy (host values only, see parse)."""
+        prec = PRECEDENCE["Mul"]
+        return f"({self.parenthesize(a, prec)} {op} {self.parenthesize(b, prec + 1)})"
+
     def _print_NegativeInfinity(self, expr) -> str:
         return '-float("inf")'
 
