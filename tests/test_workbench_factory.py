@@ -61,7 +61,14 @@ def test_no_split_without_decay_and_model_exclusions():
     assert len(optgen.create_optimizer(model, "adam", lr=1e-3).param_groups) == 1  # adam's default decay is 0
     model.no_weight_decay = lambda: {"head.weight"}  # timm's hook
     opt = optgen.create_optimizer(model, "adamw", weight_decay=0.1, no_weight_decay=())
-    decayed = {n for n, p in model.named_parameters() for g in opt.param_groups if g["weight_decay"] for q in g["params"] if q is p}
+    decayed = {
+        n
+        for n, p in model.named_parameters()
+        for g in opt.param_groups
+        if g["weight_decay"]
+        for q in g["params"]
+        if q is p
+    }
     assert decayed == {"embed.weight"}
 
 

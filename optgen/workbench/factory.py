@@ -70,7 +70,9 @@ def create_optimizer(
     for group in (overrides or {}).values():
         unknown += sorted(k for k in group if k not in accepted)
     if unknown:
-        raise TypeError(f"{cls.__name__} has no hyperparameter {', '.join(map(repr, unknown))}; it takes {', '.join(accepted)}")
+        raise TypeError(
+            f"{cls.__name__} has no hyperparameter {', '.join(map(repr, unknown))}; it takes {', '.join(accepted)}"
+        )
     defaults = {k: v for k, v in given.items() if v is not None}
     decay = defaults.get("weight_decay", accepted.get("weight_decay", 0.0))
     if _is_module(model_or_params):
