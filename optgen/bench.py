@@ -402,7 +402,7 @@ def _ours(name: str):
 # quick: the default, under a minute for the catalog on a 2-core machine; thorough: the
 # setting of BENCHMARKS.md (a GPT-2-like 12M model, 30 interleaved samples per side).
 PRESETS = {
-    "quick": {"steps": 1, "repeats": 8, "warmup": 2, "params": 2.0, "tensors": 60},
+    "quick": {"steps": 1, "repeats": 6, "warmup": 1, "params": 1.0, "tensors": 40},
     "thorough": {"steps": 1, "repeats": 30, "warmup": 3, "params": 12.0, "tensors": 150},
 }
 
