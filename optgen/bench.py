@@ -401,9 +401,11 @@ def _ours(name: str):
 # --------------------------------------------------------------------------- command line
 # quick: the default, under a minute for the catalog on a 2-core machine; thorough: the
 # setting of BENCHMARKS.md (a GPT-2-like 12M model, 30 interleaved samples per side).
+# quick runs on one thread: on a shared machine, torch's OpenMP threads spin-waiting for each
+# other made a quick run many times slower (and its ratios noise); --threads overrides it.
 PRESETS = {
-    "quick": {"steps": 1, "repeats": 6, "warmup": 1, "params": 1.0, "tensors": 40},
-    "thorough": {"steps": 1, "repeats": 30, "warmup": 3, "params": 12.0, "tensors": 150},
+    "quick": {"steps": 1, "repeats": 6, "warmup": 1, "params": 1.0, "tensors": 40, "threads": 1},
+    "thorough": {"steps": 1, "repeats": 30, "warmup": 3, "params": 12.0, "tensors": 150, "threads": None},
 }
 
 
@@ -434,7 +436,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="fastest",
         help="fastest (default): torch.optim's foreach, pytorch_optimizer's loop (its faster path on CPU)",
     )
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (quick 1, thorough torch's choice)")
     p.add_argument(
         "--clock",
         choices=tuple(CLOCKS),
