@@ -523,29 +523,24 @@ def plot(rows: list[Row], path: Path) -> None:
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", lw=0.8)
     ax.axvline(GOAL, color="black", lw=0.8, ls="--")
-    ax.set_xlabel("optgen step time / reference step time (lower is faster; bars: pair-ratio IQR)")
+    ax.set_xlabel(
+        "step time, optgen / reference (lower: optgen faster)\nwhiskers: pair-ratio IQR; dashed: the 1.05 goal"
+    )
     fig.tight_layout()
     staging = path.with_name(f".{path.name}.{os.getpid()}")
-    fig.savefig(staging, format=path.suffix[1:], dpi=150, metadata={"Date": None} if path.suffix == ".svg" else {})
+    fig.savefig(
+        staging,
+        format=path.suffix[1:],
+        dpi=150,
+        bbox_inches="tight",
+        metadata={"Date": None} if path.suffix == ".svg" else {},
+    )
     plt.close(fig)
     os.replace(staging, path)
 
 
-def cli(args) -> int:
-    _apply_preset(args)
-    if args.device == "cuda":
-        return _run_gpu(args)
-    try:
-        _check_args(args)
-        chosen, notes = targets(_requested(args), args.self_check)
-        if not chosen:
-            raise BenchError("nothing to run: " + "; ".join(notes))
-    except BenchError as exc:
-        print(f"optgen bench: {exc}", file=sys.stderr)
-        return 2
-    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # else the profiler prints two lines per memory measurement
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def _bench_all(args, chosen: list[Target], notes: list[str]) -> tuple[list[Row], list[str], list[str]]:
+    """The rows, the notes, and the setup lines printed above them."""
     shapes = gpt_shapes(args.params, args.tensors)
     params, grads = make_problem(shapes, DTYPES[args.dtype])
     header = setup_lines(args, shapes, _argv(args) + (["--self-check"] if args.self_check else []))
@@ -561,7 +556,29 @@ def cli(args) -> int:
         print(f"  {target.name:<10} ratio {r.ratio:.3f}  ({1e3 * np.median(r.ours):.2f} ms vs "
               f"{1e3 * np.median(r.theirs):.2f} ms)", flush=True)  # fmt: skip
     progress.close()
-    notes += [f"{t.name}: {t.note}" for t in chosen if t.note]
+    return rows, notes + [f"{t.name}: {t.note}" for t in chosen if t.note], header
+
+
+def cli(args) -> int:
+    _apply_preset(args)
+    if args.device == "cuda":
+        return _run_gpu(args)
+    try:
+        _check_args(args)
+        chosen, notes = targets(_requested(args), args.self_check)
+        if not chosen:
+            raise BenchError("nothing to run: " + "; ".join(notes))
+    except BenchError as exc:
+        print(f"optgen bench: {exc}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # else the profiler prints two lines per memory measurement
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        rows, notes, header = _bench_all(args, chosen, notes)
+    finally:
+        torch.set_num_threads(threads)  # a caller in the same process (a test) keeps its own
     text = table(rows) + "".join(f"\n\nnote: {n}" for n in notes)
     print(text)
     if args.markdown:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 
 import pytest
 
@@ -126,3 +127,11 @@ def test_progress_bar_only_on_a_terminal():
         bar.close()
     assert "[##############..............] 2/4" in tty.getvalue()
     assert pipe.getvalue() == ""
+
+
+def test_missing_plotting_package_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    assert main(["compare", "adam", "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "needs matplotlib" in err and "pip install 'optgen[workbench]'" in err
+    assert not (tmp_path / "out").exists()
