@@ -399,13 +399,22 @@ def _ours(name: str):
 
 
 # --------------------------------------------------------------------------- command line
-# quick: the default, under a minute for the catalog on a 2-core machine; thorough: the
-# setting of BENCHMARKS.md (a GPT-2-like 12M model, 30 interleaved samples per side).
-# quick runs on one thread: on a shared machine, torch's OpenMP threads spin-waiting for each
-# other made a quick run many times slower (and its ratios noise); --threads overrides it.
+# quick: the default, under a minute for the catalog on a 2-core machine. thorough: the setting
+# of BENCHMARKS.md's table (a GPT-2-like 12M model, 40 interleaved samples per side, one thread
+# on the thread clock, which ignores time spent descheduled on a busy machine). Both run on one
+# thread: on a shared machine, torch's OpenMP threads spin-waiting for each other made a run
+# many times slower and its ratios noise. An explicit option wins over the preset.
 PRESETS = {
-    "quick": {"steps": 1, "repeats": 6, "warmup": 1, "params": 1.0, "tensors": 40, "threads": 1},
-    "thorough": {"steps": 1, "repeats": 30, "warmup": 3, "params": 12.0, "tensors": 150, "threads": None},
+    "quick": {"steps": 1, "repeats": 6, "warmup": 1, "params": 1.0, "tensors": 40, "threads": 1, "clock": "wall"},
+    "thorough": {
+        "steps": 1,
+        "repeats": 40,
+        "warmup": 3,
+        "params": 12.0,
+        "tensors": 150,
+        "threads": 1,
+        "clock": "thread",
+    },
 }
 
 
@@ -418,7 +427,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "class its parity: names, or against its own for-loop path when that does not import",
     )
     p.add_argument("--algorithms", nargs="+", metavar="NAME", help="the same as SPEC...")
-    p.add_argument("--thorough", action="store_true", help="the BENCHMARKS.md setting (minutes); default: quick")
+    p.add_argument("--thorough", action="store_true", help="the setting of BENCHMARKS.md's table (minutes)")
     q, t = PRESETS["quick"], PRESETS["thorough"]
     for name, kind, meta, text in (
         ("steps", int, None, "optimizer steps per timing sample"),
@@ -436,13 +445,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="fastest",
         help="fastest (default): torch.optim's foreach, pytorch_optimizer's loop (its faster path on CPU)",
     )
-    p.add_argument("--threads", type=int, help="torch intra-op threads (quick 1, thorough torch's choice)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default 1)")
     p.add_argument(
         "--clock",
         choices=tuple(CLOCKS),
-        default="wall",
-        help="wall: time.perf_counter; thread: CPU time of the calling thread, which ignores time spent "
-        "descheduled on a busy machine (needs --threads 1)",
+        help="wall (quick): time.perf_counter; thread (thorough): CPU time of the calling thread, which ignores "
+        "time spent descheduled on a busy machine (needs --threads 1)",
     )
     p.add_argument("--markdown", metavar="FILE", help="also write the setup and the table to FILE")
     p.add_argument("--plot", metavar="FILE.png|FILE.svg", help="also draw the ratios (needs matplotlib)")

@@ -147,6 +147,7 @@ def test_quick_default_and_thorough_presets():
     args = cli.parser("bench").parse_args(["bench", "--thorough", "--repeats", "5"])
     bench._apply_preset(args)
     assert (args.params, args.tensors, args.repeats) == (12.0, 150, 5)  # an explicit option wins
+    assert (args.threads, args.clock) == (1, "thread")  # BENCHMARKS.md's table
 
 
 def test_no_allocator_warning_on_stderr(capfd):
