@@ -135,3 +135,10 @@ def test_missing_plotting_package_is_named(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "needs matplotlib" in err and "pip install 'optgen[workbench]'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_the_functions_that_exist():
+    from optgen.workbench.cli import _function_names
+    from optgen.workbench.problems import FUNCTIONS
+
+    assert _function_names() == list(FUNCTIONS)
