@@ -3,6 +3,8 @@
 spec = optgen.load("adam")           # a catalog name, a path, or YAML text
 report = optgen.check(spec)          # .ok, .findings
 Adam = optgen.compile(spec)          # a torch.optim.Optimizer subclass
+opt = optgen.create_optimizer(model, "adamw", lr=1e-3, weight_decay=0.05)
+optgen.available()                   # the catalog names
 """
 
 from __future__ import annotations
@@ -13,8 +15,22 @@ from . import catalog
 from .check import Report, check
 from .errors import CompileError, Loc, SpecError
 from .spec import Spec
+from .workbench.factory import available, create_optimizer
 
-__all__ = ["CompileError", "Loc", "Report", "Spec", "SpecError", "check", "compile", "latex", "load", "prove"]
+__all__ = [
+    "CompileError",
+    "Loc",
+    "Report",
+    "Spec",
+    "SpecError",
+    "available",
+    "check",
+    "compile",
+    "create_optimizer",
+    "latex",
+    "load",
+    "prove",
+]
 __version__ = "0.1.0"
 
 

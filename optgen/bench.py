@@ -8,7 +8,10 @@ drift in the machine's speed (other processes, frequency, memory traffic) falls 
 alike. Reported: the median step time of each side, the ratio of the medians, the spread of
 the per-pair ratios, and each side's peak extra memory during one (untimed) step.
 
-``--device cuda`` hands over to ``optgen.bench_gpu`` (the Triton path).
+Any spec can be benchmarked (`optgen bench my_optimizer.yaml`): its reference is the class its
+`parity:` names when that imports, else optgen's own for-loop path (the foreach path's baseline).
+The default is a quick run (under a minute for the catalog); ``--thorough`` is the setting of
+BENCHMARKS.md. ``--device cuda`` hands over to ``optgen.bench_gpu`` (the Triton path).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import datetime
 import gc
 import importlib
 import importlib.metadata
+import importlib.util
+import inspect
 import math
 import os
 import platform
@@ -133,7 +138,8 @@ class Side:
         for leaf, g in zip(self.params, grads):
             leaf.grad = g.clone()
         self.grads = grads
-        self.opt = cls(self.params, foreach=foreach, **kwargs)
+        takes_foreach = "foreach" in inspect.signature(cls).parameters  # not every reference has a foreach path
+        self.opt = cls(self.params, **kwargs, **({"foreach": foreach} if takes_foreach else {}))
 
     def _restore_grads(self) -> None:
         # Some references overwrite p.grad (pytorch_optimizer's Adan loop negates it in place).
@@ -154,31 +160,46 @@ class Side:
         return total / steps
 
     def peak_extra_bytes(self) -> int | None:
+        """The first two steps, under the profiler; the second one's peak (see peak_extra_bytes)."""
         self._restore_grads()
-        return peak_extra_bytes(self.opt)
+        return peak_extra_bytes(self.opt, self._restore_grads)
 
 
-def peak_extra_bytes(opt) -> int | None:
-    """Peak bytes allocated and still live during one step, above what was live before it.
+_MEASURED = "optgen_bench_measured_step"
+
+
+def peak_extra_bytes(opt, between=lambda: None) -> int | None:
+    """Peak bytes allocated during a step above what was live before it: the second of two
+    steps of a new optimizer (the first creates the state).
 
     Read from the allocation and free events that torch's CPU allocator reports to the
-    profiler (profile_memory=True), so buffers made inside C++ kernels count too. None if
-    this torch does not expose the events.
+    profiler (profile_memory=True), so buffers made inside C++ kernels count too. Profiling
+    starts before the first step, so every block the measured step frees (a state tensor the
+    step replaces, as pytorch_optimizer's Lamb does) was allocated under the profiler: else
+    the allocator logs "Memory block of unknown size was allocated before the profiling
+    started" to stderr. None if this torch does not expose the events.
     """
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         opt.step()
+        between()
+        with record_function(_MEASURED):
+            opt.step()
     try:
         events = prof.profiler.kineto_results.events()
+        mark = next(e for e in events if e.name() == _MEASURED)
+        start, end = mark.start_ns(), mark.end_ns()
         changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
-    except AttributeError:
+    except (AttributeError, StopIteration):
         return None
-    live = peak = 0
-    for _, nbytes in changes:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
+    live = sum(nbytes for t, nbytes in changes if t < start)
+    base = peak = live
+    for t, nbytes in changes:
+        if start <= t <= end:
+            live += nbytes
+            peak = max(peak, live)
+    return peak - base
 
 
 # --------------------------------------------------------------------------- one algorithm
@@ -203,19 +224,16 @@ class Row:
         return float(np.percentile(pairs, 25)), float(np.percentile(pairs, 75))
 
 
-def bench_one(name: str, ours_cls, cfg, params, grads) -> Row:
-    entry = ALGORITHMS[name]
+def bench_one(target: Target, cfg, params, grads) -> Row:
+    name, ours_cls, ref_cls, entry = target.name, target.ours, target.reference, target.entry
     if cfg.reference_path != "fastest":
         entry = dataclasses.replace(entry, reference_foreach=cfg.reference_path == "foreach")
-    ref_cls = resolve(entry.reference)
     if ours_cls is None:  # --self-check: the reference, on its own path, against itself
         ours = Side(ref_cls, params, grads, entry.kwargs, entry.reference_foreach)
     else:
         ours = Side(ours_cls, params, grads, entry.kwargs, foreach=True)
     sides = (ours, Side(ref_cls, params, grads, entry.kwargs, entry.reference_foreach))
-    for side in sides:
-        side.step()  # creates the state, so that the memory measured next is the step's own
-    peaks = [side.peak_extra_bytes() for side in sides]
+    peaks = [side.peak_extra_bytes() for side in sides]  # steps 1 (creating the state) and 2
     for _ in range(cfg.warmup):
         for side in sides:
             side.step()
@@ -302,14 +320,123 @@ def _cpu_model() -> str:
     return platform.processor() or "CPU"
 
 
+# --------------------------------------------------------------------------- what to bench
+@dataclass(frozen=True)
+class Target:
+    """One row: optgen's class for a spec and what it is timed against."""
+
+    name: str
+    ours: type | None  # None: --self-check (the reference against itself)
+    entry: Entry
+    reference: type  # the reference class (optgen's own, on its loop path, when there is none)
+    note: str = ""  # why the reference is what it is, when it is not the spec's parity reference
+
+
+OPTIONAL = {"pytorch_optimizer": "pytorch-optimizer", "adabound": "adabound"}  # module -> pip name
+
+
+def _missing(module: str) -> str:
+    name = OPTIONAL.get(module.split(".")[0], module.split(".")[0])
+    return f"the reference needs {name!r}, which is not installed (pip install 'optgen[bench]')"
+
+
+def _spec_target(arg: str, self_check: bool) -> Target:
+    """A spec outside ALGORITHMS (a catalog name or a path): its parity reference when that
+    imports, else optgen's own for-loop path."""
+    from . import catalog, load
+    from .workbench.factory import optimizer_class
+
+    is_path = arg.endswith((".yaml", ".yml"))
+    if not is_path and catalog.path_of(arg) is None:
+        raise BenchError(
+            f"unknown algorithm(s) {arg}: neither a catalog spec ({', '.join(catalog.names())}) nor a .yaml path"
+        )
+    spec = load(Path(arg) if is_path else arg)
+    ours = optimizer_class(Path(arg) if is_path else arg)
+    module, _, cls_name = spec.parity.rpartition(".")
+    if module and cls_name:
+        try:
+            ref = getattr(importlib.import_module(module), cls_name)
+            entry = Entry(f"{module}:{cls_name}", {}, reference_foreach=module.startswith("torch.optim"))
+            return Target(spec.name, None if self_check else ours, entry, ref)
+        except ModuleNotFoundError as exc:
+            note = f"parity reference {spec.parity}: {_missing(exc.name or module)}; timed against its own loop path"
+        except AttributeError:
+            note = f"parity reference {spec.parity} does not exist; timed against its own loop path"
+    else:
+        note = f"no importable parity reference ({spec.parity!r}): timed against its own loop path"
+    entry = Entry(f"optgen:{spec.name}", {}, reference_foreach=False)
+    return Target(spec.name, None if self_check else ours, entry, ours, note)
+
+
+def targets(requested: list[str], self_check: bool) -> tuple[list[Target], list[str]]:
+    """The rows to run and the notes on what was skipped; a known algorithm whose reference
+    package is missing is skipped with a note (the others still run)."""
+    by_lower = {name.lower(): name for name in ALGORITHMS}
+    names = [part for item in requested for part in item.split(",") if part] or list(ALGORITHMS)
+    out, notes = [], []
+    for arg in names:
+        if arg.lower() not in by_lower:
+            out.append(_spec_target(arg, self_check))
+            continue
+        name = by_lower[arg.lower()]
+        entry = ALGORITHMS[name]
+        try:
+            ref = resolve(entry.reference)
+        except BenchError as exc:
+            notes.append(f"{name} skipped: {exc}; pip install 'optgen[bench]'")
+            continue
+        out.append(Target(name, None if self_check else _ours(name), entry, ref))
+    return out, notes
+
+
+def _ours(name: str):
+    try:
+        optimizers = importlib.import_module("optgen.optimizers")
+        return getattr(optimizers, name)
+    except (ModuleNotFoundError, AttributeError) as exc:
+        raise BenchError(f"optgen.optimizers has no {name}: run `optgen build` (or pass --self-check)") from exc
+
+
 # --------------------------------------------------------------------------- command line
+# quick: the default, under a minute for the catalog on a 2-core machine. thorough: the setting
+# of BENCHMARKS.md's table (a GPT-2-like 12M model, 40 interleaved samples per side, one thread
+# on the thread clock, which ignores time spent descheduled on a busy machine). Both run on one
+# thread: on a shared machine, torch's OpenMP threads spin-waiting for each other made a run
+# many times slower and its ratios noise. An explicit option wins over the preset.
+PRESETS = {
+    "quick": {"steps": 1, "repeats": 6, "warmup": 1, "params": 1.0, "tensors": 40, "threads": 1, "clock": "wall"},
+    "thorough": {
+        "steps": 1,
+        "repeats": 40,
+        "warmup": 3,
+        "params": 12.0,
+        "tensors": 150,
+        "threads": 1,
+        "clock": "thread",
+    },
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algorithms", nargs="+", metavar="NAME", help=f"default: all of {', '.join(ALGORITHMS)}")
-    p.add_argument("--steps", type=int, default=1, help="optimizer steps per timing sample (default 1)")
-    p.add_argument("--repeats", type=int, default=30, help="interleaved timing samples per side (default 30)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps per side first (default 3)")
-    p.add_argument("--params", type=float, default=12.0, metavar="MILLIONS", help="model size (default 12)")
-    p.add_argument("--tensors", type=int, default=150, help="about this many parameter tensors (default 150)")
+    p.add_argument(
+        "specs",
+        nargs="*",
+        metavar="SPEC",
+        help=f"catalog names or spec paths (default: {', '.join(ALGORITHMS)}); a spec is timed against the "
+        "class its parity: names, or against its own for-loop path when that does not import",
+    )
+    p.add_argument("--algorithms", nargs="+", metavar="NAME", help="the same as SPEC...")
+    p.add_argument("--thorough", action="store_true", help="the setting of BENCHMARKS.md's table (minutes)")
+    q, t = PRESETS["quick"], PRESETS["thorough"]
+    for name, kind, meta, text in (
+        ("steps", int, None, "optimizer steps per timing sample"),
+        ("repeats", int, None, "interleaved timing samples per side"),
+        ("warmup", int, None, "untimed steps per side first"),
+        ("params", float, "MILLIONS", "model size"),
+        ("tensors", int, None, "about this many parameter tensors"),
+    ):
+        p.add_argument(f"--{name}", type=kind, metavar=meta, help=f"{text} (quick {q[name]:g}, thorough {t[name]:g})")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the Triton path (optgen.bench_gpu)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument(
@@ -318,15 +445,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="fastest",
         help="fastest (default): torch.optim's foreach, pytorch_optimizer's loop (its faster path on CPU)",
     )
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default 1)")
     p.add_argument(
         "--clock",
         choices=tuple(CLOCKS),
-        default="wall",
-        help="wall: time.perf_counter; thread: CPU time of the calling thread, which ignores time spent "
-        "descheduled on a busy machine (needs --threads 1)",
+        help="wall (quick): time.perf_counter; thread (thorough): CPU time of the calling thread, which ignores "
+        "time spent descheduled on a busy machine (needs --threads 1)",
     )
     p.add_argument("--markdown", metavar="FILE", help="also write the setup and the table to FILE")
+    p.add_argument("--plot", metavar="FILE.png|FILE.svg", help="also draw the ratios (needs matplotlib)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--self-check",
         action="store_true",
@@ -334,40 +462,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _algorithm_names(requested: list[str] | None) -> list[str]:
-    if not requested:
-        return list(ALGORITHMS)
-    by_lower = {name.lower(): name for name in ALGORITHMS}
-    names = [part for item in requested for part in item.split(",") if part]
-    unknown = [n for n in names if n.lower() not in by_lower]
-    if unknown:
-        raise BenchError(f"unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}")
-    return [by_lower[n.lower()] for n in names]
-
-
-def _candidates(names: list[str], self_check: bool) -> dict:
-    if self_check:
-        return dict.fromkeys(names)
-    try:
-        optimizers = importlib.import_module("optgen.optimizers")
-    except ModuleNotFoundError as exc:
-        raise BenchError("optgen.optimizers is missing: run `optgen build` (or pass --self-check)") from exc
-    missing = [n for n in names if not hasattr(optimizers, n)]
-    if missing:
-        raise BenchError(f"optgen.optimizers has no {', '.join(missing)}")
-    return {n: getattr(optimizers, n) for n in names}
+def _apply_preset(args) -> None:
+    for name, value in PRESETS["thorough" if args.thorough else "quick"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def _argv(args) -> list[str]:
     """The options of this run, spelled out: printed with the results, passed on to bench_gpu."""
-    argv = ["--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-    argv += ["--params", str(args.params), "--tensors", str(args.tensors), "--dtype", args.dtype]
+    argv = ["--thorough"] if args.thorough else []
+    argv += ["--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    argv += ["--params", f"{args.params:g}", "--tensors", str(args.tensors), "--dtype", args.dtype]
     argv += ["--reference-path", args.reference_path] if args.reference_path != "fastest" else []
     argv += ["--threads", str(args.threads)] if args.threads else []
     argv += ["--clock", args.clock] if args.clock != "wall" else []
-    if args.algorithms:
-        argv += ["--algorithms", *args.algorithms]
-    return argv
+    return argv + _requested(args)
+
+
+def _requested(args) -> list[str]:
+    return [*(args.specs or []), *(args.algorithms or [])]
 
 
 def _run_gpu(args) -> int:
@@ -381,44 +494,103 @@ def _run_gpu(args) -> int:
         return 2
     # the GPU benchmark's workloads are fixed (1B flat, GPT-2 small fp32/bf16): pass on only
     # the choice of algorithms and where to write the table
-    argv = (["--algorithms", *args.algorithms] if args.algorithms else []) + (
+    argv = (["--algorithms", *_requested(args)] if _requested(args) else []) + (
         ["--markdown", args.markdown] if args.markdown else []
     )
     return gpu.main(argv)
 
 
-def cli(args) -> int:
-    if args.device == "cuda":
-        return _run_gpu(args)
-    try:
-        names = _algorithm_names(args.algorithms)
-        if min(args.steps, args.repeats) < 1 or args.warmup < 0 or args.params <= 0 or args.tensors < 1:
-            raise BenchError("--steps and --repeats must be >= 1, --warmup >= 0, --params > 0, --tensors >= 1")
-        if args.clock == "thread" and args.threads != 1:
-            raise BenchError("--clock thread sees only the calling thread's CPU time: add --threads 1")
-        candidates = _candidates(names, args.self_check)
-    except BenchError as exc:
-        print(f"optgen bench: {exc}", file=sys.stderr)
-        return 2
-    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # else the profiler prints two lines per memory measurement
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def _check_args(args) -> None:
+    if min(args.steps, args.repeats) < 1 or args.warmup < 0 or args.params <= 0 or args.tensors < 1:
+        raise BenchError("--steps and --repeats must be >= 1, --warmup >= 0, --params > 0, --tensors >= 1")
+    if args.clock == "thread" and args.threads != 1:
+        raise BenchError("--clock thread sees only the calling thread's CPU time: add --threads 1")
+    if args.plot:
+        if not args.plot.endswith((".png", ".svg")):
+            raise BenchError("--plot writes a .png or an .svg file")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise BenchError("--plot needs matplotlib, which is not installed: pip install 'optgen[workbench]'")
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    """Each algorithm's ratio (median of optgen's step times over the reference's), with the
+    interquartile range of the per-pair ratios."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.hashsalt"] = "optgen"
+    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(rows) + 1.2))
+    ratios = [r.ratio for r in rows]
+    lo = [r.ratio - min(r.ratio, r.ratio_iqr[0]) for r in rows]
+    hi = [max(r.ratio, r.ratio_iqr[1]) - r.ratio for r in rows]
+    colors = ["#2a9d8f" if x <= GOAL else "#e76f51" for x in ratios]
+    ax.barh(range(len(rows)), ratios, xerr=[lo, hi], color=colors, capsize=3)
+    ax.set_yticks(range(len(rows)), [f"{r.name} vs {r.reference}" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.axvline(GOAL, color="black", lw=0.8, ls="--")
+    ax.set_xlabel(
+        "step time, optgen / reference (lower: optgen faster)\nwhiskers: pair-ratio IQR; dashed: the 1.05 goal"
+    )
+    fig.tight_layout()
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    fig.savefig(
+        staging,
+        format=path.suffix[1:],
+        dpi=150,
+        bbox_inches="tight",
+        metadata={"Date": None} if path.suffix == ".svg" else {},
+    )
+    plt.close(fig)
+    os.replace(staging, path)
+
+
+def _bench_all(args, chosen: list[Target], notes: list[str]) -> tuple[list[Row], list[str], list[str]]:
+    """The rows, the notes, and the setup lines printed above them."""
     shapes = gpt_shapes(args.params, args.tensors)
     params, grads = make_problem(shapes, DTYPES[args.dtype])
     header = setup_lines(args, shapes, _argv(args) + (["--self-check"] if args.self_check else []))
     print("\n".join(header), flush=True)
+    from .workbench.progress import Progress
+
+    progress = Progress(len(chosen), enabled=False if args.quiet else None)
     rows = []
-    for name in names:
-        try:
-            rows.append(bench_one(name, candidates[name], args, params, grads))
-        except BenchError as exc:
-            print(f"optgen bench: {exc}", file=sys.stderr)
-            return 2
+    for target in chosen:
+        rows.append(bench_one(target, args, params, grads))
+        progress.advance(target.name)
         r = rows[-1]
-        print(f"  {name:<10} ratio {r.ratio:.3f}  ({1e3 * np.median(r.ours):.2f} ms vs "
+        print(f"  {target.name:<10} ratio {r.ratio:.3f}  ({1e3 * np.median(r.ours):.2f} ms vs "
               f"{1e3 * np.median(r.theirs):.2f} ms)", flush=True)  # fmt: skip
-    text = table(rows)
+    progress.close()
+    return rows, notes + [f"{t.name}: {t.note}" for t in chosen if t.note], header
+
+
+def cli(args) -> int:
+    _apply_preset(args)
+    if args.device == "cuda":
+        return _run_gpu(args)
+    try:
+        _check_args(args)
+        chosen, notes = targets(_requested(args), args.self_check)
+        if not chosen:
+            raise BenchError("nothing to run: " + "; ".join(notes))
+    except BenchError as exc:
+        print(f"optgen bench: {exc}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # else the profiler prints two lines per memory measurement
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        rows, notes, header = _bench_all(args, chosen, notes)
+    finally:
+        torch.set_num_threads(threads)  # a caller in the same process (a test) keeps its own
+    text = table(rows) + "".join(f"\n\nnote: {n}" for n in notes)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text("\n".join(f"- {line}" for line in header) + "\n\n" + text + "\n")
+    if args.plot:
+        plot(rows, Path(args.plot))
     return 0

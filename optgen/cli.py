@@ -164,6 +164,10 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
         if command == "bench":
             importlib.import_module(".bench", __package__).add_arguments(be)
         be.set_defaults(run=_module_command(".bench", "cli"))
+    co = sub.add_parser("compare", help="compare optimizers on 2-D test functions and a small training task")
+    if command == "compare":
+        importlib.import_module(".workbench.cli", __package__).add_arguments(co)
+    co.set_defaults(run=_module_command(".workbench.cli", "cli"))
     return p
 
 

@@ -7,6 +7,7 @@ import math
 import re
 import sys
 import types
+from pathlib import Path
 
 from optgen import bench, cli
 
@@ -77,7 +78,8 @@ def test_gpt_shapes_hit_the_requested_size():
 def test_bad_input_exits_2(capsys):
     assert cli.main(["bench", *TINY, "--algorithms", "adamm", "--self-check"]) == 2
     assert "unknown algorithm" in capsys.readouterr().err
-    assert cli.main(["bench", *TINY, "--clock", "thread", "--self-check"]) == 2
+    # quick runs on one thread, where the thread clock is right; with more threads it is refused
+    assert cli.main(["bench", *TINY, "--clock", "thread", "--threads", "2", "--self-check"]) == 2
     assert "--threads 1" in capsys.readouterr().err
 
 
@@ -96,3 +98,62 @@ def test_cuda_hands_algorithms_and_table_to_bench_gpu(monkeypatch, tmp_path):
     assert cli.main(["bench", "--device", "cuda", "--algorithms", "adan", "--repeats", "7", "--markdown", table]) == 0
     (argv,) = seen
     assert argv == ["--algorithms", "adan", "--markdown", table]  # the GPU workloads are fixed
+
+
+YOGI = str(Path(__file__).resolve().parent.parent / "docs" / "examples" / "yogi.yaml")
+
+
+def test_user_spec_picks_its_parity_reference(capsys, tmp_path):
+    """A spec outside the table (`unknown algorithm(s) Yogi` before): its parity: names
+    pytorch_optimizer.Yogi, which imports, so it is the reference; the float32 results agree."""
+    plot = tmp_path / "ratios.svg"
+    code, out = _run(capsys, *TINY, YOGI, "--plot", str(plot))
+    assert code == 0
+    row = _rows(out)["Yogi"]
+    assert row["reference"] == "pytorch_optimizer.Yogi (loop)"
+    assert float(row["max rel diff"]) < 1e-4
+    assert plot.read_text().startswith("<?xml") and "Yogi" in plot.read_text()
+    assert "note:" not in out
+
+
+def test_spec_without_importable_reference_is_timed_against_its_loop(capsys, tmp_path):
+    text = Path(YOGI).read_text().replace("parity: pytorch_optimizer.Yogi", "parity: independent")
+    spec = tmp_path / "yogi_independent.yaml"
+    spec.write_text(text)
+    code, out = _run(capsys, *TINY, str(spec), "setadam")
+    assert code == 0
+    rows = _rows(out)
+    assert rows["Yogi"]["reference"] == "optgen.Yogi (loop)"
+    assert rows["SETAdam"]["reference"] == "optgen.SETAdam (loop)"
+    assert float(rows["Yogi"]["max rel diff"]) < 1e-4  # foreach and loop paths agree
+    assert "note: Yogi: no importable parity reference ('independent')" in out
+
+
+def test_missing_reference_package_is_reported_and_skipped(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytorch_optimizer", None)  # as if not installed
+    code, out = _run(capsys, *TINY, "adam", "lion", YOGI)
+    assert code == 0
+    rows = _rows(out)
+    assert list(rows) == ["Adam", "Yogi"]
+    assert "Lion skipped" in out and "pip install 'optgen[bench]'" in out
+    assert rows["Yogi"]["reference"] == "optgen.Yogi (loop)"
+    assert "parity reference pytorch_optimizer.Yogi" in out
+
+
+def test_quick_default_and_thorough_presets():
+    args = cli.parser("bench").parse_args(["bench"])
+    bench._apply_preset(args)
+    assert (args.params, args.repeats) == (bench.PRESETS["quick"]["params"], bench.PRESETS["quick"]["repeats"])
+    args = cli.parser("bench").parse_args(["bench", "--thorough", "--repeats", "5"])
+    bench._apply_preset(args)
+    assert (args.params, args.tensors, args.repeats) == (12.0, 150, 5)  # an explicit option wins
+    assert (args.threads, args.clock) == (1, "thread")  # BENCHMARKS.md's table
+
+
+def test_no_allocator_warning_on_stderr(capfd):
+    """pytorch_optimizer's Lamb frees a state tensor each step: profiling from after the
+    first step made torch's CPU allocator log a warning to the process's stderr."""
+    assert cli.main(["bench", *TINY, "--algorithms", "lamb"]) == 0
+    err = capfd.readouterr().err
+    assert "CPUAllocator" not in err and "unknown size" not in err
+    assert err == ""

@@ -88,7 +88,9 @@ def context(spec: Spec) -> dict:
         "hypers": _hypers(spec),
         "has_docs": any(h.doc for h in spec.hyperparameters.values()),
         "options": [{"name": o.name, "default": str(o.default).lower(), "doc": o.doc} for o in spec.options.values()],
-        "box": Tex(algorithm.aligned(algorithm.box_lines(spec), indent="", env="align*")),
+        "stem": spec.module_name,
+        # `aligned` in a display, not `align*`: the box is one block that never breaks across pages
+        "box": Tex("\\[\n" + algorithm.aligned(algorithm.box_lines(spec), indent="") + "\n\\]"),
         "equations": Tex(equations),
         "default_options": _options_text(spec.default_options()),
         "primes": "'" in equations,
@@ -100,10 +102,12 @@ def context(spec: Spec) -> dict:
 
 
 def render_spec(spec: Spec) -> str:
-    """A standalone LaTeX document for one spec."""
+    """A standalone LaTeX document for one spec; `\\input` into another document, it gives
+    the algorithm box alone."""
     return environment().get_template("spec.tex.j2").render(spec=context(spec))
 
 
 def render_sheet(specs: list[Spec], title: str = "optgen formula sheet") -> str:
-    """The formula sheet: a title page listing the algorithms, then one page per algorithm."""
+    """The formula sheet: a title page listing the algorithms, then one page per algorithm
+    (one algorithm: no title page)."""
     return environment().get_template("sheet.tex.j2").render(title=title, specs=[context(s) for s in specs])

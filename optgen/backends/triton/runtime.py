@@ -129,12 +129,26 @@ def load(spec_key: str) -> ModuleType:
 
 
 def _import(key: str, path: Path) -> ModuleType:
+    _require_triton()
     name = f"optgen_triton_{key}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
     module_spec.loader.exec_module(module)
     return module
+
+
+def _require_triton() -> None:
+    """Triton is an optional dependency (`optgen[triton]`): only the fused path needs it."""
+    try:
+        import triton  # noqa: F401 - the generated module imports it next; this says why it is needed
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            "fused=True runs optgen's Triton kernels, but triton is not installed: "
+            "pip install 'optgen[triton]' (a CUDA GPU, or CPU tensors under TRITON_INTERPRET=1), "
+            "or leave fused unset to use the foreach or for-loop path",
+            name="triton",
+        ) from exc
 
 
 def interpreting() -> bool:
