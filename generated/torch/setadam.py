@@ -42,7 +42,8 @@ class SETAdam(Optimizer):
            &\hspace{5mm}v_{t} \leftarrow \beta_2 v_{t-1} + \left(1 - \beta_2\right) g_{t}^{2} \\
            &\hspace{5mm}\mathrm{bias\_correction1} \leftarrow 1 - \beta_1^{t} \\
            &\hspace{5mm}\mathrm{bias\_correction2} \leftarrow 1 - \beta_2^{t} \\
-           &\hspace{5mm}\mathrm{cos\_sq} \leftarrow \frac{\left(\sum_{i} v_{t}\right)^{2}}{\operatorname{numel}(\theta) \sum_{i} v_{t}^{2}} \\
+           &\hspace{5mm}\mathrm{sum\_sq} \leftarrow \sum_{i} v_{t}^{2} \\
+           &\hspace{5mm}\mathrm{cos\_sq} \leftarrow \begin{cases} \displaystyle \frac{\left(\sum_{i} v_{t}\right)^{2}}{\operatorname{numel}(\theta) \cdot \mathrm{sum\_sq}} & \text{if } \mathrm{sum\_sq} > 0 \\ \displaystyle 1 & \text{otherwise} \end{cases} \\
            &\hspace{5mm}\mathrm{scaled\_exp\_avg\_sq} \leftarrow \mathrm{cos\_sq} \cdot v_{t} \\
            &\hspace{5mm}\mathrm{denom} \leftarrow \sqrt{\frac{\mathrm{scaled\_exp\_avg\_sq}}{\mathrm{bias\_correction2}} + \epsilon} \\
            &\hspace{5mm}\mathrm{translated\_denom} \leftarrow \mathrm{denom} - \tau \min_{i} \mathrm{denom} \\
@@ -80,7 +81,14 @@ class SETAdam(Optimizer):
     all-ones vector, in [1/numel, 1]; it is invariant to a positive rescaling of v. The
     summary does not fix the weight-decay form or eps: this spec follows torch.optim.Adam
     (L2 by default, decoupled_weight_decay=True for the AdamW form; eps = 1e-8, here inside
-    the square root). An all-zero v (a tensor whose gradients were all 0) makes cos_sq 0/0.
+    the square root). An all-zero v (a tensor whose gradients were all 0, or so small that
+    sum(v^2) underflows, |g| <= 1e-12 in float32) makes the formula 0/0; cos_sq is then 1.
+    cos^2(v, 1) has no limit at v = 0 (along v = c*u, c -> 0+, it stays cos^2(u, 1),
+    anything in [1/numel, 1]), but there the update does not depend on it: the scaled v is
+    cos_sq * v = 0 for every finite cos_sq. 1 is the value for a uniform v, the top of the
+    range (no down-scaling, plain Adam's denominator), so the guard never scales v by more
+    than the formula can; the denominator stays >= (1 - tau) * sqrt(eps) > 0 and the update
+    finite.
 
     Paper: Zhang, "On Suppressing Range of Adaptive Stepsizes of Adam to Improve
     Generalisation Performance", arXiv:2302.01029, 2023.
@@ -310,9 +318,11 @@ def _single_tensor_setadam(
                 grad = grad.add(param, alpha=weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        sum_exp_avg_sq = exp_avg_sq.sum()
         exp_avg_sq_norm = torch.linalg.vector_norm(exp_avg_sq)
-        cos_sq = sum_exp_avg_sq**2 / (exp_avg_sq_norm**2 * param.numel())
+        sum_exp_avg_sq = exp_avg_sq.sum()
+        cos_sq = torch.where(
+            exp_avg_sq_norm**2 > 0, sum_exp_avg_sq**2 / (exp_avg_sq_norm**2 * param.numel()), 1.0
+        )
         min_exp_avg_sq = exp_avg_sq.amin()
         min_denom = torch.sqrt(eps + cos_sq * min_exp_avg_sq / bias_correction2)
         neg_min_denom_tau = -min_denom * tau
@@ -372,12 +382,14 @@ def _multi_tensor_setadam(
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-    sum_exp_avg_sqs = [x.sum() for x in exp_avg_sqs]
     exp_avg_sq_norms = torch._foreach_norm(exp_avg_sqs)
-    cos_sqs = torch._foreach_mul(sum_exp_avg_sqs, sum_exp_avg_sqs)
-    torch._foreach_div_(cos_sqs, exp_avg_sq_norms)
-    torch._foreach_div_(cos_sqs, exp_avg_sq_norms)
-    torch._foreach_div_(cos_sqs, [param.numel() for param in params])
+    sum_exp_avg_sqs = [x.sum() for x in exp_avg_sqs]
+    cos_sqs = [
+        torch.where(
+            exp_avg_sq_norm**2 > 0, sum_exp_avg_sq**2 / (exp_avg_sq_norm**2 * param.numel()), 1.0
+        )
+        for exp_avg_sq_norm, param, sum_exp_avg_sq in zip(exp_avg_sq_norms, params, sum_exp_avg_sqs)
+    ]
     min_exp_avg_sqs = [x.amin() for x in exp_avg_sqs]
     min_denoms = torch._foreach_mul(cos_sqs, min_exp_avg_sqs)
     torch._foreach_div_(min_denoms, bias_correction2_list)
