@@ -54,7 +54,8 @@ TOP_KEYS = {
     "claims",
     "gradient_at",
 }
-HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc"}
+HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc", "tensor"}
+TENSOR_RULES = ("accept", "not_with_foreach")  # a hyperparameter given as a 1-element tensor
 STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc"}
 OPTION_KEYS = {"default", "doc"}
 MAX_SOURCE = 200_000
@@ -747,8 +748,28 @@ class SpecBuilder:
         for n in names:
             self.symbols[n] = symbol(n, **assumptions_for(interval))
         return Hyperparameter(
-            key, names, tuple(defaults), interval, tex, loc, captured, _text(fields.get("doc"), "text")
+            key,
+            names,
+            tuple(defaults),
+            interval,
+            tex,
+            loc,
+            captured,
+            _text(fields.get("doc"), "text"),
+            self.tensor_rule(key, fields, captured is None and "names" not in fields),
         )
+
+    def tensor_rule(self, key: str, fields: dict[str, Node], scalar_keyword: bool) -> str:
+        """`tensor:` what a 1-element tensor value does (torch.optim.Adam's lr rule, or accept)."""
+        node = fields.get("tensor")
+        if node is None:
+            return "accept"
+        rule = _expect(node, str, f"one of {', '.join(TENSOR_RULES)}")
+        if rule not in TENSOR_RULES:
+            raise SpecError(node.loc, f"`tensor` of `{key}` must be one of {', '.join(TENSOR_RULES)}, not {rule!r}")
+        if not scalar_keyword:
+            raise SpecError(node.loc, f"`tensor` applies to a scalar constructor keyword; `{key}` is not one")
+        return rule
 
     def declare_key(self, key: str, loc: Loc) -> None:
         _check_name(key, loc, "bad hyperparameter name")

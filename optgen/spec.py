@@ -42,6 +42,9 @@ class Hyperparameter:
     loc: Loc
     captured: str | None = None  # `captured: lr`: copied from lr when the group is made
     doc: str = ""
+    # a 1-element tensor value: "accept" (read as its value where a Python number is needed)
+    # or "not_with_foreach" (torch.optim.Adam's lr: a ValueError with foreach=True)
+    tensor: str = "accept"
 
     @property
     def is_tuple(self) -> bool:

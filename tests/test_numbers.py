@@ -78,3 +78,68 @@ def test_setadam_reference_interpreter_agrees_at_zero():
         oracle.step(grads)
     for a, b in zip(ref.params, oracle.params):
         assert np.isfinite(a).all() and max_rel_diff(a, b) <= 1e-14
+
+
+# --------------------------------------------------------------------------- a tensor lr
+TORCH_PARITY = [n for n in optimizers.__all__ if getattr(optimizers, n).__doc__.count("``torch.optim.")]
+OTHERS = [n for n in optimizers.__all__ if n not in TORCH_PARITY]
+
+
+def _lr_run(cls, lr, **flags):
+    """Three steps on two float64 tensors; the final params, or the exception raised."""
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.randn(4, 3, dtype=torch.float64, generator=gen).requires_grad_() for _ in range(2)]
+    try:
+        opt = cls(params, lr=lr, **flags)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, dtype=torch.float64, generator=gen)
+            opt.step()
+    except Exception as error:  # noqa: BLE001 - compared with torch.optim's
+        return error
+    return [p.detach() for p in params]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, Exception) or isinstance(b, Exception):
+        return type(a) is type(b) and str(a) == str(b)
+    return all(torch.allclose(x, y, rtol=1e-12, atol=0) for x, y in zip(a, b))
+
+
+def test_every_torch_parity_class_is_found():
+    assert {"Adam", "AdamW", "Adagrad", "NAdam", "SGD"} <= set(TORCH_PARITY) and "Adan" in OTHERS
+
+
+@pytest.mark.parametrize("name", TORCH_PARITY)
+@pytest.mark.parametrize("foreach", [False, True, None])
+def test_a_tensor_lr_behaves_as_in_torch_optim(name, foreach):
+    lr = torch.tensor(0.01, dtype=torch.float64)
+    ours = _lr_run(getattr(optimizers, name), lr, foreach=foreach)
+    theirs = _lr_run(getattr(torch.optim, name), lr, foreach=foreach)
+    assert _same(ours, theirs), (ours, theirs)
+
+
+@pytest.mark.parametrize("name", TORCH_PARITY)
+def test_a_tensor_lr_of_two_elements_is_refused_as_in_torch_optim(name):
+    lr = torch.tensor([0.01, 0.02], dtype=torch.float64)
+    ours, theirs = _lr_run(getattr(optimizers, name), lr), _lr_run(getattr(torch.optim, name), lr)
+    assert isinstance(ours, ValueError) and isinstance(theirs, ValueError) and "1-element" in str(ours)
+
+
+def test_adam_refuses_a_tensor_lr_set_later_on_foreach_as_torch_does():
+    for cls in (optimizers.Adam, torch.optim.Adam):
+        p = torch.zeros(2, requires_grad=True)
+        opt = cls([p], foreach=True)
+        opt.param_groups[0]["lr"] = torch.tensor(0.1)
+        p.grad = torch.ones(2)
+        with pytest.raises(RuntimeError, match="lr as a Tensor is not supported"):
+            opt.step()
+
+
+@pytest.mark.parametrize("name", OTHERS)
+@pytest.mark.parametrize("flags", PATHS, ids=PATH_IDS)
+def test_a_tensor_lr_is_read_as_its_value_elsewhere(name, flags):
+    cls = getattr(optimizers, name)
+    ours = _lr_run(cls, torch.tensor(0.01, dtype=torch.float64), **flags)
+    assert not isinstance(ours, Exception), ours
+    assert _same(ours, _lr_run(cls, 0.01, **flags))

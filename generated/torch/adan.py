@@ -128,6 +128,9 @@ class Adan(Optimizer):
                 f"state_dtype={param_group['state_dtype']} requires fused=True "
                 "(the foreach and for-loop paths keep the state in the parameter's dtype)"
             )
+        for key in ("lr", "weight_decay", "max_grad_norm", "eps"):
+            if torch.is_tensor(param_group[key]) and param_group[key].numel() != 1:
+                raise ValueError(f"Tensor {key} must be 1-element")
         lr = param_group["lr"]
         if not 0.0 < lr:
             raise ValueError(f"Invalid lr: {lr!r} (expected a value in (0, inf))")
@@ -312,6 +315,13 @@ def adan(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+    if fused or foreach:
+        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
+        # hyperparameter is read as its value
+        lr, beta1, beta2, beta3, weight_decay, max_grad_norm, eps = (
+            x.item() if torch.is_tensor(x) else x
+            for x in (lr, beta1, beta2, beta3, weight_decay, max_grad_norm, eps)
+        )
     if global_sum_clip_coef_arg is None and params and max_grad_norm != 0:
         global_sum_clip_coef_arg = _partial_global_sum_clip_coef_arg(params, grads)
     if fused:

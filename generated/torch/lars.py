@@ -120,6 +120,9 @@ class LARS(Optimizer):
                 f"state_dtype={param_group['state_dtype']} requires fused=True "
                 "(the foreach and for-loop paths keep the state in the parameter's dtype)"
             )
+        for key in ("lr", "weight_decay", "momentum", "dampening", "trust_coefficient"):
+            if torch.is_tensor(param_group[key]) and param_group[key].numel() != 1:
+                raise ValueError(f"Tensor {key} must be 1-element")
         lr = param_group["lr"]
         if not 0.0 < lr:
             raise ValueError(f"Invalid lr: {lr!r} (expected a value in (0, inf))")
@@ -233,6 +236,13 @@ def lars(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+    if fused or foreach:
+        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
+        # hyperparameter is read as its value
+        lr, weight_decay, momentum, dampening, trust_coefficient = (
+            x.item() if torch.is_tensor(x) else x
+            for x in (lr, weight_decay, momentum, dampening, trust_coefficient)
+        )
     if fused:
         func = _fused_lars
     elif foreach:

@@ -115,6 +115,9 @@ class RMSprop(Optimizer):
                 f"state_dtype={param_group['state_dtype']} requires fused=True "
                 "(the foreach and for-loop paths keep the state in the parameter's dtype)"
             )
+        for key in ("lr", "alpha", "eps", "weight_decay", "momentum"):
+            if torch.is_tensor(param_group[key]) and param_group[key].numel() != 1:
+                raise ValueError(f"Tensor {key} must be 1-element")
         lr = param_group["lr"]
         if not 0.0 < lr:
             raise ValueError(f"Invalid lr: {lr!r} (expected a value in (0, inf))")
@@ -247,6 +250,12 @@ def rmsprop(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+    if fused or foreach:
+        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
+        # hyperparameter is read as its value
+        lr, alpha, eps, weight_decay, momentum = (
+            x.item() if torch.is_tensor(x) else x for x in (lr, alpha, eps, weight_decay, momentum)
+        )
     if fused:
         func = _fused_rmsprop
     elif foreach:

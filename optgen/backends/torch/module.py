@@ -59,13 +59,15 @@ def render_module(spec: Spec, stamp: str, compiled: bool = False) -> str:
 
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(catalog.templates_dir() / config.NAME)),
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.filters["format_is_tensor"] = lambda name: f"torch.is_tensor({name})"
+    return env
 
 
 def format_source(text: str) -> str:
@@ -113,6 +115,9 @@ def _class_context(spec: Spec, variants: list[Variant], globals_) -> dict:
         "uses_state_dtype": any(s.scope != "tensor" for s in spec.state.values()),
         "unpack": [f'{", ".join(h.names)} = group["{k}"]' for k, h in spec.hyperparameters.items() if h.is_tuple],
         "call_kwargs": _call_kwargs(spec, globals_),
+        # scalar constructor keywords that may be 1-element tensors (torch.optim's tensor lr)
+        "tensor_keys": [k for k, h in spec.hyperparameters.items() if h.captured is None and not h.is_tuple],
+        "foreach_scalar_keys": [k for k, h in spec.hyperparameters.items() if h.tensor == "not_with_foreach"],
     }
 
 
