@@ -6,6 +6,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import json
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +146,81 @@ def test_a_tensor_lr_is_read_as_its_value_elsewhere(name, flags):
     ours = _lr_run(cls, torch.tensor(0.01, dtype=torch.float64), **flags)
     assert not isinstance(ours, Exception), ours
     assert _same(ours, _lr_run(cls, 0.01, **flags))
+
+
+# --------------------------------------------------------------------------- pickling
+_FRESH = """
+import json, pickle, sys, torch
+optimizer = {load}
+assert type(optimizer).__name__ == sys.argv[2], type(optimizer)
+params = optimizer.param_groups[0]["params"]
+for p in params:
+    p.grad = torch.full_like(p, 0.5)
+optimizer.step()
+print(json.dumps([p.tolist() for p in params]))
+"""
+
+
+def _in_fresh_process(load: str, path: Path, name: str) -> list:
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run(
+        [sys.executable, "-c", _FRESH.format(load=load), str(path), name],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _stepped(cls):
+    params = [torch.linspace(-1, 1, 6, dtype=torch.float64).reshape(2, 3).requires_grad_()]
+    optimizer = cls(params, lr=0.1)
+    params[0].grad = torch.ones_like(params[0])
+    optimizer.step()
+    return optimizer
+
+
+def _next_step(optimizer) -> list:
+    import copy
+
+    optimizer = copy.deepcopy(optimizer)
+    params = optimizer.param_groups[0]["params"]
+    for p in params:
+        p.grad = torch.full_like(p, 0.5)
+    optimizer.step()
+    return [p.tolist() for p in params]
+
+
+LOADERS = {
+    "pickle": "pickle.load(open(sys.argv[1], 'rb'))",
+    "torch.load": "torch.load(sys.argv[1], weights_only=False)",
+}
+
+
+def _save(how: str, optimizer, path: Path) -> None:
+    if how == "pickle":
+        path.write_bytes(pickle.dumps(optimizer))
+    else:
+        torch.save(optimizer, path)
+
+
+@pytest.mark.parametrize("how", list(LOADERS))
+@pytest.mark.parametrize("name", ["Adam", "Adan", "SETAdam"])
+def test_a_catalog_optimizer_unpickles_in_a_fresh_process(tmp_path, how, name):
+    optimizer = _stepped(getattr(optimizers, name))
+    assert type(optimizer).__module__ == f"optgen.optimizers.{name.lower()}"
+    _save(how, optimizer, tmp_path / "opt.pkl")
+    assert _in_fresh_process(LOADERS[how], tmp_path / "opt.pkl", name) == _next_step(optimizer)
+
+
+@pytest.mark.parametrize("how", list(LOADERS))
+def test_a_compiled_optimizer_pickles_and_unpickles_in_a_fresh_process(tmp_path, how):
+    text = (Path(optgen.catalog.specs_dir()) / "lion.yaml").read_text().replace("name: Lion", "name: MyLion")
+    optimizer = _stepped(optgen.compile(optgen.load(text)))
+    _save(how, optimizer, tmp_path / "opt.pkl")
+    assert _in_fresh_process(LOADERS[how], tmp_path / "opt.pkl", "MyLion") == _next_step(optimizer)
