@@ -53,7 +53,9 @@ TOP_KEYS = {
     "update_replace",
     "claims",
     "gradient_at",
+    "step",
 }
+STEP_COUNTS = ("per_tensor", "per_group")  # `step:` how `step` is counted
 HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc", "tensor"}
 TENSOR_RULES = ("accept", "not_with_foreach")  # a hyperparameter given as a 1-element tensor
 STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc"}
@@ -658,7 +660,19 @@ class SpecBuilder:
             locations=self.locations,
             source_texts=self.texts,
             gradient_at=gradient_at,
+            step_count=self.step_count(),
         )
+
+    def step_count(self) -> str:
+        """`step: per_tensor` (default, as torch.optim: a tensor's own number of updates) or
+        `per_group` (pytorch_optimizer: group["step"], the group's number of step() calls)."""
+        node = self.top.get("step")
+        if node is None:
+            return "per_tensor"
+        count = _expect(node, str, f"one of {', '.join(STEP_COUNTS)}")
+        if count not in STEP_COUNTS:
+            raise SpecError(node.loc, f"`step` must be one of {', '.join(STEP_COUNTS)}, not {count!r}")
+        return count
 
     def required(self, key: str, what: str) -> Node:
         if key not in self.top:

@@ -136,6 +136,9 @@ class Spec:
     locations: dict[str, Loc] = field(default_factory=dict)  # name -> where it is declared
     source_texts: list[str] = field(default_factory=list)  # the YAML texts (spec and parents)
     gradient_at: sympy.Expr | None = None  # paper forms: the gradient is taken at this point
+    # how `step` counts: "per_tensor" (the tensor's own updates, torch.optim) or "per_group"
+    # (the param group's step() calls, pytorch_optimizer's group["step"])
+    step_count: str = "per_tensor"
 
     @property
     def scalar_hypers(self) -> dict[str, tuple[Hyperparameter, int]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import copy
 import json
 import pickle
 
@@ -186,8 +187,6 @@ def _stepped(cls):
 
 
 def _next_step(optimizer) -> list:
-    import copy
-
     optimizer = copy.deepcopy(optimizer)
     params = optimizer.param_groups[0]["params"]
     for p in params:
@@ -224,3 +223,94 @@ def test_a_compiled_optimizer_pickles_and_unpickles_in_a_fresh_process(tmp_path,
     optimizer = _stepped(optgen.compile(optgen.load(text)))
     _save(how, optimizer, tmp_path / "opt.pkl")
     assert _in_fresh_process(LOADERS[how], tmp_path / "opt.pkl", "MyLion") == _next_step(optimizer)
+
+
+# --------------------------------------------------------------------------- per-group step counts
+def _po_class(name):
+    import pytorch_optimizer
+
+    return getattr(pytorch_optimizer, name)
+
+
+# which parameters get no gradient (None) at each step: a whole group (params 2, 3) at steps
+# 2 and 3, parameter 0 at step 4
+_MISSING = {2: {2, 3}, 3: {2, 3}, 4: {0}}
+
+
+def _group_run(make, steps: int, optimizer=None, params=None, start_step: int = 1):
+    gen = torch.Generator().manual_seed(7)
+    if params is None:
+        params = [torch.randn(s, dtype=torch.float64, generator=gen).requires_grad_() for s in ((3, 4), (5,), (2, 2), (6,))]
+    if optimizer is None:
+        optimizer = make([{"params": params[:2]}, {"params": params[2:], "lr": 0.02}])
+    for t in range(start_step, start_step + steps):
+        noise = torch.Generator().manual_seed(100 + t)
+        for i, p in enumerate(params):
+            g = torch.randn(p.shape, dtype=torch.float64, generator=noise) + 0.5 * p.detach()
+            p.grad = None if i in _MISSING.get(t, ()) else g
+        optimizer.step()
+    return optimizer, params
+
+
+@pytest.mark.parametrize("name", ["Lamb", "Adan", "AdaBelief", "PAdam"])
+@pytest.mark.parametrize("flags", PATHS, ids=PATH_IDS)
+def test_steps_are_counted_per_group_as_pytorch_optimizer_does(name, flags):
+    ours_opt, ours = _group_run(lambda groups: getattr(optimizers, name)(groups, lr=0.01, **flags), 6)
+    theirs_opt, theirs = _group_run(lambda groups: _po_class(name)(groups, lr=0.01), 6)
+    tol = 1e-5 if flags.get("fused") else 1e-10
+    for a, b in zip(ours, theirs):
+        assert max_rel_diff(a.detach().numpy(), b.detach().numpy()) <= tol
+    assert [g["step"] for g in ours_opt.param_groups] == [g["step"] for g in theirs_opt.param_groups] == [6, 6]
+
+
+def test_the_reference_counts_per_group_too():
+    spec = optgen.load("lamb")
+    assert spec.step_count == "per_group" and optgen.load("adam").step_count == "per_tensor"
+    _, theirs = _group_run(lambda groups: _po_class("Lamb")(groups, lr=0.01), 6)
+    gen = torch.Generator().manual_seed(7)
+    start = [torch.randn(s, dtype=torch.float64, generator=gen) for s in ((3, 4), (5,), (2, 2), (6,))]
+    ref = Reference(spec, [{"params": [p.numpy() for p in start[:2]], "lr": 0.01},
+                           {"params": [p.numpy() for p in start[2:]], "lr": 0.02}])
+    for t in range(1, 7):
+        noise = torch.Generator().manual_seed(100 + t)
+        grads = [torch.randn(p.shape, dtype=torch.float64, generator=noise).numpy() + 0.5 * p for p in ref.params]
+        ref.step([None if i in _MISSING.get(t, ()) else g for i, g in enumerate(grads)])
+    for a, b in zip(ref.params, theirs):
+        assert max_rel_diff(a, b.detach().numpy()) <= 1e-10
+
+
+# (Adan's state dict differs anyway: pytorch_optimizer keeps previous_grad negated)
+@pytest.mark.parametrize("name", ["Lamb", "AdaBelief", "PAdam"])
+def test_a_pytorch_optimizer_state_dict_carries_the_group_step(name):
+    # 4 steps in pytorch_optimizer, then its state dict continues in ours (and theirs) for 2
+    theirs_opt, theirs = _group_run(lambda groups: _po_class(name)(groups, lr=0.01), 4)
+    ours_params = [p.detach().clone().requires_grad_() for p in theirs]
+    ours_opt = getattr(optimizers, name)([{"params": ours_params[:2]}, {"params": ours_params[2:], "lr": 0.02}], lr=0.01)
+    ours_opt.load_state_dict(copy.deepcopy(theirs_opt.state_dict()))  # loading shares the tensors
+    _group_run(None, 2, theirs_opt, theirs, start_step=5)
+    _group_run(None, 2, ours_opt, ours_params, start_step=5)
+    for a, b in zip(ours_params, theirs):
+        assert max_rel_diff(a.detach().numpy(), b.detach().numpy()) <= 1e-10
+    assert ours_opt.state_dict()["param_groups"][0]["step"] == 6
+
+
+def test_a_state_dict_counting_per_tensor_resumes_at_the_largest_count():
+    # a checkpoint from before `step: per_group`: no group["step"], a step per tensor
+    opt, params = _group_run(lambda groups: optimizers.Lamb(groups, lr=0.01), 3)
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        del group["step"]
+    fresh = optimizers.Lamb([{"params": params[:2]}, {"params": params[2:], "lr": 0.02}], lr=0.01)
+    fresh.load_state_dict(saved)
+    _group_run(None, 1, fresh, params, start_step=4)
+    # group 1 had no gradients at steps 2 and 3: its tensors last counted 1
+    assert [g["step"] for g in fresh.param_groups] == [4, 2]
+
+
+def test_a_bad_step_count_is_a_located_error():
+    text = (Path(optgen.catalog.specs_dir()) / "lion.yaml").read_text()
+    bad = text.replace("step: per_group", "step: per_epoch")
+    with pytest.raises(optgen.SpecError) as info:
+        optgen.load(bad)
+    assert info.value.loc is not None and info.value.loc.line == bad.splitlines().index("step: per_epoch") + 1
+    assert "per_tensor, per_group" in str(info.value)

@@ -212,7 +212,18 @@ class Adan(Optimizer):
             if "previous_grad" not in state:
                 state["previous_grad"] = grad.to(state_dtype or grad.dtype, copy=True)
             previous_grads.append(state["previous_grad"])
+            state["step"].fill_(group["step"] - 1)  # the kernels add 1: the group's count
             state_steps.append(state["step"])
+
+    def _group_step(self, group: dict) -> int:
+        """The group's number of step() calls so far, group["step"]; a state dict without it
+        (one that counts per tensor) gives the largest count among the group's tensors."""
+        if "step" not in group:
+            counts = [
+                self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, {})
+            ]
+            group["step"] = int(max(counts, default=0))
+        return group["step"]
 
     def _global_sum_clip_coef_arg(self) -> Tensor | None:
         """The sum of grad**2 over every parameter with a gradient, in every param group:
@@ -244,6 +255,8 @@ class Adan(Optimizer):
                 loss = closure()
         global_sum_clip_coef_arg = self._global_sum_clip_coef_arg()
         for group in self.param_groups:
+            # the group's count of step() calls, with gradients or not (pytorch_optimizer.Adan)
+            group["step"] = self._group_step(group) + 1
             params: list[Tensor] = []
             grads: list[Tensor] = []
             exp_avgs: list[Tensor] = []

@@ -184,7 +184,18 @@ class PAdam(Optimizer):
                     p, dtype=state_dtype, memory_format=torch.preserve_format
                 )
             exp_avg_sqs.append(state["exp_avg_sq"])
+            state["step"].fill_(group["step"] - 1)  # the kernels add 1: the group's count
             state_steps.append(state["step"])
+
+    def _group_step(self, group: dict) -> int:
+        """The group's number of step() calls so far, group["step"]; a state dict without it
+        (one that counts per tensor) gives the largest count among the group's tensors."""
+        if "step" not in group:
+            counts = [
+                self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, {})
+            ]
+            group["step"] = int(max(counts, default=0))
+        return group["step"]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -198,6 +209,8 @@ class PAdam(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            # the group's count of step() calls, with gradients or not (pytorch_optimizer.PAdam)
+            group["step"] = self._group_step(group) + 1
             params: list[Tensor] = []
             grads: list[Tensor] = []
             exp_avgs: list[Tensor] = []

@@ -94,6 +94,8 @@ def _context(spec: Spec, variants: list[Variant], stamp: str, compiled: bool) ->
         "states": [{"name": s, "list": plural(s)} for s in spec.state],
         "spec_key": "_spec_key" if compiled else f'"{fn}"',
         "hyper_names": list(spec.scalar_hypers),
+        "per_group_step": spec.step_count == "per_group",
+        "parity": spec.parity,
         "option_names": list(spec.options),
         **_class_context(spec, variants, globals_),
         **_bodies(spec, variants, lists, kwargs),
