@@ -46,8 +46,13 @@ class Hyperparameter:
     # or "not_with_foreach" (torch.optim.Adam's lr: a ValueError with foreach=True)
     tensor: str = "accept"
 
+    # set on a copy whose scalar `names` were renamed for generated code (keeps the kind)
+    tuple_key: bool | None = None
+
     @property
     def is_tuple(self) -> bool:
+        if self.tuple_key is not None:
+            return self.tuple_key
         return len(self.names) > 1 or self.key != self.names[0]
 
     def default_value(self):
@@ -60,6 +65,11 @@ class Option:
     default: bool
     loc: Loc
     doc: str = ""
+    key: str | None = None  # the constructor keyword and group key, when it differs from name
+
+    @property
+    def public(self) -> str:
+        return self.key or self.name
 
 
 # A compile-time condition over options: an option name, or ("not", c), ("and", [c...]), ("or", [c...]).

@@ -96,8 +96,8 @@ class PAdam(Optimizer):
         fused: bool | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together")
+        # the keywords are the spec's names, whatever they are: this body reads no other name
+        # a keyword could shadow (super, RuntimeError), and add_param_group checks each group
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -111,12 +111,14 @@ class PAdam(Optimizer):
             "fused": fused,
             "state_dtype": state_dtype,
         }
-        super().__init__(params, defaults)
+        Optimizer.__init__(self, params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group, checking its hyperparameters against their ranges."""
         for key, value in self.defaults.items():
             param_group.setdefault(key, value)
+        if param_group["fused"] and param_group["foreach"]:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together")
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
             raise ValueError(
