@@ -80,7 +80,11 @@ def check_names(roles: dict[str, str]) -> None:
     assert {roles["H1"], roles["T"], roles["O"]} <= set(signature)  # the spec's keywords
     for option in (False, True):
         results = {}
-        for path, flags in (("for-loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        for path, flags in (
+            ("for-loop", {"foreach": False}),
+            ("foreach", {"foreach": True}),
+            ("fused", {"fused": True}),
+        ):
             opt, ours, expected = _run(cls, spec, option, **flags)
             tol = 1e-5 if path == "fused" else 1e-12
             for a, b in zip(ours, expected):
@@ -95,12 +99,72 @@ def check_names(roles: dict[str, str]) -> None:
 
 NAMED = [
     # the names from the issue, each in a role where it broke the generated code
-    dict(H1="m_list", S1="m", H2="zip", H3="len", T="super", O="func", S2="i", L="keys", R="param_group"),
-    dict(H1="enumerate", H2="keys", H3="func", T="zip", O="len", S1="super", S2="set", L="i", R="m_list"),
-    dict(H1="param_group", H2="set", H3="i", T="keys", O="enumerate", S1="state_dtype", S2="zip", L="func", R="len"),
-    dict(H1="super", H2="func", H3="m", T="len", O="set", S1="keys", S2="enumerate", L="m_list", R="zip"),
-    dict(H1="func", H2="super", H3="enumerate", T="set", O="zip", S1="param_group", S2="keys", L="len", R="i"),
-    dict(H1="keys", H2="i", H3="m_list", T="param_group", O="super", S1="func", S2="len", L="zip", R="set"),
+    {
+        "H1": "m_list",
+        "S1": "m",
+        "H2": "zip",
+        "H3": "len",
+        "T": "super",
+        "O": "func",
+        "S2": "i",
+        "L": "keys",
+        "R": "param_group",
+    },
+    {
+        "H1": "enumerate",
+        "H2": "keys",
+        "H3": "func",
+        "T": "zip",
+        "O": "len",
+        "S1": "super",
+        "S2": "set",
+        "L": "i",
+        "R": "m_list",
+    },
+    {
+        "H1": "param_group",
+        "H2": "set",
+        "H3": "i",
+        "T": "keys",
+        "O": "enumerate",
+        "S1": "state_dtype",
+        "S2": "zip",
+        "L": "func",
+        "R": "len",
+    },
+    {
+        "H1": "super",
+        "H2": "func",
+        "H3": "m",
+        "T": "len",
+        "O": "set",
+        "S1": "keys",
+        "S2": "enumerate",
+        "L": "m_list",
+        "R": "zip",
+    },
+    {
+        "H1": "func",
+        "H2": "super",
+        "H3": "enumerate",
+        "T": "set",
+        "O": "zip",
+        "S1": "param_group",
+        "S2": "keys",
+        "L": "len",
+        "R": "i",
+    },
+    {
+        "H1": "keys",
+        "H2": "i",
+        "H3": "m_list",
+        "T": "param_group",
+        "O": "super",
+        "S1": "func",
+        "S2": "len",
+        "L": "zip",
+        "R": "set",
+    },
 ]
 
 
@@ -120,9 +184,14 @@ def test_a_keyword_of_the_class_itself_is_a_located_error(role):
     roles = dict(NAMED[0], **{role: "state_dtype"})
     with pytest.raises(CompileError) as info:
         optgen.compile(optgen.load(spec_text(roles)))
-    assert info.value.loc is not None and info.value.loc.line == spec_text(roles).splitlines().index(
-        next(line for line in spec_text(roles).splitlines() if line.startswith("  state_dtype:"))
-    ) + 1
+    assert (
+        info.value.loc is not None
+        and info.value.loc.line
+        == spec_text(roles)
+        .splitlines()
+        .index(next(line for line in spec_text(roles).splitlines() if line.startswith("  state_dtype:")))
+        + 1
+    )
 
 
 def _pool() -> list[str]:

@@ -3,12 +3,11 @@ step counts, a tensor lr, and pickling."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import copy
 import json
 import pickle
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,7 +49,9 @@ def _oracle(start, grads_per_step):
 def test_setadam_stays_finite_on_zero_gradients_float64(flags):
     # a first step with all-zero gradients, then real ones: v is all zero at step 1 (0/0)
     gen = torch.Generator().manual_seed(1)
-    steps = [[torch.zeros(5, 3), torch.zeros(4)]] + [[torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)] for _ in range(3)]
+    steps = [[torch.zeros(5, 3), torch.zeros(4)]] + [
+        [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)] for _ in range(3)
+    ]
     start, ours = _setadam_run(torch.float64, steps, flags)
     expected = _oracle(start, steps)
     for a, b in zip(ours, expected):
@@ -169,6 +170,7 @@ def _in_fresh_process(load: str, path: Path, name: str) -> list:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run(
         [sys.executable, "-c", _FRESH.format(load=load), str(path), name],
+        check=False,
         capture_output=True,
         text=True,
         env=env,
@@ -240,7 +242,9 @@ _MISSING = {2: {2, 3}, 3: {2, 3}, 4: {0}}
 def _group_run(make, steps: int, optimizer=None, params=None, start_step: int = 1):
     gen = torch.Generator().manual_seed(7)
     if params is None:
-        params = [torch.randn(s, dtype=torch.float64, generator=gen).requires_grad_() for s in ((3, 4), (5,), (2, 2), (6,))]
+        params = [
+            torch.randn(s, dtype=torch.float64, generator=gen).requires_grad_() for s in ((3, 4), (5,), (2, 2), (6,))
+        ]
     if optimizer is None:
         optimizer = make([{"params": params[:2]}, {"params": params[2:], "lr": 0.02}])
     for t in range(start_step, start_step + steps):
@@ -269,8 +273,13 @@ def test_the_reference_counts_per_group_too():
     _, theirs = _group_run(lambda groups: _po_class("Lamb")(groups, lr=0.01), 6)
     gen = torch.Generator().manual_seed(7)
     start = [torch.randn(s, dtype=torch.float64, generator=gen) for s in ((3, 4), (5,), (2, 2), (6,))]
-    ref = Reference(spec, [{"params": [p.numpy() for p in start[:2]], "lr": 0.01},
-                           {"params": [p.numpy() for p in start[2:]], "lr": 0.02}])
+    ref = Reference(
+        spec,
+        [
+            {"params": [p.numpy() for p in start[:2]], "lr": 0.01},
+            {"params": [p.numpy() for p in start[2:]], "lr": 0.02},
+        ],
+    )
     for t in range(1, 7):
         noise = torch.Generator().manual_seed(100 + t)
         grads = [torch.randn(p.shape, dtype=torch.float64, generator=noise).numpy() + 0.5 * p for p in ref.params]
@@ -285,7 +294,9 @@ def test_a_pytorch_optimizer_state_dict_carries_the_group_step(name):
     # 4 steps in pytorch_optimizer, then its state dict continues in ours (and theirs) for 2
     theirs_opt, theirs = _group_run(lambda groups: _po_class(name)(groups, lr=0.01), 4)
     ours_params = [p.detach().clone().requires_grad_() for p in theirs]
-    ours_opt = getattr(optimizers, name)([{"params": ours_params[:2]}, {"params": ours_params[2:], "lr": 0.02}], lr=0.01)
+    ours_opt = getattr(optimizers, name)(
+        [{"params": ours_params[:2]}, {"params": ours_params[2:], "lr": 0.02}], lr=0.01
+    )
     ours_opt.load_state_dict(copy.deepcopy(theirs_opt.state_dict()))  # loading shares the tensors
     _group_run(None, 2, theirs_opt, theirs, start_step=5)
     _group_run(None, 2, ours_opt, ours_params, start_step=5)

@@ -86,8 +86,8 @@ class Lion(Optimizer):
         fused: bool | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
-        # the keywords are the spec's names, whatever they are: this body reads no other name
-        # a keyword could shadow (super, RuntimeError), and add_param_group checks each group
+        # The keywords are the spec's names, whatever they are (even `super`): this body reads
+        # nothing else a keyword could shadow. add_param_group checks each group.
         defaults = {
             "lr": lr,
             "betas": betas,

@@ -76,7 +76,9 @@ def _check_keywords(spec: Spec, own: set[str]) -> None:
     itself (`state_dtype`, found in the rendered constructor) is an error."""
     for key, h in spec.hyperparameters.items():
         if key in own:
-            raise CompileError(h.loc, f"`{key}` is a keyword of every optgen optimizer; name the hyperparameter otherwise")
+            raise CompileError(
+                h.loc, f"`{key}` is a keyword of every optgen optimizer; name the hyperparameter otherwise"
+            )
     for name, opt in spec.options.items():
         if name in own:
             raise CompileError(opt.loc, f"`{name}` is a keyword of every optgen optimizer; name the option otherwise")
@@ -172,7 +174,22 @@ def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[
 
 def _reserved(spec: Spec, lists: list[str], kwargs: list[str], fn: str) -> set[str]:
     names = set(lists) | set(kwargs) | set(spec.state) | set(spec.options)
-    names |= {"param", "grad", "step", "step_t", "steps", "keys", "chunk", "batch", "value", "x", "i", "p", "torch", "Tensor"}
+    names |= {
+        "param",
+        "grad",
+        "step",
+        "step_t",
+        "steps",
+        "keys",
+        "chunk",
+        "batch",
+        "value",
+        "x",
+        "i",
+        "p",
+        "torch",
+        "Tensor",
+    }
     names |= {fn, f"_single_tensor_{fn}", f"_multi_tensor_{fn}", f"_fused_{fn}", "_batches", "foreach", "fused"}
     return names
 
