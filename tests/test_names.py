@@ -216,3 +216,18 @@ def test_the_pool_holds_builtins_and_template_names():
 @given(st.lists(st.sampled_from(POOL), min_size=len(ROLES), max_size=len(ROLES), unique=True))
 def test_any_names_compile_and_match_the_reference(drawn):
     check_names(dict(zip(ROLES, drawn)))
+
+
+def test_a_name_the_triton_kernels_keep_is_refused_at_its_line_on_the_fused_path_only():
+    # the Triton kernels do not rename yet: `kernel` is one of their own names
+    roles = dict(NAMED[0], H1="kernel")
+    text = spec_text(roles)
+    spec = optgen.load(text)
+    cls = optgen.compile(spec)
+    _run(cls, spec, False, foreach=True)  # the torch paths take it
+    with pytest.raises(CompileError) as info:
+        _run(cls, spec, False, fused=True)
+    assert (
+        info.value.loc.line
+        == text.splitlines().index(next(ln for ln in text.splitlines() if ln.startswith("  kernel:"))) + 1
+    )
