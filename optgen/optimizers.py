@@ -2,23 +2,35 @@
 
 Each class is imported on first use from generated/torch/<name>.py (committed; rewritten by
 `optgen build`); the class name lowercased is the catalog file stem.
+
+This module is also the package of those files (its `__path__` is generated/torch), so each
+one is the importable module `optgen.optimizers.<stem>`: a pickled optimizer names its class
+`optgen.optimizers.adam.Adam`, which a fresh process imports without touching this module's
+attributes first.
 """
 
 from __future__ import annotations
 
+import importlib
+
 from . import catalog
 
 
+def _dir():
+    return catalog.generated_dir() / "torch"
+
+
 def _path(name: str):
-    return catalog.generated_dir() / "torch" / f"{name.lower()}.py"
+    return _dir() / f"{name.lower()}.py"
+
+
+__path__ = [str(_dir())]  # a module with a __path__ is a package: its submodules are the files
 
 
 def __getattr__(name: str):
-    if name.startswith("_") or not _path(name).is_file():
+    if name.startswith("_") or not name.isidentifier() or not _path(name).is_file():
         raise AttributeError(f"module {__name__!r} has no attribute {name!r} (catalog: {', '.join(__all__)})")
-    from .backends.torch import load_file
-
-    module = load_file(_path(name), f"optgen.generated.torch.{name.lower()}")
+    module = importlib.import_module(f"{__name__}.{name.lower()}")
     cls = getattr(module, name, None)
     if isinstance(cls, type):
         globals()[name] = cls
@@ -28,7 +40,7 @@ def __getattr__(name: str):
 
 def _class_names() -> list[str]:
     names = []
-    for path in sorted((catalog.generated_dir() / "torch").glob("*.py")):
+    for path in sorted(_dir().glob("*.py")):
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.startswith("class ") and "(Optimizer)" in line:
                 names.append(line[len("class ") : line.index("(")])

@@ -56,8 +56,11 @@ TOP_KEYS = {
     "claims",
     "gradient_at",
     "tex",
+    "step",
 }
-HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc"}
+STEP_COUNTS = ("per_tensor", "per_group")  # `step:` how `step` is counted
+HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc", "tensor"}
+TENSOR_RULES = ("accept", "not_with_foreach")  # a hyperparameter given as a 1-element tensor
 STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc"}
 OPTION_KEYS = {"default", "doc"}
 MAX_SOURCE = 200_000
@@ -794,6 +797,7 @@ class SpecBuilder:
             locations=self.locations,
             source_texts=self.texts,
             gradient_at=gradient_at,
+            step_count=self.step_count(),
         )
 
     def value_tex(self, update: list) -> None:
@@ -818,6 +822,17 @@ class SpecBuilder:
                     raise SpecError(loc, f"`tex:` names `{name}`, which the update never assigns{hint}")
                 _expect(node, str, f"LaTeX for `{name}`")
                 self.tex_field(node, name)
+
+    def step_count(self) -> str:
+        """`step: per_tensor` (default, as torch.optim: a tensor's own number of updates) or
+        `per_group` (pytorch_optimizer: group["step"], the group's number of step() calls)."""
+        node = self.top.get("step")
+        if node is None:
+            return "per_tensor"
+        count = _expect(node, str, f"one of {', '.join(STEP_COUNTS)}")
+        if count not in STEP_COUNTS:
+            raise SpecError(node.loc, f"`step` must be one of {', '.join(STEP_COUNTS)}, not {count!r}")
+        return count
 
     def required(self, key: str, what: str) -> Node:
         if key not in self.top:
@@ -924,8 +939,28 @@ class SpecBuilder:
         for n in names:
             self.symbols[n] = symbol(n, **assumptions_for(interval))
         return Hyperparameter(
-            key, names, tuple(defaults), interval, tex, loc, captured, _text(fields.get("doc"), "text")
+            key,
+            names,
+            tuple(defaults),
+            interval,
+            tex,
+            loc,
+            captured,
+            _text(fields.get("doc"), "text"),
+            self.tensor_rule(key, fields, captured is None and "names" not in fields),
         )
+
+    def tensor_rule(self, key: str, fields: dict[str, Node], scalar_keyword: bool) -> str:
+        """`tensor:` what a 1-element tensor value does (torch.optim.Adam's lr rule, or accept)."""
+        node = fields.get("tensor")
+        if node is None:
+            return "accept"
+        rule = _expect(node, str, f"one of {', '.join(TENSOR_RULES)}")
+        if rule not in TENSOR_RULES:
+            raise SpecError(node.loc, f"`tensor` of `{key}` must be one of {', '.join(TENSOR_RULES)}, not {rule!r}")
+        if not scalar_keyword:
+            raise SpecError(node.loc, f"`tensor` applies to a scalar constructor keyword; `{key}` is not one")
+        return rule
 
     def declare_key(self, key: str, loc: Loc) -> None:
         _check_name(key, loc, "bad hyperparameter name")

@@ -222,6 +222,7 @@ class Reference:
             self.params.extend(arrays)
             self._group_of.extend([gi] * len(arrays))
         self.state: list[dict] = [{} for _ in self.params]
+        self._group_steps = [0] * len(self.param_groups)  # step() calls, for `step: per_group`
         self._compiled: dict[tuple, CompiledProgram] = {}
 
     def _fill(self, group: dict) -> dict:
@@ -270,6 +271,8 @@ class Reference:
             for s in compiled.program.states:
                 value = compiled.inits[s.name](env)
                 state[s.key] = np.full_like(param, value) if s.scope == "element" else np.float64(value)
+        if self.spec.step_count == "per_group":  # the group's count, this step() included
+            state["step"] = self._group_steps[self._group_of[i]]
         env[STEP] = np.float64(state["step"] + 1)
         for s in compiled.program.states:
             env[s.name] = state[s.key]
@@ -280,6 +283,8 @@ class Reference:
             raise ValueError(f"expected {len(self.params)} gradients, got {len(grads)}")
         with np.errstate(all="ignore"):
             live = [(i, *self._env(i, g)) for i, g in enumerate(grads) if g is not None]
+            # per_group: every group counts the call, even one without any gradient
+            self._group_steps = [n + 1 for n in self._group_steps]
             totals: dict[str, float] = {}
             for _, env, compiled in live:
                 for name, part in compiled.global_partials(dict(env)).items():

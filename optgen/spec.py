@@ -42,9 +42,17 @@ class Hyperparameter:
     loc: Loc
     captured: str | None = None  # `captured: lr`: copied from lr when the group is made
     doc: str = ""
+    # a 1-element tensor value: "accept" (read as its value where a Python number is needed)
+    # or "not_with_foreach" (torch.optim.Adam's lr: a ValueError with foreach=True)
+    tensor: str = "accept"
+
+    # set on a copy whose scalar `names` were renamed for generated code (keeps the kind)
+    tuple_key: bool | None = None
 
     @property
     def is_tuple(self) -> bool:
+        if self.tuple_key is not None:
+            return self.tuple_key
         return len(self.names) > 1 or self.key != self.names[0]
 
     def default_value(self):
@@ -57,6 +65,11 @@ class Option:
     default: bool
     loc: Loc
     doc: str = ""
+    key: str | None = None  # the constructor keyword and group key, when it differs from name
+
+    @property
+    def public(self) -> str:
+        return self.key or self.name
 
 
 # A compile-time condition over options: an option name, or ("not", c), ("and", [c...]), ("or", [c...]).
@@ -133,6 +146,9 @@ class Spec:
     locations: dict[str, Loc] = field(default_factory=dict)  # name -> where it is declared
     source_texts: list[str] = field(default_factory=list)  # the YAML texts (spec and parents)
     gradient_at: sympy.Expr | None = None  # paper forms: the gradient is taken at this point
+    # how `step` counts: "per_tensor" (the tensor's own updates, torch.optim) or "per_group"
+    # (the param group's step() calls, pytorch_optimizer's group["step"])
+    step_count: str = "per_tensor"
 
     @property
     def scalar_hypers(self) -> dict[str, tuple[Hyperparameter, int]]:

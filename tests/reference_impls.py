@@ -68,10 +68,13 @@ class SETAdam:
                 v = state["exp_avg_sq"] = beta2 * state["exp_avg_sq"] + (1.0 - beta2) * g * g
 
                 # S: cos of the angle between the layer's v and the all-ones vector of its size.
+                # An all-zero v has no angle: cos^2 := 1 there (no down-scaling; the scaled v
+                # is 0 for any finite value, so the step stays finite).
                 flat = v.reshape(-1)
                 ones = np.ones_like(flat)
-                cos = np.dot(flat, ones) / (np.linalg.norm(flat) * np.linalg.norm(ones))
-                v_scaled = cos**2 * v
+                norm = np.linalg.norm(flat)
+                cos_sq = (np.dot(flat, ones) / (norm * np.linalg.norm(ones))) ** 2 if norm > 0 else 1.0
+                v_scaled = cos_sq * v
                 # E: eps inside the square root, with v's bias correction.
                 w = np.sqrt(v_scaled / (1.0 - beta2**t) + eps)
                 # T: subtract a fraction of the layer's smallest entry.

@@ -201,6 +201,12 @@ CASES = [
          float64_global_norm=True),
     Case("lamb-pre_norm-max_grad_norm_0", "lamb", po.Lamb, LAMB_GROUPS,
          {"pre_norm": True, "max_grad_norm": 0.0, "eps": 1e-6}, float64_global_norm=True),
+    # pytorch_optimizer counts steps per param group (group["step"], spec `step: per_group`):
+    # a parameter without a gradient still advances its group's bias corrections.
+    Case("lamb-skipped_grads", "lamb", po.Lamb, LAMB_GROUPS, skip_every=2),
+    Case("adan-skipped_grads", "adan", po.Adan, ADAN_GROUPS, state_map=ADAN_STATE, skip_every=2),
+    Case("adabelief-skipped_grads", "adabelief", po.AdaBelief, ADABELIEF_GROUPS, skip_every=3),
+    Case("padam-skipped_grads", "padam", po.PAdam, PADAM_GROUPS, skip_every=2),
     Case("lars", "lars", po.LARS, LARS_GROUPS),
     Case("lars-nesterov", "lars", po.LARS, LARS_NESTEROV_GROUPS, {"nesterov": True}),
     # no public implementation: the independent oracle

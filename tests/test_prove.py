@@ -164,11 +164,18 @@ def test_nadam_and_adabound_denominators_are_shown_positive():
     assert denominator_findings(optgen.load("adabound")) == []  # base_lr has lr's range
 
 
-def test_a_denominator_that_reaches_zero_is_a_located_finding():
-    findings = denominator_findings(optgen.load("setadam"))
+def test_a_denominator_that_reaches_zero_is_a_located_finding(tmp_path):
+    # SET-Adam without its guard for an all-zero v: cos_sq is 0/0 when every gradient is 0
+    text = (SPECS / "setadam.yaml").read_text()
+    guarded = "cos_sq = where(sum_sq > 0, sum(exp_avg_sq)**2 / (numel(param) * sum_sq), 1)"
+    assert guarded in text
+    path = tmp_path / "setadam.yaml"
+    path.write_text(text.replace(guarded, "cos_sq = sum(exp_avg_sq)**2 / (numel(param) * sum_sq)"))
+    findings = denominator_findings(optgen.load(path))
     (zero,) = [f for f in findings if "can be 0" in f.message]
-    assert zero.loc.line == _line_of(SPECS / "setadam.yaml", "cos_sq = ")
+    assert zero.loc.line == _line_of(path, "cos_sq = ")
     assert "grad = 0" in zero.message
+    assert not [f for f in denominator_findings(optgen.load("setadam")) if "can be 0" in f.message]
 
 
 def test_a_denominator_not_shown_positive_is_reported(tmp_path):

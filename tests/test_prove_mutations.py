@@ -422,11 +422,19 @@ SCALE = [
     ),
     (
         "scale-update-power",
-        "cos_sq = sum(exp_avg_sq)**2 / (numel(param) * sum(exp_avg_sq**2))",
-        "cos_sq = sum(exp_avg_sq) / (numel(param) * sum(exp_avg_sq**2))",
+        "cos_sq = where(sum_sq > 0, sum(exp_avg_sq)**2 / (numel(param) * sum_sq), 1)",
+        "cos_sq = where(sum_sq > 0, sum(exp_avg_sq) / (numel(param) * sum_sq), 1)",
         lambda v, n: np.sum(v) / (n * np.sum(v**2)),
     ),
 ]
+
+
+def test_a_guard_that_is_not_scale_invariant_is_not_proven(tmp_path):
+    # sum(v^2) > 1 picks a different branch for c * v than for v: never proven
+    old = "cos_sq = where(sum_sq > 0, "
+    path = mutated_copy(tmp_path, Mutation("scale-guard", "setadam.yaml", 1, old, "cos_sq = where(sum_sq > 1, "))
+    (result,) = prove_spec_claims(optgen.load(path))
+    assert result.proof.status != "proven"
 
 
 @pytest.mark.parametrize("mid, old, new, factor", SCALE, ids=[x[0] for x in SCALE])

@@ -96,8 +96,8 @@ class PAdam(Optimizer):
         fused: bool | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together")
+        # The keywords are the spec's names, whatever they are (even `super`): this body reads
+        # nothing else a keyword could shadow. add_param_group checks each group.
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -111,18 +111,23 @@ class PAdam(Optimizer):
             "fused": fused,
             "state_dtype": state_dtype,
         }
-        super().__init__(params, defaults)
+        Optimizer.__init__(self, params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group, checking its hyperparameters against their ranges."""
         for key, value in self.defaults.items():
             param_group.setdefault(key, value)
+        if param_group["fused"] and param_group["foreach"]:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together")
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
             raise ValueError(
                 f"state_dtype={param_group['state_dtype']} requires fused=True "
                 "(the foreach and for-loop paths keep the state in the parameter's dtype)"
             )
+        for key in ("lr", "partial", "weight_decay", "eps"):
+            if torch.is_tensor(param_group[key]) and param_group[key].numel() != 1:
+                raise ValueError(f"Tensor {key} must be 1-element")
         lr = param_group["lr"]
         if not 0.0 < lr:
             raise ValueError(f"Invalid lr: {lr!r} (expected a value in (0, inf))")
@@ -181,7 +186,18 @@ class PAdam(Optimizer):
                     p, dtype=state_dtype, memory_format=torch.preserve_format
                 )
             exp_avg_sqs.append(state["exp_avg_sq"])
+            state["step"].fill_(group["step"] - 1)  # the kernels add 1: the group's count
             state_steps.append(state["step"])
+
+    def _group_step(self, group: dict) -> int:
+        """The group's number of step() calls so far, group["step"]; a state dict without it
+        (one that counts per tensor) gives the largest count among the group's tensors."""
+        if "step" not in group:
+            counts = [
+                self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, {})
+            ]
+            group["step"] = int(max(counts, default=0))
+        return group["step"]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -195,6 +211,8 @@ class PAdam(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            # the group's count of step() calls, with gradients or not (pytorch_optimizer.PAdam)
+            group["step"] = self._group_step(group) + 1
             params: list[Tensor] = []
             grads: list[Tensor] = []
             exp_avgs: list[Tensor] = []
@@ -249,6 +267,13 @@ def padam(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+    if fused or foreach:
+        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
+        # hyperparameter is read as its value
+        lr, beta1, beta2, partial, weight_decay, eps = (
+            x.item() if torch.is_tensor(x) else x
+            for x in (lr, beta1, beta2, partial, weight_decay, eps)
+        )
     if fused:
         func = _fused_padam
     elif foreach:

@@ -26,7 +26,7 @@ class SETAdam(Optimizer):
     .. math::
        \begin{aligned}
            &\rule{110mm}{0.4pt} \\
-           &\textbf{input}: \gamma = 0.001 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.999) \text{ (betas)},\ \epsilon = 10^{-8} \text{ (eps)}, \\
+           &\textbf{input}: \eta = 0.001 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.999) \text{ (betas)},\ \epsilon = 10^{-8} \text{ (eps)}, \\
            &\hspace{13mm}\lambda = 0 \text{ (weight\_decay)},\ \tau = 0.5 \text{ (tau)},\ \theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
            &\textbf{options}: \textit{decoupled\_weight\_decay} = \text{false} \\
            &\textbf{initialize}: m_{0} \leftarrow 0,\ v_{0} \leftarrow 0 \\
@@ -34,19 +34,20 @@ class SETAdam(Optimizer):
            &\textbf{for}\ t = 1, 2, \ldots\ \textbf{do} \\
            &\hspace{5mm}g_{t} \leftarrow \nabla_{\theta} f_{t}\left(\theta_{t-1}\right) \\
            &\hspace{5mm}\textbf{if}\ \textit{decoupled\_weight\_decay} \\
-           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \gamma \lambda\right) \theta_{t-1} \\
+           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \eta \lambda\right) \theta_{t-1} \\
            &\hspace{5mm}\textbf{else} \\
            &\hspace{10mm}g_{t} \leftarrow g_{t} + \lambda \theta_{t-1} \\
            &\hspace{10mm}\theta_{t} \leftarrow \theta_{t-1} \\
            &\hspace{5mm}m_{t} \leftarrow \beta_1 m_{t-1} + \left(1 - \beta_1\right) g_{t} \\
            &\hspace{5mm}v_{t} \leftarrow \beta_2 v_{t-1} + \left(1 - \beta_2\right) g_{t}^{2} \\
-           &\hspace{5mm}c_1 \leftarrow 1 - \beta_1^{t} \\
-           &\hspace{5mm}c_2 \leftarrow 1 - \beta_2^{t} \\
-           &\hspace{5mm}\mathrm{cos\_sq} \leftarrow \frac{\left(\sum_{i} v_{t}\right)^{2}}{\operatorname{numel}(\theta) \sum_{i} v_{t}^{2}} \\
+           &\hspace{5mm}\mathrm{bias\_correction1} \leftarrow 1 - \beta_1^{t} \\
+           &\hspace{5mm}\mathrm{bias\_correction2} \leftarrow 1 - \beta_2^{t} \\
+           &\hspace{5mm}\mathrm{sum\_sq} \leftarrow \sum_{i} v_{t}^{2} \\
+           &\hspace{5mm}\mathrm{cos\_sq} \leftarrow \begin{cases} \displaystyle \frac{\left(\sum_{i} v_{t}\right)^{2}}{\operatorname{numel}(\theta) \cdot \mathrm{sum\_sq}} & \text{if } \mathrm{sum\_sq} > 0 \\ \displaystyle 1 & \text{otherwise} \end{cases} \\
            &\hspace{5mm}\mathrm{scaled\_exp\_avg\_sq} \leftarrow \mathrm{cos\_sq} \cdot v_{t} \\
-           &\hspace{5mm}\mathrm{denom} \leftarrow \sqrt{\frac{\mathrm{scaled\_exp\_avg\_sq}}{c_2} + \epsilon} \\
+           &\hspace{5mm}\mathrm{denom} \leftarrow \sqrt{\frac{\mathrm{scaled\_exp\_avg\_sq}}{\mathrm{bias\_correction2}} + \epsilon} \\
            &\hspace{5mm}\mathrm{translated\_denom} \leftarrow \mathrm{denom} - \tau \min_{i} \mathrm{denom} \\
-           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma m_{t}}{c_1 \cdot \mathrm{translated\_denom}} \\
+           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\eta m_{t}}{\mathrm{bias\_correction1} \cdot \mathrm{translated\_denom}} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\textit{where } \textstyle\sum_i,\ \min_i,\ \max_i,\ \lVert\cdot\rVert\text{: over the elements of one parameter tensor} \\
@@ -55,7 +56,7 @@ class SETAdam(Optimizer):
 
     Args:
         params (iterable): parameters to optimize, or dicts defining parameter groups.
-        lr (float, optional): :math:`\gamma`, in (0, inf) (default: 0.001).
+        lr (float, optional): :math:`\eta`, in (0, inf) (default: 0.001).
         betas (tuple[float, float], optional): :math:`(\beta_1, \beta_2)` (beta1, beta2), each
             in [0, 1) (default: (0.9, 0.999)).
         eps (float, optional): :math:`\epsilon`, in (0, inf) (default: 1e-8).
@@ -80,7 +81,14 @@ class SETAdam(Optimizer):
     all-ones vector, in [1/numel, 1]; it is invariant to a positive rescaling of v. The
     summary does not fix the weight-decay form or eps: this spec follows torch.optim.Adam
     (L2 by default, decoupled_weight_decay=True for the AdamW form; eps = 1e-8, here inside
-    the square root). An all-zero v (a tensor whose gradients were all 0) makes cos_sq 0/0.
+    the square root). An all-zero v (a tensor whose gradients were all 0, or so small that
+    sum(v^2) underflows, |g| <= 1e-12 in float32) makes the formula 0/0; cos_sq is then 1.
+    cos^2(v, 1) has no limit at v = 0 (along v = c*u, c -> 0+, it stays cos^2(u, 1),
+    anything in [1/numel, 1]), but there the update does not depend on it: the scaled v is
+    cos_sq * v = 0 for every finite cos_sq. 1 is the value for a uniform v, the top of the
+    range (no down-scaling, plain Adam's denominator), so the guard never scales v by more
+    than the formula can; the denominator stays >= (1 - tau) * sqrt(eps) > 0 and the update
+    finite.
 
     Paper: Zhang, "On Suppressing Range of Adaptive Stepsizes of Adam to Improve
     Generalisation Performance", arXiv:2302.01029, 2023.
@@ -103,8 +111,8 @@ class SETAdam(Optimizer):
         fused: bool | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together")
+        # The keywords are the spec's names, whatever they are (even `super`): this body reads
+        # nothing else a keyword could shadow. add_param_group checks each group.
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -117,18 +125,23 @@ class SETAdam(Optimizer):
             "fused": fused,
             "state_dtype": state_dtype,
         }
-        super().__init__(params, defaults)
+        Optimizer.__init__(self, params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group, checking its hyperparameters against their ranges."""
         for key, value in self.defaults.items():
             param_group.setdefault(key, value)
+        if param_group["fused"] and param_group["foreach"]:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together")
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
             raise ValueError(
                 f"state_dtype={param_group['state_dtype']} requires fused=True "
                 "(the foreach and for-loop paths keep the state in the parameter's dtype)"
             )
+        for key in ("lr", "eps", "weight_decay", "tau"):
+            if torch.is_tensor(param_group[key]) and param_group[key].numel() != 1:
+                raise ValueError(f"Tensor {key} must be 1-element")
         lr = param_group["lr"]
         if not 0.0 < lr:
             raise ValueError(f"Invalid lr: {lr!r} (expected a value in (0, inf))")
@@ -253,6 +266,13 @@ def setadam(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+    if fused or foreach:
+        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
+        # hyperparameter is read as its value
+        lr, beta1, beta2, eps, weight_decay, tau = (
+            x.item() if torch.is_tensor(x) else x
+            for x in (lr, beta1, beta2, eps, weight_decay, tau)
+        )
     if fused:
         func = _fused_setadam
     elif foreach:
@@ -310,9 +330,11 @@ def _single_tensor_setadam(
                 grad = grad.add(param, alpha=weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        sum_exp_avg_sq = exp_avg_sq.sum()
         exp_avg_sq_norm = torch.linalg.vector_norm(exp_avg_sq)
-        cos_sq = sum_exp_avg_sq**2 / (exp_avg_sq_norm**2 * param.numel())
+        sum_exp_avg_sq = exp_avg_sq.sum()
+        cos_sq = torch.where(
+            exp_avg_sq_norm**2 > 0, sum_exp_avg_sq**2 / (exp_avg_sq_norm**2 * param.numel()), 1.0
+        )
         min_exp_avg_sq = exp_avg_sq.amin()
         min_denom = torch.sqrt(eps + cos_sq * min_exp_avg_sq / bias_correction2)
         neg_min_denom_tau = -min_denom * tau
@@ -372,12 +394,14 @@ def _multi_tensor_setadam(
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-    sum_exp_avg_sqs = [x.sum() for x in exp_avg_sqs]
     exp_avg_sq_norms = torch._foreach_norm(exp_avg_sqs)
-    cos_sqs = torch._foreach_mul(sum_exp_avg_sqs, sum_exp_avg_sqs)
-    torch._foreach_div_(cos_sqs, exp_avg_sq_norms)
-    torch._foreach_div_(cos_sqs, exp_avg_sq_norms)
-    torch._foreach_div_(cos_sqs, [param.numel() for param in params])
+    sum_exp_avg_sqs = [x.sum() for x in exp_avg_sqs]
+    cos_sqs = [
+        torch.where(
+            exp_avg_sq_norm**2 > 0, sum_exp_avg_sq**2 / (exp_avg_sq_norm**2 * param.numel()), 1.0
+        )
+        for exp_avg_sq_norm, param, sum_exp_avg_sq in zip(exp_avg_sq_norms, params, sum_exp_avg_sqs)
+    ]
     min_exp_avg_sqs = [x.amin() for x in exp_avg_sqs]
     min_denoms = torch._foreach_mul(cos_sqs, min_exp_avg_sqs)
     torch._foreach_div_(min_denoms, bias_correction2_list)

@@ -81,8 +81,8 @@ class SGD(Optimizer):
         fused: bool | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together")
+        # The keywords are the spec's names, whatever they are (even `super`): this body reads
+        # nothing else a keyword could shadow. add_param_group checks each group.
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -94,18 +94,23 @@ class SGD(Optimizer):
             "fused": fused,
             "state_dtype": state_dtype,
         }
-        super().__init__(params, defaults)
+        Optimizer.__init__(self, params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a param group, checking its hyperparameters against their ranges."""
         for key, value in self.defaults.items():
             param_group.setdefault(key, value)
+        if param_group["fused"] and param_group["foreach"]:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together")
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
             raise ValueError(
                 f"state_dtype={param_group['state_dtype']} requires fused=True "
                 "(the foreach and for-loop paths keep the state in the parameter's dtype)"
             )
+        for key in ("lr", "momentum", "dampening", "weight_decay"):
+            if torch.is_tensor(param_group[key]) and param_group[key].numel() != 1:
+                raise ValueError(f"Tensor {key} must be 1-element")
         lr = param_group["lr"]
         if not 0.0 < lr:
             raise ValueError(f"Invalid lr: {lr!r} (expected a value in (0, inf))")
@@ -212,6 +217,12 @@ def sgd(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+    if fused or foreach:
+        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
+        # hyperparameter is read as its value
+        lr, momentum, dampening, weight_decay = (
+            x.item() if torch.is_tensor(x) else x for x in (lr, momentum, dampening, weight_decay)
+        )
     if fused:
         func = _fused_sgd
     elif foreach:

@@ -67,6 +67,26 @@ def pull_scalars(expr: sympy.Expr, element: set[str], positive: set[str] = froze
     return _bottom_up(expr, rewrite)
 
 
+def drop_positive_factors(expr: sympy.Expr, positive: set[str]) -> sympy.Expr:
+    """A comparison with 0 is unchanged by a positive factor: `c**2 * x > 0` is `x > 0` for
+    c > 0 (names in `positive`), so that a where(...) guard reads the same once scaled."""
+
+    def rewrite(e):
+        if not isinstance(e, sympy.core.relational.Relational):
+            return e
+        difference = sympy.factor_terms(e.lhs - e.rhs)
+        kept = [
+            f
+            for f in sympy.Mul.make_args(difference)
+            if not (f.free_symbols and {s.name for s in f.free_symbols} <= positive and f.is_positive)
+        ]
+        if len(kept) == len(sympy.Mul.make_args(difference)):
+            return e
+        return e.func(sympy.Mul(*kept), 0)
+
+    return _bottom_up(expr, rewrite)
+
+
 def _bottom_up(expr, rewrite):
     if not expr.args or expr.is_Atom:
         return rewrite(expr)

@@ -17,7 +17,7 @@ from ..errors import Loc, SpecError
 from ..expr import GRAD, STEP, STEP_SYMBOL, symbol
 from ..spec import Interval, Spec
 from . import numeric as N
-from .algebra import is_zero, pull_scalars
+from .algebra import drop_positive_factors, is_zero, pull_scalars
 from .bounds import assumptions_of, bounds, is_nonneg, is_positive
 from .equivalence import bind_hypers
 from .result import PROVEN, UNKNOWN, Obligation, Proof, verdict
@@ -323,7 +323,8 @@ def prove_scale_invariant(c: ScaleInvariant) -> Proof:
         PARAM0.name,
     }
     table = {**table, v.name: known or Interval(-np.inf, np.inf, True, True)}
-    difference = pull_scalars(scaled, element, {SCALE.name}) - pull_scalars(expr, element, {SCALE.name})
+    scaled_pulled = drop_positive_factors(pull_scalars(scaled, element, {SCALE.name}), {SCALE.name})
+    difference = scaled_pulled - pull_scalars(expr, element, {SCALE.name})
     proof = Proof(c.describe(), UNKNOWN)
     proof.obligations.append(Obligation("unchanged when scaled", PROVEN if is_zero(difference, table) else UNKNOWN))
     if proof.obligations[0].status != PROVEN:

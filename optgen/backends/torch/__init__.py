@@ -41,6 +41,15 @@ def compile_spec(spec: Spec) -> type:
     return getattr(module, spec.name)
 
 
+def restore_compiled(spec: Spec, state: dict):
+    """Unpickle an optimizer of a compiled class: the class compiled again from its spec (the
+    same text, so the same module where it is loaded already), then the pickled state."""
+    cls = compile_spec(spec)
+    optimizer = cls.__new__(cls)
+    optimizer.__setstate__(state)
+    return optimizer
+
+
 def cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / config.CACHE
 

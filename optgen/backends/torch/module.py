@@ -16,7 +16,7 @@ from ...expr import GRAD, PARAM
 from ...lower import lower
 from ...spec import Spec, StateDecl
 from .. import format_python
-from . import config
+from . import config, names
 from .emit import multi_body, single_body
 from .prepare import Prepared, plural, prepare
 from .printer import TensorPrinter, host_printer, number
@@ -52,20 +52,48 @@ def render_module(spec: Spec, stamp: str, compiled: bool = False) -> str:
             f"{spec.name} takes its gradient at {spec.gradient_at} (a paper form, for proofs): "
             "only a spec whose gradient is taken at `param` compiles to an optimizer",
         )
-    variants = [Variant(combo, prepare(lower(spec, combo))) for combo in spec.option_combinations()]
-    context = _context(spec, variants, stamp, compiled)
-    template = _environment().get_template("optimizer.py.j2")
-    return format_source(template.render(**context))
+    # what the module uses for itself: rendered with placeholders for every spec name
+    # (less the temporaries the scheduler named: it names them around whatever is taken)
+    marked = names.renamed(spec, names.placeholders(spec), public=False)
+    text, made = _render(marked, marked, stamp, compiled, set())
+    taken = names.module_names(text) - made
+    _check_keywords(spec, names.own_keywords(text))
+    local = names.renamed(spec, names.python_names(spec, taken))
+    return format_source(_render(spec, local, stamp, compiled, taken)[0])
+
+
+def _render(spec: Spec, local: Spec, stamp: str, compiled: bool, taken: set[str]) -> tuple[str, set[str]]:
+    """The module's text, and the names the scheduler made for temporaries. `local` is the
+    spec under its Python names (the same spec where every name is free), `spec` the one
+    the docstring shows."""
+    variants = [Variant(combo, prepare(lower(local, combo))) for combo in local.option_combinations()]
+    context = _context(spec, local, variants, stamp, compiled, taken)
+    return _environment().get_template("optimizer.py.j2").render(**context), context["made"]
+
+
+def _check_keywords(spec: Spec, own: set[str]) -> None:
+    """A constructor keyword is public, so it cannot be renamed: one that the class has
+    itself (`state_dtype`, found in the rendered constructor) is an error."""
+    for key, h in spec.hyperparameters.items():
+        if key in own:
+            raise CompileError(
+                h.loc, f"`{key}` is a keyword of every optgen optimizer; name the hyperparameter otherwise"
+            )
+    for name, opt in spec.options.items():
+        if name in own:
+            raise CompileError(opt.loc, f"`{name}` is a keyword of every optgen optimizer; name the option otherwise")
 
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(catalog.templates_dir() / config.NAME)),
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.filters["format_is_tensor"] = lambda name: f"torch.is_tensor({name})"
+    return env
 
 
 def format_source(text: str) -> str:
@@ -73,7 +101,8 @@ def format_source(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- context
-def _context(spec: Spec, variants: list[Variant], stamp: str, compiled: bool) -> dict:
+def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, compiled: bool, taken) -> dict:
+    """`spec` under its Python names; `public` as written (the docstring, the fused path's keys)."""
     fn = spec.module_name
     lists = ["params", "grads"] + [plural(s) for s in spec.state] + ["state_steps"]
     globals_ = _globals(spec, variants)
@@ -89,23 +118,27 @@ def _context(spec: Spec, variants: list[Variant], stamp: str, compiled: bool) ->
         "globals": globals_,
         "signature": _signature(spec, lists, globals_),
         "forward_kwargs": [f"{k}={k}" for k in kwargs],
-        "states": [{"name": s, "list": plural(s)} for s in spec.state],
+        "states": [{"name": s, "list": plural(p)} for s, p in zip(public.state, spec.state)],
         "spec_key": "_spec_key" if compiled else f'"{fn}"',
         "hyper_names": list(spec.scalar_hypers),
-        "option_names": list(spec.options),
-        **_class_context(spec, variants, globals_),
-        **_bodies(spec, variants, lists, kwargs),
+        "hyper_keys": list(zip(public.scalar_hypers, spec.scalar_hypers)),
+        "option_keys": list(zip(public.options, spec.options)),
+        "per_group_step": spec.step_count == "per_group",
+        "parity": spec.parity,
+        **_class_context(public, spec, variants, globals_),
+        **_bodies(spec, variants, lists, kwargs, taken),
     }
 
 
-def _class_context(spec: Spec, variants: list[Variant], globals_) -> dict:
+def _class_context(public: Spec, spec: Spec, variants: list[Variant], globals_) -> dict:
     captured = {k: h.captured for k, h in spec.hyperparameters.items() if h.captured}
     device_states = _device_states(variants)
     return {
-        "docstring": _docstring(spec),
+        "docstring": _docstring(public),
         "ctor_args": _ctor_args(spec),
-        "ctor_keys": [k for k, h in spec.hyperparameters.items() if h.captured is None] + list(spec.options),
-        "validation": _validation(spec),
+        "ctor_keys": [k for k, h in spec.hyperparameters.items() if h.captured is None]
+        + [o.public for o in spec.options.values()],
+        "validation": _validation(spec, public),
         "captured": [f'param_group.setdefault("{k}", param_group["{src}"])' for k, src in captured.items()],
         "captured_setstate": [f'group.setdefault("{k}", group["{src}"])' for k, src in captured.items()],
         "init_uses_grad": any(GRAD in {x.name for x in s.init.free_symbols} for s in spec.state.values()),
@@ -113,28 +146,50 @@ def _class_context(spec: Spec, variants: list[Variant], globals_) -> dict:
         "uses_state_dtype": any(s.scope != "tensor" for s in spec.state.values()),
         "unpack": [f'{", ".join(h.names)} = group["{k}"]' for k, h in spec.hyperparameters.items() if h.is_tuple],
         "call_kwargs": _call_kwargs(spec, globals_),
+        # scalar constructor keywords that may be 1-element tensors (torch.optim's tensor lr)
+        "tensor_keys": [k for k, h in spec.hyperparameters.items() if h.captured is None and not h.is_tuple],
+        "foreach_scalar_keys": [k for k, h in spec.hyperparameters.items() if h.tensor == "not_with_foreach"],
+        "foreach_scalar_names": [h.names[0] for h in spec.hyperparameters.values() if h.tensor == "not_with_foreach"],
     }
 
 
-def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[str]) -> dict:
+def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[str], taken: set[str]) -> dict:
     """The for-loop and foreach bodies: one schedule per setting of the options, merged."""
     fn = spec.module_name
-    reserved = _reserved(spec, lists, kwargs, fn)
+    reserved = _reserved(spec, lists, kwargs, fn) | taken
     recurse = f"_multi_tensor_{fn}(*batch, {', '.join(f'{k}={k}' for k in kwargs)})"
-    singles, multis = [], []
+    singles, multis, made = [], [], set()
     for v in variants:
-        singles.append((v.options, single_body(v.prepared, Scheduler(v.prepared, False, reserved).run())))
-        multis.append((v.options, multi_body(v.prepared, Scheduler(v.prepared, True, reserved).run(), recurse, lists)))
+        single, multi = Scheduler(v.prepared, False, reserved), Scheduler(v.prepared, True, reserved)
+        singles.append((v.options, single_body(v.prepared, single.run())))
+        multis.append((v.options, multi_body(v.prepared, multi.run(), recurse, lists)))
+        made |= (single.taken | multi.taken) - reserved
     options = list(spec.options)
     return {
         "single_body": render(merge_variants(singles, options), 1),
         "multi_body": render(merge_variants(multis, options), 1),
+        "made": made,
     }
 
 
 def _reserved(spec: Spec, lists: list[str], kwargs: list[str], fn: str) -> set[str]:
     names = set(lists) | set(kwargs) | set(spec.state) | set(spec.options)
-    names |= {"param", "grad", "step", "step_t", "steps", "keys", "chunk", "batch", "value", "x", "i", "p", "torch", "Tensor"}
+    names |= {
+        "param",
+        "grad",
+        "step",
+        "step_t",
+        "steps",
+        "keys",
+        "chunk",
+        "batch",
+        "value",
+        "x",
+        "i",
+        "p",
+        "torch",
+        "Tensor",
+    }
     names |= {fn, f"_single_tensor_{fn}", f"_multi_tensor_{fn}", f"_fused_{fn}", "_batches", "foreach", "fused"}
     return names
 
@@ -228,23 +283,21 @@ def _hyper_doc(h) -> str:
 
 def _ctor_args(spec: Spec) -> list[str]:
     out = [f"{k}: {_type_of(h)} = {_default(h)}" for k, h in spec.hyperparameters.items() if h.captured is None]
-    return out + [f"{name}: bool = {opt.default}" for name, opt in spec.options.items()]
+    return out + [f"{opt.public}: bool = {opt.default}" for opt in spec.options.values()]
 
 
-def _validation(spec: Spec) -> list[str]:
+def _validation(spec: Spec, public: Spec) -> list[str]:
+    """Range checks, reading each value under its Python name; messages name it as the spec."""
     lines = []
-    for key, h in spec.hyperparameters.items():
+    for (key, h), shown in zip(spec.hyperparameters.items(), public.hyperparameters.values()):
         if h.captured is not None:
             continue
-        if h.is_tuple:
-            lines.append(f'{", ".join(h.names)} = param_group["{key}"]')
-        else:
-            lines.append(f'{key} = param_group["{key}"]')
-        for i, name in enumerate(h.names):
+        lines.append(f'{", ".join(h.names)} = param_group["{key}"]')
+        for i, (name, label) in enumerate(zip(h.names, shown.names)):
             test = _range_test(name, h.range)
             if test is None:
                 continue
-            label = f"{name} ({key}[{i}])" if h.is_tuple else name
+            label = f"{label} ({key}[{i}])" if h.is_tuple else label
             lines.append(f"if not {test}:")
             lines += _raise(f'f"Invalid {label}: {{{name}!r}}', f'(expected a value in {h.range})"')
     return lines
@@ -269,7 +322,7 @@ def _range_test(name: str, interval) -> str | None:
 
 def _group_text(spec: Spec):
     """Hyperparameters and options as read from a param group."""
-    texts = {o: f'group["{o}"]' for o in spec.options}
+    texts = {o: f'group["{opt.public}"]' for o, opt in spec.options.items()}
     for key, h in spec.hyperparameters.items():
         for i, name in enumerate(h.names):
             texts[name] = f'group["{key}"][{i}]' if h.is_tuple else f'group["{key}"]'
@@ -315,7 +368,8 @@ def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
         f'{plural(s.name)}.append(state["{s.key}"])',
     ]
     if s.when is not None:
-        lines = [f"if {_condition(s.when, lambda o: f'group[{o!r}]'.replace(chr(39), chr(34)))}:"] + [
+        public = {o: opt.public for o, opt in spec.options.items()}
+        lines = [f"if {_condition(s.when, lambda o: f'group[{public[o]!r}]'.replace(chr(39), chr(34)))}:"] + [
             "    " + line for line in lines
         ]
     return "\n".join(" " * 12 + line for line in lines)
@@ -338,7 +392,7 @@ def _call_kwargs(spec: Spec, globals_) -> list[str]:
     for key, h in spec.hyperparameters.items():
         for name in h.names:
             out.append(f"{name}={name}" if h.is_tuple else f'{name}=group["{key}"]')
-    out += [f'{o}=group["{o}"]' for o in spec.options]
+    out += [f'{o}=group["{opt.public}"]' for o, opt in spec.options.items()]
     out.append('maximize=group["maximize"]')
     out += [f"{g.name}={g.name}" for g in globals_]
     return out

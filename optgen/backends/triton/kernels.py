@@ -291,7 +291,7 @@ def _check_names(module: Module, programs: list[Program]) -> None:
     clash = sorted(ours & theirs) + sorted(o for o in module.option_names if _flag(o) in flags)
     if clash:
         raise CompileError(
-            module.spec.loc,
+            module.spec.locations.get(clash[0], module.spec.loc),
             f"the Triton kernels use the name(s) {', '.join(clash)} for themselves; rename them in the spec",
         )
 

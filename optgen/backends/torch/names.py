@@ -1,0 +1,172 @@
+"""Python names for a spec's identifiers in the generated module.
+
+A spec may name a hyperparameter, option, state or value anything a spec allows (`zip`,
+`keys`, `super`, `param_group`, `m_list` beside a state `m`). The generated module keeps
+those names where they are free and renames the rest (`zip` -> `zip_`) consistently: the
+constructor keywords, param_group keys and state_dict keys stay the spec's (they are the
+public surface), only the Python identifiers change.
+
+What is not free is found mechanically, never listed by hand: Python's keywords, the
+builtins, and every identifier the module binds or reads for itself, found by rendering the
+spec with placeholder names and walking the rendered module's syntax tree.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import dataclasses
+import keyword
+from collections.abc import Callable
+
+import sympy
+
+from ...spec import Assign, If, Spec, StateDecl
+from .prepare import plural
+
+PLACEHOLDER = "optgen_placeholder_"
+
+
+def identifiers(spec: Spec) -> list[str]:
+    """The spec's names that become Python identifiers: states and assigned values first
+    (they also name lists, `exp_avgs`), then options and hyperparameters."""
+    out = list(spec.state)
+    for name in _assigned(spec.update):
+        if name not in out and name not in ("param", "grad"):
+            out.append(name)
+    out += list(spec.options)
+    out += [n for h in spec.hyperparameters.values() for n in h.names]
+    return list(dict.fromkeys(out))
+
+
+def _assigned(statements) -> list[str]:
+    out = []
+    for st in statements:
+        if isinstance(st, Assign):
+            out.append(st.target)
+        elif isinstance(st, If):
+            out += _assigned(st.body) + _assigned(st.orelse)
+    return out
+
+
+def placeholders(spec: Spec) -> dict[str, str]:
+    return {name: f"{PLACEHOLDER}{i}" for i, name in enumerate(identifiers(spec))}
+
+
+def module_names(text: str) -> set[str]:
+    """Every identifier the rendered module binds or reads, other than the placeholders,
+    with Python's keywords and builtins."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+    names = {n for n in names if not n.startswith(PLACEHOLDER)}
+    return names | set(dir(builtins)) | set(keyword.kwlist) | set(keyword.softkwlist)
+
+
+def own_keywords(text: str) -> set[str]:
+    """The keyword-only arguments of the rendered class's constructor (maximize, foreach...)."""
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+            return {a.arg for a in node.args.kwonlyargs}
+    return set()
+
+
+def python_names(spec: Spec, taken: set[str]) -> dict[str, str]:
+    """Spec name -> Python name: the spec's own where it, and the list named after it, are
+    free; else the first free of name_, name__, ..."""
+    claimed = set(taken)
+    out = {}
+    for name in identifiers(spec):
+        candidate = name
+        while candidate in claimed or plural(candidate) in claimed:
+            candidate += "_"
+        out[name] = candidate
+        claimed |= {candidate, plural(candidate)}
+    return out
+
+
+def renamed(spec: Spec, names: dict[str, str], public: bool = True) -> Spec:
+    """The spec with its identifiers renamed. public=True keeps the constructor keywords,
+    group keys and state keys; public=False renames those too (the placeholder render)."""
+    if all(k == v for k, v in names.items()):
+        return spec
+    rename = _renamer(names)
+
+    def name(n: str) -> str:
+        return names.get(n, n)
+
+    hypers = {}
+    for key, h in spec.hyperparameters.items():
+        new_key = key if public else name(key) if not h.is_tuple else f"{PLACEHOLDER}key_{len(hypers)}"
+        hypers[new_key] = dataclasses.replace(h, key=new_key, names=[name(n) for n in h.names], tuple_key=h.is_tuple)
+    options = {
+        name(o): dataclasses.replace(opt, name=name(o), key=(opt.public if public else name(o)))
+        for o, opt in spec.options.items()
+    }
+    states = {
+        name(s): StateDecl(
+            name(s),
+            rename(d.init),
+            d.scope,
+            d.loc,
+            d.key if public else name(s),
+            d.tex,
+            _condition(d.when, name),
+        )
+        for s, d in spec.state.items()
+    }
+    return dataclasses.replace(
+        spec,
+        hyperparameters=hypers,
+        options=options,
+        state=states,
+        update=[_statement(st, rename, name) for st in spec.update],
+        symbols={name(n): rename(sym) for n, sym in spec.symbols.items()},
+        tex_symbols={name(n): t for n, t in spec.tex_symbols.items()},
+        locations={name(n): loc for n, loc in spec.locations.items()},
+    )
+
+
+def _renamer(names: dict[str, str]) -> Callable:
+    """Rename symbols by name (each keeps its assumptions)."""
+
+    def rename(expr):
+        if not isinstance(expr, sympy.Basic):
+            return expr
+        table = {
+            s: sympy.Symbol(names[s.name], **s.assumptions0)
+            for s in expr.atoms(sympy.Symbol)
+            if names.get(s.name, s.name) != s.name
+        }
+        return expr.xreplace(table) if table else expr
+
+    return rename
+
+
+def _statement(st, rename, name):
+    if isinstance(st, Assign):
+        return dataclasses.replace(st, target=name(st.target), expr=rename(st.expr))
+    return dataclasses.replace(
+        st,
+        cond=_condition(st.cond, name),
+        body=[_statement(s, rename, name) for s in st.body],
+        orelse=[_statement(s, rename, name) for s in st.orelse],
+    )
+
+
+def _condition(cond, name):
+    if cond is None:
+        return None
+    if isinstance(cond, str):
+        return name(cond)
+    op, arg = cond
+    if op == "not":
+        return (op, _condition(arg, name))
+    return (op, [_condition(c, name) for c in arg])
