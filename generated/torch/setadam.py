@@ -26,7 +26,7 @@ class SETAdam(Optimizer):
     .. math::
        \begin{aligned}
            &\rule{110mm}{0.4pt} \\
-           &\textbf{input}: \eta = 0.001 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.999) \text{ (betas)},\ \epsilon = 10^{-8} \text{ (eps)}, \\
+           &\textbf{input}: \gamma = 0.001 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.999) \text{ (betas)},\ \epsilon = 10^{-8} \text{ (eps)}, \\
            &\hspace{13mm}\lambda = 0 \text{ (weight\_decay)},\ \tau = 0.5 \text{ (tau)},\ \theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
            &\textbf{options}: \textit{decoupled\_weight\_decay} = \text{false} \\
            &\textbf{initialize}: m_{0} \leftarrow 0,\ v_{0} \leftarrow 0 \\
@@ -34,20 +34,20 @@ class SETAdam(Optimizer):
            &\textbf{for}\ t = 1, 2, \ldots\ \textbf{do} \\
            &\hspace{5mm}g_{t} \leftarrow \nabla_{\theta} f_{t}\left(\theta_{t-1}\right) \\
            &\hspace{5mm}\textbf{if}\ \textit{decoupled\_weight\_decay} \\
-           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \eta \lambda\right) \theta_{t-1} \\
+           &\hspace{10mm}\theta_{t} \leftarrow \left(1 - \gamma \lambda\right) \theta_{t-1} \\
            &\hspace{5mm}\textbf{else} \\
            &\hspace{10mm}g_{t} \leftarrow g_{t} + \lambda \theta_{t-1} \\
            &\hspace{10mm}\theta_{t} \leftarrow \theta_{t-1} \\
            &\hspace{5mm}m_{t} \leftarrow \beta_1 m_{t-1} + \left(1 - \beta_1\right) g_{t} \\
            &\hspace{5mm}v_{t} \leftarrow \beta_2 v_{t-1} + \left(1 - \beta_2\right) g_{t}^{2} \\
-           &\hspace{5mm}\mathrm{bias\_correction1} \leftarrow 1 - \beta_1^{t} \\
-           &\hspace{5mm}\mathrm{bias\_correction2} \leftarrow 1 - \beta_2^{t} \\
+           &\hspace{5mm}c_1 \leftarrow 1 - \beta_1^{t} \\
+           &\hspace{5mm}c_2 \leftarrow 1 - \beta_2^{t} \\
            &\hspace{5mm}\mathrm{sum\_sq} \leftarrow \sum_{i} v_{t}^{2} \\
            &\hspace{5mm}\mathrm{cos\_sq} \leftarrow \begin{cases} \displaystyle \frac{\left(\sum_{i} v_{t}\right)^{2}}{\operatorname{numel}(\theta) \cdot \mathrm{sum\_sq}} & \text{if } \mathrm{sum\_sq} > 0 \\ \displaystyle 1 & \text{otherwise} \end{cases} \\
            &\hspace{5mm}\mathrm{scaled\_exp\_avg\_sq} \leftarrow \mathrm{cos\_sq} \cdot v_{t} \\
-           &\hspace{5mm}\mathrm{denom} \leftarrow \sqrt{\frac{\mathrm{scaled\_exp\_avg\_sq}}{\mathrm{bias\_correction2}} + \epsilon} \\
+           &\hspace{5mm}\mathrm{denom} \leftarrow \sqrt{\frac{\mathrm{scaled\_exp\_avg\_sq}}{c_2} + \epsilon} \\
            &\hspace{5mm}\mathrm{translated\_denom} \leftarrow \mathrm{denom} - \tau \min_{i} \mathrm{denom} \\
-           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\eta m_{t}}{\mathrm{bias\_correction1} \cdot \mathrm{translated\_denom}} \\
+           &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\gamma m_{t}}{c_1 \cdot \mathrm{translated\_denom}} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\textit{where } \textstyle\sum_i,\ \min_i,\ \max_i,\ \lVert\cdot\rVert\text{: over the elements of one parameter tensor} \\
@@ -56,7 +56,7 @@ class SETAdam(Optimizer):
 
     Args:
         params (iterable): parameters to optimize, or dicts defining parameter groups.
-        lr (float, optional): :math:`\eta`, in (0, inf) (default: 0.001).
+        lr (float, optional): :math:`\gamma`, in (0, inf) (default: 0.001).
         betas (tuple[float, float], optional): :math:`(\beta_1, \beta_2)` (beta1, beta2), each
             in [0, 1) (default: (0.9, 0.999)).
         eps (float, optional): :math:`\epsilon`, in (0, inf) (default: 1e-8).
