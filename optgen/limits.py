@@ -49,8 +49,12 @@ def tree_problem(tree: ast.AST, text: str) -> tuple[ast.AST, str] | None:
             problem = _name_problem(node, lines)
             if problem:
                 return node, problem
-        stack.extend((child, depth + 1, root) for child in ast.iter_child_nodes(node))
+        stack.extend((child, depth + 1, root) for child in ast.iter_child_nodes(node) if not isinstance(child, _MARKS))
     return None
+
+
+# operator and context markers: shared, position-less nodes, not counted
+_MARKS = (ast.expr_context, ast.operator, ast.boolop, ast.cmpop, ast.unaryop)
 
 
 def _name_problem(node: ast.Name, lines: list[str]) -> str | None:
