@@ -17,13 +17,15 @@ import sympy
 
 from .expr import REDUCTIONS
 
-MAX_EXPR_NODES = 2_000  # syntax nodes in one statement or expression
-MAX_PROGRAM_NODES = 20_000  # in one update program
+MAX_EXPR_NODES = 1_000  # syntax nodes in one statement or expression
+MAX_PROGRAM_NODES = 3_000  # in one update program
 MAX_EXPR_DEPTH = 100  # nesting of one expression (the converter recurses on it)
 MAX_CONSTANT_BITS = 1_100  # numerator/denominator of an exact constant (float64 needs < 1100)
 MAX_FLOAT = 1.7976931348623157e308
 MAX_OPTIONS = 6  # options: 2**6 = 64 specialisations are compiled and checked
+MAX_WORK = 32_000  # specialisations x update-program nodes (the catalog's largest: 6,624)
 MAX_EXTENDS = 16  # length of an `extends` chain
+MAX_INLINED = 500  # nodes of a value with earlier values substituted in (grows exponentially)
 
 
 def tree_problem(tree: ast.AST, text: str) -> tuple[ast.AST, str] | None:
@@ -92,4 +94,17 @@ def constant_problem(expr) -> str | None:
     value = expr.evalf(20)
     if not value.is_Number or not (abs(value) <= MAX_FLOAT):
         return "this constant is not a finite float64 number"
+    return None
+
+
+def program_size(tree: ast.AST) -> int:
+    return sum(1 for node in ast.walk(tree) if not isinstance(node, _MARKS))
+
+
+def option_over_budget(options: int, program_nodes: int) -> int | None:
+    """The index of the first option that takes the work (each specialisation is lowered,
+    checked and emitted) over MAX_WORK, or None."""
+    for i in range(options):
+        if 2 ** (i + 1) * program_nodes > MAX_WORK:
+            return i
     return None

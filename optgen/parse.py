@@ -524,6 +524,7 @@ class UpdateParser:
 
     def parse(self, symbols: dict[str, sympy.Symbol]) -> list:
         tree = parse_python(self.source, "exec", "the update program")
+        self.size = limits.program_size(tree)
         self.symbols = symbols
         for target, node in self._targets(tree.body):
             if target not in symbols:
@@ -663,7 +664,15 @@ class SpecBuilder:
         states = self.states(set(options))
         if self.update_source is None:
             raise SpecError(self.root.loc, "missing key `update`: the update program")
-        update = UpdateParser(self.update_source, self.scalar_names, set(options), set(states)).parse(self.symbols)
+        update_parser = UpdateParser(self.update_source, self.scalar_names, set(options), set(states))
+        update = update_parser.parse(self.symbols)
+        over = limits.option_over_budget(len(options), update_parser.size)
+        if over is not None:
+            raise SpecError(
+                list(options.values())[over].loc,
+                f"too many options for an update this large: {len(options)} options are {2 ** len(options)} "
+                f"specialisations of {update_parser.size} syntax nodes each, at most {limits.MAX_WORK} in all",
+            )
         gradient_at = None
         if "gradient_at" in self.top:
             gradient_at = self.point_expr(self.top["gradient_at"], set(states))

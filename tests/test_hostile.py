@@ -137,6 +137,16 @@ def balanced_sum(leaves: int) -> str:
     return terms[0]
 
 
+def dependent_chain(n: int) -> str:
+    """Each value uses the one before five times: inlined, it grows as 5**n."""
+    body = "".join(
+        f"  v{i} = sqrt(abs(v{i - 1}) + {i}) * exp(-abs(v{i - 1})) + maximum(v{i - 1}, grad) / (abs(v{i - 1}) + {i})"
+        f" + where(v{i - 1} > grad, m, v{i - 1})\n"
+        for i in range(1, n)
+    )
+    return small(f"v{n - 1}").replace("  param = param", f"  v0 = m\n{body}  param = param")
+
+
 HOSTILE = {
     # name: (spec text, message, line or None)
     "alias_bomb": (alias_bomb(), r"more than \d+ YAML values once aliases are expanded", None),
@@ -150,12 +160,18 @@ HOSTILE = {
     "wide_expression": (small(balanced_sum(4096)), r"expression is too large", 9),
     "large_program": (
         SMALL.replace(
-            "  param = param", "".join(f"  v{i} = {balanced_sum(512)}\n" for i in range(24)) + "  param = param"
+            "  param = param", "".join(f"  v{i} = {balanced_sum(128)}\n" for i in range(14)) + "  param = param"
         ).replace("UPDATE", "m"),
         r"program is too large",
         None,
     ),
     "sixteen_options": (options(16), r"too many options: at most 6", 12),
+    "options_times_program_size": (
+        options(6).replace("  m = m + grad", f"  m = m + grad + {balanced_sum(256)}"),
+        r"too many options for an update this large",
+        11,
+    ),
+    "long_dependent_chain": (dependent_chain(300), r"program is too large", None),
     "oversized_source": (small() + "notes: |\n" + "  x\n" * 100_000, r"larger than \d+ characters", 1),
     "nul_in_summary": (
         small().replace("summary: A small valid spec.", 'summary: "a\\0b"'),
@@ -198,6 +214,13 @@ def test_a_long_extends_chain_is_refused(tmp_path, baseline_kb):
     assert re.search(r"^\S*c\d+\.yaml:1:10: `extends` chain is longer than 16 specs$", text, re.MULTILINE), text
     assert run.peak_kb - baseline_kb < MEMORY_BUDGET_KB
     assert snapshot(tmp_path) == before
+
+
+def test_a_chain_of_dependent_values_is_checked_without_inlining_it_all(tmp_path):
+    """(A chain of 8 such values took over 120 s: the denominator analysis inlined every value.)"""
+    (tmp_path / "chain.yaml").write_text(dependent_chain(12))
+    run = cli(["check", "chain.yaml"], tmp_path)
+    assert run.code == 0, run.out + run.err
 
 
 def test_six_options_are_accepted(tmp_path):
