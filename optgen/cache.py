@@ -33,7 +33,10 @@ def cache_dir() -> Path:
     """This user's cache folder, created 0700; refused unless it is a real folder owned by
     this user that no one else can write."""
     base = os.environ.get("XDG_CACHE_HOME", "")
-    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
+    try:
+        root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
+    except (RuntimeError, KeyError):
+        raise SetupError("no home folder for optgen's cache: set XDG_CACHE_HOME") from None
     path = root / "optgen"
     try:
         root.mkdir(parents=True, exist_ok=True)
