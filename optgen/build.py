@@ -6,9 +6,12 @@ never leaves a half-written tree."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import sys
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import backends, catalog
 from .check import check
@@ -40,34 +43,175 @@ def render_all(specs: list[Spec], whole_catalog: bool) -> dict[str, str]:
         if whole_catalog and hasattr(backend, "render_index"):
             for name, text in backend.render_index(specs).items():
                 files[f"{backend.NAME}/{name}"] = text
+    if whole_catalog:
+        files[MANIFEST] = manifest_text(files)
     return files
 
 
-def write_tree(files: dict[str, str | bytes], out: Path, prune: bool) -> None:
+# --------------------------------------------------------------------------- the output folder
+MANIFEST = ".optgen-manifest"
+MANIFEST_HEAD = "# Files written by `optgen build` (sha256, path). optgen removes or replaces only these.\n"
+CACHE_DIRS = ("__pycache__",)  # made by Python when it imports generated modules; disposable
+
+
+class OutputError(Exception):
+    """The output folder cannot be written safely. The CLI prints it and exits 2."""
+
+
+def manifest_text(files: dict[str, str | bytes]) -> str:
+    """The manifest of a tree: one `sha256  path` line per file, sorted."""
+    lines = [f"{hashlib.sha256(_data(text)).hexdigest()}  {rel}\n" for rel, text in sorted(files.items())]
+    return MANIFEST_HEAD + "".join(lines)
+
+
+def _data(text: str | bytes) -> bytes:
+    return text.encode("utf-8") if isinstance(text, str) else text
+
+
+def read_manifest(out: Path) -> dict[str, str] | None:
+    """Relative path -> sha256 of the files a previous build wrote into `out`; None when
+    `out` has no manifest. A manifest naming anything outside `out` is refused."""
+    path = out / MANIFEST
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink() or not path.is_file():
+        raise OutputError(f"{path} is not a file optgen wrote (a link or a folder); refusing to use {out}")
+    listed = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        digest, _, rel = line.partition("  ")
+        parts = PurePosixPath(rel).parts
+        if not rel or rel.startswith("/") or ".." in parts or "." in parts or rel == MANIFEST or len(digest) != 64:
+            raise OutputError(f"{path} is not an optgen manifest (it lists {rel!r}); refusing to use {out}")
+        listed[rel] = digest
+    return listed
+
+
+def resolve_out(out: Path) -> Path:
+    """The folder a build writes: absolute, through a link given as --out (the link stays and
+    points at the new tree), never the filesystem root."""
+    out = Path(os.path.abspath(out))
+    if out.is_symlink():
+        out = out.resolve()
+    if out.name == "" or out.parent == out:
+        raise OutputError(f"cannot build into {out}: choose a folder for the generated files")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a folder")
+    return out
+
+
+def foreign_entries(out: Path, listed: dict[str, str]) -> list[str]:
+    """What is in `out` that optgen did not write: not in the manifest (links are never
+    optgen's), except Python's __pycache__ folders of .pyc files."""
+    folders = {p.as_posix() for rel in listed for p in PurePosixPath(rel).parents}
+    foreign = []
+    for root, dirs, names in os.walk(out):
+        base = Path(root).relative_to(out)
+        for name in list(dirs):
+            rel = (base / name).as_posix()
+            path = Path(root) / name
+            if name in CACHE_DIRS and _only_pyc(path):
+                dirs.remove(name)
+            elif path.is_symlink() or rel not in folders:
+                foreign.append(rel + ("" if path.is_symlink() else "/"))
+                dirs.remove(name)
+        for name in names:
+            rel = (base / name).as_posix()
+            path = Path(root) / name
+            if rel == MANIFEST and not path.is_symlink():
+                continue
+            if path.is_symlink() or not path.is_file() or rel not in listed:
+                foreign.append(rel)
+    return sorted(foreign)
+
+
+def _only_pyc(folder: Path) -> bool:
+    return not folder.is_symlink() and all(
+        p.is_file() and not p.is_symlink() and p.suffix == ".pyc" for p in folder.iterdir()
+    )
+
+
+def check_out(out: Path) -> dict[str, str]:
+    """The manifest of `out` (empty for a new or empty folder); refuses a folder with
+    anything optgen did not write, so that a build never deletes or replaces it."""
+    if not out.exists():
+        return {}
+    listed = read_manifest(out)
+    if listed is None:
+        if any(out.iterdir()):
+            raise OutputError(
+                f"{out} is not empty and is not an optgen output (no {MANIFEST}); "
+                "refusing to write there: give --out an empty or new folder"
+            )
+        return {}
+    foreign = foreign_entries(out, listed)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(
+            f"{out} holds what optgen did not write ({shown}); a build replaces the whole folder, "
+            "so move these out of it (links included) and build again"
+        )
+    return listed
+
+
+def write_tree(files: dict[str, str | bytes], out: Path, prune: bool) -> Path:
+    """Write `files` (plus the manifest) as the folder `out`, atomically: built in a staging
+    folder beside it and swapped in. With prune=False the files of the previous build that are
+    not rebuilt are kept. Only files the previous manifest lists are ever removed. Returns the
+    folder written (a link given as `out` is followed)."""
+    out = resolve_out(out)
+    listed = check_out(out)
+    files = {rel: text for rel, text in files.items() if rel != MANIFEST}
+    if not prune:
+        for rel in listed:
+            if rel not in files:
+                files[rel] = (out / rel).read_bytes()
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".optgen-", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
-        if out.exists() and not prune:
-            shutil.copytree(out, staging, dirs_exist_ok=True)
-        for rel, text in files.items():
+        for rel, text in {**files, MANIFEST: manifest_text(files)}.items():
             path = staging / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(text, bytes):
-                path.write_bytes(text)
-            else:
-                path.write_text(text, encoding="utf-8")
-        backup = None
+            path.write_bytes(_data(text))
+        os.chmod(staging, 0o777 & ~_umask())
         if out.exists():
-            backup = out.with_name(out.name + ".old")
-            if backup.exists():
-                shutil.rmtree(backup)
-            out.rename(backup)
-        staging.rename(out)
-        if backup is not None:
-            shutil.rmtree(backup)
+            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, backup)  # onto the empty folder just made: a name no one else has
+            os.rename(staging, out)
+            _remove_listed(backup, listed)
+        else:
+            os.rename(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove_listed(folder: Path, listed: dict[str, str]) -> None:
+    """Delete a previous tree: the files its manifest lists, Python's caches, then the
+    folders left empty. Anything else stays (and so does the folder, which is then kept)."""
+    for rel in [*listed, MANIFEST]:
+        path = folder / rel
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    for root, dirs, _ in os.walk(folder, topdown=False):
+        for name in dirs:
+            path = Path(root) / name
+            if name in CACHE_DIRS and _only_pyc(path):
+                shutil.rmtree(path)
+            elif not path.is_symlink() and not any(path.iterdir()):
+                path.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+    else:
+        print(f"optgen: kept {folder}: it holds files that appeared during the build", file=sys.stderr)
 
 
 def stale_files(files: dict[str, str | bytes], out: Path, prune: bool) -> list[str]:
@@ -75,8 +219,7 @@ def stale_files(files: dict[str, str | bytes], out: Path, prune: bool) -> list[s
     stale = []
     for rel, text in files.items():
         path = out / rel
-        data = text.encode("utf-8") if isinstance(text, str) else text
-        if not path.is_file() or path.read_bytes() != data:
+        if not path.is_file() or path.read_bytes() != _data(text):
             stale.append(rel)
     if prune and out.is_dir():
         for path in out.rglob("*"):

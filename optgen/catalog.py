@@ -26,6 +26,13 @@ def generated_dir() -> Path:
     return _first_dir(_PACKAGE / "generated", _PACKAGE.parent / "generated")
 
 
+def is_checkout() -> bool:
+    """Whether optgen runs from a source checkout (specs/ beside the package, a pyproject),
+    where `optgen build` may write generated/; an installed package is never written."""
+    root = _PACKAGE.parent
+    return specs_dir() == root / "specs" and (root / "pyproject.toml").is_file()
+
+
 def names() -> list[str]:
     return sorted(p.stem for p in specs_dir().glob("*.yaml"))
 

@@ -71,9 +71,14 @@ def cmd_show(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .build import check_all, default_out, render_all, stale_files, write_tree
+    from .build import OutputError, check_all, default_out, render_all, stale_files, write_tree
 
     start = time.perf_counter()
+    if not args.out and not args.check and not catalog.is_checkout():
+        raise UsageError(
+            "optgen is installed as a package, not run from a checkout: give --out DIR "
+            "(a build never writes into the installed package)"
+        )
     specs = _specs(args.specs)
     reports = check_all(specs)
     bad = [r for r in reports if not r.ok]
@@ -96,7 +101,11 @@ def cmd_build(args) -> int:
             return EXIT_FAILED
         print(f"{out}: {len(files)} generated file(s) are fresh")
         return EXIT_OK
-    write_tree(files, out, prune=whole)
+    try:
+        out = write_tree(files, out, prune=whole)
+    except OutputError as exc:
+        print(f"optgen: {exc}; nothing was written", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"built {len(specs)} spec(s), {len(files)} file(s) in {out} ({time.perf_counter() - start:.1f}s)")
     if whole and not args.out and _has(".backends.latex"):
         _build_picture(specs)

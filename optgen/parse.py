@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sympy
 
-from . import catalog
+from . import catalog, limits
 from .errors import Loc, SpecError, SpecErrors
 from .expr import (
     ELEMENTWISE_FUNCS,
@@ -248,16 +248,29 @@ def _merge(parent: Node, child: Node) -> Node:
     return Node(merged, child.loc, key_locs=key_locs)
 
 
+_CATALOG_NAME = re.compile(r"^(forms/)?[A-Za-z0-9_]+$")
+
+
 def _resolve_parent(extends: Node, here: Path | None) -> Path:
-    name = _expect(extends, str, "a catalog name or a path for `extends`")
-    if "/" in name or name.endswith((".yaml", ".yml")):
-        base = here.parent if here else Path.cwd()
-        path = (base / name).resolve()
+    """A catalog name (`adam`, `forms/adam_textbook`) or a spec file in the extending spec's
+    own folder (`base.yaml`): never a path elsewhere, so a spec cannot read other files."""
+    name = _expect(extends, str, "a catalog name or the file name of a spec beside this one for `extends`")
+    if name.endswith((".yaml", ".yml")):
+        if here is None:
+            raise SpecError(extends.loc, f"`extends: {name}`: a spec given as text can extend only catalog names")
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise SpecError(extends.loc, f"`extends: {name}`: expected the name of a spec file in the same folder")
+        folder = here.parent.resolve()
+        path = (here.parent / name).resolve()
+        if path.parent != folder:
+            raise SpecError(extends.loc, f"`extends: {name}`: the file links outside this spec's folder")
         if not path.is_file():
-            raise SpecError(extends.loc, f"`extends: {name}`: no such spec file {path}")
+            raise SpecError(extends.loc, f"`extends: {name}`: no such spec file in {folder}")
         return path
-    path = catalog.path_of(name)
-    if path is None:
+    path = None
+    if _CATALOG_NAME.match(name):
+        path = catalog.path_of(name) if "/" not in name else catalog.specs_dir() / f"{name.lower()}.yaml"
+    if path is None or not path.is_file():
         raise SpecError(
             extends.loc, f"`extends: {name}`: no catalog spec named {name!r}; known: {', '.join(catalog.names())}"
         )
@@ -274,11 +287,16 @@ def _load_tree(text: str, file: str, path: Path | None, chain: tuple, texts: lis
     extends = node.value.get("extends")
     if extends is None:
         return node, _update_source(node, None)
+    if len(chain) >= limits.MAX_EXTENDS:
+        raise SpecError(extends.loc, f"`extends` chain is longer than {limits.MAX_EXTENDS} specs")
     parent_path = _resolve_parent(extends, path)
     if parent_path in chain:
         cycle = " -> ".join(p.name for p in (*chain, parent_path))
         raise SpecError(extends.loc, f"cyclic `extends`: {cycle}")
-    parent_text = parent_path.read_text(encoding="utf-8")
+    try:
+        parent_text = parent_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise SpecError(extends.loc, f"`extends`: cannot read {parent_path.name} as UTF-8 text") from None
     parent, parent_source = _load_tree(parent_text, str(parent_path), parent_path, (*chain, parent_path), texts)
     merged = _merge(parent, node)
     return merged, _update_source(node, parent_source)
@@ -351,6 +369,9 @@ class ExprConverter:
             result.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo) or result.has(sympy.I)
         ):
             raise self.error(node, f"this expression is not a finite real number ({_short(result)})")
+        problem = limits.constant_problem(result)
+        if problem:
+            raise self.error(node, problem)
         return result
 
     def _Constant(self, node: ast.Constant):
@@ -398,6 +419,9 @@ class ExprConverter:
         if op is ast.Pow:
             if right.is_Number and abs(right) > MAX_EXPONENT:
                 raise self.error(node, f"exponent {right} is too large (at most {MAX_EXPONENT})")
+            problem = limits.power_problem(left, right)
+            if problem:
+                raise self.error(node, problem)
             if left == 0 and right.is_Number and right <= 0:
                 raise self.error(node, "zero to a non-positive power")
             return left**right
@@ -478,6 +502,8 @@ class ExprConverter:
                 raise self.error(node.args[0], "the condition of where(...) must be a comparison")
             return sympy.Piecewise((a, cond), (b, True))
         args = [self.convert(a) for a in node.args]
+        if name in REDUCTION_FUNCS and not args[0].free_symbols:
+            raise self.error(node, f"{name}() of a constant: a reduction takes a per-element value")
         return _FUNC_BUILDERS[name](*args)
 
 
@@ -553,12 +579,17 @@ _FUNC_BUILDERS = {
 
 def parse_python(source: Source, mode: str, what: str) -> ast.AST:
     try:
-        return ast.parse(source.text, mode=mode)
+        tree = ast.parse(source.text, mode=mode)
     except SyntaxError as exc:
         loc = source.loc(exc.lineno or 1, max((exc.offset or 1) - 1, 0))
         raise SpecError(loc, f"syntax error in {what}: {exc.msg}") from None
     except (ValueError, RecursionError, MemoryError) as exc:
         raise SpecError(source.origins[0], f"cannot parse {what}: {type(exc).__name__}") from None
+    problem = limits.tree_problem(tree, source.text)
+    if problem:
+        node, message = problem
+        raise SpecError(source.loc(getattr(node, "lineno", 1), getattr(node, "col_offset", 0)), message)
+    return tree
 
 
 # --------------------------------------------------------------------------- update program
@@ -579,6 +610,7 @@ class UpdateParser:
 
     def parse(self, symbols: dict[str, sympy.Symbol]) -> list:
         tree = parse_python(self.source, "exec", "the update program")
+        self.size = limits.program_size(tree)
         self.symbols = symbols
         self._declare_targets(tree.body)
         self.expr = ExprConverter(self.source, symbols, self.options, "the update program")
@@ -768,6 +800,13 @@ class SpecBuilder:
                 raise SpecError(self.root.loc, "missing key `update`: the update program")
             parser = UpdateParser(self.update_source, self.scalar_names, set(options), self.state_names, errors)
             update = parser.parse(self.symbols)
+            over = limits.option_over_budget(len(options), parser.size)
+            if over is not None:
+                raise SpecError(
+                    list(options.values())[over].loc,
+                    f"too many options for an update this large: {len(options)} options are {2 ** len(options)} "
+                    f"specialisations of {parser.size} syntax nodes each, at most {limits.MAX_WORK} in all",
+                )
         gradient_at = None
         with errors.each():
             if "gradient_at" in self.top:
@@ -979,7 +1018,16 @@ class SpecBuilder:
         entries = {}
         with self.errors.each():
             entries = self.entries("options")
-        for key, node in entries.items():
+        for i, (key, node) in enumerate(entries.items()):
+            if i == limits.MAX_OPTIONS:
+                self.errors.add(
+                    SpecError(
+                        section.key_locs[key],
+                        f"too many options: at most {limits.MAX_OPTIONS} (each is compiled both ways, "
+                        f"{2**limits.MAX_OPTIONS} specialisations); make a numeric setting a hyperparameter",
+                    )
+                )
+                break
             with self.errors.each():
                 out[key] = Option(key, False, section.key_locs[key])  # known even if it has an error
                 out[key] = self.option(key, section.key_locs[key], node)

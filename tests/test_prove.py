@@ -79,7 +79,7 @@ def test_api_proves_and_refutes():
 
 # --------------------------------------------------------------------------- undecidable
 UNDECIDABLE = """\
-extends: {classic}
+extends: forms/sgd_classic
 name: SGDSplitGradient
 summary: Classic momentum with the gradient written as its positive plus its negative part.
 update: |

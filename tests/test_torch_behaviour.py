@@ -9,7 +9,6 @@ import inspect
 import math
 import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import adabound
@@ -393,13 +392,14 @@ update: |
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-def test_compiled_user_spec_trains_a_model(tmp_path, foreach):
+def test_compiled_user_spec_trains_a_model(tmp_path, monkeypatch, foreach):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     path = tmp_path / "adam_eps_inside.yaml"
     path.write_text(USER_SPEC)
     cls = optgen.compile(path)
     assert cls.__name__ == "AdamEpsInside" and issubclass(cls, torch.optim.Optimizer)
     source = Path(inspect.getsourcefile(cls))
-    assert source.parent == Path(tempfile.gettempdir()) / "optgen-cache" and "class AdamEpsInside" in inspect.getsource(
+    assert source.parent == tmp_path / "cache" / "optgen" and "class AdamEpsInside" in inspect.getsource(
         cls
     )
 

@@ -236,11 +236,11 @@ def test_mixed_dtypes_are_grouped():
 # --------------------------------------------------------------------------- registration and errors
 def test_register_a_user_spec(tmp_path, monkeypatch):
     """optgen.compile'd specs: rendered in memory, cached as a file, imported by key."""
-    monkeypatch.setattr(runtime.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     text = (catalog.specs_dir() / "lion.yaml").read_text().replace("name: Lion", "name: MyLion")
     spec = optgen.load(text)
     key = runtime.register(spec)
-    assert (tmp_path / "optgen-cache" / f"{key}.py").is_file()
+    assert (tmp_path / "optgen" / f"{key}.py").is_file()
     p = torch.ones(4, device=DEVICE)
     g = torch.full((4,), 2.0, device=DEVICE)
     m = torch.zeros(4, device=DEVICE)

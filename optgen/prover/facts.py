@@ -18,6 +18,7 @@ import sympy
 from ..check import Finding, inline
 from ..expr import GRAD, PARAM, STEP
 from ..ir import Program
+from ..limits import MAX_INLINED
 from ..lower import lower
 from ..spec import If, Interval, Spec, holds
 from . import numeric as N
@@ -54,6 +55,9 @@ def denominator_findings(
     program, table = _facts(spec, options or spec.default_options(), program)
     findings = []
     for stmt, denominator in _divisions(spec, program.options):
+        if denominator is None:
+            findings.append(Finding(stmt.loc, "cannot show a denominator is > 0 (too large to analyse)", "warning"))
+            continue
         if is_positive(bounds(denominator, table)):
             continue
         witness = _zero_witness(spec, program, denominator)
@@ -67,8 +71,19 @@ def denominator_findings(
 
 def _divisions(spec: Spec, options: dict[str, bool]):
     """(statement, denominator over the inputs) for each division written in the update,
-    except inside where(...) branches (the spec's own guard)."""
+    except inside where(...) branches (the spec's own guard). A value whose inlined form would
+    pass limits.MAX_INLINED nodes (each use of a value copies it, so chains grow
+    exponentially) is left a name: its denominators are then not over the inputs (None)."""
     env: dict[str, sympy.Expr] = {}
+    sizes: dict[str, int] = {}
+
+    def inlined_size(expr: sympy.Expr) -> int:
+        total, stack = 0, [expr]
+        while stack and total <= MAX_INLINED:
+            e = stack.pop()
+            total += sizes.get(e.name, 1) if isinstance(e, sympy.Symbol) else 1
+            stack.extend(e.args)
+        return total
 
     def run(block):
         for stmt in block:
@@ -77,8 +92,13 @@ def _divisions(spec: Spec, options: dict[str, bool]):
                 continue
             inlined = {s: env[s.name] for s in stmt.expr.free_symbols if s.name in env}
             for base in _denominators(stmt.expr):
-                yield stmt, base.xreplace(inlined)
-            env[stmt.target] = stmt.expr.xreplace(inlined)
+                yield stmt, (base.xreplace(inlined) if inlined_size(base) <= MAX_INLINED else None)
+            size = inlined_size(stmt.expr)
+            if size <= MAX_INLINED:
+                env[stmt.target], sizes[stmt.target] = stmt.expr.xreplace(inlined), size
+            else:  # left a name (unknown), never built
+                env.pop(stmt.target, None)
+                sizes.pop(stmt.target, None)
 
     yield from run(spec.update)
 

@@ -10,8 +10,10 @@ cli(args)            -> `optgen doc [SPEC...] -o FILE.pdf|FILE.tex`
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 from ...spec import Spec
@@ -63,17 +65,38 @@ def cli(args) -> int:
         print(f"doc stopped: {len(failed)} spec(s) failed their checks")
         return 1
     out = Path(args.output)
-    tex = render_sheet(specs)
-    if out.suffix == ".tex":
-        out.write_text(tex, encoding="utf-8")
-    elif out.suffix == ".pdf":
-        try:
-            out.write_bytes(compile_pdf(tex))
-        except LatexError as exc:
-            print(f"optgen doc: {exc}", file=sys.stderr)
-            return 1
-    else:
+    if out.suffix not in (".tex", ".pdf"):
         print(f"optgen doc: the output must end in .pdf or .tex, got {out.name!r}", file=sys.stderr)
         return 2
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        print(f"optgen doc: {out} is a link or not a file; refusing to write through it", file=sys.stderr)
+        return 2
+    tex = render_sheet(specs)
+    try:
+        data = tex.encode("utf-8") if out.suffix == ".tex" else compile_pdf(tex)
+    except LatexError as exc:
+        print(f"optgen doc: {exc}", file=sys.stderr)
+        return 1
+    _replace(out, data)
     print(f"wrote {out} ({len(specs)} algorithm(s))")
     return 0
+
+
+def _replace(out: Path, data: bytes) -> None:
+    """Write `out` as a new file beside it, renamed over it: never through a link planted at
+    `out`, and never half-written."""
+    fd, staging = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(staging, 0o666 & ~_umask())
+        os.replace(staging, out)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -8,14 +8,12 @@ the shape of torch/optim/adam.py (a functional dispatcher over `_single_tensor_<
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import os
 import sys
-import tempfile
 from pathlib import Path
 from types import ModuleType
 
+from ... import cache
 from ...spec import Spec
 from . import config
 from .module import render_module
@@ -31,12 +29,12 @@ def render(spec: Spec) -> dict[str, str]:
 
 
 def compile_spec(spec: Spec) -> type:
-    """The optimizer class for `spec`, rendered now and imported from a cache file (so that
-    tracebacks and `inspect` show its source)."""
+    """The optimizer class for `spec`, rendered now and run from the text rendered (a copy is
+    written to optgen's per-user cache so that tracebacks and `inspect` show its source)."""
     where = str(spec.path) if spec.path is not None else "a spec given as text"
     text = render_module(spec, f"# Compiled by optgen.compile from {where}.", compiled=True)
-    key = f"{spec.module_name}_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-    module = load_file(_write_cache(key, text), f"optgen_compiled.{key}")
+    path, key = cache.store(spec.module_name, text)
+    module = cache.load(text, f"optgen_compiled.{key}", path)
     module.SPEC = spec
     return getattr(module, spec.name)
 
@@ -50,22 +48,9 @@ def restore_compiled(spec: Spec, state: dict):
     return optimizer
 
 
-def cache_dir() -> Path:
-    return Path(tempfile.gettempdir()) / config.CACHE
-
-
-def _write_cache(key: str, text: str) -> Path:
-    path = cache_dir() / f"{key}.py"
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(f".{os.getpid()}.tmp")
-        staging.write_text(text, encoding="utf-8")
-        os.replace(staging, path)  # atomic: another process may be importing it
-    return path
-
-
 def load_file(path: Path, module_name: str) -> ModuleType:
-    """Import a generated module from its file (registered in sys.modules, for pickle)."""
+    """Import a catalog module from generated/ (registered in sys.modules, for pickle).
+    Modules made by optgen.compile never come through here: see optgen.cache."""
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)

@@ -3,4 +3,3 @@
 NAME = "torch"
 TEMPLATE = "optimizer.py.j2"
 LINE_LENGTH = 100
-CACHE = "optgen-cache"  # under tempfile.gettempdir(): modules made by optgen.compile

@@ -16,11 +16,9 @@ Under TRITON_INTERPRET=1 the same kernels run on CPU tensors (NumPy, one program
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import sys
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from types import ModuleType
@@ -29,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ... import catalog
+from ... import cache, catalog
 from . import config
 
 _MODULES: dict[str, ModuleType] = {}
@@ -97,38 +95,37 @@ def fused_global(
 
 
 def register(spec) -> str:
-    """Render `spec` in memory, write it to the cache (@triton.jit needs a real source file)
-    and import it; the returned key names it for fused_step."""
+    """Render `spec` in memory, write it to optgen's per-user cache (@triton.jit reads its
+    kernels' source, which optgen.cache primes from the rendered text) and run it; the
+    returned key names it for fused_step."""
     from . import render_module
 
+    _require_triton()
     text = render_module(spec)
-    key = f"{spec.module_name}_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-    path = cache_dir() / f"{key}.py"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(f".{os.getpid()}.tmp")
-        staging.write_text(text, encoding="utf-8")
-        os.replace(staging, path)
-    _MODULES[key] = _import(key, path)
+    path, key = cache.store(spec.module_name, text)
+    _MODULES[key] = cache.load(text, f"optgen_triton_{key}", path)
     return key
 
 
-def cache_dir() -> Path:
-    return Path(tempfile.gettempdir()) / "optgen-cache"
-
-
 def load(spec_key: str) -> ModuleType:
-    """The module for a catalog stem ("adam": generated/triton/adam.py) or a registered key."""
+    """The module for a catalog stem ("adam": generated/triton/adam.py) or a registered key
+    (from the cache, only if its text hashes to the digest in the key)."""
     if spec_key in _MODULES:
         return _MODULES[spec_key]
-    for path in (catalog.generated_dir() / "triton" / f"{spec_key}.py", cache_dir() / f"{spec_key}.py"):
-        if path.is_file():
-            _MODULES[spec_key] = _import(spec_key, path)
-            return _MODULES[spec_key]
+    path = catalog.generated_dir() / "triton" / f"{spec_key}.py"
+    if path.is_file():
+        _MODULES[spec_key] = _import(spec_key, path)
+        return _MODULES[spec_key]
+    stored = cache.read_verified(spec_key)
+    if stored is not None:
+        _require_triton()
+        _MODULES[spec_key] = cache.load(stored[1], f"optgen_triton_{spec_key}", stored[0])
+        return _MODULES[spec_key]
     raise KeyError(f"no Triton module for {spec_key!r}: run `optgen build` (catalog) or register(spec) first")
 
 
 def _import(key: str, path: Path) -> ModuleType:
+    """A catalog module from generated/triton/."""
     _require_triton()
     name = f"optgen_triton_{key}"
     module_spec = importlib.util.spec_from_file_location(name, path)
