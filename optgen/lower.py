@@ -13,6 +13,7 @@ Passes, in order:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 
@@ -39,8 +40,32 @@ _REDUCE_OP = {**TENSOR_REDUCTIONS, GlobalSum: "sum"}
 def lower(spec: Spec, options: dict[str, bool] | None = None, optimize: bool = True) -> Program:
     """optimize=False stops after the passes that keep the spec's own values (ssa,
     reductions, copies): what the induction on states reads, which the optimiser's
-    monotone pass in turn relies on."""
+    monotone pass in turn relies on.
+
+    Programs are cached per spec and setting (check, the backends and the prover each lower
+    every setting); each call returns its own copy, so a caller may change it."""
     opts = resolve_options(spec, options)
+    cache = spec.__dict__.setdefault("_lowered", {})
+    key = (tuple(opts.items()), optimize)
+    if key not in cache:
+        cache[key] = _lower(spec, opts, optimize)
+    return _copy(cache[key])
+
+
+def _copy(program: Program) -> Program:
+    values = [dataclasses.replace(v) for v in program.values]
+    return dataclasses.replace(
+        program,
+        options=dict(program.options),
+        states=list(program.states),
+        values=values,
+        outputs=dict(program.outputs),
+        input_scopes=dict(program.input_scopes),
+        notes=list(program.notes),
+    )
+
+
+def _lower(spec: Spec, opts: dict[str, bool], optimize: bool) -> Program:
     program = _ssa(spec, opts)
     _extract_reductions(program)
     _forward_copies(program)
@@ -143,9 +168,19 @@ def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive) -> None:
             raise SpecError(
                 stmt.loc, "a reduction (sum, mean, norm, amin, amax, global_norm) takes a per-element value"
             )
-    value = Value(name, expr, _scope(expr, _all_scopes(scopes, values)), stmt.target, stmt.loc)
+    value = Value(name, expr, _value_scope(expr, stmt.target, _all_scopes(scopes, values), scopes), stmt.target, stmt.loc)
     values.append(value)
     env[stmt.target] = value.symbol
+
+
+def _value_scope(expr, var: str, scopes: dict[str, str], inputs: dict[str, str]) -> str:
+    """A value's scope: the widest of what it reads, and, for a version of `param` or of a
+    state, at least that variable's own scope (`prev_lr = lr` is a per-tensor store, not a
+    host float that nothing writes back)."""
+    scope = _scope(expr, scopes)
+    if var in inputs and var != GRAD:
+        scope = wider(scope, inputs[var])
+    return scope
 
 
 def _all_scopes(scopes, values) -> dict[str, str]:
@@ -164,7 +199,7 @@ def _rebuild(program: Program, values: list[Value]) -> None:
     scopes = _all_scopes(program.input_scopes, [])
     for v in values:
         if not v.is_reduction:
-            v.scope = _scope(v.expr, scopes)
+            v.scope = _value_scope(v.expr, v.var, scopes, program.input_scopes)
         scopes[v.name] = v.scope
 
 

@@ -172,7 +172,9 @@ class NAdam(Optimizer):
                 # (torch.optim.SGD): at least one step was taken
                 state["step"] = torch.tensor(1.0 if state else 0.0, dtype=_get_scalar_dtype())
             if "mu_product" not in state:
-                state["mu_product"] = torch.tensor(1.0, dtype=_get_scalar_dtype())
+                state["mu_product"] = torch.tensor(
+                    1.0, dtype=torch.promote_types(p.dtype, _get_scalar_dtype())
+                )
             mu_products.append(state["mu_product"])
             if "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(

@@ -45,7 +45,8 @@ class GlobalFunction:
     helper_body: str
 
 
-def render_module(spec: Spec, stamp: str, compiled: bool = False) -> str:
+def render_module(spec: Spec, stamp: str, compiled: bool = False, formatted: bool = True) -> str:
+    """The module text; formatted=False skips ruff (`optgen check` only compiles it)."""
     if spec.gradient_at is not None:
         raise CompileError(
             spec.loc,
@@ -54,8 +55,16 @@ def render_module(spec: Spec, stamp: str, compiled: bool = False) -> str:
         )
     variants = [Variant(combo, prepare(lower(spec, combo))) for combo in spec.option_combinations()]
     context = _context(spec, variants, stamp, compiled)
-    template = _environment().get_template("optimizer.py.j2")
-    return format_source(template.render(**context))
+    text = _with_math_import(_environment().get_template("optimizer.py.j2").render(**context))
+    return format_source(text) if formatted else text
+
+
+def _with_math_import(text: str) -> str:
+    """`import math` beside `import torch`, only in a module whose host arithmetic takes a
+    log (HostPrinter prints `math.log`; `math` is a reserved name in specs)."""
+    if "math.log(" not in text:
+        return text
+    return text.replace("\nimport torch\n", "\nimport math\n\nimport torch\n", 1)
 
 
 def _environment() -> jinja2.Environment:
@@ -161,7 +170,7 @@ def _docstring(spec: Spec) -> str:
     parts.append(_arg("params (iterable)", "parameters to optimize, or dicts defining parameter groups."))
     for key, h in spec.hyperparameters.items():
         if h.captured is None:
-            parts.append(_arg(f"{key} ({_type_of(h)}, optional)", _hyper_doc(h)))
+            parts.append(_arg(f"{key} ({_type_of(h)}, optional)", _hyper_doc(spec, h)))
     for name, opt in spec.options.items():
         doc = opt.doc or "a compile-time option: the update is specialised to it"
         parts.append(_arg(f"{name} (bool, optional)", f"{doc.rstrip('.')} (default: {opt.default})."))
@@ -217,13 +226,14 @@ def _default(h) -> str:
     return number(h.default[0])
 
 
-def _hyper_doc(h) -> str:
-    if h.is_tuple:
-        symbols = ", ".join(h.tex)
-        what = h.doc.rstrip(".") + ", " if h.doc else ""
-        return f"{what}:math:`({symbols})` ({', '.join(h.names)}), each in {h.range} (default: {_default(h)})."
+def _hyper_doc(spec: Spec, h) -> str:
+    from ..latex.algorithm import symbol_tex  # the symbol the formulas use (a default without `tex:`)
+
+    symbols = [symbol_tex(spec, name) for name in h.names]
     what = h.doc.rstrip(".") + ", " if h.doc else ""
-    return f"{what}:math:`{h.tex[0]}`, in {h.range} (default: {_default(h)})."
+    if h.is_tuple:
+        return f"{what}:math:`({', '.join(symbols)})` ({', '.join(h.names)}), each in {h.range} (default: {_default(h)})."
+    return f"{what}:math:`{symbols[0]}`, in {h.range} (default: {_default(h)})."
 
 
 def _ctor_args(spec: Spec) -> list[str]:
@@ -296,8 +306,8 @@ def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
         value = number(float(init)) if init.is_number else host_printer(text).doprint(init)
         if s.name in device_states:
             make = f"torch.full((), {value}, dtype=p.dtype, device=p.device)"
-        else:  # a 0-d CPU tensor, as torch keeps NAdam's mu_product
-            make = f"torch.tensor({value}, dtype=_get_scalar_dtype())"
+        else:  # a 0-d CPU tensor, as torch keeps NAdam's mu_product, never below the param's precision
+            make = f"torch.tensor({value}, dtype=torch.promote_types(p.dtype, _get_scalar_dtype()))"
     elif init == 0:
         make = f"torch.zeros_like(p, dtype={_STATE_DTYPE}, memory_format=torch.preserve_format)"
     elif not names & {PARAM, GRAD}:

@@ -168,6 +168,7 @@ def _kinds_given(program: Program, values, globals_, scalar_states) -> dict[str,
     kinds.update({STEP: "host", NUMEL: "host", NDIM: "host", PARAM: "element", GRAD: "element"})
     for s in program.states:
         kinds[s.name] = "element" if s.scope == "element" else "scalar" if s.name in scalar_states else "device"
+    states = {s.name: kinds[s.name] for s in program.states}
     kinds.update({g.name: "device_uniform" for g in globals_})
     probe = Prepared(program, values, kinds, scalar_states, globals_, {})
     for v in values:
@@ -177,6 +178,9 @@ def _kinds_given(program: Program, values, globals_, scalar_states) -> dict[str,
             kinds[v.name] = "element"
         else:
             kinds[v.name] = probe.kind(v.expr)
+            if v.var in states and kinds[v.name] in ("uniform", "host"):
+                # a state set from host values only (`prev_lr = lr`) is still stored per tensor
+                kinds[v.name] = states[v.var]
     return kinds
 
 

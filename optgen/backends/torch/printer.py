@@ -97,7 +97,8 @@ class _Base(StrPrinter):
 
 
 class HostPrinter(_Base):
-    """Python float arithmetic (the file imports only torch: no math module)."""
+    """Python float arithmetic: `** 0.5`, `e**x` and the builtins; only a log needs the
+    math module (render_module imports it then)."""
 
     def _print_Pow(self, expr, rational=False):
         base = self._base(expr.base)
@@ -126,7 +127,7 @@ class HostPrinter(_Base):
         return f"{number(float(sympy.E))}**{self.parenthesize(expr.args[0], PRECEDENCE['Pow'])}"
 
     def _print_log(self, expr):
-        raise NotImplementedError("log of a hyperparameter expression: compute it in the spec as a tensor value")
+        return f"math.log({self._print(expr.args[0])})"  # the module imports math when it uses it
 
     def _print_Piecewise(self, expr):
         return _conditional(self, expr)

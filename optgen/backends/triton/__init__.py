@@ -29,11 +29,12 @@ def render(spec: Spec) -> dict[str, str]:
     return {f"{spec.module_name}.py": render_module(spec)}
 
 
-def render_module(spec: Spec) -> str:
+def render_module(spec: Spec, formatted: bool = True) -> str:
+    """The module text; formatted=False skips ruff (`optgen check` only compiles it)."""
     module = build(spec)
     template = _environment().get_template("module.py.j2")
     text = template.render(**_context(module))
-    return format_source(text)
+    return format_source(text) if formatted else text
 
 
 def _environment() -> jinja2.Environment:
