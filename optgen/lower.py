@@ -114,14 +114,20 @@ def _input_scopes(spec: Spec, opts: dict[str, bool]) -> dict[str, str]:
 
 
 def _scope(expr: sympy.Basic, scopes: dict[str, str]) -> str:
+    """The widest scope `expr` reads; a reduction is per tensor (or global) whatever its
+    argument reads (norm(norm(grad)) reduces a per-tensor value, which is refused)."""
     scope = "host"
-    for a in sympy.preorder_traversal(expr):
+    stack = [expr]
+    while stack:
+        a = stack.pop()
         if isinstance(a, GlobalSum):
             scope = wider(scope, "global")
         elif isinstance(a, REDUCTIONS):
             scope = wider(scope, "tensor")
         elif a.is_Symbol:
             scope = wider(scope, scopes.get(a.name, "host"))
+        else:
+            stack.extend(a.args)
     return scope
 
 

@@ -357,6 +357,11 @@ class Scheduler:
         return tables
 
     def _host_condition(self, cond) -> bool:
+        """A condition the code can branch on with a Python `if`. On the foreach path a
+        scalar state is read tensor by tensor, after the batch is formed: there a `where`
+        on it stays an elementwise select."""
+        if self.foreach and any(self.p.kinds.get(s.name) == "scalar" for s in cond.free_symbols):
+            return False
         return self.p.is_scalar(cond)
 
     def fold(self, expr):
