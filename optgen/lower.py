@@ -155,7 +155,27 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
             what = "the update never assigns `param`" if s == PARAM else f"state `{s}` is never updated"
             raise SpecError(where, f"{what} (options: {_fmt_options(opts)})")
         outputs[s] = current.name
+    _check_tensor_states(states, {v.name: v for v in values}, outputs, scopes)
     return Program(spec, opts, states, values, outputs, scopes)
+
+
+def _check_tensor_states(states, by_name, outputs, scopes) -> None:
+    """A `scope: tensor` state holds one number per tensor: neither its init nor its new
+    value may differ from element to element."""
+    for s in states:
+        if s.scope != "tensor":
+            continue
+        if _scope(s.init, scopes) == "element":
+            raise SpecError(
+                s.loc, f"state `{s.name}` is per tensor (scope: tensor), but its init differs per element"
+            )
+        value = by_name[outputs[s.name]]
+        if value.scope == "element":
+            raise SpecError(
+                value.loc,
+                f"state `{s.name}` is per tensor (scope: tensor), but is assigned a per-element value "
+                "(reduce it with sum, mean, norm, amin or amax)",
+            )
 
 
 def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive) -> None:
@@ -168,6 +188,7 @@ def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive) -> None:
     if stmt.target in inactive:
         raise SpecError(stmt.target_loc, f"state `{stmt.target}` is assigned but does not exist with these options")
     expr = stmt.expr.xreplace({s: env[s.name] for s in stmt.expr.free_symbols if s.name in env})
+    expr = _without_ite(expr)
     name = namer.fresh(stmt.target)
     for a in sympy.preorder_traversal(expr):
         if isinstance(a, REDUCTIONS) and _scope(a.args[0], _all_scopes(scopes, values)) != "element":
@@ -177,6 +198,17 @@ def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive) -> None:
     value = Value(name, expr, _value_scope(expr, stmt.target, _all_scopes(scopes, values), scopes), stmt.target, stmt.loc)
     values.append(value)
     env[stmt.target] = value.symbol
+
+
+def _without_ite(expr):
+    """SymPy folds a comparison of two `where`s into ITE(c, a, b), a boolean no backend
+    prints: spell it with and/or/not, which every backend (and the Reference) has."""
+    if not expr.has(sympy.ITE):
+        return expr
+    return expr.replace(
+        lambda e: isinstance(e, sympy.ITE),
+        lambda e: sympy.Or(sympy.And(e.args[0], e.args[1]), sympy.And(sympy.Not(e.args[0]), e.args[2])),
+    )
 
 
 def _value_scope(expr, var: str, scopes: dict[str, str], inputs: dict[str, str]) -> str:
@@ -218,6 +250,8 @@ def _extract_reductions(program: Program) -> None:
         replacements = {}
         for call in sorted(_innermost_first(v.expr), key=sympy.count_ops):
             call = call.xreplace(replacements)
+            if not isinstance(call, REDUCTIONS):
+                continue  # the same call, met twice: already a value
             arg = call.args[0]
             if not arg.is_Symbol:
                 arg_value = Value(namer.fresh(f"{v.var}_arg"), arg, "element", "", v.loc)

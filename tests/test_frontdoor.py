@@ -126,6 +126,22 @@ CASES = {
         param = param - lr * s * m * grad / (global_norm(grad) + 1e-6)
         """
     ),
+    # found by the property test: one reduction met twice in a statement
+    "repeated_reduction": spec_text(
+        """
+        m = beta1 * m + grad
+        s = s * beta2
+        param = param - lr * s * (m * amax(grad) + grad / (1 + amax(grad)))
+        """
+    ),
+    # found by the property test: a comparison of two `where`s (SymPy's ITE)
+    "comparison_of_wheres": spec_text(
+        """
+        m = beta1 * m + where(where(m > 0, grad, m) > where(grad > 0.5, param, m), grad, param)
+        s = s * beta2
+        param = param - lr * s * m
+        """
+    ),
     "chained_reassignments": spec_text(
         "x = grad\n" + "x = x * beta1\n" * 40 + "m = beta1 * m + x\ns = s * beta2\nparam = param - lr * s * m"
     ),
@@ -190,3 +206,19 @@ def test_an_internal_error_is_one_line_exit_3(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("optgen internal error in the latex backend (Case): RuntimeError: boom")
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "update, state, line",
+    [
+        ("s = s * beta2 + grad\nm = beta1 * m + grad\nparam = param - lr * s * m", None, 11),
+        ("s = s * beta2\nm = beta1 * m + grad\nparam = param - lr * s * m", "m: {init: 0}\n  s: {init: grad, scope: tensor}", 9),
+    ],
+)
+def test_a_tensor_state_never_holds_a_per_element_value(update, state, line):
+    """Found by the property test: a `scope: tensor` state assigned per-element values
+    (SGD's momentum_buffer made per tensor) crashed every path after a clean check."""
+    text = spec_text(update, state) if state else spec_text(update)
+    report = optgen.check(loads(text, "t.yaml"))
+    assert not report.ok
+    assert [f.loc.line for f in report.findings if f.severity == "error"] == [line]

@@ -3,6 +3,7 @@ for-loop, foreach and fused implementations (the shape of torch/optim/adam.py)."
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from dataclasses import dataclass
 
@@ -67,6 +68,7 @@ def _with_math_import(text: str) -> str:
     return text.replace("\nimport torch\n", "\nimport math\n\nimport torch\n", 1)
 
 
+@functools.cache  # one Environment, so each template is compiled once per process
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(catalog.templates_dir() / config.NAME)),

@@ -7,6 +7,7 @@ every option a `tl.constexpr`) and the launcher that runs them over groups of te
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ def render_module(spec: Spec, formatted: bool = True) -> str:
     return format_source(text) if formatted else text
 
 
+@functools.cache  # one Environment, so each template is compiled once per process
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(catalog.templates_dir() / NAME)),
