@@ -20,13 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from spec_runner import run_paths
 
 
-def spec_text(update: str, state: str = "m: {init: 0}\n  s: {init: 1, scope: tensor}", betas_tex: bool = True) -> str:
+def spec_text(
+    update: str, state: str = "m: {init: 0}\n  s: {init: 1, scope: tensor}", betas_tex: bool = True, extra: str = ""
+) -> str:
     tex = ", tex: ['\\beta_1', '\\beta_2']" if betas_tex else ""
     body = textwrap.indent(textwrap.dedent(update).strip(), "  ")
     return (
         "name: Case\nsummary: a test case.\nparity: independent\nhyperparameters:\n"
         "  lr: {default: 0.1, range: \"(0, inf)\", tex: '\\gamma'}\n"
-        f'  betas: {{default: [0.9, 0.99], names: [beta1, beta2], range: "[0, 1)"{tex}}}\n'
+        f'  betas: {{default: [0.9, 0.99], names: [beta1, beta2], range: "[0, 1)"{tex}}}\n{extra}'
         f"state:\n  {state}\nupdate: |\n{body}\n"
     )
 
@@ -141,6 +143,18 @@ CASES = {
         s = s * beta2
         param = param - lr * s * m
         """
+    ),
+    # found by the property test: `grad = sign(grad) + c * param` rebound `grad`, then took
+    # the sign of the new tensor (for-loop and foreach)
+    "rebinding_a_name_it_reads": spec_text(
+        """
+        grad = sign(grad) + weight_decay * param
+        m = beta1 * m + (1 - beta1) * grad
+        v = maximum(beta2 * v, abs(grad) + 1e-8)
+        param = param - lr / (1 - beta1**step) * m / v
+        """,
+        state="m: {init: 0}\n  v: {init: 0}",
+        extra="  weight_decay: {default: 0.0, range: '[0, inf)', tex: '\\lambda'}\n",
     ),
     "chained_reassignments": spec_text(
         "x = grad\n" + "x = x * beta1\n" * 40 + "m = beta1 * m + x\ns = s * beta2\nparam = param - lr * s * m"
