@@ -156,6 +156,33 @@ CASES = {
         state="m: {init: 0}\n  v: {init: 0}",
         extra="  weight_decay: {default: 0.0, range: '[0, inf)', tex: '\\lambda'}\n",
     ),
+    # found by the property test: torch.where of two floats made a float32 tensor
+    "where_between_two_hyperparameters": spec_text(
+        """
+        m = beta1 * m + grad
+        param = param - lr * (m + v)
+        v = where(m > 0, beta1, lr)
+        """,
+        state="m: {init: 0}\n  v: {init: 0}",
+    ),
+    # found by the property test: the Reference reduced a constant element value once, not
+    # once per element
+    "reduction_of_a_constant_element_value": spec_text(
+        """
+        param = param - lr * (m + v)
+        v = 0.5
+        m = beta1 * m + grad + mean(v * step) + sum(v)
+        """,
+        state="m: {init: 0}\n  v: {init: 0}",
+    ),
+    # found by the property test: the Triton printer wrote a / v**2 as a / v * v
+    "division_by_a_square": spec_text(
+        """
+        m = beta1 * m + grad
+        s = s * beta2
+        param = param - lr * s * m / (1 + m**2) + lr * grad / (2 + param)**2
+        """
+    ),
     "chained_reassignments": spec_text(
         "x = grad\n" + "x = x * beta1\n" * 40 + "m = beta1 * m + x\ns = s * beta2\nparam = param - lr * s * m"
     ),

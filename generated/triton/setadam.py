@@ -159,7 +159,7 @@ def setadam_reduce_1(
     exp_avg_sq = tl.load(exp_avg_sq_ptrs, mask=mask).to(tl.float32)
     if not DECOUPLED_WEIGHT_DECAY:
         grad = grad + param * weight_decay
-    exp_avg_sq = beta2 * exp_avg_sq + grad * grad * one_minus_beta2
+    exp_avg_sq = beta2 * exp_avg_sq + (grad * grad) * one_minus_beta2
     tl.atomic_add(
         tensor_reductions + 0, tl.sum(tl.where(mask, exp_avg_sq, 0.0), axis=0), sem="relaxed"
     )
@@ -241,8 +241,8 @@ def setadam_update(
     else:
         param = one_minus_lr_weight_decay * param
     exp_avg = beta1 * exp_avg + grad * one_minus_beta1
-    exp_avg_sq = beta2 * exp_avg_sq + grad * grad * one_minus_beta2
-    cos_sq = sum_exp_avg_sq_1 * sum_exp_avg_sq_1 / (numel * sum_cos_sq_arg)
+    exp_avg_sq = beta2 * exp_avg_sq + (grad * grad) * one_minus_beta2
+    cos_sq = (sum_exp_avg_sq_1 * sum_exp_avg_sq_1) / (numel * sum_cos_sq_arg)
     scaled_exp_avg_sq = cos_sq * exp_avg_sq
     denom = tl.sqrt_rn(eps + scaled_exp_avg_sq / bias_correction2)
     min_denom = tl.sqrt_rn(eps + cos_sq * min_exp_avg_sq_1 / bias_correction2)

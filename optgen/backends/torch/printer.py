@@ -219,12 +219,14 @@ class TensorPrinter(_Base):
             return _conditional(self, expr)
         (value, cond), rest = expr.args[0], expr.args[1:]
         other = rest[0].expr if len(rest) == 1 and rest[0].cond is sympy.true else sympy.Piecewise(*rest)
-        text = f"torch.where({self._print(cond)}, {self._side(value)}, {self._side(other)})"
+        first = self._side(value)
         tensors = sorted((s for s in cond.free_symbols if not self.is_scalar(s)), key=lambda s: s.name)
-        if value.is_number and other.is_number and tensors:
-            # two numbers make a tensor of the default dtype: take the dtype of what is compared
-            return f"{text}.to({self._print(tensors[0])}.dtype)"
-        return text
+        if self.is_scalar(value) and self.is_scalar(other) and tensors:
+            # two Python floats would make a tensor of the default dtype (float32 beside a
+            # float64 param): one side is a 0-d tensor of the dtype of what is compared
+            x = self._print(tensors[0])
+            first = f"torch.as_tensor({first}, dtype={x}.dtype, device={x}.device)"
+        return f"torch.where({self._print(cond)}, {first}, {self._side(other)})"
 
     def _side(self, expr) -> str:
         # an integer would make an integer tensor: where(c, 1, 0) selects 1.0 or 0.0

@@ -88,6 +88,10 @@ class _Printer(StrPrinter):
         return self._relation(expr, "!=")
 
 
+def _is_product_power(expr) -> bool:
+    return isinstance(expr, sympy.Pow) and expr.exp.is_Integer and 2 <= int(expr.exp) <= 4
+
+
 def _is_negative(term) -> bool:
     coeff, _ = term.as_coeff_Mul()
     return coeff.is_negative is True
@@ -103,6 +107,13 @@ class TritonPrinter(_Printer):
 
     def _print_Integer(self, expr) -> str:
         return f"{int(expr)}.0"
+
+    def parenthesize(self, item, level, strict=False) -> str:
+        # a power printed as a product is one operand of a product or quotient:
+        # a / (v * v), never a / v * v
+        if _is_product_power(item) and level >= PRECEDENCE["Mul"]:
+            return f"({self._print(item)})"
+        return super().parenthesize(item, level, strict)
 
     def _print_Pow(self, expr) -> str:
         base, exp = expr.as_base_exp()
