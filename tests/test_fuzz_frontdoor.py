@@ -186,9 +186,9 @@ def expression_soup(draw):
     s = _expr(draw, 2, False)
     d = _expr(draw, 3, True)
     s_scope = draw(st.sampled_from(["tensor", "element"]))
-    update = (
-        f"m = beta1 * m + {m}\nv = {v}\ns = {s}\nd = {d}\n"
-        "param = param - lr * clamp(d + m * s + v, -10, 10)\n"
+    update = (  # every state's old value reaches param (else check refuses the soup)
+        f"d = {d}\nparam = param - lr * clamp(d + m * s + v, -10, 10)\n"
+        f"m = beta1 * m + {m}\nv = {v}\ns = {s}\n"
     )
     doc = {
         "name": "Soup",

@@ -292,7 +292,8 @@ class Scheduler:
         per_tensor = self.p.per_tensor(cond)
         if per_tensor and self.foreach:
             if any(self.p.kinds.get(s.name) == "scalar" for s in cond.free_symbols):
-                raise CompileError(None, f"the foreach path cannot branch on a state read per tensor: {cond}")
+                where = self.p.values[min(self.index, len(self.p.values) - 1)].loc if self.p.values else None
+                raise CompileError(where, f"the foreach path cannot branch on a state read per tensor: {cond}")
             if cond not in self.branch_conditions:
                 self.branch_conditions.append(cond)
         start, outer, taken = self.snapshot(), self.out, set(self.taken)
