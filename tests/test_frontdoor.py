@@ -183,6 +183,14 @@ CASES = {
         param = param - lr * s * m / (1 + m**2) + lr * grad / (2 + param)**2
         """
     ),
+    # found by the property test: a per-element and a host condition joined (fused path)
+    "element_and_host_condition": spec_text(
+        """
+        m = beta1 * m + where(grad > 0 and step < 3, grad, 0.5 * grad)
+        s = s * beta2
+        param = param - lr * s * where(m > 0 or step > 2, m, -m)
+        """
+    ),
     "chained_reassignments": spec_text(
         "x = grad\n" + "x = x * beta1\n" * 40 + "m = beta1 * m + x\ns = s * beta2\nparam = param - lr * s * m"
     ),

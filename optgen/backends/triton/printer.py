@@ -105,6 +105,10 @@ class TritonPrinter(_Printer):
     numbers are float literals, so every operand is floating point.
     """
 
+    def __init__(self, names: dict[str, str] | None = None, blocks=frozenset()):
+        super().__init__(names)
+        self.blocks = set(blocks)  # the names of per-element values (blocks, not scalars)
+
     def _print_Integer(self, expr) -> str:
         return f"{int(expr)}.0"
 
@@ -164,6 +168,13 @@ class TritonPrinter(_Printer):
         return text
 
     def _boolean(self, expr, op: str) -> str:
+        args = list(expr.args)
+        blocks = [bool({s.name for s in a.free_symbols} & self.blocks) for a in args]
+        if any(blocks) and not all(blocks):
+            # a per-element condition with a scalar one (step < 4): `&` of a block and a
+            # scalar fails in Triton's interpreter, so select instead
+            first, rest = self._print(args[0]), self._print(expr.func(*args[1:]))
+            return f"tl.where({first}, {rest}, False)" if op == "&" else f"tl.where({first}, True, {rest})"
         return f" {op} ".join(f"({self._print(a)})" for a in expr.args)
 
     def _print_And(self, expr) -> str:
