@@ -191,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from .check import InternalError
 
-        what = str(exc) if isinstance(exc, InternalError) else f"optgen internal error in `optgen {args.command}`: {type(exc).__name__}: {exc}"
+        what = (
+            str(exc)
+            if isinstance(exc, InternalError)
+            else f"optgen internal error in `optgen {args.command}`: {type(exc).__name__}: {exc}"
+        )
         print(f"{what} (please report it; OPTGEN_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
 

@@ -166,9 +166,7 @@ def _check_tensor_states(states, by_name, outputs, scopes) -> None:
         if s.scope != "tensor":
             continue
         if _scope(s.init, scopes) == "element":
-            raise SpecError(
-                s.loc, f"state `{s.name}` is per tensor (scope: tensor), but its init differs per element"
-            )
+            raise SpecError(s.loc, f"state `{s.name}` is per tensor (scope: tensor), but its init differs per element")
         value = by_name[outputs[s.name]]
         if value.scope == "element":
             raise SpecError(
@@ -195,7 +193,9 @@ def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive) -> None:
             raise SpecError(
                 stmt.loc, "a reduction (sum, mean, norm, amin, amax, global_norm) takes a per-element value"
             )
-    value = Value(name, expr, _value_scope(expr, stmt.target, _all_scopes(scopes, values), scopes), stmt.target, stmt.loc)
+    value = Value(
+        name, expr, _value_scope(expr, stmt.target, _all_scopes(scopes, values), scopes), stmt.target, stmt.loc
+    )
     values.append(value)
     env[stmt.target] = value.symbol
 

@@ -56,13 +56,13 @@ def compare(path: str, got: np.ndarray, want: np.ndarray, poisoned: bool = False
     if poisoned:
         got = np.where(np.isfinite(want), got, want)
     finite = np.isfinite(want)
-    if path == "fused":
-        # float32 arithmetic: values beyond its range may overflow where float64 does not
-        if not np.all(np.abs(want[finite]) < 1e30):
-            return None
-    if not np.array_equal(got[~finite], want[~finite], equal_nan=True):
-        if not (path == "fused" and np.isnan(got).any() == np.isnan(want).any()):
-            return f"non-finite entries differ: {got.ravel()[:6]} vs {want.ravel()[:6]}"
+    if path == "fused" and not np.all(np.abs(want[finite]) < 1e30):
+        return None  # float32 arithmetic: values beyond its range may overflow where float64 does not
+    # float32 may reach NaN by another way (inf - inf where float64 stays finite): the
+    # fused path must agree on whether a NaN appears, not on every position
+    fused_agrees = path == "fused" and np.isnan(got).any() == np.isnan(want).any()
+    if not np.array_equal(got[~finite], want[~finite], equal_nan=True) and not fused_agrees:
+        return f"non-finite entries differ: {got.ravel()[:6]} vs {want.ravel()[:6]}"
     scale = max(np.abs(want[finite]).max(initial=0.0), 1e-30)
     diff = np.abs(got[finite] - want[finite]).max(initial=0.0)
     if not diff <= RTOL[path] * scale:

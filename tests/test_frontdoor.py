@@ -261,7 +261,11 @@ def test_an_internal_error_is_one_line_exit_3(tmp_path, monkeypatch, capsys):
     "update, state, line",
     [
         ("s = s * beta2 + grad\nm = beta1 * m + grad\nparam = param - lr * s * m", None, 11),
-        ("s = s * beta2\nm = beta1 * m + grad\nparam = param - lr * s * m", "m: {init: 0}\n  s: {init: grad, scope: tensor}", 9),
+        (
+            "s = s * beta2\nm = beta1 * m + grad\nparam = param - lr * s * m",
+            "m: {init: 0}\n  s: {init: grad, scope: tensor}",
+            9,
+        ),
     ],
 )
 def test_a_tensor_state_never_holds_a_per_element_value(update, state, line):

@@ -93,7 +93,7 @@ def _mutate_line(line: str, draw) -> str:
     if kind == "func":
         for group in (UNARY, BINARY, REDUCE):
             new = draw(st.sampled_from(group))
-            tree = _Rewrite(k, call_named(group), lambda n: ast.Call(ast.Name(new), n.args, [])).visit(tree)
+            tree = _Rewrite(k, call_named(group), lambda n, new=new: ast.Call(ast.Name(new), n.args, [])).visit(tree)
     elif kind == "swap":
 
         def swap(n):
@@ -161,12 +161,21 @@ def _expr(draw, depth: int, element: bool) -> str:
     if depth == 0 or draw(st.integers(0, 3)) == 0:
         return draw(st.sampled_from(leaves))
     kind = draw(st.sampled_from(["bin", "bin", "unary", "binary", "where", "reduce", "clamp", "pow"]))
-    sub = lambda: _expr(draw, depth - 1, element)  # noqa: E731
+
+    def sub():
+        return _expr(draw, depth - 1, element)
+
     if kind == "bin":
         return f"({sub()} {draw(st.sampled_from(['+', '-', '*', '/']))} {sub()})"
     if kind == "unary":
         fn = draw(st.sampled_from(UNARY))
-        return f"{fn}(1 + abs({sub()}))" if fn in ("sqrt", "log") else f"{fn}({sub()} / 10)" if fn == "exp" else f"{fn}({sub()})"
+        return (
+            f"{fn}(1 + abs({sub()}))"
+            if fn in ("sqrt", "log")
+            else f"{fn}({sub()} / 10)"
+            if fn == "exp"
+            else f"{fn}({sub()})"
+        )
     if kind == "binary":
         return f"{draw(st.sampled_from(BINARY))}({sub()}, {sub()})"
     if kind == "where":
@@ -187,8 +196,7 @@ def expression_soup(draw):
     d = _expr(draw, 3, True)
     s_scope = draw(st.sampled_from(["tensor", "element"]))
     update = (  # every state's old value reaches param (else check refuses the soup)
-        f"d = {d}\nparam = param - lr * clamp(d + m * s + v, -10, 10)\n"
-        f"m = beta1 * m + {m}\nv = {v}\ns = {s}\n"
+        f"d = {d}\nparam = param - lr * clamp(d + m * s + v, -10, 10)\nm = beta1 * m + {m}\nv = {v}\ns = {s}\n"
     )
     doc = {
         "name": "Soup",

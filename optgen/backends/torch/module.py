@@ -234,7 +234,9 @@ def _hyper_doc(spec: Spec, h) -> str:
     symbols = [symbol_tex(spec, name) for name in h.names]
     what = h.doc.rstrip(".") + ", " if h.doc else ""
     if h.is_tuple:
-        return f"{what}:math:`({', '.join(symbols)})` ({', '.join(h.names)}), each in {h.range} (default: {_default(h)})."
+        return (
+            f"{what}:math:`({', '.join(symbols)})` ({', '.join(h.names)}), each in {h.range} (default: {_default(h)})."
+        )
     return f"{what}:math:`{symbols[0]}`, in {h.range} (default: {_default(h)})."
 
 

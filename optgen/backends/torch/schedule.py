@@ -805,7 +805,10 @@ def _read_after_rebinding(ops: list, name: str) -> bool:
             isinstance(op, (New, InPlace)) and op.target == name and op.fn in _UNARY.values()
         ):
             return True
-        if isinstance(op, (Eval, Alias)) and name in (getattr(op, "source", None), *map(str, getattr(op, "expr", sympy.S(0)).free_symbols)):
+        if isinstance(op, (Eval, Alias)) and name in (
+            getattr(op, "source", None),
+            *map(str, getattr(op, "expr", sympy.S(0)).free_symbols),
+        ):
             return True
     return False
 
