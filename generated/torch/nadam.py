@@ -72,6 +72,8 @@ class NAdam(Optimizer):
     torch's form: mu_product is the running product of the momentum schedule (a scalar per
     parameter tensor), and the step is split into a gradient part and a momentum part.
     Dozat's original writes it with bias-corrected gradient and momentum; the two are equal.
+    As torch.optim.NAdam does, mu_product (like the step) is kept in torch's scalar dtype:
+    float32 unless the default dtype is float64, whatever the parameter's dtype.
 
     Paper: Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop.
 
@@ -172,9 +174,7 @@ class NAdam(Optimizer):
                 # (torch.optim.SGD): at least one step was taken
                 state["step"] = torch.tensor(1.0 if state else 0.0, dtype=_get_scalar_dtype())
             if "mu_product" not in state:
-                state["mu_product"] = torch.tensor(
-                    1.0, dtype=torch.promote_types(p.dtype, _get_scalar_dtype())
-                )
+                state["mu_product"] = torch.tensor(1.0, dtype=_get_scalar_dtype())
             mu_products.append(state["mu_product"])
             if "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(

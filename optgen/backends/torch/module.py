@@ -310,8 +310,11 @@ def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
         value = number(float(init)) if init.is_number else host_printer(text).doprint(init)
         if s.name in device_states:
             make = f"torch.full((), {value}, dtype=p.dtype, device=p.device)"
-        else:  # a 0-d CPU tensor, as torch keeps NAdam's mu_product, never below the param's precision
-            make = f"torch.tensor({value}, dtype=torch.promote_types(p.dtype, _get_scalar_dtype()))"
+        else:  # a 0-d CPU tensor: never below the param's precision, except that a drop-in for
+            # torch.optim keeps it in torch's scalar dtype, as torch keeps NAdam's mu_product
+            scalar = "_get_scalar_dtype()"
+            dtype = scalar if spec.parity.startswith("torch.optim.") else f"torch.promote_types(p.dtype, {scalar})"
+            make = f"torch.tensor({value}, dtype={dtype})"
     elif init == 0:
         make = f"torch.zeros_like(p, dtype={_STATE_DTYPE}, memory_format=torch.preserve_format)"
     elif not names & {PARAM, GRAD}:
