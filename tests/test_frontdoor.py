@@ -214,8 +214,12 @@ def test_checked_spec_runs_right_on_every_path(name):
     assert run_paths(spec) == {"forloop": None, "foreach": None, "fused": None}
 
 
-def test_scalar_state_keeps_the_parameter_precision():
-    cls = optgen.compile(loads(CASES["lr_sum"], "lr_sum.yaml"))
+@pytest.mark.parametrize("parity", ["independent", "torch.optim.Adam"])
+def test_scalar_state_keeps_the_parameter_precision(parity):
+    """Only a state its parity reference rounds to torch's scalar dtype (NAdam's mu_product,
+    tests/test_torch_behaviour.py) is kept there; any other stays at the param's precision."""
+    text = CASES["lr_sum"].replace("parity: independent", f"parity: {parity}")
+    cls = optgen.compile(loads(text, "lr_sum.yaml"))
     for dtype in (torch.float64, torch.float32):
         p = torch.zeros(3, dtype=dtype, requires_grad=True)
         opt = cls([p], foreach=False)

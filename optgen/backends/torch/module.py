@@ -301,6 +301,10 @@ def _device_states(variants: list[Variant]) -> set[str]:
 
 _STATE_DTYPE = "state_dtype"  # a local of _init_group
 
+# Per-tensor scalar states that a parity reference keeps in torch's scalar dtype (like its
+# `step`), whatever the parameter's dtype; a drop-in must round them the same way.
+_SCALAR_DTYPE_STATES = {"torch.optim.NAdam": {"mu_product"}}
+
 
 def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
     text = _group_text(spec)
@@ -310,10 +314,14 @@ def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
         value = number(float(init)) if init.is_number else host_printer(text).doprint(init)
         if s.name in device_states:
             make = f"torch.full((), {value}, dtype=p.dtype, device=p.device)"
-        else:  # a 0-d CPU tensor: never below the param's precision, except that a drop-in for
-            # torch.optim keeps it in torch's scalar dtype, as torch keeps NAdam's mu_product
+        else:  # a 0-d CPU tensor: never below the param's precision, except where the parity
+            # reference keeps it in torch's scalar dtype (float32 unless that is the default)
             scalar = "_get_scalar_dtype()"
-            dtype = scalar if spec.parity.startswith("torch.optim.") else f"torch.promote_types(p.dtype, {scalar})"
+            dtype = (
+                scalar
+                if s.key in _SCALAR_DTYPE_STATES.get(spec.parity, ())
+                else f"torch.promote_types(p.dtype, {scalar})"
+            )
             make = f"torch.tensor({value}, dtype={dtype})"
     elif init == 0:
         make = f"torch.zeros_like(p, dtype={_STATE_DTYPE}, memory_format=torch.preserve_format)"
