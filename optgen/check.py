@@ -3,10 +3,17 @@
 Well-formedness (errors): every name defined before use, every state updated and read,
 defaults inside their ranges, every option used, for every combination of options.
 Static facts: which states are non-negative (by induction from their init and update),
-and whether every denominator can be shown > 0 (a warning when it cannot)."""
+and whether every denominator can be shown > 0 (a warning when it cannot).
+
+Then every stage a build runs, so that what checks also builds: lowering of every option
+combination, the torch module (for-loop and foreach, compiled to bytecode), the Triton
+module (rendered and compiled, never launched) and the LaTeX document. A refusal there
+(SpecError/CompileError) is a located finding; any other exception is a bug in optgen,
+raised as InternalError naming the stage (the CLI prints it on one line and exits 3)."""
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 
 import sympy
@@ -58,8 +65,12 @@ def check(spec: Spec) -> Report:
             program = lower(spec, combo)
         except SpecError as exc:
             for error in getattr(exc, "errors", [exc]):  # SpecErrors: every line's error
-                report.add(error.loc, error.message)
+                report.add(error.loc or spec.loc, error.message)
             continue
+        except (KeyboardInterrupt, MemoryError, RecursionError):
+            raise
+        except Exception as exc:
+            raise InternalError(f"lowering ({spec.name}, options: {_fmt(combo)})", exc) from exc
         programs.append(program)
         used_hypers |= _free_names(program)
         _check_states_read(program, report)
@@ -71,8 +82,59 @@ def check(spec: Spec) -> Report:
     if programs:
         report.nonneg = set.intersection(*(nonneg_states(spec, p.options) for p in programs))
     if report.ok:
+        _check_backends(spec, report)
+    if report.ok:
         _check_claims(spec, report)
     return report
+
+
+class InternalError(Exception):
+    """An unexpected exception inside optgen (a bug, not a problem with the spec)."""
+
+    def __init__(self, stage: str, exc: BaseException):
+        self.stage = stage
+        super().__init__(f"optgen internal error in {stage}: {type(exc).__name__}: {exc}")
+
+
+def _stage(spec: Spec, report: Report, stage: str, run) -> None:
+    """Run one build stage: a refusal is a finding located at the offending line (the spec
+    itself when the stage cannot say), anything else an InternalError."""
+    try:
+        run()
+    except SpecError as exc:
+        report.add(exc.loc or spec.loc, f"{stage}: {exc.message}" if exc.loc is None else exc.message)
+    except (KeyboardInterrupt, MemoryError, RecursionError):
+        raise
+    except Exception as exc:
+        raise InternalError(f"{stage} ({spec.name})", exc) from exc
+
+
+def _check_backends(spec: Spec, report: Report) -> None:
+    """Render every backend a build renders, without formatting or importing the result:
+    generated Python is compiled to bytecode (a syntax error there is a bug in optgen)."""
+    from . import backends
+
+    for backend in backends.available():
+        if backend.NAME in ("torch", "triton") and spec.gradient_at is not None:
+            continue  # a paper form, for proofs only: build never compiles it
+        if backend.NAME == "torch":
+            from .backends.torch.module import render_module
+
+            def run(render=render_module):
+                builtins.compile(render(spec, "# check", compiled=True, formatted=False), "<optgen torch>", "exec")
+        elif backend.NAME == "triton":
+            from .backends.triton import render_module as render_triton
+
+            def run(render=render_triton):
+                builtins.compile(render(spec, formatted=False), "<optgen triton>", "exec")
+        else:
+
+            def run(backend=backend):
+                backend.render(spec)
+
+        _stage(spec, report, f"the {backend.NAME} backend", run)
+        if not report.ok:
+            return
 
 
 def _check_claims(spec: Spec, report: Report) -> None:

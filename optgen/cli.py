@@ -1,4 +1,5 @@
-"""The `optgen` command line. Exit codes: 0 ok, 1 a check or proof failed, 2 bad input."""
+"""The `optgen` command line. Exit codes: 0 ok, 1 a check or proof failed, 2 bad input,
+3 an internal error (a bug in optgen: one line naming the stage, never a traceback)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from . import catalog
 from .errors import SetupError, SpecError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class UsageError(Exception):
@@ -196,6 +197,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug in optgen: say where, briefly; OPTGEN_DEBUG=1 re-raises
+        import os
+
+        if os.environ.get("OPTGEN_DEBUG"):
+            raise
+        from .check import InternalError
+
+        what = (
+            str(exc)
+            if isinstance(exc, InternalError)
+            else f"optgen internal error in `optgen {args.command}`: {type(exc).__name__}: {exc}"
+        )
+        print(f"{what} (please report it; OPTGEN_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

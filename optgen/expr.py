@@ -8,32 +8,29 @@ import keyword
 import sympy
 
 
-class ReduceSum(sympy.Function):
+class _Reduction(sympy.Function):
+    """A reduction over tensor elements. Never a number, even of a constant argument (sum(2)
+    is 2 * numel): SymPy must not try to compare it with numbers (Max(sum(2), 1))."""
+
+    nargs = 1
+    is_real = True
+    is_number = False
+
+
+class ReduceSum(_Reduction):
     """sum(x) over the elements of one parameter tensor."""
 
-    nargs = 1
-    is_real = True
 
-
-class ReduceMin(sympy.Function):
+class ReduceMin(_Reduction):
     """amin(x) over the elements of one parameter tensor."""
 
-    nargs = 1
-    is_real = True
 
-
-class ReduceMax(sympy.Function):
+class ReduceMax(_Reduction):
     """amax(x) over the elements of one parameter tensor."""
 
-    nargs = 1
-    is_real = True
 
-
-class GlobalSum(sympy.Function):
+class GlobalSum(_Reduction):
     """The sum over every parameter tensor of sum(x): a reduction across all parameters."""
-
-    nargs = 1
-    is_real = True
 
 
 TENSOR_REDUCTIONS = {ReduceSum: "sum", ReduceMin: "min", ReduceMax: "max"}

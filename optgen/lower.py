@@ -13,6 +13,7 @@ Passes, in order:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 
@@ -39,8 +40,32 @@ _REDUCE_OP = {**TENSOR_REDUCTIONS, GlobalSum: "sum"}
 def lower(spec: Spec, options: dict[str, bool] | None = None, optimize: bool = True) -> Program:
     """optimize=False stops after the passes that keep the spec's own values (ssa,
     reductions, copies): what the induction on states reads, which the optimiser's
-    monotone pass in turn relies on."""
+    monotone pass in turn relies on.
+
+    Programs are cached per spec and setting (check, the backends and the prover each lower
+    every setting); each call returns its own copy, so a caller may change it."""
     opts = resolve_options(spec, options)
+    cache = spec.__dict__.setdefault("_lowered", {})
+    key = (tuple(opts.items()), optimize)
+    if key not in cache:
+        cache[key] = _lower(spec, opts, optimize)
+    return _copy(cache[key])
+
+
+def _copy(program: Program) -> Program:
+    values = [dataclasses.replace(v) for v in program.values]
+    return dataclasses.replace(
+        program,
+        options=dict(program.options),
+        states=list(program.states),
+        values=values,
+        outputs=dict(program.outputs),
+        input_scopes=dict(program.input_scopes),
+        notes=list(program.notes),
+    )
+
+
+def _lower(spec: Spec, opts: dict[str, bool], optimize: bool) -> Program:
     program = _ssa(spec, opts)
     _extract_reductions(program)
     _forward_copies(program)
@@ -89,14 +114,20 @@ def _input_scopes(spec: Spec, opts: dict[str, bool]) -> dict[str, str]:
 
 
 def _scope(expr: sympy.Basic, scopes: dict[str, str]) -> str:
+    """The widest scope `expr` reads; a reduction is per tensor (or global) whatever its
+    argument reads (norm(norm(grad)) reduces a per-tensor value, which is refused)."""
     scope = "host"
-    for a in sympy.preorder_traversal(expr):
+    stack = [expr]
+    while stack:
+        a = stack.pop()
         if isinstance(a, GlobalSum):
             scope = wider(scope, "global")
         elif isinstance(a, REDUCTIONS):
             scope = wider(scope, "tensor")
         elif a.is_Symbol:
             scope = wider(scope, scopes.get(a.name, "host"))
+        else:
+            stack.extend(a.args)
     return scope
 
 
@@ -132,7 +163,27 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
         # A state the update never assigns is a snapshot: set by its init at the first step,
         # only read afterwards. Its new value is its old one (Program.writes leaves it out).
         outputs[s.name] = env[s.name].name
+    _check_tensor_states(states, {v.name: v for v in values}, outputs, scopes)
     return Program(spec, opts, states, values, outputs, scopes)
+
+
+def _check_tensor_states(states, by_name, outputs, scopes) -> None:
+    """A `scope: tensor` state holds one number per tensor: neither its init nor its new
+    value may differ from element to element."""
+    for s in states:
+        if s.scope != "tensor":
+            continue
+        if _scope(s.init, scopes) == "element":
+            raise SpecError(s.loc, f"state `{s.name}` is per tensor (scope: tensor), but its init differs per element")
+        value = by_name.get(outputs[s.name])
+        if value is None:  # a snapshot: never assigned, its init was checked above
+            continue
+        if value.scope == "element":
+            raise SpecError(
+                value.loc,
+                f"state `{s.name}` is per tensor (scope: tensor), but is assigned a per-element value "
+                "(reduce it with sum, mean, norm, amin or amax)",
+            )
 
 
 def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive, broken=frozenset()) -> None:
@@ -147,6 +198,7 @@ def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive, broken=froze
     if stmt.target in inactive:
         raise SpecError(stmt.target_loc, f"state `{stmt.target}` is assigned but does not exist with these options")
     expr = stmt.expr.xreplace({s: env[s.name] for s in stmt.expr.free_symbols if s.name in env})
+    expr = _without_ite(expr)
     name = namer.fresh(stmt.target)
     for a in sympy.preorder_traversal(expr):
         if isinstance(a, REDUCTIONS) and _scope(a.args[0], _all_scopes(scopes, values)) != "element":
@@ -159,9 +211,32 @@ def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive, broken=froze
             raise SpecError(
                 stmt.loc, f"`{sign}` takes host values (hyperparameters, step, numbers); here it reads a tensor value"
             )
-    value = Value(name, expr, _scope(expr, _all_scopes(scopes, values)), stmt.target, stmt.loc)
+    value = Value(
+        name, expr, _value_scope(expr, stmt.target, _all_scopes(scopes, values), scopes), stmt.target, stmt.loc
+    )
     values.append(value)
     env[stmt.target] = value.symbol
+
+
+def _without_ite(expr):
+    """SymPy folds a comparison of two `where`s into ITE(c, a, b), a boolean no backend
+    prints: spell it with and/or/not, which every backend (and the Reference) has."""
+    if not expr.has(sympy.ITE):
+        return expr
+    return expr.replace(
+        lambda e: isinstance(e, sympy.ITE),
+        lambda e: sympy.Or(sympy.And(e.args[0], e.args[1]), sympy.And(sympy.Not(e.args[0]), e.args[2])),
+    )
+
+
+def _value_scope(expr, var: str, scopes: dict[str, str], inputs: dict[str, str]) -> str:
+    """A value's scope: the widest of what it reads, and, for a version of `param` or of a
+    state, at least that variable's own scope (`prev_lr = lr` is a per-tensor store, not a
+    host float that nothing writes back)."""
+    scope = _scope(expr, scopes)
+    if var in inputs and var != GRAD:
+        scope = wider(scope, inputs[var])
+    return scope
 
 
 def _all_scopes(scopes, values) -> dict[str, str]:
@@ -180,7 +255,7 @@ def _rebuild(program: Program, values: list[Value]) -> None:
     scopes = _all_scopes(program.input_scopes, [])
     for v in values:
         if not v.is_reduction:
-            v.scope = _scope(v.expr, scopes)
+            v.scope = _value_scope(v.expr, v.var, scopes, program.input_scopes)
         scopes[v.name] = v.scope
 
 
@@ -193,6 +268,8 @@ def _extract_reductions(program: Program) -> None:
         replacements = {}
         for call in sorted(_innermost_first(v.expr), key=sympy.count_ops):
             call = call.xreplace(replacements)
+            if not isinstance(call, REDUCTIONS):
+                continue  # the same call, met twice: already a value
             arg = call.args[0]
             if not arg.is_Symbol:
                 arg_value = Value(namer.fresh(f"{v.var}_arg"), arg, "element", "", v.loc)

@@ -189,14 +189,20 @@ class CompiledProgram:
             if op is None:
                 env[name] = fn(env)
             elif over == "tensor":
-                env[name] = np.float64(_REDUCE[op](fn(env)))
+                env[name] = np.float64(_REDUCE[op](_elements(fn(env), env)))
             elif name not in env:  # a global reduction: filled in by the caller
                 raise KeyError(name)
         return env
 
     def global_partials(self, env: Env) -> dict[str, float]:
         self.run(env, only=self.global_needs)
-        return {r.name: float(np.sum(env[r.expr.name])) for r in self.program.reductions("global")}
+        return {r.name: float(np.sum(_elements(env[r.expr.name], env))) for r in self.program.reductions("global")}
+
+
+def _elements(value, env: Env) -> np.ndarray:
+    """A reduction's argument, one entry per element of the parameter: an element value
+    that came out a scalar (`v = 0.5`, then `mean(v * step)`) counts once per element."""
+    return np.broadcast_to(value, np.shape(env[PARAM]))
 
 
 class Reference:

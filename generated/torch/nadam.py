@@ -72,6 +72,8 @@ class NAdam(Optimizer):
     torch's form: mu_product is the running product of the momentum schedule (a scalar per
     parameter tensor), and the step is split into a gradient part and a momentum part.
     Dozat's original writes it with bias-corrected gradient and momentum; the two are equal.
+    As torch.optim.NAdam does, mu_product (like the step) is kept in torch's scalar dtype:
+    float32 unless the default dtype is float64, whatever the parameter's dtype.
 
     Paper: Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop.
 

@@ -230,7 +230,7 @@ def adabelief_update(
         param = one_minus_weight_decay * param
     exp_avg = beta1 * exp_avg + grad * one_minus_beta1
     grad_residual = grad - exp_avg
-    exp_avg_var = beta2 * exp_avg_var + eps + grad_residual * grad_residual * one_minus_beta2
+    exp_avg_var = beta2 * exp_avg_var + eps + (grad_residual * grad_residual) * one_minus_beta2
     if not AMS_BOUND:
         denom = tl.sqrt_rn(exp_avg_var)
     else:

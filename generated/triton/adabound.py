@@ -171,7 +171,7 @@ def adabound_update(
         max_exp_avg_sq = tl.load(max_exp_avg_sq_ptrs, mask=mask).to(tl.float32)
     grad = grad + param * weight_decay
     exp_avg = beta1 * exp_avg + grad * one_minus_beta1
-    exp_avg_sq = beta2 * exp_avg_sq + grad * grad * one_minus_beta2
+    exp_avg_sq = beta2 * exp_avg_sq + (grad * grad) * one_minus_beta2
     if not AMSBOUND:
         denom = eps + tl.sqrt_rn(exp_avg_sq)
     else:

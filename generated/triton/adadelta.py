@@ -100,9 +100,9 @@ def adadelta_update(
     )
     acc_delta = tl.load(acc_delta_ptrs, mask=mask).to(tl.float32)
     grad = grad + param * weight_decay
-    square_avg = grad * grad * one_minus_rho + rho * square_avg
+    square_avg = (grad * grad) * one_minus_rho + rho * square_avg
     delta = grad * tl.sqrt_rn(acc_delta + eps) / tl.sqrt_rn(eps + square_avg)
-    acc_delta = acc_delta * rho + delta * delta * one_minus_rho
+    acc_delta = acc_delta * rho + (delta * delta) * one_minus_rho
     param = param - delta * lr
     tl.store(param_ptrs, param.to(param_ptr.dtype.element_ty), mask=mask)
     tl.store(square_avg_ptrs, square_avg.to(square_avg_ptr.dtype.element_ty), mask=mask)

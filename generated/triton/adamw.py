@@ -169,7 +169,7 @@ def adamw_update(
     else:
         param = one_minus_lr_weight_decay * param
     exp_avg = beta1 * exp_avg + grad * one_minus_beta1
-    exp_avg_sq = beta2 * exp_avg_sq + grad * grad * one_minus_beta2
+    exp_avg_sq = beta2 * exp_avg_sq + (grad * grad) * one_minus_beta2
     if not AMSGRAD:
         denom = eps + tl.sqrt_rn(exp_avg_sq) / bias_correction2_sqrt
     else:

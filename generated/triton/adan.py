@@ -261,8 +261,8 @@ def adan_update(
     grad_diff = tl.where(step == 1.0, 0.0, grad - previous_grad)
     exp_avg = beta1 * exp_avg + grad * one_minus_beta1
     exp_avg_diff = beta2 * exp_avg_diff + grad_diff * one_minus_beta2
-    exp_avg_sq = beta3 * exp_avg_sq + one_minus_beta3 * (beta2 * grad_diff + grad) * (
-        beta2 * grad_diff + grad
+    exp_avg_sq = beta3 * exp_avg_sq + one_minus_beta3 * (
+        (beta2 * grad_diff + grad) * (beta2 * grad_diff + grad)
     )
     previous_grad = grad
     denom = eps + tl.sqrt_rn(exp_avg_sq) / bias_correction3_sqrt

@@ -263,7 +263,7 @@ def lamb_reduce_1(
         exp_avg = beta1 * exp_avg + grad
     else:
         exp_avg = beta1 * exp_avg + grad * one_minus_beta1
-    exp_avg_sq = beta2 * exp_avg_sq + grad * grad * one_minus_beta2
+    exp_avg_sq = beta2 * exp_avg_sq + (grad * grad) * one_minus_beta2
     if WEIGHT_DECOUPLE and not FIXED_DECAY:
         param = one_minus_lr_weight_decay * param
     elif WEIGHT_DECOUPLE:
@@ -365,7 +365,7 @@ def lamb_update(
         exp_avg = beta1 * exp_avg + grad
     else:
         exp_avg = beta1 * exp_avg + grad * one_minus_beta1
-    exp_avg_sq = beta2 * exp_avg_sq + grad * grad * one_minus_beta2
+    exp_avg_sq = beta2 * exp_avg_sq + (grad * grad) * one_minus_beta2
     if WEIGHT_DECOUPLE and not FIXED_DECAY:
         param = one_minus_lr_weight_decay * param
     elif WEIGHT_DECOUPLE:

@@ -173,7 +173,7 @@ def nadam_update(
         param = one_minus_lr_weight_decay * param
     mu_product = mu * mu_product
     exp_avg = beta1 * exp_avg + grad * one_minus_beta1
-    exp_avg_sq = beta2 * exp_avg_sq + grad * grad * one_minus_beta2
+    exp_avg_sq = beta2 * exp_avg_sq + (grad * grad) * one_minus_beta2
     denom = eps + tl.sqrt_rn(exp_avg_sq / bias_correction2)
     step_size = lr_one_minus_mu / (1.0 - mu_product)
     param = param - grad * step_size / denom

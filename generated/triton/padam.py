@@ -157,7 +157,7 @@ def padam_update(
     else:
         param = one_minus_weight_decay * param
     exp_avg = beta1 * exp_avg + grad * one_minus_beta1
-    exp_avg_sq = beta2 * exp_avg_sq + grad * grad * one_minus_beta2
+    exp_avg_sq = beta2 * exp_avg_sq + (grad * grad) * one_minus_beta2
     denom = tl.exp(x2_partial * tl.log(eps + tl.sqrt_rn(exp_avg_sq)))
     param = param - exp_avg * step_size / denom
     tl.store(param_ptrs, param.to(param_ptr.dtype.element_ty), mask=mask)

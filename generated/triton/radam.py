@@ -162,7 +162,7 @@ def radam_update(
     else:
         param = one_minus_lr_weight_decay * param
     exp_avg = beta1 * exp_avg + grad * one_minus_beta1
-    exp_avg_sq = beta2 * exp_avg_sq + grad * grad * one_minus_beta2
+    exp_avg_sq = beta2 * exp_avg_sq + (grad * grad) * one_minus_beta2
     adaptive_lr = tl.where(rho_t > 5.0, bias_correction2_sqrt / (eps + tl.sqrt_rn(exp_avg_sq)), 1.0)
     param = param - adaptive_lr * exp_avg * step_size
     tl.store(param_ptrs, param.to(param_ptr.dtype.element_ty), mask=mask)

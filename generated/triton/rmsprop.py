@@ -126,7 +126,7 @@ def rmsprop_update(
         )
         grad_avg = tl.load(grad_avg_ptrs, mask=mask).to(tl.float32)
     grad = grad + param * weight_decay
-    square_avg = alpha * square_avg + grad * grad * one_minus_alpha
+    square_avg = alpha * square_avg + (grad * grad) * one_minus_alpha
     if not CENTERED:
         avg = eps + tl.sqrt_rn(square_avg)
     else:

@@ -39,8 +39,11 @@ KEYS = {
 
 
 def prove_spec_claims(spec: Spec) -> list[ClaimResult]:
-    """Prove every claim of a spec. A malformed claim raises SpecError at its location."""
-    return [prove_claim(spec, node, i) for i, node in enumerate(spec.claims, 1)]
+    """Prove every claim of a spec. A malformed claim raises SpecError at its location.
+    Cached on the spec: `optgen check` proves them, then the LaTeX stage prints them."""
+    if "_claim_results" not in spec.__dict__:
+        spec.__dict__["_claim_results"] = [prove_claim(spec, node, i) for i, node in enumerate(spec.claims, 1)]
+    return list(spec.__dict__["_claim_results"])
 
 
 def prove_claim(spec: Spec, node: Node, index: int = 1) -> ClaimResult:

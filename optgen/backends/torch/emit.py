@@ -256,9 +256,21 @@ class ForeachPrinter(SinglePrinter):
                 extra += f", {key}={self.arg(value)}"
         return f"torch._foreach_{fn}{suffix}({', '.join(args)}{extra})"
 
+    def _list_args(self, fn: str, args: tuple, first: int) -> list[str]:
+        """Operands of a foreach call; `first` is the position of args[0] in the call. A 0-d
+        tensor shared by the group (a global norm) is a valid second operand of mul/div/add/
+        sub only: anywhere else it is repeated into a list, one per tensor."""
+        out = []
+        for i, a in enumerate(args, first):
+            text = self.arg(a)
+            if isinstance(a, T) and not a.per_tensor and not (i == 1 and fn in ("mul", "div", "add", "sub")):
+                text = f"[{text}] * len(params)"
+            out.append(text)
+        return out
+
     def _new_lines(self, op: New) -> list:
         target = plural(op.target)
-        args = [self.arg(a) for a in op.args]
+        args = self._list_args(op.fn, op.args, 0)
         if op.fn == "clone":
             return [Line(f"{target} = [x.clone() for x in {args[0]}]")]
         if op.fn == "clamp":
@@ -273,7 +285,7 @@ class ForeachPrinter(SinglePrinter):
 
     def _in_place_lines(self, op: InPlace) -> list:
         target = plural(op.target)
-        args = [target] + [self.arg(a) for a in op.args]
+        args = [target] + self._list_args(op.fn, op.args, 1)
         if op.fn == "copy":
             return [Line(f"torch._foreach_copy_({args[0]}, {args[1]})")]
         if op.fn == "fill":

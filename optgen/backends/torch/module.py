@@ -3,6 +3,7 @@ for-loop, foreach and fused implementations (the shape of torch/optim/adam.py)."
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from dataclasses import dataclass
 
@@ -45,7 +46,8 @@ class GlobalFunction:
     helper_body: str
 
 
-def render_module(spec: Spec, stamp: str, compiled: bool = False) -> str:
+def render_module(spec: Spec, stamp: str, compiled: bool = False, formatted: bool = True) -> str:
+    """The module text; formatted=False skips ruff (`optgen check` only compiles it)."""
     if spec.gradient_at is not None:
         raise CompileError(
             spec.loc,
@@ -59,7 +61,8 @@ def render_module(spec: Spec, stamp: str, compiled: bool = False) -> str:
     taken = names.module_names(text) - made
     _check_keywords(spec, names.own_keywords(text))
     local = names.renamed(spec, names.python_names(spec, taken))
-    return format_source(_render(spec, local, stamp, compiled, taken)[0])
+    text = _render(spec, local, stamp, compiled, taken)[0]
+    return format_source(text) if formatted else text
 
 
 def _render(spec: Spec, local: Spec, stamp: str, compiled: bool, taken: set[str]) -> tuple[str, set[str]]:
@@ -68,7 +71,8 @@ def _render(spec: Spec, local: Spec, stamp: str, compiled: bool, taken: set[str]
     the docstring shows."""
     variants = [Variant(combo, prepare(lower(local, combo))) for combo in local.option_combinations()]
     context = _context(spec, local, variants, stamp, compiled, taken)
-    return _environment().get_template("optimizer.py.j2").render(**context), context["made"]
+    text = _with_math_import(_environment().get_template("optimizer.py.j2").render(**context))
+    return text, context["made"]
 
 
 def _check_keywords(spec: Spec, own: set[str]) -> None:
@@ -84,6 +88,15 @@ def _check_keywords(spec: Spec, own: set[str]) -> None:
             raise CompileError(opt.loc, f"`{name}` is a keyword of every optgen optimizer; name the option otherwise")
 
 
+def _with_math_import(text: str) -> str:
+    """`import math` beside `import torch`, only in a module whose host arithmetic takes a
+    log (HostPrinter prints `math.log`; `math` is a reserved name in specs)."""
+    if "math.log(" not in text:
+        return text
+    return text.replace("\nimport torch\n", "\nimport math\n\nimport torch\n", 1)
+
+
+@functools.cache  # one Environment, so each template is compiled once per process
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(catalog.templates_dir() / config.NAME)),
@@ -216,7 +229,7 @@ def _docstring(spec: Spec) -> str:
     parts.append(_arg("params (iterable)", "parameters to optimize, or dicts defining parameter groups."))
     for key, h in spec.hyperparameters.items():
         if h.captured is None:
-            parts.append(_arg(f"{key} ({_type_of(h)}, optional)", _hyper_doc(h)))
+            parts.append(_arg(f"{key} ({_type_of(h)}, optional)", _hyper_doc(spec, h)))
     for name, opt in spec.options.items():
         doc = opt.doc or "a compile-time option: the update is specialised to it"
         parts.append(_arg(f"{name} (bool, optional)", f"{doc.rstrip('.')} (default: {opt.default})."))
@@ -272,13 +285,16 @@ def _default(h) -> str:
     return number(h.default[0])
 
 
-def _hyper_doc(h) -> str:
-    if h.is_tuple:
-        symbols = ", ".join(h.tex)
-        what = h.doc.rstrip(".") + ", " if h.doc else ""
-        return f"{what}:math:`({symbols})` ({', '.join(h.names)}), each in {h.range} (default: {_default(h)})."
+def _hyper_doc(spec: Spec, h) -> str:
+    from ..latex.algorithm import symbol_tex  # the symbol the formulas use (a default without `tex:`)
+
+    symbols = [symbol_tex(spec, name) for name in h.names]
     what = h.doc.rstrip(".") + ", " if h.doc else ""
-    return f"{what}:math:`{h.tex[0]}`, in {h.range} (default: {_default(h)})."
+    if h.is_tuple:
+        return (
+            f"{what}:math:`({', '.join(symbols)})` ({', '.join(h.names)}), each in {h.range} (default: {_default(h)})."
+        )
+    return f"{what}:math:`{symbols[0]}`, in {h.range} (default: {_default(h)})."
 
 
 def _ctor_args(spec: Spec) -> list[str]:
@@ -340,6 +356,10 @@ def _device_states(variants: list[Variant]) -> set[str]:
 
 _STATE_DTYPE = "state_dtype"  # a local of _init_group
 
+# Per-tensor scalar states that a parity reference keeps in torch's scalar dtype (like its
+# `step`), whatever the parameter's dtype; a drop-in must round them the same way.
+_SCALAR_DTYPE_STATES = {"torch.optim.NAdam": {"mu_product"}}
+
 
 def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
     text = _group_text(spec)
@@ -349,8 +369,15 @@ def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
         value = number(float(init)) if init.is_number else host_printer(text).doprint(init)
         if s.name in device_states:
             make = f"torch.full((), {value}, dtype=p.dtype, device=p.device)"
-        else:  # a 0-d CPU tensor, as torch keeps NAdam's mu_product
-            make = f"torch.tensor({value}, dtype=_get_scalar_dtype())"
+        else:  # a 0-d CPU tensor: never below the param's precision, except where the parity
+            # reference keeps it in torch's scalar dtype (float32 unless that is the default)
+            scalar = "_get_scalar_dtype()"
+            dtype = (
+                scalar
+                if s.key in _SCALAR_DTYPE_STATES.get(spec.parity, ())
+                else f"torch.promote_types(p.dtype, {scalar})"
+            )
+            make = f"torch.tensor({value}, dtype={dtype})"
     elif init == 0:
         make = f"torch.zeros_like(p, dtype={_STATE_DTYPE}, memory_format=torch.preserve_format)"
     elif not names & {PARAM, GRAD}:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from ...errors import CompileError
 from ...expr import GRAD, NDIM, NUMEL, PARAM, STEP
 from ...ir import Program, Value
 
@@ -100,12 +99,11 @@ def _take_global_reductions(values: list[Value]) -> list[GlobalReduction]:
 def _expand(expr, by_name):
     """Inline element values until only inputs remain (global reduction arguments are
     computed on their own, before the update)."""
-    for _ in range(64):
+    while True:  # the IR is acyclic: at most one round per value
         subs = {s: by_name[s.name].expr for s in expr.free_symbols if s.name in by_name}
         if not subs:
             return expr
         expr = expr.xreplace(subs)
-    raise CompileError(None, "global reduction argument does not reduce to inputs")
 
 
 def _dce(program: Program, values: list[Value]) -> list[Value]:
@@ -168,6 +166,7 @@ def _kinds_given(program: Program, values, globals_, scalar_states) -> dict[str,
     kinds.update({STEP: "host", NUMEL: "host", NDIM: "host", PARAM: "element", GRAD: "element"})
     for s in program.states:
         kinds[s.name] = "element" if s.scope == "element" else "scalar" if s.name in scalar_states else "device"
+    states = {s.name: kinds[s.name] for s in program.states}
     kinds.update({g.name: "device_uniform" for g in globals_})
     probe = Prepared(program, values, kinds, scalar_states, globals_, {})
     for v in values:
@@ -177,6 +176,9 @@ def _kinds_given(program: Program, values, globals_, scalar_states) -> dict[str,
             kinds[v.name] = "element"
         else:
             kinds[v.name] = probe.kind(v.expr)
+            if v.var in states and kinds[v.name] in ("uniform", "host"):
+                # a state set from host values only (`prev_lr = lr`) is still stored per tensor
+                kinds[v.name] = states[v.var]
     return kinds
 
 
@@ -216,13 +218,13 @@ def _last_uses(p: Prepared) -> dict[str, int]:
 
 
 def inline(p: Prepared, expr: sympy.Expr) -> sympy.Expr:
-    """`expr` with absorbed values replaced by their definitions."""
-    for _ in range(32):
+    """`expr` with absorbed values replaced by their definitions (each defined before its
+    use, so this ends: at most one round per absorbed value)."""
+    while True:
         subs = {s: p.absorbed[s.name] for s in expr.free_symbols if s.name in p.absorbed}
         if not subs:
             return expr
         expr = expr.xreplace(subs)
-    return expr
 
 
 # --------------------------------------------------------------------------- names

@@ -97,7 +97,8 @@ class _Base(StrPrinter):
 
 
 class HostPrinter(_Base):
-    """Python float arithmetic (the file imports only torch: no math module)."""
+    """Python float arithmetic: `** 0.5`, `e**x` and the builtins; only a log needs the
+    math module (render_module imports it then)."""
 
     def _print_Pow(self, expr, rational=False):
         base = self._base(expr.base)
@@ -126,7 +127,7 @@ class HostPrinter(_Base):
         return f"{number(float(sympy.E))}**{self.parenthesize(expr.args[0], PRECEDENCE['Pow'])}"
 
     def _print_log(self, expr):
-        raise NotImplementedError("log of a hyperparameter expression: compute it in the spec as a tensor value")
+        return f"math.log({self._print(expr.args[0])})"  # the module imports math when it uses it
 
     def _print_Piecewise(self, expr):
         return _conditional(self, expr)
@@ -234,12 +235,14 @@ class TensorPrinter(_Base):
             return _conditional(self, expr)
         (value, cond), rest = expr.args[0], expr.args[1:]
         other = rest[0].expr if len(rest) == 1 and rest[0].cond is sympy.true else sympy.Piecewise(*rest)
-        text = f"torch.where({self._print(cond)}, {self._side(value)}, {self._side(other)})"
+        first = self._side(value)
         tensors = sorted((s for s in cond.free_symbols if not self.is_scalar(s)), key=lambda s: s.name)
-        if value.is_number and other.is_number and tensors:
-            # two numbers make a tensor of the default dtype: take the dtype of what is compared
-            return f"{text}.to({self._print(tensors[0])}.dtype)"
-        return text
+        if self.is_scalar(value) and self.is_scalar(other) and tensors:
+            # two Python floats would make a tensor of the default dtype (float32 beside a
+            # float64 param): one side is a 0-d tensor of the dtype of what is compared
+            x = self._print(tensors[0])
+            first = f"torch.as_tensor({first}, dtype={x}.dtype, device={x}.device)"
+        return f"torch.where({self._print(cond)}, {first}, {self._side(other)})"
 
     def _side(self, expr) -> str:
         # an integer would make an integer tensor: where(c, 1, 0) selects 1.0 or 0.0

@@ -138,11 +138,25 @@ class Scheduler:
             self.emit(HostAssign(self._host_name(v), v.expr, True))
             return
         name = self._temp_name(v)
+        held = self.st.bound.get(name)
+        start, taken, conds = self.snapshot(), set(self.taken), list(self.branch_conditions)
+        mark, last = len(self.out), copy.deepcopy(self.out[-1:])  # emit may merge into the last op
+        self._fresh_value(name, expr, kind)
+        if held is not None and _symbol_in(expr, held) is not None and _read_after_rebinding(self.out[mark:], name):
+            # `name` held a value this one reads: rebinding it is safe when only the op that
+            # makes the new tensor reads the old one (grad = grad.add(param, alpha=wd).mul_(r)),
+            # not when a later op would read the new tensor under the old name
+            self.st, self.taken, self.branch_conditions = start, taken, conds
+            self.out = self.out[: mark - len(last)] + last
+            name = self._new_name(self.base[v.name])
+            self._fresh_value(name, expr, kind)
+        self._bind(v.name, name, owned=self.st.owned.get(name, False), buffers=self.st.buffers.get(name))
+
+    def _fresh_value(self, name: str, expr, kind: str) -> None:
         if kind == "element":
             self.guarded(expr, lambda e: self.fresh(name, e, top=True))
         else:
             self.fresh(name, expr, top=True)
-        self._bind(v.name, name, owned=self.st.owned.get(name, False), buffers=self.st.buffers.get(name))
 
     def _fold_denominator_scales(self, expr):
         """a / (x/c + e) -> (a*c) / (x + e*c) for host values c and e: the division by c
@@ -278,7 +292,8 @@ class Scheduler:
         per_tensor = self.p.per_tensor(cond)
         if per_tensor and self.foreach:
             if any(self.p.kinds.get(s.name) == "scalar" for s in cond.free_symbols):
-                raise CompileError(None, f"the foreach path cannot branch on a state read per tensor: {cond}")
+                where = self.p.values[min(self.index, len(self.p.values) - 1)].loc if self.p.values else None
+                raise CompileError(where, f"the foreach path cannot branch on a state read per tensor: {cond}")
             if cond not in self.branch_conditions:
                 self.branch_conditions.append(cond)
         start, outer, taken = self.snapshot(), self.out, set(self.taken)
@@ -357,6 +372,11 @@ class Scheduler:
         return tables
 
     def _host_condition(self, cond) -> bool:
+        """A condition the code can branch on with a Python `if`. On the foreach path a
+        scalar state is read tensor by tensor, after the batch is formed: there a `where`
+        on it stays an elementwise select."""
+        if self.foreach and any(self.p.kinds.get(s.name) == "scalar" for s in cond.free_symbols):
+            return False
         return self.p.is_scalar(cond)
 
     def fold(self, expr):
@@ -769,6 +789,28 @@ class Scheduler:
                 num.append(f)
         element_first = lambda e: self.p.kind(e) != "element"
         return scale, sorted(num, key=element_first), sorted(den, key=element_first)
+
+
+def _read_after_rebinding(ops: list, name: str) -> bool:
+    """Whether an op reads tensor `name` other than the ones that make it anew."""
+    for op in ops:
+        if isinstance(op, If):
+            if _read_after_rebinding(op.body, name) or _read_after_rebinding(op.orelse, name):
+                return True
+            continue
+        if isinstance(op, New) and op.target == name:
+            continue
+        args = op.args if isinstance(op, (New, InPlace)) else (op.source,) if isinstance(op, Reduce) else ()
+        if any(isinstance(a, T) and a.name == name for a in args) or (
+            isinstance(op, (New, InPlace)) and op.target == name and op.fn in _UNARY.values()
+        ):
+            return True
+        if isinstance(op, (Eval, Alias)) and name in (
+            getattr(op, "source", None),
+            *map(str, getattr(op, "expr", sympy.S(0)).free_symbols),
+        ):
+            return True
+    return False
 
 
 def _take_side(expr, conds: tuple, i: int):

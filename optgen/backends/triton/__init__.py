@@ -7,6 +7,7 @@ every option a `tl.constexpr`) and the launcher that runs them over groups of te
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from dataclasses import dataclass
 
@@ -29,13 +30,15 @@ def render(spec: Spec) -> dict[str, str]:
     return {f"{spec.module_name}.py": render_module(spec)}
 
 
-def render_module(spec: Spec) -> str:
+def render_module(spec: Spec, formatted: bool = True) -> str:
+    """The module text; formatted=False skips ruff (`optgen check` only compiles it)."""
     module = build(spec)
     template = _environment().get_template("module.py.j2")
     text = template.render(**_context(module))
-    return format_source(text)
+    return format_source(text) if formatted else text
 
 
+@functools.cache  # one Environment, so each template is compiled once per process
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(catalog.templates_dir() / NAME)),

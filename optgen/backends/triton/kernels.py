@@ -79,6 +79,8 @@ class PassBuilder:
         self.arrays = arrays
         self.tensor_states = tensor_states
         self.maximize = maximize
+        self.blocks = {PARAM, GRAD} | {s.name for s in self.program.states if s.scope == "element"}
+        self.blocks |= {v.name for v in self.program.values if v.scope == "element"}
         self.lifted = {
             v.name: setting.host.lift(v.expr) for v in self.program.values if v.scope != "host" and not v.is_reduction
         }
@@ -157,7 +159,7 @@ class PassBuilder:
         expr = self.lifted[v.name]
 
         def render(names: dict[str, str]) -> str:
-            return f"{names.get(v.name, v.name)} = {TritonPrinter(names).doprint(expr)}"
+            return f"{names.get(v.name, v.name)} = {TritonPrinter(names, self.blocks).doprint(expr)}"
 
         return Statement(render, v.name, v.var, frozenset(s.name for s in expr.free_symbols))
 

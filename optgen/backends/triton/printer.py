@@ -99,6 +99,10 @@ class _Printer(StrPrinter):
         return self._relation(expr, "!=")
 
 
+def _is_product_power(expr) -> bool:
+    return isinstance(expr, sympy.Pow) and expr.exp.is_Integer and 2 <= int(expr.exp) <= 4
+
+
 def _is_negative(term) -> bool:
     coeff, _ = term.as_coeff_Mul()
     return coeff.is_negative is True
@@ -112,8 +116,19 @@ class TritonPrinter(_Printer):
     numbers are float literals, so every operand is floating point.
     """
 
+    def __init__(self, names: dict[str, str] | None = None, blocks=frozenset()):
+        super().__init__(names)
+        self.blocks = set(blocks)  # the names of per-element values (blocks, not scalars)
+
     def _print_Integer(self, expr) -> str:
         return f"{int(expr)}.0"
+
+    def parenthesize(self, item, level, strict=False) -> str:
+        # a power printed as a product is one operand of a product or quotient:
+        # a / (v * v), never a / v * v
+        if _is_product_power(item) and level >= PRECEDENCE["Mul"]:
+            return f"({self._print(item)})"
+        return super().parenthesize(item, level, strict)
 
     def _print_Pow(self, expr) -> str:
         base, exp = expr.as_base_exp()
@@ -164,6 +179,13 @@ class TritonPrinter(_Printer):
         return text
 
     def _boolean(self, expr, op: str) -> str:
+        args = list(expr.args)
+        blocks = [bool({s.name for s in a.free_symbols} & self.blocks) for a in args]
+        if any(blocks) and not all(blocks):
+            # a per-element condition with a scalar one (step < 4): `&` of a block and a
+            # scalar fails in Triton's interpreter, so select instead
+            first, rest = self._print(args[0]), self._print(expr.func(*args[1:]))
+            return f"tl.where({first}, {rest}, False)" if op == "&" else f"tl.where({first}, True, {rest})"
         return f" {op} ".join(f"({self._print(a)})" for a in expr.args)
 
     def _print_And(self, expr) -> str:
