@@ -18,7 +18,8 @@ written in their own dtypes):
     exp_avg_sq = beta2*exp_avg_sq + grad**2*(1 - beta2)
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
-    cos_sq = sum(exp_avg_sq)**2/(numel*sum(exp_avg_sq**2))
+    sum_sq = sum(exp_avg_sq**2)
+    cos_sq = where(sum_sq > 0, sum(exp_avg_sq)**2/(numel*sum_sq), 1)
     scaled_exp_avg_sq = cos_sq*exp_avg_sq
     denom = sqrt(eps + scaled_exp_avg_sq/bias_correction2)
     translated_denom = denom - tau*amin(denom)
@@ -134,8 +135,8 @@ def setadam_reduce_1(
     BLOCK_SIZE: tl.constexpr,
 ):
     """Reduction pass 1: per tensor,
+        sum_sum_sq_arg = sum(sum_sq_arg)
         sum_exp_avg_sq_1 = sum(exp_avg_sq_1)
-        sum_cos_sq_arg = sum(cos_sq_arg)
         min_exp_avg_sq_1 = amin(exp_avg_sq_1)
     each block reducing its elements and combining with atomics into `reductions`.
     Nothing is stored: the update recomputes what it needs from unchanged memory."""
@@ -160,12 +161,12 @@ def setadam_reduce_1(
     if not DECOUPLED_WEIGHT_DECAY:
         grad = grad + param * weight_decay
     exp_avg_sq = beta2 * exp_avg_sq + (grad * grad) * one_minus_beta2
+    sum_sq_arg = exp_avg_sq * exp_avg_sq
     tl.atomic_add(
-        tensor_reductions + 0, tl.sum(tl.where(mask, exp_avg_sq, 0.0), axis=0), sem="relaxed"
+        tensor_reductions + 0, tl.sum(tl.where(mask, sum_sq_arg, 0.0), axis=0), sem="relaxed"
     )
-    cos_sq_arg = exp_avg_sq * exp_avg_sq
     tl.atomic_add(
-        tensor_reductions + 1, tl.sum(tl.where(mask, cos_sq_arg, 0.0), axis=0), sem="relaxed"
+        tensor_reductions + 1, tl.sum(tl.where(mask, exp_avg_sq, 0.0), axis=0), sem="relaxed"
     )
     tl.atomic_min(
         tensor_reductions + 2,
@@ -221,8 +222,8 @@ def setadam_update(
     bias_correction2 = tl.load(step_row + 0)
     step_size = tl.load(step_row + 1)
     tensor_reductions = reductions + tensor * NUM_REDUCTIONS
-    sum_exp_avg_sq_1 = tl.load(tensor_reductions + 0)
-    sum_cos_sq_arg = tl.load(tensor_reductions + 1)
+    sum_sum_sq_arg = tl.load(tensor_reductions + 0)
+    sum_exp_avg_sq_1 = tl.load(tensor_reductions + 1)
     min_exp_avg_sq_1 = tl.load(tensor_reductions + 2)
     param_ptrs = param_ptr + tl.multiple_of(tl.load(param_offsets + tensor), ALIGN) + offsets
     param = tl.load(param_ptrs, mask=mask).to(tl.float32)
@@ -242,7 +243,9 @@ def setadam_update(
         param = one_minus_lr_weight_decay * param
     exp_avg = beta1 * exp_avg + grad * one_minus_beta1
     exp_avg_sq = beta2 * exp_avg_sq + (grad * grad) * one_minus_beta2
-    cos_sq = (sum_exp_avg_sq_1 * sum_exp_avg_sq_1) / (numel * sum_cos_sq_arg)
+    cos_sq = tl.where(
+        sum_sum_sq_arg > 0.0, (sum_exp_avg_sq_1 * sum_exp_avg_sq_1) / (numel * sum_sum_sq_arg), 1.0
+    )
     scaled_exp_avg_sq = cos_sq * exp_avg_sq
     denom = tl.sqrt_rn(eps + scaled_exp_avg_sq / bias_correction2)
     min_denom = tl.sqrt_rn(eps + cos_sq * min_exp_avg_sq_1 / bias_correction2)
