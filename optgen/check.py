@@ -29,6 +29,7 @@ class Finding:
     loc: Loc | None
     message: str
     severity: str = "error"  # "error" | "warning"
+    kind: str = "spec"  # "spec": the spec is refused (CLI exit 2); "claim": a claim's verdict differs (exit 1)
 
     def __str__(self) -> str:
         where = f"{self.loc}: " if self.loc else ""
@@ -45,8 +46,13 @@ class Report:
     def ok(self) -> bool:
         return not any(f.severity == "error" for f in self.findings)
 
-    def add(self, loc, message, severity="error") -> None:
-        finding = Finding(loc, message, severity)
+    @property
+    def refused(self) -> bool:
+        """Whether the spec itself is refused (an error that is not a claim's verdict)."""
+        return any(f.severity == "error" and f.kind == "spec" for f in self.findings)
+
+    def add(self, loc, message, severity="error", kind="spec") -> None:
+        finding = Finding(loc, message, severity, kind)
         if all(str(f) != str(finding) for f in self.findings):
             self.findings.append(finding)
 
@@ -148,7 +154,7 @@ def _check_claims(spec: Spec, report: Report) -> None:
         return
     for r in results:
         if not r.as_expected:
-            report.add(r.loc, f"claim {r.index} ({r.proof.claim}): {r.proof.status}, expected {r.expect}")
+            report.add(r.loc, f"claim {r.index} ({r.proof.claim}): {r.proof.status}, expected {r.expect}", kind="claim")
 
 
 def _check_defaults(spec: Spec, report: Report) -> None:

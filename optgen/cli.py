@@ -1,4 +1,5 @@
-"""The `optgen` command line. Exit codes: 0 ok, 1 a check or proof failed, 2 bad input,
+"""The `optgen` command line. Exit codes: 0 ok, 1 a claim or proof came out other than
+expected, 2 bad input (a spec that any stage refuses, reported as file:line:col),
 3 an internal error (a bug in optgen: one line naming the stage, never a traceback)."""
 
 from __future__ import annotations
@@ -41,19 +42,25 @@ def cmd_check(args) -> int:
     from .check import check
 
     start = time.perf_counter()
-    failed = 0
+    failed = refused = 0
     specs = _specs(args.specs)
     for spec in specs:
         report = check(spec)
         for finding in report.findings:
             print(finding)
         failed += not report.ok
+        refused += report.refused
         if args.verbose:
             facts = ", ".join(sorted(report.nonneg)) or "none"
             print(f"{spec.name}: {'ok' if report.ok else 'FAILED'} (non-negative states: {facts})")
     status = "ok" if not failed else f"{failed} failed"
     print(f"checked {len(specs)} spec(s) in {time.perf_counter() - start:.2f}s: {status}")
-    return EXIT_FAILED if failed else EXIT_OK
+    return _exit_code(failed, refused)
+
+
+def _exit_code(failed: int, refused: int) -> int:
+    """2 when a spec is refused (its findings are located errors), 1 when only claims failed."""
+    return EXIT_BAD_INPUT if refused else EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_show(args) -> int:
@@ -88,7 +95,7 @@ def cmd_build(args) -> int:
             print(finding)
     if bad:
         print(f"build stopped: {len(bad)} spec(s) failed their checks; nothing was written")
-        return EXIT_FAILED
+        return _exit_code(len(bad), sum(r.refused for r in bad))
     whole = not args.specs
     files = render_all(specs, whole_catalog=whole)
     out = Path(args.out) if args.out else default_out()

@@ -197,8 +197,12 @@ def test_cli_exit_codes(tmp_path: Path):
     run = lambda *a: subprocess.run(
         [sys.executable, "-m", "optgen.cli", *a], capture_output=True, text=True, check=False
     )
+    claims_too_much = tmp_path / "too_much.yaml"
+    claims_too_much.write_text("extends: adamw\nname: TooMuch\nclaims:\n  - equivalent_to: adam\n    expect: proven\n")
     assert run("check", str(good)).returncode == 0
-    assert run("check", str(unused)).returncode == 1
+    refused = run("check", str(unused))  # a located refusal: the spec is bad input
+    assert refused.returncode == 2 and "unused.yaml:" in refused.stdout, refused.stdout + refused.stderr
+    assert run("check", str(claims_too_much)).returncode == 1  # a claim's verdict is not what it expects
     result = run("check", str(bad))
     assert result.returncode == 2 and "unknown name `betaX`" in result.stderr and "Traceback" not in result.stderr
 
