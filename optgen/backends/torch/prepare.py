@@ -25,6 +25,9 @@ from ...ir import Program, Value
 
 PER_TENSOR = ("host", "scalar", "device", "element")
 SCALAR_KINDS = ("uniform", "host", "scalar")
+# An absorbed value is inlined into its consumer; past this many nodes it gets its own
+# temporary instead (its definition would be copied into the consumer once per use).
+MAX_INLINED_NODES = 400
 
 
 @dataclass
@@ -192,6 +195,7 @@ def _absorb(p: Prepared) -> dict[str, sympy.Expr]:
     outputs = set(p.program.outputs.values())
     reduced = {v.expr.name for v in p.values if v.is_reduction}
     absorbed: dict[str, sympy.Expr] = {}
+    sizes: dict[str, int] = {}  # of each absorbed value once inlined
     for i, v in enumerate(p.values):
         if p.kinds[v.name] != "element" or v.name in outputs or v.name in reduced or v.var in p.chains:
             continue
@@ -202,8 +206,20 @@ def _absorb(p: Prepared) -> dict[str, sympy.Expr]:
         between = p.values[i + 1 : users[0]]
         if any(w.var in reads for w in between):
             continue  # something it reads is updated before the consumer runs
+        size = _inlined_size(v.expr, absorbed, sizes)
+        if size > MAX_INLINED_NODES:
+            continue  # a chain of values each read several times by the next grows exponentially
         absorbed[v.name] = v.expr
+        sizes[v.name] = size
     return absorbed
+
+
+def _inlined_size(expr: sympy.Expr, absorbed: dict[str, sympy.Expr], sizes: dict[str, int]) -> int:
+    """Nodes of `expr` once the values absorbed so far are inlined into it (without inlining)."""
+    size = 0
+    for node in sympy.preorder_traversal(expr):
+        size += sizes.get(node.name, 1) if isinstance(node, sympy.Symbol) else 1
+    return size
 
 
 def _last_uses(p: Prepared) -> dict[str, int]:
