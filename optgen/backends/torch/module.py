@@ -90,7 +90,7 @@ def _context(spec: Spec, variants: list[Variant], stamp: str, compiled: bool) ->
         "signature": _signature(spec, lists, globals_),
         "forward_kwargs": [f"{k}={k}" for k in kwargs],
         "states": [{"name": s, "list": plural(s)} for s in spec.state],
-        "spec_key": "_spec_key" if compiled else f'"{fn}"',
+        "spec_key": "_spec_key[register]" if compiled else f'"{fn}"',
         "hyper_names": list(spec.scalar_hypers),
         "option_names": list(spec.options),
         **_class_context(spec, variants, globals_),
@@ -172,7 +172,7 @@ def _docstring(spec: Spec) -> str:
             "update each group's tensors with torch._foreach_* kernels; None picks them on CUDA (default: None).",
         )
     )
-    parts.append(_arg("fused (bool, optional)", "update with optgen's fused Triton kernels (default: None)."))
+    parts.append(_arg("fused (bool, optional)", "update with optgen's fused kernels: C++ on CPU tensors, Triton on GPUs (default: None)."))
     parts.append(
         _arg(
             "state_dtype (torch.dtype, optional)",

@@ -1,0 +1,137 @@
+"""C++ source -> a loaded shared library, through the per-user cache.
+
+A library is named by the SHA-256 of everything that decides its bytes: the source, the
+compiler (its path and `--version`), the flags and the ISA level. It is compiled into a
+private temporary file in the cache folder and renamed into place, so a concurrent process
+(a pytest worker, a DDP rank) sees either no library or a whole one; before loading, the
+file is checked to be a regular file of ours, and after loading the library must report
+the digest it was compiled for (a file swapped or truncated in the cache is never run).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import platform
+import secrets
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+from ... import cache
+from ...errors import SetupError
+from . import config
+
+_LOADED: dict[str, ctypes.CDLL] = {}
+COMPILE_SECONDS: dict[str, float] = {}  # digest -> seconds the compiler ran (this process)
+
+
+def compiler() -> str:
+    """The C++ compiler: $CXX, else g++, else clang++ (a SetupError when none exists)."""
+    wanted = os.environ.get("CXX")
+    for name in ([wanted] if wanted else ["g++", "clang++", "c++"]):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise SetupError(
+        f"fused=True on CPU tensors compiles a C++ kernel, but no C++ compiler was found "
+        f"({'CXX=' + wanted if wanted else 'g++, clang++ or c++ on PATH'}): install one (apt install g++) "
+        "or use foreach=True"
+    )
+
+
+@functools.cache
+def _compiler_identity(path: str) -> str:
+    try:
+        result = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SetupError(f"cannot run the C++ compiler {path}: {exc}") from None
+    return f"{path}\n{result.stdout.strip()}"
+
+
+@functools.cache
+def isa_flags() -> tuple[str, ...]:
+    """The best portable x86-64 level this CPU has (never -march=native); elsewhere none."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return ()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
+    flags = set(line.split(":", 1)[-1].split())
+    for level, needs in config.X86_LEVELS:
+        if needs <= flags:
+            return (f"-march={level}", "-mtune=generic")
+    return ()
+
+
+def flags() -> tuple[str, ...]:
+    return config.BASE_FLAGS + isa_flags()
+
+
+def load(source: str, stem: str) -> ctypes.CDLL:
+    """The library compiled from `source`, from the cache or compiled now."""
+    cxx = compiler()
+    options = flags()
+    header = f"// compiler: {_compiler_identity(cxx)!r}\n// flags: {' '.join(options)}\n"
+    digest = cache.digest(header + source)
+    if digest in _LOADED:
+        return _LOADED[digest]
+    text = header + source + _stamp(digest)
+    folder = cache.cache_dir()
+    path = folder / f"cpp_{stem}_{digest}.so"
+    library = _load_verified(path, digest)
+    if library is None:
+        _compile(cxx, options, text, folder, path)
+        library = _load_verified(path, digest)
+        if library is None:
+            raise SetupError(f"the C++ kernel compiled to {path} does not report its source digest {digest}")
+    _LOADED[digest] = library
+    return library
+
+
+def _stamp(digest: str) -> str:
+    return f'\nOPTGEN_EXPORT const char* optgen_source_digest() {{ return "{digest}"; }}\n'
+
+
+def _load_verified(path: Path, digest: str) -> ctypes.CDLL | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise SetupError(f"{path} is not a private file of this user: refusing to load it (remove it)")
+    try:
+        library = ctypes.CDLL(str(path))
+        library.optgen_source_digest.restype = ctypes.c_char_p
+        reported = library.optgen_source_digest().decode()
+    except (OSError, AttributeError):
+        return None
+    return library if reported == digest else None
+
+
+def _compile(cxx: str, options: tuple[str, ...], text: str, folder: Path, path: Path) -> None:
+    token = f"{os.getpid()}.{secrets.token_hex(4)}"
+    src = folder / f".{path.stem}.{token}.cpp"
+    tmp = folder / f".{path.stem}.{token}.so.tmp"
+    fd = os.open(src, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    start = time.perf_counter()
+    try:
+        result = subprocess.run([cxx, *options, str(src), "-o", str(tmp)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SetupError(f"the C++ compiler failed on the generated kernel {src.name}:\n{result.stderr[-4000:]}")
+        os.chmod(tmp, 0o700)
+        os.replace(tmp, path)
+    finally:
+        for leftover in (src, tmp):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+    COMPILE_SECONDS[path.stem] = time.perf_counter() - start
