@@ -80,8 +80,8 @@ def fused_global(
     options: dict[str, bool],
     maximize: bool,
 ) -> dict[str, Tensor]:
-    """This param group's share of the global reductions, as 0-d float32 tensors (sum them
-    over the param groups)."""
+    """This param group's share of the global reductions, as 0-d float64 tensors (summed in
+    double; add them over the param groups)."""
     spec = _spec(spec_key)
     options = {name: bool(options.get(name, opt.default)) for name, opt in spec.options.items()}
     out: dict[str, float] = {}
@@ -89,6 +89,11 @@ def fused_global(
         kernel = _kernel(spec_key, spec, options, group.dtypes)
         if not kernel.global_names:
             return {}
+        unread = [a for a in kernel.arrays[2:] + kernel.tensor_states if a not in kernel.global_reads]
+        if len(unread) != len(kernel.arrays) - 2 + len(kernel.tensor_states):
+            raise NotImplementedError(f"{spec.name}: a global reduction over a state is not supported")
+        # the global pass reads param and grad only: the state slots of its tables are unused
+        group.tensors.update({name: group.tensors["param"] for name in unread})
         call = kernel.call(group, [1] * len(group.index))
         call.set_scalars(hyper, maximize, {})
         sums = np.zeros(len(kernel.global_names), dtype=np.float64)
@@ -97,7 +102,7 @@ def fused_global(
         )
         for name, value in zip(kernel.global_names, sums):
             out[name] = out.get(name, 0.0) + float(value)
-    return {name: torch.tensor(value, dtype=torch.float32) for name, value in out.items()}
+    return {name: torch.tensor(value, dtype=torch.float64) for name, value in out.items()}
 
 
 def register(spec) -> str:
@@ -138,6 +143,7 @@ class Kernel:
         self.tensor_states = model.tensor_states
         self.hypers = model.hypers
         self.global_names = [g.name for g in model.global_sums]
+        self.global_reads = model.global_pass.arrays if model.global_pass else []
         self.calls: OrderedDict = OrderedDict()
 
     def call(self, group: TensorGroup, steps: list[int]) -> Call:
