@@ -12,11 +12,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import test_triton_harness as triton_harness  # noqa: E402
-from test_triton_harness import OVERRIDES, max_rel, option_settings  # noqa: E402,F401
+import test_triton_harness as triton_harness
+from test_triton_harness import OVERRIDES, max_rel, option_settings  # noqa: F401
 
-from optgen.backends.cpp import compiler, runtime  # noqa: E402
-from optgen.errors import SetupError  # noqa: E402
+from optgen.backends.cpp import compiler, runtime
+from optgen.errors import SetupError
 
 
 def have_compiler() -> bool:

@@ -83,7 +83,7 @@ def test_tensors_at_different_steps():
     """A parameter without a gradient skips a step: each tensor's host row uses its step."""
     h = Harness("adam", [{"shapes": SHAPES}])
     for t in range(1, 6):
-        h.step(t, present=lambda gi, i: not (i == 1 and t % 2 == 0))
+        h.step(t, present=lambda gi, i, t=t: not (i == 1 and t % 2 == 0))
     h.assert_close()
 
 
@@ -108,7 +108,7 @@ def test_fused_global_matches_torch():
     hyper = {n: h.default[i] for n, (h, i) in spec.scalar_hypers.items()}
     sums = runtime.fused_global("adan", params=[torch.zeros_like(x) for x in g], grads=g,
                                 hyper=hyper, options={}, maximize=False)  # fmt: skip
-    (name, value), = sums.items()
+    ((_, value),) = sums.items()
     expected = sum(float((x.double() ** 2).sum()) for x in g)
     assert abs(float(value) - expected) <= 1e-6 * expected
 
@@ -180,7 +180,10 @@ def test_bf16_rounding_is_to_nearest_even_and_keeps_nan():
     assert torch.equal(out[keep], param[keep])
     # and a float32 state rounded on store: exp_avg_sq in bf16 vs torch's rounding of the fp32 value
     grads = torch.randn(4097)
-    states = {"exp_avg": [torch.zeros(4097, dtype=torch.bfloat16)], "exp_avg_sq": [torch.zeros(4097, dtype=torch.bfloat16)]}
+    states = {
+        "exp_avg": [torch.zeros(4097, dtype=torch.bfloat16)],
+        "exp_avg_sq": [torch.zeros(4097, dtype=torch.bfloat16)],
+    }
     hyper = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
     runtime.fused_step("adam", params=[torch.zeros(4097)], grads=[grads], states=states, steps=[1], hyper=hyper,
                        options={}, global_values={}, maximize=False)  # fmt: skip

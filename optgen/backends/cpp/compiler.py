@@ -10,6 +10,7 @@ the digest it was compiled for (a file swapped or truncated in the cache is neve
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import functools
 import os
@@ -32,7 +33,7 @@ COMPILE_SECONDS: dict[str, float] = {}  # digest -> seconds the compiler ran (th
 def compiler() -> str:
     """The C++ compiler: $CXX, else g++, else clang++ (a SetupError when none exists)."""
     wanted = os.environ.get("CXX")
-    for name in ([wanted] if wanted else ["g++", "clang++", "c++"]):
+    for name in [wanted] if wanted else ["g++", "clang++", "c++"]:
         path = shutil.which(name)
         if path:
             return path
@@ -46,7 +47,7 @@ def compiler() -> str:
 @functools.cache
 def _compiler_identity(path: str) -> str:
     try:
-        result = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SetupError(f"cannot run the C++ compiler {path}: {exc}") from None
     return f"{path}\n{result.stdout.strip()}"
@@ -73,20 +74,25 @@ def flags() -> tuple[str, ...]:
     return config.BASE_FLAGS + isa_flags()
 
 
+def library_path(source: str, stem: str) -> tuple[Path, str]:
+    """(where the library of `source` lives in the cache, the digest it must report)."""
+    options = flags()
+    header = f"// compiler: {_compiler_identity(compiler())!r}\n// flags: {' '.join(options)}\n"
+    digest = cache.digest(header + source)
+    return cache.cache_dir() / f"cpp_{stem}_{digest}.so", digest
+
+
 def load(source: str, stem: str) -> ctypes.CDLL:
     """The library compiled from `source`, from the cache or compiled now."""
-    cxx = compiler()
-    options = flags()
+    cxx, options = compiler(), flags()
     header = f"// compiler: {_compiler_identity(cxx)!r}\n// flags: {' '.join(options)}\n"
     digest = cache.digest(header + source)
     if digest in _LOADED:
         return _LOADED[digest]
-    text = header + source + _stamp(digest)
-    folder = cache.cache_dir()
-    path = folder / f"cpp_{stem}_{digest}.so"
+    path, _ = library_path(source, stem)
     library = _load_verified(path, digest)
     if library is None:
-        _compile(cxx, options, text, folder, path)
+        _compile(cxx, options, header + source + _stamp(digest), path.parent, path)
         library = _load_verified(path, digest)
         if library is None:
             raise SetupError(f"the C++ kernel compiled to {path} does not report its source digest {digest}")
@@ -107,11 +113,18 @@ def _load_verified(path: Path, digest: str) -> ctypes.CDLL | None:
         raise SetupError(f"{path} is not a private file of this user: refusing to load it (remove it)")
     try:
         library = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    try:
         library.optgen_source_digest.restype = ctypes.c_char_p
         reported = library.optgen_source_digest().decode()
-    except (OSError, AttributeError):
+    except AttributeError:
+        reported = None
+    if reported != digest:
+        # unload it: dlopen of the same path would otherwise return this handle again
+        _ctypes.dlclose(library._handle)
         return None
-    return library if reported == digest else None
+    return library
 
 
 def _compile(cxx: str, options: tuple[str, ...], text: str, folder: Path, path: Path) -> None:
@@ -123,7 +136,7 @@ def _compile(cxx: str, options: tuple[str, ...], text: str, folder: Path, path: 
         f.write(text)
     start = time.perf_counter()
     try:
-        result = subprocess.run([cxx, *options, str(src), "-o", str(tmp)], capture_output=True, text=True)
+        result = subprocess.run([cxx, *options, str(src), "-o", str(tmp)], capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise SetupError(f"the C++ compiler failed on the generated kernel {src.name}:\n{result.stderr[-4000:]}")
         os.chmod(tmp, 0o700)

@@ -54,11 +54,5 @@ KERNEL_LOCALS = frozenset(
      "INFINITY", "NAN"}
 )  # fmt: skip
 CPP_KEYWORDS = frozenset(
-    """alignas alignof asm auto bool case catch char char8_t char16_t char32_t class concept const consteval
-    constexpr constinit const_cast continue co_await co_return co_yield decltype default delete do double
-    dynamic_cast enum explicit export extern float friend goto inline int long mutable namespace new
-    noexcept nullptr operator private protected public register reinterpret_cast requires short signed
-    sizeof static static_assert static_cast struct switch template this thread_local throw typedef typeid
-    typename union unsigned using virtual void volatile wchar_t xor bitand bitor compl not_eq or_eq xor_eq
-    and_eq main""".split()
+    ["alignas", "alignof", "asm", "auto", "bool", "case", "catch", "char", "char8_t", "char16_t", "char32_t", "class", "concept", "const", "consteval", "constexpr", "constinit", "const_cast", "continue", "co_await", "co_return", "co_yield", "decltype", "default", "delete", "do", "double", "dynamic_cast", "enum", "explicit", "export", "extern", "float", "friend", "goto", "inline", "int", "long", "mutable", "namespace", "new", "noexcept", "nullptr", "operator", "private", "protected", "public", "register", "reinterpret_cast", "requires", "short", "signed", "sizeof", "static", "static_assert", "static_cast", "struct", "switch", "template", "this", "thread_local", "throw", "typedef", "typeid", "typename", "union", "unsigned", "using", "virtual", "void", "volatile", "wchar_t", "xor", "bitand", "bitor", "compl", "not_eq", "or_eq", "xor_eq", "and_eq", "main"]
 )

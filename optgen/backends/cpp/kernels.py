@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import sympy
-
 from ...errors import CompileError
 from ...expr import GRAD, NDIM, NUMEL, PARAM, STEP
 from ...ir import Program, Value
@@ -45,7 +43,7 @@ class CppHostTable(HostTable):
         known = meaning in self.by_meaning
         name = super().define(meaning, preferred, expr, scope)
         if not known:
-            text, reads = self.lines[name]
+            _, reads = self.lines[name]
             printed = HostPrinter(scope.printable).doprint(expr.xreplace(scope.constants))
             self.lines[name] = (printed, reads)
         return name
@@ -138,7 +136,11 @@ def build(spec: Spec, options: dict[str, bool]) -> Kernel:
 
 def _check_names(kernel: Kernel) -> None:
     program = kernel.program
-    ours = set(KERNEL_LOCALS) | set(CPP_KEYWORDS) | {f"{a}_{x}" for a in kernel.arrays + kernel.tensor_states for x in ("ptr", "t")}
+    ours = (
+        set(KERNEL_LOCALS)
+        | set(CPP_KEYWORDS)
+        | {f"{a}_{x}" for a in kernel.arrays + kernel.tensor_states for x in ("ptr", "t")}
+    )
     theirs = (set(kernel.spec.symbols) | {v.name for v in program.values}) - {NUMEL, NDIM, STEP}
     clash = sorted(ours & theirs)
     if clash:

@@ -92,7 +92,11 @@ class CppPrinter(_Printer):
 
     def _print_Piecewise(self, expr) -> str:
         *branches, (last, cond) = expr.args
-        text = self._print(last) if cond == sympy.true else f"({self._print(cond)} ? {self._print(last)} : {self._literal('NAN')})"
+        text = (
+            self._print(last)
+            if cond == sympy.true
+            else f"({self._print(cond)} ? {self._print(last)} : {self._literal('NAN')})"
+        )
         for value, cond in reversed(branches):
             text = f"({self._print(cond)} ? {self._print(value)} : {text})"
         return text

@@ -106,10 +106,9 @@ def fused_global(
 
 
 def register(spec) -> str:
-    """Remember a spec from optgen.compile; the returned key names it for fused_step."""
-    from ... import cache
-
-    key = f"{spec.module_name}_{cache.digest(repr(spec.source) if hasattr(spec, 'source') else repr(spec))}"
+    """Remember a spec from optgen.compile; the returned key names it for fused_step. (The
+    compiled libraries are cached by their source, so equal specs share them.)"""
+    key = f"{spec.module_name}@{len(_SPECS)}"  # never a catalog name
     _SPECS[key] = spec
     return key
 
@@ -228,7 +227,7 @@ class Call:
         self.reductions = np.zeros(max(1, n * kernel.num_reductions), dtype=np.float64)
         self.host = np.zeros(max(1, n * kernel.host_width), dtype=np.float64)
         self.before = np.zeros(max(1, n * kernel.num_tensor_states), dtype=np.float64)
-        ptr = lambda a: a.ctypes.data  # noqa: E731
+        ptr = lambda a: a.ctypes.data
         self.context = _Context(
             n, blocks, ptr(self.arrays), ptr(self.tensor_states), ptr(self.numels), ptr(self.ndims), ptr(self.steps),
             ptr(self.block_tensor), ptr(self.block_begin), ptr(self.block_end), ptr(self.first_block),
@@ -270,7 +269,9 @@ class TensorGroup:
                 if t.device.type != "cpu":
                     raise ValueError(f"{name}: the fused C++ kernels update CPU tensors; got one on {t.device}")
                 if t.dtype not in _DTYPES:
-                    raise TypeError(f"{name}: the fused C++ kernels support {', '.join(map(str, _DTYPES))}, not {t.dtype}")
+                    raise TypeError(
+                        f"{name}: the fused C++ kernels support {', '.join(map(str, _DTYPES))}, not {t.dtype}"
+                    )
         self.dtypes = {name: str(ts[0].dtype) for name, ts in lists.items()}
         self.tensors = {name: [self._dense(t, name != "grad") for t in ts] for name, ts in lists.items()}
 
@@ -281,7 +282,9 @@ class TensorGroup:
         for name in kernel.arrays:
             for p, t in zip(self.tensors["param"], self.tensors[name]):
                 if t.shape != p.shape:
-                    raise ValueError(f"{name}: a tensor of shape {tuple(t.shape)} for a param of shape {tuple(p.shape)}")
+                    raise ValueError(
+                        f"{name}: a tensor of shape {tuple(t.shape)} for a param of shape {tuple(p.shape)}"
+                    )
         for name in kernel.tensor_states:
             if any(t.numel() != 1 for t in self.tensors[name]):
                 raise ValueError(f"{name}: a per-tensor state must be a one-element tensor")
@@ -313,4 +316,3 @@ def _groups(params, grads, states: dict[str, list[Tensor]]) -> list[TensorGroup]
         for i, key in enumerate(keys):
             members.setdefault(key, []).append(i)
     return [TensorGroup(idx, params, grads, states) for idx in members.values() if idx]
-
