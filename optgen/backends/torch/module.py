@@ -17,7 +17,7 @@ from ...lower import lower
 from ...spec import Spec, StateDecl
 from .. import format_python
 from . import config
-from .emit import multi_body, single_body
+from .emit import elementwise, multi_body, single_body
 from .prepare import Prepared, plural, prepare
 from .printer import TensorPrinter, host_printer, number
 from .schedule import Scheduler
@@ -111,6 +111,7 @@ def _class_context(spec: Spec, variants: list[Variant], globals_) -> dict:
         "init_uses_grad": any(GRAD in {x.name for x in s.init.free_symbols} for s in spec.state.values()),
         "state_init": [_state_init(spec, s, device_states) for s in spec.state.values()],
         "uses_state_dtype": any(s.scope != "tensor" for s in spec.state.values()),
+        "splits_large": any(elementwise(v.prepared.program) for v in variants),
         "unpack": [f'{", ".join(h.names)} = group["{k}"]' for k, h in spec.hyperparameters.items() if h.is_tuple],
         "call_kwargs": _call_kwargs(spec, globals_),
     }
@@ -134,8 +135,24 @@ def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[
 
 def _reserved(spec: Spec, lists: list[str], kwargs: list[str], fn: str) -> set[str]:
     names = set(lists) | set(kwargs) | set(spec.state) | set(spec.options)
-    names |= {"param", "grad", "step", "step_t", "steps", "keys", "chunk", "batch", "value", "x", "i", "p", "torch", "Tensor"}
+    names |= {
+        "param",
+        "grad",
+        "step",
+        "step_t",
+        "steps",
+        "keys",
+        "chunk",
+        "batch",
+        "value",
+        "x",
+        "i",
+        "p",
+        "torch",
+        "Tensor",
+    }
     names |= {fn, f"_single_tensor_{fn}", f"_multi_tensor_{fn}", f"_fused_{fn}", "_batches", "foreach", "fused"}
+    names |= {"_has_large_cpu_tensor", "_split_large"}
     return names
 
 
@@ -172,7 +189,12 @@ def _docstring(spec: Spec) -> str:
             "update each group's tensors with torch._foreach_* kernels; None picks them on CUDA (default: None).",
         )
     )
-    parts.append(_arg("fused (bool, optional)", "update with optgen's fused kernels: C++ on CPU tensors, Triton on GPUs (default: None)."))
+    parts.append(
+        _arg(
+            "fused (bool, optional)",
+            "update with optgen's fused kernels: C++ on CPU tensors, Triton on GPUs (default: None).",
+        )
+    )
     parts.append(
         _arg(
             "state_dtype (torch.dtype, optional)",
