@@ -135,22 +135,7 @@ def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[
 
 def _reserved(spec: Spec, lists: list[str], kwargs: list[str], fn: str) -> set[str]:
     names = set(lists) | set(kwargs) | set(spec.state) | set(spec.options)
-    names |= {
-        "param",
-        "grad",
-        "step",
-        "step_t",
-        "steps",
-        "keys",
-        "chunk",
-        "batch",
-        "value",
-        "x",
-        "i",
-        "p",
-        "torch",
-        "Tensor",
-    }
+    names |= {"param", "grad", "step", "step_t", "steps", "keys", "chunk", "batch", "value", "x", "i", "p", "torch", "Tensor"}
     names |= {fn, f"_single_tensor_{fn}", f"_multi_tensor_{fn}", f"_fused_{fn}", "_batches", "foreach", "fused"}
     names |= {"_has_large_cpu_tensor", "_split_large"}
     return names
@@ -189,12 +174,7 @@ def _docstring(spec: Spec) -> str:
             "update each group's tensors with torch._foreach_* kernels; None picks them on CUDA (default: None).",
         )
     )
-    parts.append(
-        _arg(
-            "fused (bool, optional)",
-            "update with optgen's fused kernels: C++ on CPU tensors, Triton on GPUs (default: None).",
-        )
-    )
+    parts.append(_arg("fused (bool, optional)", "update with optgen's fused kernels: C++ on CPU tensors, Triton on GPUs (default: None)."))
     parts.append(
         _arg(
             "state_dtype (torch.dtype, optional)",
