@@ -64,11 +64,12 @@ def fused_step(
     options = {name: bool(options.get(name, opt.default)) for name, opt in spec.options.items()}
     for group in _groups(params, grads, states):
         kernel = _kernel(spec_key, spec, options, group.dtypes)
-        group.check_states(kernel)
-        call = kernel.call(group, [steps[i] for i in group.index] if len(group.index) != len(params) else steps)
+        call, copies = kernel.call(group)
+        call.steps[:] = [steps[i] for i in group.index] if len(group.index) != len(params) else steps
         call.set_scalars(hyper, maximize, global_values)
         kernel.library.optgen_step(ctypes.byref(call.context), torch.get_num_threads())
-        group.write_back()
+        for original, work in copies:  # non-contiguous tensors were updated as copies
+            original.copy_(work)
 
 
 def fused_global(
@@ -94,7 +95,8 @@ def fused_global(
             raise NotImplementedError(f"{spec.name}: a global reduction over a state is not supported")
         # the global pass reads param and grad only: the state slots of its tables are unused
         group.tensors.update({name: group.tensors["param"] for name in unread})
-        call = kernel.call(group, [1] * len(group.index))
+        call, _ = kernel.call(group)  # the global pass writes nothing
+        call.steps[:] = 1
         call.set_scalars(hyper, maximize, {})
         sums = np.zeros(len(kernel.global_names), dtype=np.float64)
         kernel.library.optgen_global_sums(
@@ -145,21 +147,36 @@ class Kernel:
         self.global_reads = model.global_pass.arrays if model.global_pass else []
         self.calls: OrderedDict = OrderedDict()
 
-    def call(self, group: TensorGroup, steps: list[int]) -> Call:
-        """The cached tables for `group`'s tensors (by address and size), with `steps` set."""
-        arrays = [group.tensors[name] for name in self.arrays]
-        tensor_states = [group.tensors[name] for name in self.tensor_states]
+    def call(self, group: TensorGroup) -> tuple[Call, list[tuple[Tensor, Tensor]]]:
+        """The tables for `group`'s tensors, cached by their addresses and the params' shapes
+        (a steady loop checks and builds them once); and the (original, copy) pairs when a
+        non-contiguous tensor is updated through a contiguous copy (never cached)."""
+        arrays = [group.tensors[name] for name in self.arrays if name in group.tensors]
+        tensor_states = [group.tensors[name] for name in self.tensor_states if name in group.tensors]
         key = tuple(t.data_ptr() for ts in arrays for t in ts) + tuple(t.data_ptr() for ts in tensor_states for t in ts)
         key += tuple(t.shape for t in arrays[0])
         call = self.calls.get(key)
-        if call is None:
+        if call is not None:
+            self.calls.move_to_end(key)
+            return call, []
+        group.check(self)
+        copies: list[tuple[Tensor, Tensor]] = []
+        if all(t.is_contiguous() for ts in arrays + tensor_states for t in ts):
             call = self.calls[key] = Call(self, arrays, tensor_states)
             if len(self.calls) > _MAX_CALLS:
                 self.calls.popitem(last=False)
-        else:
-            self.calls.move_to_end(key)
-        call.steps[:] = steps
-        return call
+            return call, copies
+        dense = [[_dense(t, copies, written=ts is not arrays[1]) for t in ts] for ts in arrays + tensor_states]
+        return Call(self, dense[: len(arrays)], dense[len(arrays) :]), copies
+
+
+def _dense(t: Tensor, copies: list, written: bool) -> Tensor:
+    if t.is_contiguous():
+        return t
+    work = t.contiguous()
+    if written:
+        copies.append((t, work))
+    return work
 
 
 _MAX_CALLS = 32
@@ -257,28 +274,28 @@ def _check_lengths(params, grads, steps, states) -> None:
 
 
 class TensorGroup:
-    """The tensors (indices `index`) that share one dtype per array, made contiguous."""
+    """The tensors (indices `index` of the caller's lists) that share one dtype per array."""
 
     def __init__(self, index: list[int], params, grads, states: dict[str, list[Tensor]]):
         self.index = index
-        self._copy_back: list[tuple[Tensor, Tensor]] = []
-        pick = (lambda ts: list(ts)) if len(index) == len(params) else (lambda ts: [ts[i] for i in index])
-        lists = {"param": pick(params), "grad": pick(grads), **{k: pick(v) for k, v in states.items()}}
-        for name, ts in lists.items():
-            for t in ts:
-                if t.device.type != "cpu":
-                    raise ValueError(f"{name}: the fused C++ kernels update CPU tensors; got one on {t.device}")
-                if t.dtype not in _DTYPES:
-                    raise TypeError(
-                        f"{name}: the fused C++ kernels support {', '.join(map(str, _DTYPES))}, not {t.dtype}"
-                    )
-        self.dtypes = {name: str(ts[0].dtype) for name, ts in lists.items()}
-        self.tensors = {name: [self._dense(t, name != "grad") for t in ts] for name, ts in lists.items()}
+        pick = (lambda ts: ts) if len(index) == len(params) else (lambda ts: [ts[i] for i in index])
+        self.tensors = {"param": pick(params), "grad": pick(grads), **{k: pick(v) for k, v in states.items()}}
+        self.dtypes = {name: str(ts[0].dtype) for name, ts in self.tensors.items()}  # the group's, by _groups
+        for name, ts in self.tensors.items():
+            if ts[0].dtype not in _DTYPES:
+                raise TypeError(
+                    f"{name}: the fused C++ kernels support {', '.join(map(str, _DTYPES))}, not {ts[0].dtype}"
+                )
 
-    def check_states(self, kernel: Kernel) -> None:
+    def check(self, kernel: Kernel) -> None:
+        """What the kernel assumes of the tensors (once per set of tensors: see Kernel.call)."""
         missing = [n for n in kernel.arrays[2:] + kernel.tensor_states if n not in self.tensors]
         if missing:
             raise KeyError(f"states lacks {', '.join(missing)}, which these options use")
+        for name, ts in self.tensors.items():
+            for t in ts:
+                if t.device.type != "cpu":
+                    raise ValueError(f"{name}: the fused C++ kernels update CPU tensors; got one on {t.device}")
         for name in kernel.arrays:
             for p, t in zip(self.tensors["param"], self.tensors[name]):
                 if t.shape != p.shape:
@@ -288,19 +305,6 @@ class TensorGroup:
         for name in kernel.tensor_states:
             if any(t.numel() != 1 for t in self.tensors[name]):
                 raise ValueError(f"{name}: a per-tensor state must be a one-element tensor")
-
-    def _dense(self, t: Tensor, written: bool) -> Tensor:
-        if t.is_contiguous():
-            return t
-        work = t.contiguous()
-        if written:
-            self._copy_back.append((t, work))
-        return work
-
-    def write_back(self) -> None:
-        """Copy results into non-contiguous tensors the kernel worked on copies of."""
-        for original, work in self._copy_back:
-            original.copy_(work)
 
 
 _DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
