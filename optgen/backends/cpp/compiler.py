@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import _ctypes
 import ctypes
+import ctypes.util
 import functools
 import os
 import platform
@@ -70,13 +71,26 @@ def isa_flags() -> tuple[str, ...]:
     return ()
 
 
+@functools.cache
+def vector_math() -> tuple[str, ...]:
+    """glibc's libmvec on x86-64 Linux: vector exp/log inside the simd loops."""
+    if platform.machine() not in ("x86_64", "AMD64") or not ctypes.util.find_library("mvec"):
+        return ()
+    return ("-DOPTGEN_VECTOR_MATH",)
+
+
 def flags() -> tuple[str, ...]:
-    return config.BASE_FLAGS + isa_flags()
+    return config.BASE_FLAGS + isa_flags() + vector_math()
+
+
+def libraries() -> tuple[str, ...]:
+    """Linked after the source (a library named before the objects may be dropped)."""
+    return ("-lmvec",) if vector_math() else ()
 
 
 def library_path(source: str, stem: str) -> tuple[Path, str]:
     """(where the library of `source` lives in the cache, the digest it must report)."""
-    options = flags()
+    options = flags() + libraries()
     header = f"// compiler: {_compiler_identity(compiler())!r}\n// flags: {' '.join(options)}\n"
     digest = cache.digest(header + source)
     return cache.cache_dir() / f"cpp_{stem}_{digest}.so", digest
@@ -84,7 +98,7 @@ def library_path(source: str, stem: str) -> tuple[Path, str]:
 
 def load(source: str, stem: str) -> ctypes.CDLL:
     """The library compiled from `source`, from the cache or compiled now."""
-    cxx, options = compiler(), flags()
+    cxx, options = compiler(), flags() + libraries()
     header = f"// compiler: {_compiler_identity(cxx)!r}\n// flags: {' '.join(options)}\n"
     digest = cache.digest(header + source)
     if digest in _LOADED:
@@ -92,7 +106,7 @@ def load(source: str, stem: str) -> ctypes.CDLL:
     path, _ = library_path(source, stem)
     library = _load_verified(path, digest)
     if library is None:
-        _compile(cxx, options, header + source + _stamp(digest), path.parent, path)
+        _compile(cxx, header + source + _stamp(digest), path.parent, path)
         library = _load_verified(path, digest)
         if library is None:
             raise SetupError(f"the C++ kernel compiled to {path} does not report its source digest {digest}")
@@ -127,7 +141,7 @@ def _load_verified(path: Path, digest: str) -> ctypes.CDLL | None:
     return library
 
 
-def _compile(cxx: str, options: tuple[str, ...], text: str, folder: Path, path: Path) -> None:
+def _compile(cxx: str, text: str, folder: Path, path: Path) -> None:
     token = f"{os.getpid()}.{secrets.token_hex(4)}"
     src = folder / f".{path.stem}.{token}.cpp"
     tmp = folder / f".{path.stem}.{token}.so.tmp"
@@ -136,7 +150,8 @@ def _compile(cxx: str, options: tuple[str, ...], text: str, folder: Path, path: 
         f.write(text)
     start = time.perf_counter()
     try:
-        result = subprocess.run([cxx, *options, str(src), "-o", str(tmp)], capture_output=True, text=True, check=False)
+        command = [cxx, *flags(), str(src), "-o", str(tmp), *libraries()]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise SetupError(f"the C++ compiler failed on the generated kernel {src.name}:\n{result.stderr[-4000:]}")
         os.chmod(tmp, 0o700)
