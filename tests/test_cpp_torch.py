@@ -189,3 +189,19 @@ def test_select_routes_by_device(monkeypatch):
     assert runtime.select(torch.device("cuda")) == (triton_runtime.fused_step, triton_runtime.register)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert runtime.select(torch.device("cpu"))[0] is triton_runtime.fused_step
+
+
+@pytest.mark.parametrize("name", ["AdaBound", "Lamb", "Adamax"])
+def test_nan_propagates_as_in_foreach(name):
+    """maximum/minimum (AdaBound's clamp, Lamb's weight-norm cap, Adamax's max) propagate NaN
+    as torch.maximum does: a NaN gradient element gives the same NaN pattern on both paths."""
+    cls = getattr(optimizers, name)
+    gen = torch.Generator().manual_seed(7)
+    start = [torch.randn(s, generator=gen) for s in SHAPES]
+    grads = [[torch.randn(s, generator=gen) for s in SHAPES]]
+    grads[0][1][3] = float("nan")
+    pa, _ = _run(cls, "foreach", start, grads)
+    pb, _ = _run(cls, "fused", start, grads)
+    for a, b in zip(pa, pb):
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.allclose(a[~a.isnan()], b[~b.isnan()], rtol=1e-5, atol=1e-7)
