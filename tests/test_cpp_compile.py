@@ -163,3 +163,33 @@ def test_cache_folder_must_be_private(tmp_path, monkeypatch):
                            states={"momentum_buffer": [torch.zeros(2)]}, steps=[1],
                            hyper={"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0},
                            options={}, global_values={}, maximize=False)  # fmt: skip
+
+
+@needs_compiler
+def test_a_new_process_finds_the_kernel_without_lowering(fresh_cache, monkeypatch):
+    """The cache's index maps (spec text, options, dtypes, optgen's code) to the library: a
+    later process loads it without parsing, lowering or rendering the spec."""
+    from optgen.backends.cpp import kernels
+
+    monkeypatch.setattr(runtime, "_KERNELS", {})
+    first = runtime._kernel("lion", {}, {"param": "torch.float32"})
+    assert list(fresh_cache.glob("cpp_index_*.txt"))
+    monkeypatch.setattr(runtime, "_KERNELS", {})
+    monkeypatch.setattr(compiler, "_LOADED", {})
+    monkeypatch.setattr(kernels, "build", lambda *a: pytest.fail("lowered again"))
+    monkeypatch.setattr(runtime, "_spec", lambda *a: pytest.fail("parsed again"))
+    again = runtime._kernel("lion", {}, {"param": "torch.float32"})
+    assert again.arrays == first.arrays == ["param", "grad", "exp_avg"]
+    assert again.hypers == first.hypers
+
+
+@needs_compiler
+def test_an_index_naming_a_missing_library_recompiles(fresh_cache, monkeypatch):
+    monkeypatch.setattr(runtime, "_KERNELS", {})
+    runtime._kernel("sgd", {}, {"param": "torch.float32"})
+    for library in _libraries(fresh_cache):
+        library.unlink()
+    monkeypatch.setattr(runtime, "_KERNELS", {})
+    monkeypatch.setattr(compiler, "_LOADED", {})
+    kernel = runtime._kernel("sgd", {}, {"param": "torch.float32"})
+    assert kernel.arrays == ["param", "grad", "momentum_buffer"] and _libraries(fresh_cache)

@@ -217,19 +217,6 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
     (void)_host; (void)_sign; (void)_first; (void)_partial;
 }
 
-// Combine the blocks' partial reductions of one pass into the tensor's row (in double).
-static void combine(const Context& c, int64_t t, const int* slots, const char* ops, int count) {
-    for (int k = 0; k < count; ++k) {
-        const int slot = slots[k];
-        double v = ops[k] == 's' ? 0.0 : ops[k] == 'n' ? INFINITY : -INFINITY;
-        for (int64_t b = c.first_block[t]; b < c.first_block[t + 1]; ++b) {
-            const double x = c.partials[b * PARTIAL_WIDTH + slot];
-            v = ops[k] == 's' ? v + x : ops[k] == 'n' ? std::min(v, x) : std::max(v, x);
-        }
-        c.reductions[t * NUM_REDUCTIONS + slot] = v;
-    }
-}
-
 OPTGEN_EXPORT void optgen_step(const Context* context, int nthreads) {
     const Context& c = *context;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
@@ -256,6 +243,11 @@ OPTGEN_EXPORT void optgen_global_sums(const Context* context, int nthreads, doub
     }
     for (int64_t b = 0; b < c.num_blocks; ++b)
         for (int k = 0; k < NUM_GLOBAL_SUMS; ++k) out[k] += c.partials[b * PARTIAL_WIDTH + k];
+}
+
+// What the runtime needs to call this library without lowering the spec again (JSON).
+OPTGEN_EXPORT const char* optgen_metadata() {
+    return R"json({"arrays": ["param", "grad", "exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad"], "global_reads": ["grad"], "global_sums": ["global_sum_clip_coef_arg"], "hypers": ["lr", "beta1", "beta2", "beta3", "weight_decay", "max_grad_norm", "eps"], "tensor_states": []})json";
 }
 
 OPTGEN_EXPORT int optgen_layout(int which) {

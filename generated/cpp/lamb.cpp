@@ -262,6 +262,11 @@ OPTGEN_EXPORT void optgen_global_sums(const Context* context, int nthreads, doub
     (void)context; (void)nthreads; (void)out;
 }
 
+// What the runtime needs to call this library without lowering the spec again (JSON).
+OPTGEN_EXPORT const char* optgen_metadata() {
+    return R"json({"arrays": ["param", "grad", "exp_avg", "exp_avg_sq"], "global_reads": [], "global_sums": [], "hypers": ["lr", "beta1", "beta2", "weight_decay", "max_grad_norm", "eps"], "tensor_states": []})json";
+}
+
 OPTGEN_EXPORT int optgen_layout(int which) {
     const int sizes[] = {NUM_ARRAYS, NUM_TENSOR_STATES, NUM_REDUCTIONS, NUM_GLOBAL_SUMS, HOST_WIDTH, PARTIAL_WIDTH, int(sizeof(Context))};
     return sizes[which];

@@ -221,6 +221,11 @@ OPTGEN_EXPORT void optgen_global_sums(const Context* context, int nthreads, doub
     (void)context; (void)nthreads; (void)out;
 }
 
+// What the runtime needs to call this library without lowering the spec again (JSON).
+OPTGEN_EXPORT const char* optgen_metadata() {
+    return R"json({"arrays": ["param", "grad", "momentum_buffer"], "global_reads": [], "global_sums": [], "hypers": ["lr", "weight_decay", "momentum", "dampening", "trust_coefficient"], "tensor_states": []})json";
+}
+
 OPTGEN_EXPORT int optgen_layout(int which) {
     const int sizes[] = {NUM_ARRAYS, NUM_TENSOR_STATES, NUM_REDUCTIONS, NUM_GLOBAL_SUMS, HOST_WIDTH, PARTIAL_WIDTH, int(sizeof(Context))};
     return sizes[which];

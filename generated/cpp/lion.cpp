@@ -151,19 +151,6 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
     (void)_host; (void)_sign; (void)_first; (void)_partial;
 }
 
-// Combine the blocks' partial reductions of one pass into the tensor's row (in double).
-static void combine(const Context& c, int64_t t, const int* slots, const char* ops, int count) {
-    for (int k = 0; k < count; ++k) {
-        const int slot = slots[k];
-        double v = ops[k] == 's' ? 0.0 : ops[k] == 'n' ? INFINITY : -INFINITY;
-        for (int64_t b = c.first_block[t]; b < c.first_block[t + 1]; ++b) {
-            const double x = c.partials[b * PARTIAL_WIDTH + slot];
-            v = ops[k] == 's' ? v + x : ops[k] == 'n' ? std::min(v, x) : std::max(v, x);
-        }
-        c.reductions[t * NUM_REDUCTIONS + slot] = v;
-    }
-}
-
 OPTGEN_EXPORT void optgen_step(const Context* context, int nthreads) {
     const Context& c = *context;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
@@ -180,6 +167,11 @@ OPTGEN_EXPORT void optgen_step(const Context* context, int nthreads) {
 // same result for any thread count).
 OPTGEN_EXPORT void optgen_global_sums(const Context* context, int nthreads, double* out) {
     (void)context; (void)nthreads; (void)out;
+}
+
+// What the runtime needs to call this library without lowering the spec again (JSON).
+OPTGEN_EXPORT const char* optgen_metadata() {
+    return R"json({"arrays": ["param", "grad", "exp_avg"], "global_reads": [], "global_sums": [], "hypers": ["lr", "beta1", "beta2", "weight_decay"], "tensor_states": []})json";
 }
 
 OPTGEN_EXPORT int optgen_layout(int which) {

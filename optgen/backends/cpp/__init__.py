@@ -9,6 +9,8 @@ of a spec's options and per dtype combination, compiled lazily into a shared lib
 
 from __future__ import annotations
 
+import json
+
 import jinja2
 
 from ... import catalog
@@ -55,7 +57,20 @@ def render_kernel(kernel: Kernel, dtypes: dict[str, str]) -> str:
         real="double" if param == "torch.float64" else "float",
         types=types,
         block_size=config.BLOCK_SIZE,
+        metadata=json.dumps(metadata(kernel), sort_keys=True),
     )
+
+
+def metadata(kernel: Kernel) -> dict:
+    """The names the runtime maps onto the library's tables."""
+    global_pass = kernel.global_pass
+    return {
+        "arrays": kernel.arrays,
+        "tensor_states": kernel.tensor_states,
+        "hypers": kernel.hypers,
+        "global_sums": [g.name for g in kernel.global_sums],
+        "global_reads": global_pass.arrays if global_pass else [],
+    }
 
 
 def _environment() -> jinja2.Environment:

@@ -23,7 +23,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ... import cache
+from ... import cache, catalog
 from ...errors import SetupError
 from . import config
 
@@ -112,6 +112,50 @@ def load(source: str, stem: str) -> ctypes.CDLL:
             raise SetupError(f"the C++ kernel compiled to {path} does not report its source digest {digest}")
     _LOADED[digest] = library
     return library
+
+
+def index_key(identity: str) -> str:
+    """The cache name of an index entry: `identity` (the spec's text, options and dtypes)
+    with everything else that decides the library (optgen's own code, compiler, flags)."""
+    return cache.digest(f"{_generator_digest()}\n{_compiler_identity(compiler())}\n{flags() + libraries()}\n{identity}")
+
+
+def load_indexed(key: str) -> ctypes.CDLL | None:
+    """The library an index entry names, if both are in the cache and check out: a process
+    that finds it never lowers or renders the spec."""
+    folder = cache.cache_dir()
+    try:
+        fd = os.open(folder / f"cpp_index_{key}.txt", os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, encoding="utf-8") as f:
+        stem, _, digest = f.read().strip().partition(" ")
+    if digest in _LOADED:
+        return _LOADED[digest]
+    if not (stem.isidentifier() and len(digest) == cache.DIGEST_CHARS and digest.isalnum()):
+        return None
+    library = _load_verified(folder / f"cpp_{stem}_{digest}.so", digest)
+    if library is not None:
+        _LOADED[digest] = library
+    return library
+
+
+def write_index(key: str, library: ctypes.CDLL, stem: str) -> None:
+    digest = library.optgen_source_digest().decode()
+    folder = cache.cache_dir()
+    staging = folder / f".cpp_index_{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(f"{stem} {digest}\n")
+    os.replace(staging, folder / f"cpp_index_{key}.txt")
+
+
+@functools.cache
+def _generator_digest() -> str:
+    """optgen's code and templates: a change to either may change what a spec compiles to."""
+    root = Path(__file__).resolve().parents[2]
+    files = sorted(root.rglob("*.py")) + sorted((catalog.templates_dir() / "cpp").glob("*"))
+    return cache.digest("".join(f"{p.name}\n{p.read_text(encoding='utf-8')}" for p in files))
 
 
 def _stamp(digest: str) -> str:

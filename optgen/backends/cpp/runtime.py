@@ -17,6 +17,8 @@ writes the step counts and hyperparameters before each call: no allocation per s
 from __future__ import annotations
 
 import ctypes
+import functools
+import json
 from collections import OrderedDict
 
 import numpy as np
@@ -26,7 +28,8 @@ from torch import Tensor
 from ... import catalog
 from . import compiler, config
 
-_SPECS: dict[str, object] = {}  # spec key -> Spec
+_SPECS: dict[str, object] = {}  # spec key -> Spec (catalog specs once parsed, and registered ones)
+_REGISTERED: set[str] = set()  # keys of specs from register()
 _KERNELS: dict[tuple, Kernel] = {}
 
 
@@ -57,13 +60,11 @@ def fused_step(
     lists aligned with params; per-tensor states are 0-d tensors). `steps` are the step values
     the formulas use (after the increment); `global_values` the global reductions over every
     param group, by IR value name; one left out is NaN (see the Triton runtime)."""
-    spec = _spec(spec_key)
     _check_lengths(params, grads, steps, states)
     if not params:
         return
-    options = {name: bool(options.get(name, opt.default)) for name, opt in spec.options.items()}
     for group in _groups(params, grads, states):
-        kernel = _kernel(spec_key, spec, options, group.dtypes)
+        kernel = _kernel(spec_key, options, group.dtypes)
         call, copies = kernel.call(group)
         call.steps[:] = [steps[i] for i in group.index] if len(group.index) != len(params) else steps
         call.set_scalars(hyper, maximize, global_values)
@@ -83,16 +84,14 @@ def fused_global(
 ) -> dict[str, Tensor]:
     """This param group's share of the global reductions, as 0-d float64 tensors (summed in
     double; add them over the param groups)."""
-    spec = _spec(spec_key)
-    options = {name: bool(options.get(name, opt.default)) for name, opt in spec.options.items()}
     out: dict[str, float] = {}
     for group in _groups(params, grads, {}):
-        kernel = _kernel(spec_key, spec, options, group.dtypes)
+        kernel = _kernel(spec_key, options, group.dtypes)
         if not kernel.global_names:
             return {}
         unread = [a for a in kernel.arrays[2:] + kernel.tensor_states if a not in kernel.global_reads]
         if len(unread) != len(kernel.arrays) - 2 + len(kernel.tensor_states):
-            raise NotImplementedError(f"{spec.name}: a global reduction over a state is not supported")
+            raise NotImplementedError(f"{spec_key}: a global reduction over a state is not supported")
         # the global pass reads param and grad only: the state slots of its tables are unused
         group.tensors.update({name: group.tensors["param"] for name in unread})
         call, _ = kernel.call(group)  # the global pass writes nothing
@@ -110,8 +109,9 @@ def fused_global(
 def register(spec) -> str:
     """Remember a spec from optgen.compile; the returned key names it for fused_step. (The
     compiled libraries are cached by their source, so equal specs share them.)"""
-    key = f"{spec.module_name}@{len(_SPECS)}"  # never a catalog name
+    key = f"{spec.module_name}@{len(_REGISTERED)}"  # never a catalog name
     _SPECS[key] = spec
+    _REGISTERED.add(key)
     return key
 
 
@@ -128,23 +128,25 @@ def _spec(spec_key: str):
 
 # --------------------------------------------------------------------------- kernels
 class Kernel:
-    """One compiled setting and dtype combination, and its layouts."""
+    """One compiled setting and dtype combination (a library and what it reports of itself),
+    and the tables of the tensor sets it has run on."""
 
-    def __init__(self, model, library: ctypes.CDLL):
-        self.model = model
+    def __init__(self, library: ctypes.CDLL):
         self.library = library
-        self.library.optgen_step.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        self.library.optgen_global_sums.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+        library.optgen_step.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        library.optgen_global_sums.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+        library.optgen_metadata.restype = ctypes.c_char_p
+        meta = json.loads(library.optgen_metadata().decode())
         sizes = [library.optgen_layout(i) for i in range(7)]
         self.num_arrays, self.num_tensor_states, self.num_reductions = sizes[:3]
         self.num_global, self.host_width, self.partial_width, context_size = sizes[3:]
         if context_size != ctypes.sizeof(_Context):
             raise RuntimeError("the C++ kernel's Context does not match the runtime's (a stale cache entry?)")
-        self.arrays = model.arrays
-        self.tensor_states = model.tensor_states
-        self.hypers = model.hypers
-        self.global_names = [g.name for g in model.global_sums]
-        self.global_reads = model.global_pass.arrays if model.global_pass else []
+        self.arrays = meta["arrays"]
+        self.tensor_states = meta["tensor_states"]
+        self.hypers = meta["hypers"]
+        self.global_names = meta["global_sums"]
+        self.global_reads = meta["global_reads"]
         self.calls: OrderedDict = OrderedDict()
 
     def call(self, group: TensorGroup) -> tuple[Call, list[tuple[Tensor, Tensor]]]:
@@ -182,17 +184,44 @@ def _dense(t: Tensor, copies: list, written: bool) -> Tensor:
 _MAX_CALLS = 32
 
 
-def _kernel(spec_key: str, spec, options: dict[str, bool], dtypes: dict[str, str]) -> Kernel:
-    key = (spec_key, tuple(options.items()), tuple(sorted(dtypes.items())))
+def _kernel(spec_key: str, options: dict[str, bool], dtypes: dict[str, str]) -> Kernel:
+    """The kernel of a setting: from this process, else through the cache's index (no
+    lowering), else lowered, rendered and compiled now."""
+    options = {name: bool(value) for name, value in options.items()}
+    key = (spec_key, tuple(sorted(options.items())), tuple(sorted(dtypes.items())))
     kernel = _KERNELS.get(key)
-    if kernel is None:
+    if kernel is not None:
+        return kernel
+    index = compiler.index_key(f"{_identity(spec_key)}\n{key[1:]!r}")
+    library = compiler.load_indexed(index)
+    if library is None:
         from . import render_kernel
         from .kernels import build
 
-        model = build(spec, options)
-        text = render_kernel(model, dtypes)
-        kernel = _KERNELS[key] = Kernel(model, compiler.load(text, spec.module_name))
+        spec = _spec(spec_key)
+        unknown = sorted(set(options) - set(spec.options))
+        if unknown:
+            raise ValueError(f"{spec.name} has no option(s) {', '.join(unknown)}")
+        model = build(spec, {name: options.get(name, opt.default) for name, opt in spec.options.items()})
+        library = compiler.load(render_kernel(model, dtypes), spec.module_name)
+        compiler.write_index(index, library, spec.module_name)
+    kernel = _KERNELS[key] = Kernel(library)
     return kernel
+
+
+def _identity(spec_key: str) -> str:
+    """The text a spec key compiles from: a registered spec's YAML (and its parents'), or the
+    catalog's files (a catalog spec may extend another)."""
+    if spec_key in _REGISTERED:
+        spec = _SPECS[spec_key]
+        return "\n".join([spec.module_name, *spec.source_texts])
+    return _catalog_text() + spec_key
+
+
+@functools.cache
+def _catalog_text() -> str:
+    folder = catalog.specs_dir()
+    return "".join(f"{p.relative_to(folder)}\n{p.read_text(encoding='utf-8')}" for p in sorted(folder.rglob("*.yaml")))
 
 
 class _Context(ctypes.Structure):
