@@ -4,13 +4,12 @@ while any test module is collected."""
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
