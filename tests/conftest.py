@@ -11,7 +11,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """One optgen cache folder for the whole run (XDG_CACHE_HOME): each C++ kernel the suite
