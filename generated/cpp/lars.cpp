@@ -223,7 +223,7 @@ OPTGEN_EXPORT void optgen_global_sums(const Context* context, int nthreads, doub
 
 // What the runtime needs to call this library without lowering the spec again (JSON).
 OPTGEN_EXPORT const char* optgen_metadata() {
-    return R"json({"arrays": ["param", "grad", "momentum_buffer"], "global_reads": [], "global_sums": [], "hypers": ["lr", "weight_decay", "momentum", "dampening", "trust_coefficient"], "tensor_states": []})json";
+    return R"json({"arrays": ["param", "grad", "momentum_buffer"], "global_reads": [], "global_sums": [], "hypers": ["lr", "weight_decay", "momentum", "dampening", "trust_coefficient"], "reads_ndim": true, "tensor_states": []})json";
 }
 
 OPTGEN_EXPORT int optgen_layout(int which) {

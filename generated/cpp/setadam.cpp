@@ -254,7 +254,7 @@ OPTGEN_EXPORT void optgen_global_sums(const Context* context, int nthreads, doub
 
 // What the runtime needs to call this library without lowering the spec again (JSON).
 OPTGEN_EXPORT const char* optgen_metadata() {
-    return R"json({"arrays": ["param", "grad", "exp_avg", "exp_avg_sq"], "global_reads": [], "global_sums": [], "hypers": ["lr", "beta1", "beta2", "eps", "weight_decay", "tau"], "tensor_states": []})json";
+    return R"json({"arrays": ["param", "grad", "exp_avg", "exp_avg_sq"], "global_reads": [], "global_sums": [], "hypers": ["lr", "beta1", "beta2", "eps", "weight_decay", "tau"], "reads_ndim": false, "tensor_states": []})json";
 }
 
 OPTGEN_EXPORT int optgen_layout(int which) {

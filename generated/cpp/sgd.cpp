@@ -164,7 +164,7 @@ OPTGEN_EXPORT void optgen_global_sums(const Context* context, int nthreads, doub
 
 // What the runtime needs to call this library without lowering the spec again (JSON).
 OPTGEN_EXPORT const char* optgen_metadata() {
-    return R"json({"arrays": ["param", "grad", "momentum_buffer"], "global_reads": [], "global_sums": [], "hypers": ["lr", "momentum", "dampening", "weight_decay"], "tensor_states": []})json";
+    return R"json({"arrays": ["param", "grad", "momentum_buffer"], "global_reads": [], "global_sums": [], "hypers": ["lr", "momentum", "dampening", "weight_decay"], "reads_ndim": false, "tensor_states": []})json";
 }
 
 OPTGEN_EXPORT int optgen_layout(int which) {

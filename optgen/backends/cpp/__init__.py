@@ -14,6 +14,7 @@ import json
 import jinja2
 
 from ... import catalog
+from ...expr import NDIM
 from ...spec import Spec
 from ..triton import update_lines
 from . import config
@@ -70,6 +71,7 @@ def metadata(kernel: Kernel) -> dict:
         "hypers": kernel.hypers,
         "global_sums": [g.name for g in kernel.global_sums],
         "global_reads": global_pass.arrays if global_pass else [],
+        "reads_ndim": any(NDIM in {x.name for x in v.expr.free_symbols} for v in kernel.program.values),
     }
 
 

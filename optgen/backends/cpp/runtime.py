@@ -147,6 +147,7 @@ class Kernel:
         self.hypers = meta["hypers"]
         self.global_names = meta["global_sums"]
         self.global_reads = meta["global_reads"]
+        self.reads_ndim = meta["reads_ndim"]
         self.calls: OrderedDict = OrderedDict()
 
     def call(self, group: TensorGroup) -> tuple[Call, list[tuple[Tensor, Tensor]]]:
@@ -155,8 +156,10 @@ class Kernel:
         non-contiguous tensor is updated through a contiguous copy (never cached)."""
         arrays = [group.tensors[name] for name in self.arrays if name in group.tensors]
         tensor_states = [group.tensors[name] for name in self.tensor_states if name in group.tensors]
-        key = tuple(t.data_ptr() for ts in arrays for t in ts) + tuple(t.data_ptr() for ts in tensor_states for t in ts)
-        key += tuple(t.shape for t in arrays[0])
+        # per step, per tensor, this is most of the runtime's cost: list comprehensions only
+        ptrs = [t.data_ptr() for ts in arrays + tensor_states for t in ts]
+        sizes = [t.shape for t in arrays[0]] if self.reads_ndim else [t.numel() for t in arrays[0]]
+        key = tuple(ptrs + sizes)
         call = self.calls.get(key)
         if call is not None:
             self.calls.move_to_end(key)
@@ -340,12 +343,12 @@ _DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
 def _groups(params, grads, states: dict[str, list[Tensor]]) -> list[TensorGroup]:
+    """The tensors split by the dtype of every array (one group when each list has one dtype,
+    the common case, checked without building a key per tensor)."""
     columns = [params, grads, *states.values()]
-    keys = list(zip(*[[t.dtype for t in ts] for ts in columns]))
+    if all(len({t.dtype for t in ts}) == 1 for ts in columns):
+        return [TensorGroup(list(range(len(params))), params, grads, states)]
     members: dict[tuple, list[int]] = {}
-    if len(set(keys)) <= 1:
-        members[keys[0] if keys else ()] = list(range(len(params)))
-    else:
-        for i, key in enumerate(keys):
-            members.setdefault(key, []).append(i)
-    return [TensorGroup(idx, params, grads, states) for idx in members.values() if idx]
+    for i, key in enumerate(zip(*[[t.dtype for t in ts] for ts in columns])):
+        members.setdefault(key, []).append(i)
+    return [TensorGroup(idx, params, grads, states) for idx in members.values()]
