@@ -29,7 +29,9 @@ README = """# generated/
 The compiled catalog, written by `optgen build` from specs/ and templates/. Do not edit:
 edit the spec (or the template) and run `optgen build`; a test fails when these files are
 stale. One folder per backend: torch/ (optimizer classes), triton/ (fused kernels),
-latex/ (algorithm boxes and the formula sheet).
+cpp/ (the fused CPU kernel of each spec's default options in float32, for reading: the
+runtime renders and compiles each setting it meets), latex/ (algorithm boxes and the
+formula sheet).
 """
 
 

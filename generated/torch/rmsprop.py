@@ -61,7 +61,8 @@ class RMSprop(Optimizer):
             False).
         foreach (bool, optional): update each group's tensors with torch._foreach_* kernels;
             None picks them on CUDA (default: None).
-        fused (bool, optional): update with optgen's fused Triton kernels (default: None).
+        fused (bool, optional): update with optgen's fused kernels: C++ on CPU tensors, Triton
+            on GPUs (default: None).
         state_dtype (torch.dtype, optional): the dtype of the per-element state (torch.bfloat16
             halves its memory; the fused kernels compute in float32 and round on store); None
             keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
@@ -340,6 +341,11 @@ def _multi_tensor_rmsprop(
     """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
         return
+    # a CPU tensor larger than a chunk: updated as chunk-sized views
+    if _has_large_cpu_tensor(params):
+        params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps = _split_large(
+            params, grads, square_avgs, momentum_buffers, grad_avgs, state_steps
+        )
     # one foreach call per device, dtype and CPU chunk
     keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
@@ -395,11 +401,13 @@ def _fused_rmsprop(
     centered: bool,
     maximize: bool,
 ) -> None:
-    """The fused implementation: optgen's Triton kernels (optgen.backends.triton.runtime)."""
+    """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
+    its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
     if not params:
         return
-    from optgen.backends.triton.runtime import fused_step  # Triton loads on first use
+    from optgen.backends.cpp.runtime import select  # the kernels load on first use
 
+    fused_step, register = select(params[0].device)
     torch._foreach_add_(state_steps, 1)
     states = {
         "square_avg": square_avgs,
@@ -440,6 +448,44 @@ def _cpu_chunks(params: list[Tensor]) -> list[int]:
         chunks.append(chunk)
         size += nbytes
     return chunks
+
+
+def _has_large_cpu_tensor(params: list[Tensor]) -> bool:
+    return any(
+        p.device.type == "cpu" and p.numel() * p.element_size() > _CPU_CHUNK_BYTES for p in params
+    )
+
+
+def _split_large(*tensor_lists: list[Tensor]) -> tuple[list[Tensor], ...]:
+    """The lists (params first, state_steps last) with each contiguous CPU tensor larger than
+    _CPU_CHUNK_BYTES cut into views of at most that size, so that a foreach op's temporaries
+    stay chunk-sized and in cache (the update is elementwise: a view updates as its tensor
+    would). A tensor's first view carries its step tensor and the others copies of it: each
+    batch increments the steps it gets, so the tensor's own step moves once."""
+    *arrays, state_steps = tensor_lists
+    params = arrays[0]
+    out: list[list[Tensor]] = [[] for _ in tensor_lists]
+    for i, param in enumerate(params):
+        tensors = [ts[i] if ts else None for ts in arrays]
+        size = _CPU_CHUNK_BYTES // param.element_size()
+        whole = param.device.type != "cpu" or param.numel() <= size
+        if whole or not all(t is None or t.is_contiguous() for t in tensors):
+            pieces = [(tensors, state_steps[i])]
+        else:
+            starts = range(0, param.numel(), size)
+            pieces = [
+                (
+                    [t if t is None else t.view(-1)[start : start + size] for t in tensors],
+                    state_steps[i] if start == 0 else state_steps[i].clone(),
+                )
+                for start in starts
+            ]
+        for views, step in pieces:
+            for column, view in zip(out, views):
+                if view is not None:
+                    column.append(view)
+            out[-1].append(step)
+    return tuple(out)
 
 
 def _batches(keys: list, *tensor_lists: list[Tensor]):

@@ -68,7 +68,8 @@ class SETAdam(Optimizer):
             False).
         foreach (bool, optional): update each group's tensors with torch._foreach_* kernels;
             None picks them on CUDA (default: None).
-        fused (bool, optional): update with optgen's fused Triton kernels (default: None).
+        fused (bool, optional): update with optgen's fused kernels: C++ on CPU tensors, Triton
+            on GPUs (default: None).
         state_dtype (torch.dtype, optional): the dtype of the per-element state (torch.bfloat16
             halves its memory; the fused kernels compute in float32 and round on store); None
             keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
@@ -435,11 +436,13 @@ def _fused_setadam(
     decoupled_weight_decay: bool,
     maximize: bool,
 ) -> None:
-    """The fused implementation: optgen's Triton kernels (optgen.backends.triton.runtime)."""
+    """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
+    its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
     if not params:
         return
-    from optgen.backends.triton.runtime import fused_step  # Triton loads on first use
+    from optgen.backends.cpp.runtime import select  # the kernels load on first use
 
+    fused_step, register = select(params[0].device)
     torch._foreach_add_(state_steps, 1)
     states = {
         "exp_avg": exp_avgs,

@@ -1,7 +1,7 @@
 """Backends: each a subpackage with a printer, a config and templates/<name>/.
 
 A backend module provides:
-    NAME: str                      # "torch", "triton", "latex"
+    NAME: str                      # "torch", "triton", "cpp", "latex"
     render(spec) -> dict[str, str] # file name -> text, written under generated/<NAME>/
 and optionally
     render_index(specs) -> dict[str, str]   # catalog-wide files (an __init__.py, a sheet)
@@ -19,7 +19,7 @@ from types import ModuleType
 from ..errors import SetupError
 
 # Order matters: later backends may import what earlier ones render (torch imports triton lazily).
-KNOWN = ("torch", "triton", "latex")
+KNOWN = ("torch", "triton", "cpp", "latex")
 
 
 def available() -> list[ModuleType]:
@@ -43,9 +43,9 @@ def get(name: str) -> ModuleType:
 
 def compile_spec(spec, backend: str = "torch"):
     module = get(backend)
-    if backend == "triton":
+    if backend in ("triton", "cpp"):
         raise ValueError(
-            "the Triton kernels are the fused path of the torch class: optgen.compile(spec)(params, fused=True)"
+            f"the {backend} kernels are the fused path of the torch class: optgen.compile(spec)(params, fused=True)"
         )
     if not hasattr(module, "compile_spec"):
         raise ValueError(f"backend {backend!r} produces documents, not an optimizer class")

@@ -351,7 +351,25 @@ def multi_body(p: Prepared, sched: Schedule, recurse: str, lists: list[str]) -> 
     # host values are computed once, in the call that runs the batch (the split needs them
     # only when a host-side branch separates tensors)
     body: list = [Block("if not params:", [Line("return")])]
+    if elementwise(p.program):
+        # each element's update reads only its own elements: a large tensor is updated as
+        # views, before anything is computed per tensor
+        body += [
+            Line("# a CPU tensor larger than a chunk: updated as chunk-sized views"),
+            Block(
+                "if _has_large_cpu_tensor(params):", [Line(f"{', '.join(lists)} = _split_large({', '.join(lists)})")]
+            ),
+        ]
     body += host + split if conds else split + host
     body.append(Line("torch._foreach_add_(state_steps, 1)"))
     body.append(Block("if maximize:", [Line("grads = torch._foreach_neg(grads)")]))
     return body + printer.statements(sched.work)
+
+
+def elementwise(program) -> bool:
+    """Whether each element's update reads only its own elements and host scalars (no
+    per-tensor reduction, per-tensor state, numel or ndim): then a tensor may be updated as
+    several views of it."""
+    if program.reductions("tensor") or any(st.scope == "tensor" for st in program.states):
+        return False
+    return not any(s.name in (NUMEL, NDIM) for v in program.values for s in v.expr.free_symbols)

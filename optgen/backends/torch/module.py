@@ -18,7 +18,7 @@ from ...lower import lower
 from ...spec import Spec, StateDecl
 from .. import format_python
 from . import config, names
-from .emit import multi_body, single_body
+from .emit import elementwise, multi_body, single_body
 from .prepare import Prepared, plural, prepare
 from .printer import TensorPrinter, host_printer, number
 from .schedule import Scheduler
@@ -132,7 +132,7 @@ def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, comp
         "signature": _signature(spec, lists, globals_),
         "forward_kwargs": [f"{k}={k}" for k in kwargs],
         "states": [{"name": s, "list": plural(p)} for s, p in zip(public.state, spec.state)],
-        "spec_key": "_spec_key" if compiled else f'"{fn}"',
+        "spec_key": "_spec_key[register]" if compiled else f'"{fn}"',
         "hyper_names": list(spec.scalar_hypers),
         "hyper_keys": list(zip(public.scalar_hypers, spec.scalar_hypers)),
         "option_keys": list(zip(public.options, spec.options)),
@@ -157,6 +157,7 @@ def _class_context(public: Spec, spec: Spec, variants: list[Variant], globals_) 
         "init_uses_grad": any(GRAD in {x.name for x in s.init.free_symbols} for s in spec.state.values()),
         "state_init": [_state_init(spec, s, device_states) for s in spec.state.values()],
         "uses_state_dtype": any(s.scope != "tensor" for s in spec.state.values()),
+        "splits_large": any(elementwise(v.prepared.program) for v in variants),
         "unpack": [f'{", ".join(h.names)} = group["{k}"]' for k, h in spec.hyperparameters.items() if h.is_tuple],
         "call_kwargs": _call_kwargs(spec, globals_),
         # scalar constructor keywords that may be 1-element tensors (torch.optim's tensor lr)
@@ -204,6 +205,7 @@ def _reserved(spec: Spec, lists: list[str], kwargs: list[str], fn: str) -> set[s
         "Tensor",
     }
     names |= {fn, f"_single_tensor_{fn}", f"_multi_tensor_{fn}", f"_fused_{fn}", "_batches", "foreach", "fused"}
+    names |= {"_has_large_cpu_tensor", "_split_large"}
     return names
 
 
@@ -240,7 +242,7 @@ def _docstring(spec: Spec) -> str:
             "update each group's tensors with torch._foreach_* kernels; None picks them on CUDA (default: None).",
         )
     )
-    parts.append(_arg("fused (bool, optional)", "update with optgen's fused Triton kernels (default: None)."))
+    parts.append(_arg("fused (bool, optional)", "update with optgen's fused kernels: C++ on CPU tensors, Triton on GPUs (default: None)."))
     parts.append(
         _arg(
             "state_dtype (torch.dtype, optional)",
