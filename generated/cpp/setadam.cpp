@@ -12,7 +12,8 @@
 //     exp_avg_sq = beta2*exp_avg_sq + grad**2*(1 - beta2)
 //     bias_correction1 = 1 - beta1**step
 //     bias_correction2 = 1 - beta2**step
-//     cos_sq = sum(exp_avg_sq)**2/(numel*sum(exp_avg_sq**2))
+//     sum_sq = sum(exp_avg_sq**2)
+//     cos_sq = where(sum_sq > 0, sum(exp_avg_sq)**2/(numel*sum_sq), 1)
 //     scaled_exp_avg_sq = cos_sq*exp_avg_sq
 //     denom = sqrt(eps + scaled_exp_avg_sq/bias_correction2)
 //     translated_denom = denom - tau*amin(denom)
@@ -135,7 +136,7 @@ static void host_row(const Context& _c, int64_t _t) {
     (void)step;
 }
 
-// Reduction pass 1: this block's partial sum_exp_avg_sq_1, sum_cos_sq_arg, min_exp_avg_sq_1; nothing is stored.
+// Reduction pass 1: this block's partial sum_sum_sq_arg, sum_exp_avg_sq_1, min_exp_avg_sq_1; nothing is stored.
 static void reduce_1(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, double* _partial) {
     const double* _host = _c.host + _t * HOST_WIDTH;
     const real _sign = real(_c.grad_sign);
@@ -146,23 +147,23 @@ static void reduce_1(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
     const real beta2 = real(_host[1]);
     const real weight_decay = real(_host[3]);
     const real one_minus_beta2 = real(_host[6]);
+    real sum_sum_sq_arg = real(0);
     real sum_exp_avg_sq_1 = real(0);
-    real sum_cos_sq_arg = real(0);
     real min_exp_avg_sq_1 = real(INFINITY);
-#pragma omp simd reduction(+ : sum_exp_avg_sq_1) reduction(+ : sum_cos_sq_arg) reduction(min : min_exp_avg_sq_1)
+#pragma omp simd reduction(+ : sum_sum_sq_arg) reduction(+ : sum_exp_avg_sq_1) reduction(min : min_exp_avg_sq_1)
     for (int64_t _i = _begin; _i < _end; ++_i) {
         const real param = to_real(param_ptr[_i]);
         const real grad = _sign * to_real(grad_ptr[_i]);
         const real exp_avg_sq = to_real(exp_avg_sq_ptr[_i]);
         const real grad_1 = grad + param*weight_decay;
         const real exp_avg_sq_1 = beta2*exp_avg_sq + grad_1 * grad_1*one_minus_beta2;
+        const real sum_sq_arg = exp_avg_sq_1 * exp_avg_sq_1;
+        sum_sum_sq_arg += sum_sq_arg;
         sum_exp_avg_sq_1 += exp_avg_sq_1;
-        const real cos_sq_arg = exp_avg_sq_1 * exp_avg_sq_1;
-        sum_cos_sq_arg += cos_sq_arg;
         min_exp_avg_sq_1 = std::min(min_exp_avg_sq_1, exp_avg_sq_1);
     }
-    _partial[0] = sum_exp_avg_sq_1;
-    _partial[1] = sum_cos_sq_arg;
+    _partial[0] = sum_sum_sq_arg;
+    _partial[1] = sum_exp_avg_sq_1;
     _partial[2] = min_exp_avg_sq_1;
     (void)_host; (void)_sign; (void)_first; (void)_partial;
 }
@@ -185,11 +186,11 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
     const real one_minus_beta2 = real(_host[6]);
     const real bias_correction2 = real(_host[7]);
     const real step_size = real(_host[8]);
-    const real sum_exp_avg_sq_1 = real(_c.reductions[_t * NUM_REDUCTIONS + 0]);
-    const real sum_cos_sq_arg = real(_c.reductions[_t * NUM_REDUCTIONS + 1]);
+    const real sum_sum_sq_arg = real(_c.reductions[_t * NUM_REDUCTIONS + 0]);
+    const real sum_exp_avg_sq_1 = real(_c.reductions[_t * NUM_REDUCTIONS + 1]);
     const real min_exp_avg_sq_1 = real(_c.reductions[_t * NUM_REDUCTIONS + 2]);
     const real numel = real(_c.numels[_t]);
-    const real cos_sq = sum_exp_avg_sq_1 * sum_exp_avg_sq_1/(numel*sum_cos_sq_arg);
+    const real cos_sq = (sum_sum_sq_arg > real(0) ? sum_exp_avg_sq_1 * sum_exp_avg_sq_1/(numel*sum_sum_sq_arg) : real(1));
     const real min_denom = std::sqrt(eps + cos_sq*min_exp_avg_sq_1/bias_correction2);
     const real neg_min_denom_tau = -min_denom*tau;
 #pragma omp simd 
