@@ -136,7 +136,7 @@ def _check_backends(spec: Spec, report: Report) -> None:
         else:
 
             def run(backend=backend):
-                backend.render(spec)
+                getattr(backend, "render_all", backend.render)(spec)  # every option setting, where it has them
 
         _stage(spec, report, f"the {backend.NAME} backend", run)
         if not report.ok:

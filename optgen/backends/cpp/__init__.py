@@ -33,6 +33,14 @@ def render(spec: Spec) -> dict[str, str]:
     return {f"{spec.module_name}.cpp": source(spec, options, dtypes)}
 
 
+def render_all(spec: Spec) -> list[str]:
+    """Every option setting's source (float32): what `optgen check` renders, so that a spec
+    that checks compiles on the fused CPU path whatever options a user picks."""
+    if spec.gradient_at is not None:
+        return []
+    return [source(spec, combo, {"param": "torch.float32"}) for combo in spec.option_combinations()]
+
+
 def source(spec: Spec, options: dict[str, bool], dtypes: dict[str, str]) -> str:
     """The C++ source for one setting. `dtypes`: array or tensor-state name -> torch dtype
     name ("torch.bfloat16"); a name left out has the param's dtype (grad included)."""

@@ -145,7 +145,7 @@ def _check_names(kernel: Kernel) -> None:
     clash = sorted(ours & theirs)
     if clash:
         raise CompileError(
-            kernel.spec.loc,
+            kernel.spec.locations.get(clash[0], kernel.spec.loc),
             f"the C++ kernels use the name(s) {', '.join(clash)} for themselves; rename them in the spec",
         )
 
