@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import sympy
 
+from ...lower import lower
 from ...spec import Assign, If, Spec, StateDecl
 from .prepare import plural
 
@@ -100,21 +101,20 @@ def python_names(
 
 def public_globals(public: Spec, local: Spec, names: dict[str, str]) -> dict[str, str]:
     """Cross-parameter reduction of `local` (the spec renamed by `names`) -> its name when
-    lowered from `public`: the key the torch class and the Triton module exchange it by (a name
-    missing from the map is its own key).
-    Matched by what each reduces (its argument down to the program's inputs), not by name
-    or order, which renaming may change."""
-    from ...lower import lower
-
+    lowered from `public`: the key the torch class and the Triton module exchange it by (a
+    name missing from the map is its own key). Matched by what each reduces (its argument
+    down to the program's inputs), not by name or order, which renaming may change."""
     out: dict[str, str] = {}
     if all(k == v for k, v in names.items()):
         return out
     rename = _renamer(names)
     for mine, combo in zip(local.option_combinations(), public.option_combinations()):
         ours, theirs = lower(local, mine), lower(public, combo)
-        keys = {rename(_full(theirs, g.expr)): g.name for g in theirs.reductions("global")}
-        for g in ours.reductions("global"):
-            out[g.name] = keys[_full(ours, g.expr)]
+        public_sums = theirs.reductions("global")
+        keys = {rename(_full(theirs, g.expr)): g.name for g in public_sums}
+        for i, g in enumerate(ours.reductions("global")):
+            # by position only if lowering wrote the same sum differently under other names
+            out[g.name] = keys.get(_full(ours, g.expr), public_sums[i].name)
     return out
 
 
