@@ -56,14 +56,13 @@ ELEMENTWISE_FUNCS = {
 REDUCTION_FUNCS = {"sum": 1, "mean": 1, "norm": 1, "amin": 1, "amax": 1, "global_norm": 1}
 FUNCTIONS = set(ELEMENTWISE_FUNCS) | set(REDUCTION_FUNCS) | set(TENSOR_SHAPE_FUNCS)
 
-# Names generated code uses for itself; a spec name may not take them.
+# Names a spec may not take: what the Python backends cannot rename (constructor keywords,
+# the class's own attributes) or what SymPy or the spec language give a meaning. Any other
+# name the generated code uses itself is renamed there (backends/torch/names.py).
 RESERVED = {
     "torch",
-    "tl",
-    "triton",
     "math",
     "self",
-    "group",
     "groups",
     "state",
     "params",
@@ -93,14 +92,7 @@ RESERVED = {
     "has_sparse_grad",
     "Tensor",
     "Optimizer",
-    "np",
-    "numpy",
     "sympy",
-    "pid",
-    "offsets",
-    "mask",
-    "block",
-    "BLOCK_SIZE",
     "step_t",
     "state_steps",
 }

@@ -2,8 +2,11 @@
 option, state or value may be named like a builtin (`zip`, `len`, `set`, `enumerate`,
 `super`), like an identifier the generated module uses itself (`param_group`, `func`,
 `keys`, `i`), or like a list the module derives from another name (`m_list` beside a state
-`m`). Each compiles on the for-loop, foreach and fused paths and matches the float64
-Reference; the constructor keywords, param_group keys and state_dict keys stay the spec's."""
+`m`), or like a name of the fused path's Triton kernels and launcher (`pid`, `mask`, `tl`,
+`hyper`, a hyperparameter `m_ptr` beside a state `m`, an option `align` beside the `ALIGN`
+flag). Each compiles on the for-loop, foreach and fused paths and matches the float64
+Reference; the constructor keywords, param_group keys, state_dict keys and the keys the
+fused path passes stay the spec's."""
 
 from __future__ import annotations
 
@@ -18,8 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import optgen
+from optgen.backends import triton as triton_backend
 from optgen.backends.torch import module as torch_module
 from optgen.backends.torch import names as torch_names
+from optgen.backends.triton import kernels as triton_kernels
 from optgen.errors import CompileError
 from optgen.expr import name_problem
 from optgen.reference import Reference
@@ -218,16 +223,152 @@ def test_any_names_compile_and_match_the_reference(drawn):
     check_names(dict(zip(ROLES, drawn)))
 
 
-def test_a_name_the_triton_kernels_keep_is_refused_at_its_line_on_the_fused_path_only():
-    # the Triton kernels do not rename yet: `kernel` is one of their own names
-    roles = dict(NAMED[0], H1="kernel")
-    text = spec_text(roles)
-    spec = optgen.load(text)
-    cls = optgen.compile(spec)
-    _run(cls, spec, False, foreach=True)  # the torch paths take it
-    with pytest.raises(CompileError) as info:
-        _run(cls, spec, False, fused=True)
-    assert (
-        info.value.loc.line
-        == text.splitlines().index(next(ln for ln in text.splitlines() if ln.startswith("  kernel:"))) + 1
+# --------------------------------------------------------------------------- the Triton module
+# names the Triton kernels and launcher use for themselves, each in a role where it collided:
+# kernel locals, launcher locals, imports, a pointer argument (`m_ptr` beside a state `m`,
+# `v_before` beside a per-tensor state `v`), a launch keyword (`num_warps`) and option flags
+# (`align` -> ALIGN, `block_size` -> BLOCK_SIZE, `num_reductions` -> NUM_REDUCTIONS)
+TRITON_NAMED = [
+    {
+        "H1": "pid",
+        "T": "tensor",
+        "H2": "block",
+        "H3": "offsets",
+        "O": "align",
+        "S1": "mask",
+        "S2": "kernel",
+        "L": "hyper",
+        "R": "tl",
+    },
+    {
+        "H1": "m_ptr",
+        "T": "group",
+        "H2": "triton",
+        "H3": "np",
+        "O": "maximize_flag",
+        "S1": "m",
+        "S2": "options",
+        "L": "args",
+        "R": "constants",
+    },
+    {
+        "H1": "num_warps",
+        "T": "passes",
+        "H2": "v_before",
+        "H3": "numels",
+        "O": "block_size",
+        "S1": "step_row",
+        "S2": "v",
+        "L": "tensor_reductions",
+        "R": "global_values",
+    },
+    {
+        "H1": "reductions",
+        "T": "block_tensors",
+        "H2": "step_scalars",
+        "H3": "launch",
+        "O": "num_reductions",
+        "S1": "block_indices",
+        "S2": "ndims",
+        "L": "m_offsets",
+        "R": "m_ptrs",
+    },
+]
+
+
+@pytest.mark.parametrize("roles", TRITON_NAMED, ids=lambda r: "-".join(r[k] for k in ROLES))
+def test_names_the_triton_module_uses_compile_and_match_the_reference(roles):
+    check_names(roles)
+
+
+def test_the_triton_module_renames_identifiers_and_keeps_the_keys():
+    text = triton_backend.render_module(optgen.load(spec_text(TRITON_NAMED[1])))
+    # the hyperparameter m_ptr beside the state m's pointer: the kernels read m_ptr_, the
+    # launcher passes hyper["m_ptr"]; the state keeps its key, the per-tensor state options too
+    assert "grad = grad + m_ptr_ * param" in text and 'hyper["m_ptr"]' in text
+    assert "    m_ptr,\n" in text and "    m_ptr_,\n" in text
+    assert '"m",\n)' in text and 'group.base("m")' in text
+    assert 'TENSOR_STATES = ("options",)' in text and "options__ptr + tl.load(options__offsets + tensor)" in text
+    assert 'MAXIMIZE_FLAG=options["maximize_flag"]' in text and 'OPTIONS = {"maximize_flag": False}' in text
+    assert 'triton_ = hyper["triton"]' in text and "import triton\n" in text
+    text = triton_backend.render_module(optgen.load(spec_text(TRITON_NAMED[0])))
+    assert 'ALIGN_=options["align"]' in text and "ALIGN_: tl.constexpr" in text and "if ALIGN_:" in text
+    assert "pid = tl.program_id(0)" in text and 'hyper["pid"]' in text and "grad = grad + param * pid_" in text
+
+
+def _triton_pool() -> list[str]:
+    """Legal spec names the Triton module uses itself: every identifier (and launch keyword)
+    of a module rendered with placeholder names."""
+    spec = optgen.load(spec_text(NAMED[0]))
+    marked = torch_names.renamed(spec, torch_names.placeholders(spec), public=False)
+    text = triton_backend._text(triton_kernels.build(marked))
+    used = torch_names.module_names(text, call_keywords=True) - set(dir(builtins))
+    return sorted(n for n in used if name_problem(n) is None and n not in ("lr", "state_dtype"))
+
+
+TRITON_POOL = _triton_pool()
+
+
+def test_the_triton_pool_holds_the_kernels_names():
+    assert {"pid", "tensor", "block", "offsets", "mask", "hyper", "tl", "triton", "np", "group", "options"} <= set(
+        TRITON_POOL
     )
+
+
+@settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.sampled_from(TRITON_POOL), min_size=len(ROLES), max_size=len(ROLES), unique=True))
+def test_any_names_of_the_triton_module_compile_and_match_the_reference(drawn):
+    check_names(dict(zip(ROLES, drawn)))
+
+
+GLOBAL_TEMPLATE = """name: Globals
+summary: a cross-parameter reduction whose value has a name the generated code uses
+paper: none
+parity: independent
+hyperparameters:
+  lr: {default: 0.1, range: "(0, inf)"}
+  H: {default: 0.5, range: "(0, inf)"}
+options:
+  O: false
+state:
+  S: {init: 0}
+update: |
+  S = H * S + grad
+  V = global_norm(H * grad)
+  if O:
+      param = param - lr * S / (1 + V)
+  else:
+      param = param - lr * grad / (1 + V)
+"""
+
+
+@pytest.mark.parametrize(
+    "roles",
+    [
+        {"H": "beta", "O": "flag", "S": "m", "V": "len"},  # the torch class renames the value
+        {"H": "hyper", "O": "mask", "S": "keys", "V": "pid"},  # both modules rename it
+    ],
+)
+def test_a_global_reduction_is_passed_to_the_kernels_by_its_spec_name(roles):
+    """The torch class computes the global norm and hands it to the Triton module: both rename
+    the value, and the key they exchange it by is the spec's (once NaN on the fused path)."""
+    import re
+
+    spec = optgen.load(re.sub(r"\b(H|O|S|V)\b", lambda m: roles[m.group(1)], GLOBAL_TEMPLATE))
+    cls = optgen.compile(spec)
+    for option in (False, True):
+        for flags in ({"foreach": False}, {"foreach": True}, {"fused": True}):
+            gen = torch.Generator().manual_seed(0)
+            params = [torch.randn(s, dtype=torch.float64, generator=gen).requires_grad_() for s in ((3, 4), (5,))]
+            ref = Reference(spec, [{"params": [p.detach().numpy().copy() for p in params], roles["O"]: option}])
+            opt = cls(params, **{roles["O"]: option}, **flags)
+            for _ in range(3):
+                grads = [torch.randn(p.shape, dtype=torch.float64, generator=gen) for p in params]
+                for p, g in zip(params, grads):
+                    p.grad = g.clone()
+                opt.step()
+                ref.step([g.numpy() for g in grads])
+            tol = 1e-5 if "fused" in flags else 1e-12
+            for p, expected in zip(params, ref.params):
+                ours = p.detach().numpy()
+                assert np.max(np.abs(ours - expected)) <= tol * max(1.0, np.max(np.abs(expected))), (roles, flags)

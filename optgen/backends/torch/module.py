@@ -60,17 +60,22 @@ def render_module(spec: Spec, stamp: str, compiled: bool = False, formatted: boo
     text, made = _render(marked, marked, stamp, compiled, set())
     taken = names.module_names(text) - made
     _check_keywords(spec, names.own_keywords(text))
-    local = names.renamed(spec, names.python_names(spec, taken))
-    text = _render(spec, local, stamp, compiled, taken)[0]
+    python_names = names.python_names(spec, taken)
+    local = names.renamed(spec, python_names)
+    global_keys = names.public_globals(spec, local, python_names)
+    text = _render(spec, local, stamp, compiled, taken, global_keys)[0]
     return format_source(text) if formatted else text
 
 
-def _render(spec: Spec, local: Spec, stamp: str, compiled: bool, taken: set[str]) -> tuple[str, set[str]]:
+def _render(
+    spec: Spec, local: Spec, stamp: str, compiled: bool, taken: set[str], global_keys: dict[str, str] | None = None
+) -> tuple[str, set[str]]:
     """The module's text, and the names the scheduler made for temporaries. `local` is the
     spec under its Python names (the same spec where every name is free), `spec` the one
-    the docstring shows."""
+    the docstring shows; `global_keys` the fused path's key of each global reduction renamed."""
     variants = [Variant(combo, prepare(lower(local, combo))) for combo in local.option_combinations()]
     context = _context(spec, local, variants, stamp, compiled, taken)
+    context["global_keys"] = global_keys or {}
     text = _with_math_import(_environment().get_template("optimizer.py.j2").render(**context))
     return text, context["made"]
 

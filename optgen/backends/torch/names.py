@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import sympy
 
+from ...lower import lower
 from ...spec import Assign, If, Spec, StateDecl
 from .prepare import plural
 
@@ -53,12 +54,15 @@ def placeholders(spec: Spec) -> dict[str, str]:
     return {name: f"{PLACEHOLDER}{i}" for i, name in enumerate(identifiers(spec))}
 
 
-def module_names(text: str) -> set[str]:
+def module_names(text: str, call_keywords: bool = False) -> set[str]:
     """Every identifier the rendered module binds or reads, other than the placeholders,
-    with Python's keywords and builtins."""
+    with Python's keywords and builtins; call_keywords=True adds the keyword arguments its
+    calls pass (a Triton launch's `num_warps=` must not meet a kernel argument of that name)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(text)):
-        if isinstance(node, ast.Name):
+        if call_keywords and isinstance(node, ast.keyword) and node.arg:
+            names.add(node.arg)
+        elif isinstance(node, ast.Name):
             names.add(node.id)
         elif isinstance(node, ast.arg):
             names.add(node.arg)
@@ -78,18 +82,51 @@ def own_keywords(text: str) -> set[str]:
     return set()
 
 
-def python_names(spec: Spec, taken: set[str]) -> dict[str, str]:
-    """Spec name -> Python name: the spec's own where it, and the list named after it, are
-    free; else the first free of name_, name__, ..."""
+def python_names(
+    spec: Spec, taken: set[str], derived: Callable[[str], set[str]] = lambda name: {plural(name)}
+) -> dict[str, str]:
+    """Spec name -> Python name: the spec's own where it, and the names the module derives
+    from it (the list `exp_avgs`; a Triton pointer `exp_avg_ptr`), are free; else the first
+    free of name_, name__, ..."""
     claimed = set(taken)
     out = {}
     for name in identifiers(spec):
         candidate = name
-        while candidate in claimed or plural(candidate) in claimed:
+        while candidate in claimed or derived(candidate) & claimed:
             candidate += "_"
         out[name] = candidate
-        claimed |= {candidate, plural(candidate)}
+        claimed |= {candidate} | derived(candidate)
     return out
+
+
+def public_globals(public: Spec, local: Spec, names: dict[str, str]) -> dict[str, str]:
+    """Cross-parameter reduction of `local` (the spec renamed by `names`) -> its name when
+    lowered from `public`: the key the torch class and the Triton module exchange it by (a
+    name missing from the map is its own key). Matched by what each reduces (its argument
+    down to the program's inputs), not by name or order, which renaming may change."""
+    out: dict[str, str] = {}
+    if all(k == v for k, v in names.items()):
+        return out
+    rename = _renamer(names)
+    for mine, combo in zip(local.option_combinations(), public.option_combinations()):
+        ours, theirs = lower(local, mine), lower(public, combo)
+        public_sums = theirs.reductions("global")
+        keys = {rename(_full(theirs, g.expr)): g.name for g in public_sums}
+        for i, g in enumerate(ours.reductions("global")):
+            # by position only if lowering wrote the same sum differently under other names
+            out[g.name] = keys.get(_full(ours, g.expr), public_sums[i].name)
+    return out
+
+
+def _full(program, expr):
+    """expr with every value it reads substituted, down to the program's inputs."""
+    by_name = program.by_name
+    for _ in range(len(program.values) + 1):
+        table = {s: by_name[s.name].expr for s in expr.free_symbols if s.name in by_name}
+        if not table:
+            return expr
+        expr = expr.xreplace(table)
+    return expr
 
 
 def renamed(spec: Spec, names: dict[str, str], public: bool = True) -> Spec:

@@ -16,8 +16,9 @@ import jinja2
 from ... import catalog
 from ...spec import Assign, If, Spec
 from .. import format_python
+from ..torch import names
 from . import config
-from .kernels import Module, build
+from .kernels import Module, build, derived
 from .merge import Guarded
 from .printer import MathPrinter
 
@@ -31,11 +32,26 @@ def render(spec: Spec) -> dict[str, str]:
 
 
 def render_module(spec: Spec, formatted: bool = True) -> str:
-    """The module text; formatted=False skips ruff (`optgen check` only compiles it)."""
-    module = build(spec)
-    template = _environment().get_template("module.py.j2")
-    text = template.render(**_context(module))
+    """The module text; formatted=False skips ruff (`optgen check` only compiles it).
+
+    A spec may use any name the module uses itself (`pid`, `mask`, `tl`, `hyper`, a
+    hyperparameter `m_ptr` beside a state `m`, an option `align` beside the `ALIGN` flag):
+    what the module uses is found by rendering it with placeholder names, and spec names
+    among it are renamed (`pid` -> `pid_`) in the kernels and launcher. What the runtime
+    passes in (hyper, states, options and global_values keys) stays keyed by the spec's names."""
+    marked = names.renamed(spec, names.placeholders(spec), public=False)
+    reserved = frozenset(names.module_names(_text(build(marked)), call_keywords=True))
+    python_names = names.python_names(spec, reserved, derived=derived)
+    local = names.renamed(spec, python_names)
+    public = {v: k for k, v in python_names.items() if k != v}
+    public.update(names.public_globals(spec, local, python_names))
+    text = _text(build(local, reserved, public), spec)
     return format_source(text) if formatted else text
+
+
+def _text(module: Module, public: Spec | None = None) -> str:
+    """The module's text; `public` is the spec as written (its docstring)."""
+    return _environment().get_template("module.py.j2").render(**_context(module, public or module.spec))
 
 
 @functools.cache  # one Environment, so each template is compiled once per process
@@ -61,25 +77,26 @@ class ValueFunction:
     body: list[str]
 
 
-def _context(module: Module) -> dict:
+def _context(module: Module, public: Spec) -> dict:
     spec = module.spec
+    key = module.key
     kernels = module.kernels
     reduce_kernels = [k.name for k in kernels if k.role == "reduce"]
     globals_ = [k.name for k in kernels if k.role == "global"]
     return {
         "stamp": STAMP.format(source=f"{spec.module_name}.yaml"),
-        "spec": spec,
+        "spec": public,
         "summary": textwrap.fill(spec.summary, 92),
         "paper": textwrap.fill(f"Paper: {spec.paper}", 92, subsequent_indent="    ") if spec.paper else "",
-        "update_lines": update_lines(spec.update),
-        "option_defaults": "{" + ", ".join(f'"{o}": {spec.options[o].default}' for o in module.option_names) + "}",
-        "arrays": module.arrays,
-        "tensor_states": module.tensor_states,
+        "update_lines": update_lines(public.update),
+        "option_defaults": "{" + ", ".join(f'"{key(o)}": {spec.options[o].default}' for o in module.option_names) + "}",
+        "arrays": [key(a) for a in module.arrays],
+        "tensor_states": [key(s) for s in module.tensor_states],
         "columns": module.host.columns,
-        "row_hypers": module.host.function_hypers(module.host.columns),
+        "row_hypers": _hyper_keys(module, module.host.columns),
         "row_lines": module.host.needed_lines(module.host.columns),
         "scalars": module.host.scalars,
-        "scalar_hypers": module.host.function_hypers(module.host.scalars),
+        "scalar_hypers": _hyper_keys(module, module.host.scalars),
         "scalar_lines": module.host.needed_lines(module.host.scalars),
         "value_functions": _value_functions(module),
         "uses_sign": module.uses_sign,
@@ -93,6 +110,11 @@ def _context(module: Module) -> dict:
         "global_kernel": globals_[0] if globals_ else "",
         "update_kernel": next(k.name for k in kernels if k.role == "update"),
     }
+
+
+def _hyper_keys(module: Module, names: list[str]) -> list[tuple[str, str]]:
+    """(identifier, key in `hyper`) of each hyperparameter the host computing `names` reads."""
+    return [(h, module.key(h)) for h in module.host.function_hypers(names)]
 
 
 def _signature(module: Module) -> list[str]:
@@ -126,8 +148,11 @@ def _signature(module: Module) -> list[str]:
 
 
 def _call_args(module: Module) -> list[str]:
-    lines = [f'group.base("{a}"), group.offsets("{a}")' for a in module.arrays]
-    lines += [f'group.base("{s}"), group.offsets("{s}"), group.before("{s}")' for s in module.tensor_states]
+    key = module.key
+    lines = [f'group.base("{key(a)}"), group.offsets("{key(a)}")' for a in module.arrays]
+    lines += [
+        f'group.base("{key(s)}"), group.offsets("{key(s)}"), group.before("{key(s)}")' for s in module.tensor_states
+    ]
     lines.append("group.block_tensors, group.block_indices, group.numels")
     if module.uses_ndim:
         lines.append("group.ndims")
@@ -137,14 +162,14 @@ def _call_args(module: Module) -> list[str]:
         lines.append("group.reduction_buffer(passes)")
     if module.has_global:
         lines.append("global_values")
-    lines += [f'hyper["{h}"]' for h in module.scalar_args if h not in module.host.scalars]
+    lines += [f'hyper["{module.key(h)}"]' for h in module.scalar_args if h not in module.host.scalars]
     if module.host.scalars:
         lines.append("*group.host_scalars(host_scalars, hyper)")
     return lines
 
 
 def _call_constants(module: Module) -> list[str]:
-    lines = [f'{o.upper()}=options["{o}"]' for o in module.constexprs]
+    lines = [f'{o.upper()}=options["{module.key(o)}"]' for o in module.constexprs]
     lines.append("MAXIMIZE=maximize")
     if module.has_reductions:
         lines.append("NUM_REDUCTIONS=sum(len(p) for p in passes)")
@@ -155,7 +180,7 @@ def _call_constants(module: Module) -> list[str]:
 def _value_functions(module: Module) -> list[ValueFunction]:
     out = []
     if len({tuple(st.name for st in s.program.states) for s in module.settings}) > 1:
-        values = {s.options_key: tuple(st.name for st in s.program.states) for s in module.settings}
+        values = {s.options_key: tuple(module.key(st.name) for st in s.program.states) for s in module.settings}
         doc = "The state these options keep (the runtime checks the caller passed each)."
         out.append(ValueFunction("active_states", "tuple[str, ...]", doc, _returns(module, values)))
     if module.has_reductions:
@@ -163,7 +188,7 @@ def _value_functions(module: Module) -> list[ValueFunction]:
         doc = "The per-tensor reductions of each pass before the update (sum, min or max)."
         out.append(ValueFunction("reduction_passes", "tuple[tuple[str, ...], ...]", doc, _returns(module, values)))
     if module.has_global:
-        values = {s.options_key: tuple(g.name for g in s.global_sums) for s in module.settings}
+        values = {s.options_key: tuple(module.key(g.name) for g in s.global_sums) for s in module.settings}
         doc = "The reductions over all parameters, in the order of `global_values`."
         out.append(ValueFunction("global_sums", "tuple[str, ...]", doc, _returns(module, values)))
     return out
@@ -172,7 +197,7 @@ def _value_functions(module: Module) -> list[ValueFunction]:
 def _returns(module: Module, values: dict[tuple, object]) -> list[str]:
     """`if <options>: return v` for each value but the commonest, which ends the function."""
     names = module.option_names
-    guard = Guarded(names, [f'options["{o}"]' for o in names], set(values))
+    guard = Guarded(names, [f'options["{module.key(o)}"]' for o in names], set(values))
     by_value: dict[object, set] = {}
     for key, value in values.items():
         by_value.setdefault(value, set()).add(key)

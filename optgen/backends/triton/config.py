@@ -17,36 +17,3 @@ MAX_ALIGN = 16
 
 # Format generated text at this width (the committed files are read by people).
 LINE_LENGTH = 100
-
-# Identifiers the kernels and launcher define for themselves; a spec name equal to one of
-# these (or to `<array>_ptr` / `_offsets` / `_ptrs` / `_before`) cannot be compiled here.
-KERNEL_LOCALS = frozenset(
-    {
-        "pid",
-        "tensor",
-        "block",
-        "offsets",
-        "numel",
-        "ndim",
-        "mask",
-        "step_row",
-        "tensor_reductions",
-        "block_tensors",
-        "block_indices",
-        "numels",
-        "ndims",
-        "step_scalars",
-        "reductions",
-        "global_values",
-        "tl",
-        "triton",
-        "np",
-        "group",
-        "hyper",
-        "options",
-        "args",
-        "constants",
-        "passes",
-        "kernel",
-    }
-)

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ...errors import CompileError
-from ...expr import GRAD, NDIM, NUMEL, PARAM
+from ...expr import GRAD, NDIM, PARAM
 from ...ir import Program, Value
 from ...lower import lower
 from ...spec import Spec
-from .config import KERNEL_LOCALS
+from ..torch.names import identifiers
 from .host import HostScope, HostTable
 from .merge import Guarded, merge
 from .printer import TritonPrinter
@@ -234,6 +234,12 @@ class Module:
     has_reductions: bool = False
     has_global: bool = False
     uses_sign: bool = False
+    public: dict[str, str] = field(default_factory=dict)  # identifier -> the key callers use, where they differ
+
+    def key(self, name: str) -> str:
+        """The name the runtime and the torch class pass `name` by (hyper, states, options
+        and global_values keys): the spec's, whatever identifier the module gives it."""
+        return self.public.get(name, name)
 
     @property
     def scalar_args(self) -> list[str]:
@@ -241,7 +247,9 @@ class Module:
         return [h for h in self.host.hypers if h in self.host.kernel_hypers] + self.host.scalars
 
 
-def build(spec: Spec) -> Module:
+def build(spec: Spec, reserved: frozenset[str] = frozenset(), public: dict[str, str] | None = None) -> Module:
+    """The module for `spec`, whose names are already free of `reserved` (the identifiers
+    the module uses itself, see names.py); `public` maps renamed names back to their keys."""
     if spec.gradient_at is not None:
         raise CompileError(
             spec.loc,
@@ -249,8 +257,9 @@ def build(spec: Spec) -> Module:
         )
     combos = spec.option_combinations()
     programs = [lower(spec, combo) for combo in combos]
-    taken = {v.name for p in programs for v in p.values if v.scope != "host"} | set(KERNEL_LOCALS)
+    taken = {v.name for p in programs for v in p.values if v.scope != "host"} | set(reserved)
     taken |= {n for p in programs for n in p.input_scopes}
+    taken |= {d for n in identifiers(spec) for d in derived(n)}  # host scalars keep off `m_ptr`
     host = HostTable(spec, taken)
     settings = []
     for combo, program in zip(combos, programs):
@@ -268,8 +277,9 @@ def build(spec: Spec) -> Module:
         uses_ndim=any(_reads_input(p, NDIM) for p in programs),
         host=host,
         settings=settings,
+        public=dict(public or {}),
     )
-    _check_names(module, programs)
+    _check_names(spec, reserved)
     module.kernels = _kernels(module)
     text = "\n".join(line for k in module.kernels for line in k.body)
     module.uses_sign = "_sign(" in text
@@ -284,22 +294,22 @@ def _reads_input(program: Program, name: str) -> bool:
     return any(name in {s.name for s in v.expr.free_symbols} for v in program.values)
 
 
-def _check_names(module: Module, programs: list[Program]) -> None:
-    ours = set(KERNEL_LOCALS) | {
-        f"{a}_{suffix}" for a in module.arrays + module.tensor_states for suffix in ("ptr", "ptrs", "offsets", "before")
-    }
-    theirs = (set(module.spec.symbols) | {v.name for p in programs for v in p.values}) - {NUMEL, NDIM}
-    flags = {"MAXIMIZE", "NUM_REDUCTIONS", "ALIGN", "BLOCK_SIZE"}
-    clash = sorted(ours & theirs) + sorted(o for o in module.option_names if _flag(o) in flags)
-    if clash:
-        raise CompileError(
-            module.spec.locations.get(clash[0], module.spec.loc),
-            f"the Triton kernels use the name(s) {', '.join(clash)} for themselves; rename them in the spec",
-        )
+def _check_names(spec: Spec, reserved: frozenset[str]) -> None:
+    """An internal invariant: the caller renamed every spec name, and every name the module
+    makes from one, away from the module's own identifiers."""
+    ours = {d for n in identifiers(spec) for d in {n} | derived(n)}
+    clash = ours & set(reserved)
+    assert not clash, f"spec names the Triton module uses itself: {sorted(clash)}"
 
 
 def _flag(option: str) -> str:
     return option.upper()
+
+
+def derived(name: str) -> set[str]:
+    """The identifiers the module makes from a spec name: an array's pointer, offsets and
+    addresses, a per-tensor state's values before the step, an option's constexpr flag."""
+    return {f"{name}_{suffix}" for suffix in ("ptr", "ptrs", "offsets", "before")} | {_flag(name)}
 
 
 def _kernels(module: Module) -> list[Kernel]:
