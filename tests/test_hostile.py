@@ -464,7 +464,13 @@ def test_an_installed_optgen_needs_out(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     before = snapshot(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(site), "XDG_CACHE_HOME": str(tmp_path / ".cache")}
+    # Python's own bytecode cache is not optgen writing: keep it out of the snapshot
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(site),
+        "XDG_CACHE_HOME": str(tmp_path / ".cache"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     run = subprocess.run(
         [sys.executable, "-m", "optgen.cli", "build", "adam"],
         cwd=work,

@@ -153,10 +153,13 @@ CASES = [
     # torch.optim counts steps per tensor: a parameter without a gradient is skipped entirely.
     Case("adam-amsgrad-skipped_grads", "adam", to.Adam, _adam_groups(), {"amsgrad": True}, skip_every=3),
     # options are per param group in torch.optim: each group gets its own specialised program.
-    Case("adam-amsgrad_in_group_0_only", "adam", to.Adam,
-         ({**_adam_groups()[0], "amsgrad": True}, _adam_groups()[1])),
-    Case("rmsprop-centered_in_group_1_only", "rmsprop", to.RMSprop,
-         (RMSPROP_GROUPS[0], {**RMSPROP_GROUPS[1], "centered": True})),
+    Case("adam-amsgrad_in_group_0_only", "adam", to.Adam, ({**_adam_groups()[0], "amsgrad": True}, _adam_groups()[1])),
+    Case(
+        "rmsprop-centered_in_group_1_only",
+        "rmsprop",
+        to.RMSprop,
+        (RMSPROP_GROUPS[0], {**RMSPROP_GROUPS[1], "centered": True}),
+    ),
     Case("adam-decoupled_weight_decay", "adam", to.Adam, _adam_groups(), {"decoupled_weight_decay": True}),
     Case("adamw", "adamw", to.AdamW, _adam_groups()),
     Case("adamw-amsgrad", "adamw", to.AdamW, _adam_groups(), {"amsgrad": True}),
@@ -176,17 +179,36 @@ CASES = [
     # pytorch_optimizer
     Case("adan-proximal", "adan", po.Adan, ADAN_GROUPS, state_map=ADAN_STATE),
     Case("adan-weight_decouple", "adan", po.Adan, ADAN_GROUPS, {"weight_decouple": True}, state_map=ADAN_STATE),
-    Case("adan-proximal-max_grad_norm", "adan", po.Adan, ADAN_CLIP_GROUPS, {"max_grad_norm": 2.0, "eps": 1e-6},
-         state_map=ADAN_STATE, float64_global_norm=True),
-    Case("adan-weight_decouple-max_grad_norm", "adan", po.Adan, ADAN_CLIP_GROUPS,
-         {"weight_decouple": True, "max_grad_norm": 2.0, "eps": 1e-6}, state_map=ADAN_STATE, float64_global_norm=True),
+    Case(
+        "adan-proximal-max_grad_norm",
+        "adan",
+        po.Adan,
+        ADAN_CLIP_GROUPS,
+        {"max_grad_norm": 2.0, "eps": 1e-6},
+        state_map=ADAN_STATE,
+        float64_global_norm=True,
+    ),
+    Case(
+        "adan-weight_decouple-max_grad_norm",
+        "adan",
+        po.Adan,
+        ADAN_CLIP_GROUPS,
+        {"weight_decouple": True, "max_grad_norm": 2.0, "eps": 1e-6},
+        state_map=ADAN_STATE,
+        float64_global_norm=True,
+    ),
     Case("adabelief", "adabelief", po.AdaBelief, ADABELIEF_GROUPS),
     Case("adabelief-l2", "adabelief", po.AdaBelief, ADABELIEF_GROUPS, {"weight_decouple": False}),
     Case("adabelief-fixed_decay", "adabelief", po.AdaBelief, ADABELIEF_GROUPS, {"fixed_decay": True}),
     Case("adabelief-ams_bound", "adabelief", po.AdaBelief, ADABELIEF_GROUPS, {"ams_bound": True}),
     Case("adabelief-rectify", "adabelief", po.AdaBelief, ADABELIEF_GROUPS, {"rectify": True, "n_sma_threshold": 5}),
-    Case("adabelief-rectify-no_sgd-ams_bound", "adabelief", po.AdaBelief, ADABELIEF_GROUPS,
-         {"rectify": True, "degenerated_to_sgd": False, "ams_bound": True, "n_sma_threshold": 6}),
+    Case(
+        "adabelief-rectify-no_sgd-ams_bound",
+        "adabelief",
+        po.AdaBelief,
+        ADABELIEF_GROUPS,
+        {"rectify": True, "degenerated_to_sgd": False, "ams_bound": True, "n_sma_threshold": 6},
+    ),
     Case("padam", "padam", po.PAdam, PADAM_GROUPS),
     Case("padam-weight_decouple", "padam", po.PAdam, PADAM_GROUPS, {"weight_decouple": True}),
     Case("padam-fixed_decay", "padam", po.PAdam, PADAM_GROUPS, {"weight_decouple": True, "fixed_decay": True}),
@@ -197,10 +219,22 @@ CASES = [
     Case("lamb-l2", "lamb", po.Lamb, LAMB_GROUPS, {"weight_decouple": False}),
     Case("lamb-fixed_decay", "lamb", po.Lamb, LAMB_GROUPS, {"fixed_decay": True}),
     Case("lamb-adam-no_grad_averaging", "lamb", po.Lamb, LAMB_GROUPS, {"adam": True, "grad_averaging": False}),
-    Case("lamb-pre_norm", "lamb", po.Lamb, LAMB_GROUPS, {"pre_norm": True, "max_grad_norm": 1.0, "eps": 1e-6},
-         float64_global_norm=True),
-    Case("lamb-pre_norm-max_grad_norm_0", "lamb", po.Lamb, LAMB_GROUPS,
-         {"pre_norm": True, "max_grad_norm": 0.0, "eps": 1e-6}, float64_global_norm=True),
+    Case(
+        "lamb-pre_norm",
+        "lamb",
+        po.Lamb,
+        LAMB_GROUPS,
+        {"pre_norm": True, "max_grad_norm": 1.0, "eps": 1e-6},
+        float64_global_norm=True,
+    ),
+    Case(
+        "lamb-pre_norm-max_grad_norm_0",
+        "lamb",
+        po.Lamb,
+        LAMB_GROUPS,
+        {"pre_norm": True, "max_grad_norm": 0.0, "eps": 1e-6},
+        float64_global_norm=True,
+    ),
     # pytorch_optimizer counts steps per param group (group["step"], spec `step: per_group`):
     # a parameter without a gradient still advances its group's bias corrections.
     Case("lamb-skipped_grads", "lamb", po.Lamb, LAMB_GROUPS, skip_every=2),
@@ -212,8 +246,7 @@ CASES = [
     # no public implementation: the independent oracle
     Case("setadam", "setadam", SETAdam, _adam_groups()),
     Case("setadam-decoupled_weight_decay", "setadam", SETAdam, _adam_groups(), {"decoupled_weight_decay": True}),
-    Case("setadam-tau", "setadam", SETAdam,
-         tuple({**g, "tau": tau} for g, tau in zip(_adam_groups(), (0.25, 0.9)))),
+    Case("setadam-tau", "setadam", SETAdam, tuple({**g, "tau": tau} for g, tau in zip(_adam_groups(), (0.25, 0.9)))),
 ]
 
 
@@ -285,8 +318,10 @@ def float64_torch():
 
 
 def _init_params(rng) -> list[list[np.ndarray]]:
-    return [[scale * rng.standard_normal(shape) for shape, scale in zip(shapes, scales)]
-            for shapes, scales in zip(SHAPES, INIT_SCALE)]
+    return [
+        [scale * rng.standard_normal(shape) for shape, scale in zip(shapes, scales)]
+        for shapes, scales in zip(SHAPES, INIT_SCALE)
+    ]
 
 
 def _state_pairs(case: Case, ref_state: dict, other_state: dict):

@@ -208,7 +208,13 @@ def test_cli_exit_codes(tmp_path: Path):
 
 
 def test_global_norm_of_a_state_is_refused_where_it_stands():
-    text = BASE.replace("param = param - lr * beta2 * step_dir", "param = param - lr * beta2 * step_dir / global_norm(buf)")
+    text = BASE.replace(
+        "param = param - lr * beta2 * step_dir", "param = param - lr * beta2 * step_dir / global_norm(buf)"
+    )
     report = optgen.check(loads(text, "t.yaml"))
-    found = [f for f in report.findings if "global_norm(...) may use only param, grad and hyperparameters, not `buf`" in f.message]
+    found = [
+        f
+        for f in report.findings
+        if "global_norm(...) may use only param, grad and hyperparameters, not `buf`" in f.message
+    ]
     assert found and found[0].loc.line == 17, [str(f) for f in report.findings]

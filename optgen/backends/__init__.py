@@ -62,6 +62,7 @@ def format_python(text: str, line_length: int) -> str:
         input=text,
         capture_output=True,
         text=True,
+        check=False,  # its error is reported below, with ruff's message
     )
     if result.returncode != 0:
         raise SetupError(f"ruff could not format generated code: {result.stderr.strip()}")

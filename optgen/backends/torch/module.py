@@ -247,7 +247,12 @@ def _docstring(spec: Spec) -> str:
             "update each group's tensors with torch._foreach_* kernels; None picks them on CUDA (default: None).",
         )
     )
-    parts.append(_arg("fused (bool, optional)", "update with optgen's fused kernels: C++ on CPU tensors, Triton on GPUs (default: None)."))
+    parts.append(
+        _arg(
+            "fused (bool, optional)",
+            "update with optgen's fused kernels: C++ on CPU tensors, Triton on GPUs (default: None).",
+        )
+    )
     parts.append(
         _arg(
             "state_dtype (torch.dtype, optional)",

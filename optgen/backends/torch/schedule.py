@@ -733,11 +733,7 @@ class Scheduler:
         """A factor that only this product needs (sqrt(acc_delta + eps)): computed straight
         into the product's buffer, which the other factors then multiply in place, rather
         than into a temporary of its own (one tensor list less at the peak)."""
-        return (
-            not factor.is_Symbol
-            and factor not in self.st.memo
-            and self.p.kind(factor) == self.p.kind(expr)
-        )
+        return not factor.is_Symbol and factor not in self.st.memo and self.p.kind(factor) == self.p.kind(expr)
 
     def _fresh_minmax(self, name: str, expr) -> None:
         fn = "maximum" if isinstance(expr, sympy.Max) else "minimum"
