@@ -399,9 +399,7 @@ def test_compiled_user_spec_trains_a_model(tmp_path, monkeypatch, foreach):
     cls = optgen.compile(path)
     assert cls.__name__ == "AdamEpsInside" and issubclass(cls, torch.optim.Optimizer)
     source = Path(inspect.getsourcefile(cls))
-    assert source.parent == tmp_path / "cache" / "optgen" and "class AdamEpsInside" in inspect.getsource(
-        cls
-    )
+    assert source.parent == tmp_path / "cache" / "optgen" and "class AdamEpsInside" in inspect.getsource(cls)
 
     torch.manual_seed(0)
     x = torch.randn(256, 8)
