@@ -104,6 +104,23 @@ class Program:
                 out.add(n)
         return out
 
+    def pass_closure(self, targets: list[str]) -> set[str]:
+        """The names a kernel pass computing `targets` needs: their dependencies, stopping at
+        host values and at reductions that are not targets (an earlier pass computed them)."""
+        by_name = self.by_name
+        need: set[str] = set()
+        stack = list(targets)
+        while stack:
+            name = stack.pop()
+            if name in need:
+                continue
+            need.add(name)
+            v = by_name.get(name)
+            if v is None or v.scope == "host" or (v.is_reduction and name not in targets):
+                continue
+            stack.extend(s.name for s in v.expr.free_symbols)
+        return need
+
     @property
     def writes(self) -> dict[str, str]:
         """The outputs that change: param and each state the update assigns. A snapshot

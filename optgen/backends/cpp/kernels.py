@@ -154,14 +154,13 @@ class PassBuilder:
     def __init__(self, kernel: Kernel, host: HostScope):
         self.kernel = kernel
         self.program = kernel.program
-        self.by_name = kernel.program.by_name
         self.host = host
         self.lifted = {
             v.name: host.lift(v.expr) for v in self.program.values if v.scope != "host" and not v.is_reduction
         }
 
     def build(self, role: str, targets: list[str], stores: bool) -> Pass:
-        need = self._needed(targets)
+        need = self.kernel.program.pass_closure(targets)
         values = [v for v in self.program.values if v.name in need and v.scope != "host"]
         loaded = [v for v in values if v.is_reduction and v.name not in targets]
         computed = [v for v in values if v not in loaded]
@@ -209,20 +208,6 @@ class PassBuilder:
 
     def _ts(self, state: str) -> int:
         return self.kernel.tensor_states.index(state)
-
-    def _needed(self, targets: list[str]) -> set[str]:
-        need: set[str] = set()
-        stack = list(targets)
-        while stack:
-            name = stack.pop()
-            if name in need:
-                continue
-            need.add(name)
-            v = self.by_name.get(name)
-            if v is None or v.scope == "host" or (v.is_reduction and name not in targets):
-                continue
-            stack.extend(s.name for s in v.expr.free_symbols)
-        return need
 
     def _reads(self, v: Value) -> set[str]:
         expr = v.expr if v.is_reduction else self.lifted[v.name]

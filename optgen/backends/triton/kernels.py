@@ -85,8 +85,8 @@ class PassBuilder:
             v.name: setting.host.lift(v.expr) for v in self.program.values if v.scope != "host" and not v.is_reduction
         }
 
-    def build(self, targets: list[str], phase: int, stores: bool) -> list[Statement]:
-        need = self._needed(targets, phase)
+    def build(self, targets: list[str], stores: bool) -> list[Statement]:
+        need = self.program.pass_closure(targets)
         values = [v for v in self.program.values if v.name in need and v.scope != "host"]
         loaded = [v for v in values if v.is_reduction and v.name not in targets]
         computed = [v for v in values if v not in loaded]
@@ -97,20 +97,6 @@ class PassBuilder:
         body += [self._reduce(v) if v.is_reduction else self._compute(v) for v in computed]
         body += [self._store(state, value) for state, value in outputs.items()]
         return body
-
-    def _needed(self, targets: list[str], phase: int) -> set[str]:
-        need: set[str] = set()
-        stack = list(targets)
-        while stack:
-            name = stack.pop()
-            if name in need:
-                continue
-            need.add(name)
-            v = self.by_name.get(name)
-            if v is None or v.scope == "host" or (v.is_reduction and name not in targets):
-                continue
-            stack.extend(s.name for s in v.expr.free_symbols)
-        return need
 
     def _reads(self, v: Value) -> set[str]:
         expr = v.expr if v.is_reduction else self.lifted[v.name]
@@ -342,12 +328,12 @@ def _render(statements: list[Statement]) -> list[str]:
 def _passes(setting: Setting, builder: PassBuilder):
     program = setting.program
     if setting.global_sums:
-        yield "global_sums", builder.build([g.name for g in setting.global_sums], 0, stores=False)
+        yield "global_sums", builder.build([g.name for g in setting.global_sums], stores=False)
     last = program.num_phases - 1
     for k in range(last):
         targets = [r.name for r in setting.reductions if r.phase == k]
-        yield f"reduce_{k + 1}", builder.build(targets, k, stores=False)
-    yield "update", builder.build(list(program.writes.values()), last, stores=True)
+        yield f"reduce_{k + 1}", builder.build(targets, stores=False)
+    yield "update", builder.build(list(program.writes.values()), stores=True)
 
 
 def _role_order(role: str):
