@@ -58,6 +58,13 @@ class Adagrad(Optimizer):
             halves its memory; the fused kernels compute in float32 and round on store); None
             keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
             (default: None).
+        process_group (ProcessGroup, optional): the ranks among which the parameters are
+            partitioned, each rank optimizing its own part (ZeRO-1: pass
+            functools.partial(Optimizer, process_group=group) as ZeroRedundancyOptimizer's
+            optimizer_class): cross-parameter reductions (a global gradient norm) are all-
+            reduced over it. Not kept in param groups or the state dict. FSDP2's DTensor
+            parameters need none: their reductions are combined over their shard groups
+            (default: None).
 
     Paper: Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and
     Stochastic Optimization", JMLR 2011.
@@ -78,6 +85,7 @@ class Adagrad(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         state_dtype: torch.dtype | None = None,
+        process_group=None,
     ) -> None:
         # The keywords are the spec's names, whatever they are (even `super`): this body reads
         # nothing else a keyword could shadow. add_param_group checks each group.
@@ -92,6 +100,8 @@ class Adagrad(Optimizer):
             "fused": fused,
             "state_dtype": state_dtype,
         }
+        # not a param group key: a process group cannot be pickled into a state dict
+        self._process_group = process_group
         Optimizer.__init__(self, params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -133,6 +143,7 @@ class Adagrad(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_process_group", None)  # a pickle holds no process group
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -230,6 +241,11 @@ def adagrad(
         lr, lr_decay, weight_decay, initial_accumulator_value, eps = (
             x.item() if torch.is_tensor(x) else x
             for x in (lr, lr_decay, weight_decay, initial_accumulator_value, eps)
+        )
+    if not fused and any(_is_dtensor(param) for param in params):
+        # FSDP2's DTensor parameters: the update is elementwise, each rank updates its shards
+        params, grads, accumulators = (
+            _local_shards(tensors, params) for tensors in (params, grads, accumulators)
         )
     if fused:
         func = _fused_adagrad
@@ -374,7 +390,8 @@ def _cpu_chunks(params: list[Tensor]) -> list[int]:
     """A chunk number per tensor: on CPU, runs of consecutive tensors of about
     _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
     the whole list streams every tensor through memory once per op; chunk by chunk, the
-    tensors stay in cache from one op to the next."""
+    tensors stay in cache from one op to the next.
+    """
     chunks, chunk, size = [], 0, 0
     for param in params:
         nbytes = param.numel() * param.element_size()
@@ -431,3 +448,25 @@ def _batches(keys: list, *tensor_lists: list[Tensor]):
         indices.setdefault(key, []).append(i)
     for batch in indices.values():
         yield [[tensors[i] for i in batch] if tensors else tensors for tensors in tensor_lists]
+
+
+def _is_dtensor(tensor: Tensor) -> bool:
+    if type(tensor) in (Tensor, torch.nn.Parameter) or not torch.distributed.is_available():
+        return False  # the common case decided without importing torch.distributed.tensor
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def _local_shards(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
+    """Each DTensor as this rank's shard of it, laid out as its parameter (a gradient placed
+    otherwise is redistributed first); a plain tensor as it is. A shard is a view: updating
+    it in place updates the DTensor."""
+    out = []
+    for tensor, param in zip(tensors, params):
+        if _is_dtensor(tensor):
+            if tensor.placements != param.placements:
+                tensor = tensor.redistribute(param.device_mesh, param.placements)
+            tensor = tensor.to_local()
+        out.append(tensor)
+    return out

@@ -94,6 +94,13 @@ class Lamb(Optimizer):
             halves its memory; the fused kernels compute in float32 and round on store); None
             keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
             (default: None).
+        process_group (ProcessGroup, optional): the ranks among which the parameters are
+            partitioned, each rank optimizing its own part (ZeRO-1: pass
+            functools.partial(Optimizer, process_group=group) as ZeroRedundancyOptimizer's
+            optimizer_class): cross-parameter reductions (a global gradient norm) are all-
+            reduced over it. Not kept in param groups or the state dict. FSDP2's DTensor
+            parameters need none: their reductions are combined over their shard groups
+            (default: None).
 
     pytorch_optimizer's form: no bias correction on v, the weight norm clamped at 10, trust
     ratio 1 when either norm is 0, and the step divided by 1 - beta1^t. adam=True drops the
@@ -126,6 +133,7 @@ class Lamb(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         state_dtype: torch.dtype | None = None,
+        process_group=None,
     ) -> None:
         # The keywords are the spec's names, whatever they are (even `super`): this body reads
         # nothing else a keyword could shadow. add_param_group checks each group.
@@ -145,6 +153,8 @@ class Lamb(Optimizer):
             "fused": fused,
             "state_dtype": state_dtype,
         }
+        # not a param group key: a process group cannot be pickled into a state dict
+        self._process_group = process_group
         Optimizer.__init__(self, params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -187,6 +197,7 @@ class Lamb(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_process_group", None)  # a pickle holds no process group
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -236,8 +247,9 @@ class Lamb(Optimizer):
         return group["step"]
 
     def _global_sum_clip_coef_arg(self) -> Tensor | None:
-        """The sum of grad**2 over every parameter with a gradient, in every param group:
-        computed before any group is updated. None when no group uses it."""
+        """The sum of grad**2 over every parameter with a gradient, in every param group and on
+        every rank that holds a part of them (see _sum_over_ranks): computed before any group
+        is updated. None when no group uses it, or no rank holds a parameter with a gradient."""
         if not any(
             group["max_grad_norm"] != 0 and group["pre_norm"] for group in self.param_groups
         ):
@@ -246,13 +258,13 @@ class Lamb(Optimizer):
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                partial_sums.append(
-                    _partial_global_sum_clip_coef_arg(params, [p.grad for p in params])
+                partial_sums += _partial_sums(
+                    _partial_global_sum_clip_coef_arg,
+                    params,
+                    [p.grad for p in params],
+                    self._process_group,
                 )
-        if not partial_sums:
-            return None
-        device = partial_sums[0].device
-        return torch.stack([partial.to(device) for partial in partial_sums]).sum()
+        return _sum_over_ranks(partial_sums, self._process_group)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -295,6 +307,7 @@ class Lamb(Optimizer):
                 pre_norm=group["pre_norm"],
                 maximize=group["maximize"],
                 global_sum_clip_coef_arg=global_sum_clip_coef_arg,
+                process_group=self._process_group,
                 foreach=group["foreach"],
                 fused=group["fused"],
             )
@@ -321,6 +334,7 @@ def lamb(
     pre_norm: bool,
     maximize: bool,
     global_sum_clip_coef_arg: Tensor | None = None,
+    process_group=None,
     foreach: bool | None = None,
     fused: bool | None = None,
 ) -> None:
@@ -328,6 +342,9 @@ def lamb(
     with them (an option's state list is empty when the option is off).
 
     foreach=None picks the foreach implementation on CUDA, as torch.optim does.
+    process_group: the ranks that each hold a part of the parameters (ZeRO-1), over which
+    a global reduction is all-reduced; None: this call's parameters are all (DTensor
+    parameters are all-reduced over their own shard groups whatever it is).
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
@@ -338,8 +355,20 @@ def lamb(
             x.item() if torch.is_tensor(x) else x
             for x in (lr, beta1, beta2, weight_decay, max_grad_norm, eps)
         )
-    if global_sum_clip_coef_arg is None and params and max_grad_norm != 0 and pre_norm:
-        global_sum_clip_coef_arg = _partial_global_sum_clip_coef_arg(params, grads)
+    if global_sum_clip_coef_arg is None and max_grad_norm != 0 and pre_norm:
+        global_sum_clip_coef_arg = _sum_over_ranks(
+            _partial_sums(_partial_global_sum_clip_coef_arg, params, grads, process_group)
+            if params
+            else [],
+            process_group,
+        )
+    shard_groups = None if fused else _shard_groups(params)
+    if shard_groups is not None:
+        # FSDP2's DTensor parameters: the update runs on this rank's shards, and each
+        # per-tensor reduction combines the shards' partial results over the shard group
+        params, grads, exp_avgs, exp_avg_sqs = (
+            _local_shards(tensors, params) for tensors in (params, grads, exp_avgs, exp_avg_sqs)
+        )
     if fused:
         func = _fused_lamb
     elif foreach:
@@ -365,6 +394,7 @@ def lamb(
         pre_norm=pre_norm,
         maximize=maximize,
         global_sum_clip_coef_arg=global_sum_clip_coef_arg,
+        shard_groups=shard_groups,
     )
 
 
@@ -388,6 +418,7 @@ def _single_tensor_lamb(
     pre_norm: bool,
     maximize: bool,
     global_sum_clip_coef_arg: Tensor | None = None,
+    shard_groups: list | None = None,
 ) -> None:
     """The for-loop implementation: one tensor at a time."""
     if adam and not params:
@@ -437,8 +468,10 @@ def _single_tensor_lamb(
             if not weight_decouple and weight_decay != 0:
                 update.add_(param, alpha=weight_decay)
             param_norm = torch.linalg.vector_norm(param)
-            weight_norm = torch.clamp(param_norm, max=10)
             adam_norm = torch.linalg.vector_norm(update)
+            if shard_groups is not None:
+                _all_reduce_partials([shard_groups[i]], norms=[[param_norm], [adam_norm]])
+            weight_norm = torch.clamp(param_norm, max=10)
             trust_ratio = torch.where(
                 (adam_norm == 0) | (weight_norm == 0), 1.0, weight_norm / (adam_norm + eps)
             )
@@ -466,6 +499,7 @@ def _multi_tensor_lamb(
     pre_norm: bool,
     maximize: bool,
     global_sum_clip_coef_arg: Tensor | None = None,
+    shard_groups: list | None = None,
 ) -> None:
     """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
@@ -477,9 +511,14 @@ def _multi_tensor_lamb(
                 params, grads, exp_avgs, exp_avg_sqs, state_steps
             )
     # one foreach call per device, dtype and CPU chunk
-    keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
+    keys = [
+        (param.device, param.dtype, chunk)
+        for param, chunk in zip(params, _cpu_chunks(params, shard_groups is not None))
+    ]
     if len(set(keys)) > 1:
-        for batch in _batches(keys, params, grads, exp_avgs, exp_avg_sqs, state_steps):
+        for *batch, batch_shard_groups in _batches(
+            keys, params, grads, exp_avgs, exp_avg_sqs, state_steps, shard_groups
+        ):
             _multi_tensor_lamb(
                 *batch,
                 lr=lr,
@@ -495,6 +534,7 @@ def _multi_tensor_lamb(
                 pre_norm=pre_norm,
                 maximize=maximize,
                 global_sum_clip_coef_arg=global_sum_clip_coef_arg,
+                shard_groups=batch_shard_groups,
             )
         return
     steps = [step_t.item() + 1 for step_t in state_steps]
@@ -544,8 +584,10 @@ def _multi_tensor_lamb(
         if not weight_decouple and weight_decay != 0:
             torch._foreach_add_(updates, params, alpha=weight_decay)
         param_norms = torch._foreach_norm(params)
-        weight_norms = torch._foreach_clamp_max(param_norms, 10)
         adam_norms = torch._foreach_norm(updates)
+        if shard_groups is not None:
+            _all_reduce_partials(shard_groups, norms=[param_norms, adam_norms])
+        weight_norms = torch._foreach_clamp_max(param_norms, 10)
         trust_ratios = [
             torch.where((adam_norm == 0) | (weight_norm == 0), 1.0, weight_norm / (adam_norm + eps))
             for adam_norm, weight_norm in zip(adam_norms, weight_norms)
@@ -578,6 +620,7 @@ def _fused_lamb(
     pre_norm: bool,
     maximize: bool,
     global_sum_clip_coef_arg: Tensor | None = None,
+    shard_groups: list | None = None,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
     its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
@@ -620,11 +663,16 @@ def _fused_lamb(
     )
 
 
-def _cpu_chunks(params: list[Tensor]) -> list[int]:
+def _cpu_chunks(params: list[Tensor], sharded: bool = False) -> list[int]:
     """A chunk number per tensor: on CPU, runs of consecutive tensors of about
     _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
     the whole list streams every tensor through memory once per op; chunk by chunk, the
-    tensors stay in cache from one op to the next."""
+    tensors stay in cache from one op to the next.
+    Local shards (`sharded`) are one chunk: their sizes differ between ranks, and every rank
+    must run the same batches (each batch all-reduces its reductions once).
+    """
+    if sharded:
+        return [0] * len(params)
     chunks, chunk, size = [], 0, 0
     for param in params:
         nbytes = param.numel() * param.element_size()
@@ -686,3 +734,115 @@ def _batches(keys: list, *tensor_lists: list[Tensor]):
 def _partial_global_sum_clip_coef_arg(params: list[Tensor], grads: list[Tensor]) -> Tensor:
     """The sum of grad**2 over `params`."""
     return torch.stack(torch._foreach_norm(grads)).square().sum()
+
+
+def _is_dtensor(tensor: Tensor) -> bool:
+    if type(tensor) in (Tensor, torch.nn.Parameter) or not torch.distributed.is_available():
+        return False  # the common case decided without importing torch.distributed.tensor
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def _local_shards(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
+    """Each DTensor as this rank's shard of it, laid out as its parameter (a gradient placed
+    otherwise is redistributed first); a plain tensor as it is. A shard is a view: updating
+    it in place updates the DTensor."""
+    out = []
+    for tensor, param in zip(tensors, params):
+        if _is_dtensor(tensor):
+            if tensor.placements != param.placements:
+                tensor = tensor.redistribute(param.device_mesh, param.placements)
+            tensor = tensor.to_local()
+        out.append(tensor)
+    return out
+
+
+def _shard_group(param: Tensor):
+    """The process group over which a DTensor parameter is sharded (the ranks holding its
+    shards); None for a tensor this rank holds whole (a plain or a replicated one)."""
+    if not _is_dtensor(param):
+        return None
+    if any(placement.is_partial() for placement in param.placements):
+        raise ValueError("a parameter with a Partial placement has no value to update")
+    dims = [dim for dim, placement in enumerate(param.placements) if placement.is_shard()]
+    if len(dims) > 1:
+        raise NotImplementedError("parameters sharded over more than one mesh dimension")
+    return param.device_mesh.get_group(dims[0]) if dims else None
+
+
+def _shard_groups(params: list[Tensor]) -> list | None:
+    """None when no parameter is a DTensor; else each parameter's _shard_group."""
+    if not any(_is_dtensor(param) for param in params):
+        return None
+    return [_shard_group(param) for param in params]
+
+
+def _all_reduce_partials(groups: list, *, sums=(), norms=(), mins=(), maxs=()) -> None:
+    """Make per-tensor reductions of local shards those of the whole tensors, in place: each
+    argument a list of columns, a column one 0-d partial result per tensor (aligned with
+    `groups`, each tensor's _shard_group; None: a whole tensor, already complete). One
+    all_reduce per process group and kind of reduction: sums and norms (as squares) add,
+    mins and maxs take the extreme. An empty shard's partial is its reduction's identity."""
+    for op, columns, first_norm in (
+        (torch.distributed.ReduceOp.SUM, [*sums, *norms], len(sums)),
+        (torch.distributed.ReduceOp.MIN, mins, len(mins)),
+        (torch.distributed.ReduceOp.MAX, maxs, len(maxs)),
+    ):
+        for group in dict.fromkeys(group for group in groups if group is not None):
+            rows = [i for i, g in enumerate(groups) if g is group]
+            partials = [
+                (c >= first_norm, column[i]) for c, column in enumerate(columns) for i in rows
+            ]
+            if not partials:
+                continue
+            combined = torch.stack([value.square() if norm else value for norm, value in partials])
+            torch.distributed.all_reduce(combined, op=op, group=group)
+            for (norm, value), total in zip(partials, combined):
+                value.copy_(total.sqrt() if norm else total)
+
+
+def _partial_sums(
+    partial_sum, params: list[Tensor], grads: list[Tensor], process_group, **hyper
+) -> list:
+    """(partial sum, process group) pairs: `partial_sum` over this rank's part of `params`,
+    one pair per group to all-reduce it over: a DTensor's shards over its shard group, plain
+    tensors over `process_group` (None: not at all)."""
+    parts: dict = {}
+    for param, grad in zip(params, grads):
+        group = _shard_group(param) if _is_dtensor(param) else process_group
+        parts.setdefault(group, ([], []))
+        parts[group][0].append(param)
+        parts[group][1].append(grad)
+    return [
+        (partial_sum(_local_shards(ps, ps), _local_shards(gs, ps), **hyper), group)
+        for group, (ps, gs) in parts.items()
+    ]
+
+
+def _sum_over_ranks(partial_sums: list, process_group) -> Tensor | None:
+    """The sum of the (partial sum, group) pairs, each group's total all-reduced over its
+    ranks in float64 (every rank agrees on the dtype, whichever tensors it holds). With a
+    process_group every rank joins its all-reduce, a rank holding no parameter with a
+    zero. None when there is nothing to sum."""
+    by_group: dict = {process_group: []} if process_group is not None else {}
+    for value, group in partial_sums:
+        by_group.setdefault(group, []).append(value)
+    if not any(by_group.values()) and process_group is None:
+        return None
+    totals = []
+    for group, values in by_group.items():
+        if not values:  # this rank holds none of the group's parameters
+            backend = str(torch.distributed.get_backend(group))
+            values = [torch.zeros((), device="cuda" if "nccl" in backend else "cpu")]
+        device = values[0].device
+        total = torch.stack([value.to(device) for value in values]).sum()
+        if group is not None:
+            total = total.to(torch.float64)
+            torch.distributed.all_reduce(total, group=group)
+        totals.append(total)
+    return (
+        totals[0]
+        if len(totals) == 1
+        else torch.stack([t.to(totals[0].device) for t in totals]).sum()
+    )

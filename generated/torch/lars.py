@@ -69,6 +69,13 @@ class LARS(Optimizer):
             halves its memory; the fused kernels compute in float32 and round on store); None
             keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
             (default: None).
+        process_group (ProcessGroup, optional): the ranks among which the parameters are
+            partitioned, each rank optimizing its own part (ZeRO-1: pass
+            functools.partial(Optimizer, process_group=group) as ZeroRedundancyOptimizer's
+            optimizer_class): cross-parameter reductions (a global gradient norm) are all-
+            reduced over it. Not kept in param groups or the state dict. FSDP2's DTensor
+            parameters need none: their reductions are combined over their shard groups
+            (default: None).
 
     pytorch_optimizer's rule: only tensors with ndim > 1 get weight decay and the trust
     ratio trust_coefficient * ||p|| / (||g|| + weight_decay * ||p||) (1 when either ||p|| or
@@ -94,6 +101,7 @@ class LARS(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         state_dtype: torch.dtype | None = None,
+        process_group=None,
     ) -> None:
         # The keywords are the spec's names, whatever they are (even `super`): this body reads
         # nothing else a keyword could shadow. add_param_group checks each group.
@@ -109,6 +117,8 @@ class LARS(Optimizer):
             "fused": fused,
             "state_dtype": state_dtype,
         }
+        # not a param group key: a process group cannot be pickled into a state dict
+        self._process_group = process_group
         Optimizer.__init__(self, params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -149,6 +159,7 @@ class LARS(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_process_group", None)  # a pickle holds no process group
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -259,6 +270,13 @@ def lars(
             x.item() if torch.is_tensor(x) else x
             for x in (lr, weight_decay, momentum, dampening, trust_coefficient)
         )
+    shard_groups = None if fused else _shard_groups(params)
+    if shard_groups is not None:
+        # FSDP2's DTensor parameters: the update runs on this rank's shards, and each
+        # per-tensor reduction combines the shards' partial results over the shard group
+        params, grads, momentum_buffers = (
+            _local_shards(tensors, params) for tensors in (params, grads, momentum_buffers)
+        )
     if fused:
         func = _fused_lars
     elif foreach:
@@ -277,6 +295,7 @@ def lars(
         trust_coefficient=trust_coefficient,
         nesterov=nesterov,
         maximize=maximize,
+        shard_groups=shard_groups,
     )
 
 
@@ -293,6 +312,7 @@ def _single_tensor_lars(
     trust_coefficient: float,
     nesterov: bool,
     maximize: bool,
+    shard_groups: list | None = None,
 ) -> None:
     """The for-loop implementation: one tensor at a time."""
     for i, param in enumerate(params):
@@ -302,6 +322,8 @@ def _single_tensor_lars(
         step_t += 1
         param_norm = torch.linalg.vector_norm(param)
         grad_norm = torch.linalg.vector_norm(grad)
+        if shard_groups is not None:
+            _all_reduce_partials([shard_groups[i]], norms=[[param_norm], [grad_norm]])
         denom = grad_norm + param_norm * weight_decay
         trust_ratio = torch.where(
             (denom > 0) & (param_norm > 0), param_norm * trust_coefficient / denom, 1.0
@@ -331,6 +353,7 @@ def _multi_tensor_lars(
     trust_coefficient: float,
     nesterov: bool,
     maximize: bool,
+    shard_groups: list | None = None,
 ) -> None:
     """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
@@ -338,10 +361,12 @@ def _multi_tensor_lars(
     # one foreach call per device, dtype, CPU chunk and side of each host-side branch
     keys = [
         (param.device, param.dtype, chunk, param.ndim > 1)
-        for param, chunk in zip(params, _cpu_chunks(params))
+        for param, chunk in zip(params, _cpu_chunks(params, shard_groups is not None))
     ]
     if len(set(keys)) > 1:
-        for batch in _batches(keys, params, grads, momentum_buffers, state_steps):
+        for *batch, batch_shard_groups in _batches(
+            keys, params, grads, momentum_buffers, state_steps, shard_groups
+        ):
             _multi_tensor_lars(
                 *batch,
                 lr=lr,
@@ -351,6 +376,7 @@ def _multi_tensor_lars(
                 trust_coefficient=trust_coefficient,
                 nesterov=nesterov,
                 maximize=maximize,
+                shard_groups=batch_shard_groups,
             )
         return
     torch._foreach_add_(state_steps, 1)
@@ -358,6 +384,8 @@ def _multi_tensor_lars(
         grads = torch._foreach_neg(grads)
     param_norms = torch._foreach_norm(params)
     grad_norms = torch._foreach_norm(grads)
+    if shard_groups is not None:
+        _all_reduce_partials(shard_groups, norms=[param_norms, grad_norms])
     denoms = torch._foreach_add(grad_norms, param_norms, alpha=weight_decay)
     trust_ratios = [
         torch.where((denom > 0) & (param_norm > 0), param_norm * trust_coefficient / denom, 1.0)
@@ -390,6 +418,7 @@ def _fused_lars(
     trust_coefficient: float,
     nesterov: bool,
     maximize: bool,
+    shard_groups: list | None = None,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
     its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
@@ -423,11 +452,16 @@ def _fused_lars(
     )
 
 
-def _cpu_chunks(params: list[Tensor]) -> list[int]:
+def _cpu_chunks(params: list[Tensor], sharded: bool = False) -> list[int]:
     """A chunk number per tensor: on CPU, runs of consecutive tensors of about
     _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
     the whole list streams every tensor through memory once per op; chunk by chunk, the
-    tensors stay in cache from one op to the next."""
+    tensors stay in cache from one op to the next.
+    Local shards (`sharded`) are one chunk: their sizes differ between ranks, and every rank
+    must run the same batches (each batch all-reduces its reductions once).
+    """
+    if sharded:
+        return [0] * len(params)
     chunks, chunk, size = [], 0, 0
     for param in params:
         nbytes = param.numel() * param.element_size()
@@ -446,3 +480,69 @@ def _batches(keys: list, *tensor_lists: list[Tensor]):
         indices.setdefault(key, []).append(i)
     for batch in indices.values():
         yield [[tensors[i] for i in batch] if tensors else tensors for tensors in tensor_lists]
+
+
+def _is_dtensor(tensor: Tensor) -> bool:
+    if type(tensor) in (Tensor, torch.nn.Parameter) or not torch.distributed.is_available():
+        return False  # the common case decided without importing torch.distributed.tensor
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def _local_shards(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
+    """Each DTensor as this rank's shard of it, laid out as its parameter (a gradient placed
+    otherwise is redistributed first); a plain tensor as it is. A shard is a view: updating
+    it in place updates the DTensor."""
+    out = []
+    for tensor, param in zip(tensors, params):
+        if _is_dtensor(tensor):
+            if tensor.placements != param.placements:
+                tensor = tensor.redistribute(param.device_mesh, param.placements)
+            tensor = tensor.to_local()
+        out.append(tensor)
+    return out
+
+
+def _shard_group(param: Tensor):
+    """The process group over which a DTensor parameter is sharded (the ranks holding its
+    shards); None for a tensor this rank holds whole (a plain or a replicated one)."""
+    if not _is_dtensor(param):
+        return None
+    if any(placement.is_partial() for placement in param.placements):
+        raise ValueError("a parameter with a Partial placement has no value to update")
+    dims = [dim for dim, placement in enumerate(param.placements) if placement.is_shard()]
+    if len(dims) > 1:
+        raise NotImplementedError("parameters sharded over more than one mesh dimension")
+    return param.device_mesh.get_group(dims[0]) if dims else None
+
+
+def _shard_groups(params: list[Tensor]) -> list | None:
+    """None when no parameter is a DTensor; else each parameter's _shard_group."""
+    if not any(_is_dtensor(param) for param in params):
+        return None
+    return [_shard_group(param) for param in params]
+
+
+def _all_reduce_partials(groups: list, *, sums=(), norms=(), mins=(), maxs=()) -> None:
+    """Make per-tensor reductions of local shards those of the whole tensors, in place: each
+    argument a list of columns, a column one 0-d partial result per tensor (aligned with
+    `groups`, each tensor's _shard_group; None: a whole tensor, already complete). One
+    all_reduce per process group and kind of reduction: sums and norms (as squares) add,
+    mins and maxs take the extreme. An empty shard's partial is its reduction's identity."""
+    for op, columns, first_norm in (
+        (torch.distributed.ReduceOp.SUM, [*sums, *norms], len(sums)),
+        (torch.distributed.ReduceOp.MIN, mins, len(mins)),
+        (torch.distributed.ReduceOp.MAX, maxs, len(maxs)),
+    ):
+        for group in dict.fromkeys(group for group in groups if group is not None):
+            rows = [i for i, g in enumerate(groups) if g is group]
+            partials = [
+                (c >= first_norm, column[i]) for c, column in enumerate(columns) for i in rows
+            ]
+            if not partials:
+                continue
+            combined = torch.stack([value.square() if norm else value for norm, value in partials])
+            torch.distributed.all_reduce(combined, op=op, group=group)
+            for (norm, value), total in zip(partials, combined):
+                value.copy_(total.sqrt() if norm else total)

@@ -74,6 +74,13 @@ class SETAdam(Optimizer):
             halves its memory; the fused kernels compute in float32 and round on store); None
             keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
             (default: None).
+        process_group (ProcessGroup, optional): the ranks among which the parameters are
+            partitioned, each rank optimizing its own part (ZeRO-1: pass
+            functools.partial(Optimizer, process_group=group) as ZeroRedundancyOptimizer's
+            optimizer_class): cross-parameter reductions (a global gradient norm) are all-
+            reduced over it. Not kept in param groups or the state dict. FSDP2's DTensor
+            parameters need none: their reductions are combined over their shard groups
+            (default: None).
 
     Provenance: there is no public implementation. The formulas are taken from a secondary
     summary of the paper (each parameter tensor is one layer; tau = 0.5), and the parity
@@ -111,6 +118,7 @@ class SETAdam(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         state_dtype: torch.dtype | None = None,
+        process_group=None,
     ) -> None:
         # The keywords are the spec's names, whatever they are (even `super`): this body reads
         # nothing else a keyword could shadow. add_param_group checks each group.
@@ -126,6 +134,8 @@ class SETAdam(Optimizer):
             "fused": fused,
             "state_dtype": state_dtype,
         }
+        # not a param group key: a process group cannot be pickled into a state dict
+        self._process_group = process_group
         Optimizer.__init__(self, params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -166,6 +176,7 @@ class SETAdam(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_process_group", None)  # a pickle holds no process group
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -274,6 +285,15 @@ def setadam(
             x.item() if torch.is_tensor(x) else x
             for x in (lr, beta1, beta2, eps, weight_decay, tau)
         )
+    # before taking local shards: a DTensor's numel is the whole tensor's
+    numels = [param.numel() for param in params]
+    shard_groups = None if fused else _shard_groups(params)
+    if shard_groups is not None:
+        # FSDP2's DTensor parameters: the update runs on this rank's shards, and each
+        # per-tensor reduction combines the shards' partial results over the shard group
+        params, grads, exp_avgs, exp_avg_sqs = (
+            _local_shards(tensors, params) for tensors in (params, grads, exp_avgs, exp_avg_sqs)
+        )
     if fused:
         func = _fused_setadam
     elif foreach:
@@ -294,6 +314,8 @@ def setadam(
         tau=tau,
         decoupled_weight_decay=decoupled_weight_decay,
         maximize=maximize,
+        numels=numels,
+        shard_groups=shard_groups,
     )
 
 
@@ -312,6 +334,8 @@ def _single_tensor_setadam(
     tau: float,
     decoupled_weight_decay: bool,
     maximize: bool,
+    numels: list[int],
+    shard_groups: list | None = None,
 ) -> None:
     """The for-loop implementation: one tensor at a time."""
     for i, param in enumerate(params):
@@ -320,6 +344,7 @@ def _single_tensor_setadam(
         exp_avg_sq = exp_avg_sqs[i]
         step_t = state_steps[i]
         step_t += 1
+        numel = numels[i]
         step = step_t.item()
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
@@ -333,10 +358,17 @@ def _single_tensor_setadam(
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         exp_avg_sq_norm = torch.linalg.vector_norm(exp_avg_sq)
         sum_exp_avg_sq = exp_avg_sq.sum()
+        min_exp_avg_sq = _amin(exp_avg_sq)
+        if shard_groups is not None:
+            _all_reduce_partials(
+                [shard_groups[i]],
+                norms=[[exp_avg_sq_norm]],
+                sums=[[sum_exp_avg_sq]],
+                mins=[[min_exp_avg_sq]],
+            )
         cos_sq = torch.where(
-            exp_avg_sq_norm**2 > 0, sum_exp_avg_sq**2 / (exp_avg_sq_norm**2 * param.numel()), 1.0
+            exp_avg_sq_norm**2 > 0, sum_exp_avg_sq**2 / (exp_avg_sq_norm**2 * numel), 1.0
         )
-        min_exp_avg_sq = exp_avg_sq.amin()
         min_denom = torch.sqrt(eps + cos_sq * min_exp_avg_sq / bias_correction2)
         neg_min_denom_tau = -min_denom * tau
         translated_denom = (
@@ -360,14 +392,21 @@ def _multi_tensor_setadam(
     tau: float,
     decoupled_weight_decay: bool,
     maximize: bool,
+    numels: list[int],
+    shard_groups: list | None = None,
 ) -> None:
     """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
         return
     # one foreach call per device, dtype and CPU chunk
-    keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
+    keys = [
+        (param.device, param.dtype, chunk)
+        for param, chunk in zip(params, _cpu_chunks(params, shard_groups is not None))
+    ]
     if len(set(keys)) > 1:
-        for batch in _batches(keys, params, grads, exp_avgs, exp_avg_sqs, state_steps):
+        for *batch, batch_numels, batch_shard_groups in _batches(
+            keys, params, grads, exp_avgs, exp_avg_sqs, state_steps, numels, shard_groups
+        ):
             _multi_tensor_setadam(
                 *batch,
                 lr=lr,
@@ -378,6 +417,8 @@ def _multi_tensor_setadam(
                 tau=tau,
                 decoupled_weight_decay=decoupled_weight_decay,
                 maximize=maximize,
+                numels=batch_numels,
+                shard_groups=batch_shard_groups,
             )
         return
     steps = [step_t.item() + 1 for step_t in state_steps]
@@ -397,13 +438,15 @@ def _multi_tensor_setadam(
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
     exp_avg_sq_norms = torch._foreach_norm(exp_avg_sqs)
     sum_exp_avg_sqs = [x.sum() for x in exp_avg_sqs]
-    cos_sqs = [
-        torch.where(
-            exp_avg_sq_norm**2 > 0, sum_exp_avg_sq**2 / (exp_avg_sq_norm**2 * param.numel()), 1.0
+    min_exp_avg_sqs = [_amin(x) for x in exp_avg_sqs]
+    if shard_groups is not None:
+        _all_reduce_partials(
+            shard_groups, norms=[exp_avg_sq_norms], sums=[sum_exp_avg_sqs], mins=[min_exp_avg_sqs]
         )
-        for exp_avg_sq_norm, param, sum_exp_avg_sq in zip(exp_avg_sq_norms, params, sum_exp_avg_sqs)
+    cos_sqs = [
+        torch.where(exp_avg_sq_norm**2 > 0, sum_exp_avg_sq**2 / (exp_avg_sq_norm**2 * numel), 1.0)
+        for exp_avg_sq_norm, numel, sum_exp_avg_sq in zip(exp_avg_sq_norms, numels, sum_exp_avg_sqs)
     ]
-    min_exp_avg_sqs = [x.amin() for x in exp_avg_sqs]
     min_denoms = torch._foreach_mul(cos_sqs, min_exp_avg_sqs)
     torch._foreach_div_(min_denoms, bias_correction2_list)
     torch._foreach_add_(min_denoms, eps)
@@ -435,6 +478,8 @@ def _fused_setadam(
     tau: float,
     decoupled_weight_decay: bool,
     maximize: bool,
+    numels: list[int],
+    shard_groups: list | None = None,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
     its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
@@ -470,11 +515,16 @@ def _fused_setadam(
     )
 
 
-def _cpu_chunks(params: list[Tensor]) -> list[int]:
+def _cpu_chunks(params: list[Tensor], sharded: bool = False) -> list[int]:
     """A chunk number per tensor: on CPU, runs of consecutive tensors of about
     _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
     the whole list streams every tensor through memory once per op; chunk by chunk, the
-    tensors stay in cache from one op to the next."""
+    tensors stay in cache from one op to the next.
+    Local shards (`sharded`) are one chunk: their sizes differ between ranks, and every rank
+    must run the same batches (each batch all-reduces its reductions once).
+    """
+    if sharded:
+        return [0] * len(params)
     chunks, chunk, size = [], 0, 0
     for param in params:
         nbytes = param.numel() * param.element_size()
@@ -493,3 +543,74 @@ def _batches(keys: list, *tensor_lists: list[Tensor]):
         indices.setdefault(key, []).append(i)
     for batch in indices.values():
         yield [[tensors[i] for i in batch] if tensors else tensors for tensors in tensor_lists]
+
+
+def _is_dtensor(tensor: Tensor) -> bool:
+    if type(tensor) in (Tensor, torch.nn.Parameter) or not torch.distributed.is_available():
+        return False  # the common case decided without importing torch.distributed.tensor
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def _local_shards(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
+    """Each DTensor as this rank's shard of it, laid out as its parameter (a gradient placed
+    otherwise is redistributed first); a plain tensor as it is. A shard is a view: updating
+    it in place updates the DTensor."""
+    out = []
+    for tensor, param in zip(tensors, params):
+        if _is_dtensor(tensor):
+            if tensor.placements != param.placements:
+                tensor = tensor.redistribute(param.device_mesh, param.placements)
+            tensor = tensor.to_local()
+        out.append(tensor)
+    return out
+
+
+def _shard_group(param: Tensor):
+    """The process group over which a DTensor parameter is sharded (the ranks holding its
+    shards); None for a tensor this rank holds whole (a plain or a replicated one)."""
+    if not _is_dtensor(param):
+        return None
+    if any(placement.is_partial() for placement in param.placements):
+        raise ValueError("a parameter with a Partial placement has no value to update")
+    dims = [dim for dim, placement in enumerate(param.placements) if placement.is_shard()]
+    if len(dims) > 1:
+        raise NotImplementedError("parameters sharded over more than one mesh dimension")
+    return param.device_mesh.get_group(dims[0]) if dims else None
+
+
+def _shard_groups(params: list[Tensor]) -> list | None:
+    """None when no parameter is a DTensor; else each parameter's _shard_group."""
+    if not any(_is_dtensor(param) for param in params):
+        return None
+    return [_shard_group(param) for param in params]
+
+
+def _all_reduce_partials(groups: list, *, sums=(), norms=(), mins=(), maxs=()) -> None:
+    """Make per-tensor reductions of local shards those of the whole tensors, in place: each
+    argument a list of columns, a column one 0-d partial result per tensor (aligned with
+    `groups`, each tensor's _shard_group; None: a whole tensor, already complete). One
+    all_reduce per process group and kind of reduction: sums and norms (as squares) add,
+    mins and maxs take the extreme. An empty shard's partial is its reduction's identity."""
+    for op, columns, first_norm in (
+        (torch.distributed.ReduceOp.SUM, [*sums, *norms], len(sums)),
+        (torch.distributed.ReduceOp.MIN, mins, len(mins)),
+        (torch.distributed.ReduceOp.MAX, maxs, len(maxs)),
+    ):
+        for group in dict.fromkeys(group for group in groups if group is not None):
+            rows = [i for i, g in enumerate(groups) if g is group]
+            partials = [
+                (c >= first_norm, column[i]) for c, column in enumerate(columns) for i in rows
+            ]
+            if not partials:
+                continue
+            combined = torch.stack([value.square() if norm else value for norm, value in partials])
+            torch.distributed.all_reduce(combined, op=op, group=group)
+            for (norm, value), total in zip(partials, combined):
+                value.copy_(total.sqrt() if norm else total)
+
+
+def _amin(tensor: Tensor) -> Tensor:
+    """tensor.amin(); +inf, the identity of min, for an empty tensor (a rank's empty shard)."""
+    return tensor.amin() if tensor.numel() else tensor.new_full((), float("inf"))

@@ -4,6 +4,8 @@ the lists, Python floats per tensor as lists)."""
 
 from __future__ import annotations
 
+import re
+
 import sympy
 
 from ...expr import NDIM, NUMEL, STEP
@@ -11,7 +13,7 @@ from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T
 from .prepare import PER_TENSOR, Prepared, plural
 from .printer import TensorPrinter, host_printer
 from .schedule import Schedule
-from .statements import Block, Line
+from .statements import Block, Line, render
 
 
 class _Texts:
@@ -24,7 +26,7 @@ class _Texts:
 
     def name(self, ir: str) -> str:
         if ir == NUMEL:
-            return "param.numel()"
+            return "numel"  # the whole tensor's (numels[i]): a shard's own numel is less
         if ir == NDIM:
             return "param.ndim"
         return self.display.get(ir, ir)
@@ -57,16 +59,72 @@ class SinglePrinter:
     # ------------------------------------------------------------------ ops
     def statements(self, ops: list) -> list:
         """One line per op; in-place ops on the tensor the last line made or updated extend
-        that line (`denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)`)."""
+        that line (`denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(eps)`).
+        Reductions are combined across shards before the first op that reads one of them."""
         out: list = []
         chain: str | None = None  # the tensor the last line can be extended on
-        for op in ops:
+        pending: list[Reduce] = []  # reductions not yet combined across shards
+        ops = list(ops)
+        for k, op in enumerate(ops):
+            if pending and self._reads(op, pending):
+                hoisted = self._hoistable(ops, k)
+                out += [self._Reduce(r) for r in hoisted]
+                out.append(self._combine(pending + hoisted))
+                pending, chain = [], None
+            if op is None:  # hoisted
+                continue
             if isinstance(op, InPlace) and op.target == chain and _chainable(op):
                 out[-1] = Line(out[-1].text + self._method(op))
                 continue
             out.append(getattr(self, f"_{type(op).__name__}")(op))
             chain = op.target if isinstance(op, New) or (isinstance(op, InPlace) and _chainable(op)) else None
+            if isinstance(op, Reduce):
+                pending.append(op)
+        if pending:
+            out.append(self._combine(pending))
         return out
+
+    def _reads(self, op, pending: list[Reduce]) -> bool:
+        """Whether the op's text names the result of a pending reduction."""
+        return op is not None and self._mentions(op, [self.reduced(r.target) for r in pending])
+
+    def _mentions(self, op, names: list[str]) -> bool:
+        made = getattr(self, f"_{type(op).__name__}")(op)
+        text = render(made if isinstance(made, list) else [made], 0)
+        return any(re.search(rf"\b{re.escape(name)}\b", text) for name in names)
+
+    def _hoistable(self, ops: list, k: int) -> list[Reduce]:
+        """The reductions after ops[k] that can run before it, so that one collective
+        combines them with the pending ones: those separated from ops[k] only by ops that
+        make new tensors (no in-place write, which might reach their source through an
+        alias) and name neither their source nor their result. Taken out of `ops`."""
+        hoisted, between = [], []
+        for j in range(k, len(ops)):
+            op = ops[j]
+            if op is None:
+                continue
+            if isinstance(op, Reduce):
+                names = [self.reduced(op.source.name), self.reduced(op.target)]
+                if not any(self._mentions(b, names) for b in between):
+                    hoisted.append(op)
+                    ops[j] = None
+                    continue
+            if not isinstance(op, (New, Eval, HostAssign, Reduce)):
+                break
+            between.append(op)
+        return hoisted
+
+    def reduced(self, target: str) -> str:
+        return target
+
+    def _combine(self, pending: list[Reduce]) -> Block:
+        """Under sharding (FSDP2), the reductions of this tensor's local shard made those of
+        the whole tensor: one collective per kind of reduction, for this tensor alone."""
+        kinds: dict[str, list[str]] = {}
+        for r in pending:
+            kinds.setdefault(_KIND[r.fn], []).append(f"[{r.target}]")
+        args = ", ".join(f"{kind}=[{', '.join(columns)}]" for kind, columns in kinds.items())
+        return Block("if shard_groups is not None:", [Line(f"_all_reduce_partials([shard_groups[i]], {args})")])
 
     def _HostAssign(self, op: HostAssign) -> Line:
         return Line(f"{op.name} = {self.host(op.expr)}")
@@ -136,7 +194,13 @@ def _negative(expr) -> bool:
 def _reduce(fn: str, source: str) -> str:
     if fn == "norm":
         return f"torch.linalg.vector_norm({source})"
-    return f"{source}.{ {'sum': 'sum', 'min': 'amin', 'max': 'amax'}[fn] }()"
+    if fn in ("min", "max"):  # the identity for an empty shard, where amin() raises
+        return f"_a{fn}({source})"
+    return f"{source}.sum()"
+
+
+# the keyword of _all_reduce_partials for each kind of reduction
+_KIND = {"sum": "sums", "norm": "norms", "min": "mins", "max": "maxs"}
 
 
 class ForeachPrinter(SinglePrinter):
@@ -161,7 +225,9 @@ class ForeachPrinter(SinglePrinter):
     def list_of(self, ir: str) -> str:
         if ir == STEP:
             return "steps"
-        if ir in (NUMEL, NDIM):
+        if ir == NUMEL:
+            return "numels"
+        if ir == NDIM:
             return f"[{self.texts.name(ir)} for param in params]"
         return plural(self.display[ir])
 
@@ -170,7 +236,9 @@ class ForeachPrinter(SinglePrinter):
         for s in sorted(expr.free_symbols, key=lambda s: s.name):
             if self.p.kinds.get(s.name, "uniform") not in PER_TENSOR:
                 continue
-            if s.name in (NUMEL, NDIM):
+            if s.name == NUMEL:
+                pair = ("numel", "numels")
+            elif s.name == NDIM:
                 pair = ("param", "params")
             elif s.name == STEP:
                 pair = ("step", "steps")
@@ -194,10 +262,35 @@ class ForeachPrinter(SinglePrinter):
     # ------------------------------------------------------------------ ops
     def statements(self, ops: list) -> list:
         out: list = []
-        for op in ops:
+        pending: list[Reduce] = []  # reductions not yet combined across shards
+        ops = list(ops)
+        for k, op in enumerate(ops):
+            if pending and self._reads(op, pending):
+                hoisted = self._hoistable(ops, k)
+                out += [self._Reduce(r) for r in hoisted]
+                out.append(self._combine(pending + hoisted))
+                pending = []
+            if op is None:  # hoisted
+                continue
             lines = getattr(self, f"_{type(op).__name__}")(op)
             out.extend(lines if isinstance(lines, list) else [lines])
+            if isinstance(op, Reduce):
+                pending.append(op)
+        if pending:
+            out.append(self._combine(pending))
         return out
+
+    def reduced(self, target: str) -> str:
+        return plural(target)
+
+    def _combine(self, pending: list[Reduce]) -> Block:
+        """Under sharding (FSDP2), the reductions of the local shards made those of the whole
+        tensors: one collective per kind of reduction for the whole batch."""
+        kinds: dict[str, list[str]] = {}
+        for r in pending:
+            kinds.setdefault(_KIND[r.fn], []).append(plural(r.target))
+        args = ", ".join(f"{kind}=[{', '.join(columns)}]" for kind, columns in kinds.items())
+        return Block("if shard_groups is not None:", [Line(f"_all_reduce_partials(shard_groups, {args})")])
 
     def _HostAssign(self, op: HostAssign) -> Line:
         if op.per_tensor:
@@ -232,8 +325,9 @@ class ForeachPrinter(SinglePrinter):
         xs = plural(op.source.name)
         if op.fn == "norm":
             return f"torch._foreach_norm({xs})"
-        method = {"sum": "sum", "min": "amin", "max": "amax"}[op.fn]
-        return f"[x.{method}() for x in {xs}]"
+        if op.fn in ("min", "max"):  # the identity for an empty shard, where amin() raises
+            return f"[_a{op.fn}(x) for x in {xs}]"
+        return f"[x.sum() for x in {xs}]"
 
     def _fill(self, target: str, value: S) -> Block:
         ts = plural(target)
@@ -301,7 +395,7 @@ class _FirstTexts(_Texts):
 
     def host(self, ir: str) -> str:
         if ir in (NUMEL, NDIM):
-            return "params[0].numel()" if ir == NUMEL else "params[0].ndim"
+            return "numels[0]" if ir == NUMEL else "params[0].ndim"
         if ir == STEP:
             return "steps[0]"
         if self.p.kinds.get(ir, "uniform") in PER_TENSOR:
@@ -318,6 +412,8 @@ def single_body(p: Prepared, sched: Schedule, index: str = "i") -> list:
     for s in p.program.states:
         loop.append(Line(f"{s.name} = {plural(s.name)}[{index}]"))
     loop += [Line(f"step_t = state_steps[{index}]"), Line("step_t += 1")]
+    if any(s.name == NUMEL for v in p.program.values for s in v.expr.free_symbols):
+        loop.append(Line(f"numel = numels[{index}]"))
     if sched.uses_step:
         loop.append(Line("step = step_t.item()"))
     loop += printer.statements(sched.per_tensor_host) + printer.statements(sched.work)
@@ -327,8 +423,9 @@ def single_body(p: Prepared, sched: Schedule, index: str = "i") -> list:
     return group + [Block(f"for {index}, param in enumerate(params):", loop)]
 
 
-def multi_body(p: Prepared, sched: Schedule, recurse: str, lists: list[str]) -> list:
-    """`recurse` is the call that runs one batch: `_multi_tensor_adam(*batch, lr=lr, ...)`."""
+def multi_body(p: Prepared, sched: Schedule, recurse: str, lists: list[str], extra: list[str] = ()) -> list:
+    """`recurse` is the call that runs one batch: `_multi_tensor_adam(*batch, lr=lr, ...)`;
+    `extra` the per-tensor lists it takes as keywords (numels, shard_groups)."""
     printer = ForeachPrinter(p, sched)
     host: list = []
     if sched.uses_step:
@@ -337,7 +434,8 @@ def multi_body(p: Prepared, sched: Schedule, recurse: str, lists: list[str]) -> 
     conds = sched.branch_conditions
     key_parts = ["param.device", "param.dtype", "chunk"] + [printer.host(c) for c in conds]
     key_expr = sympy.Tuple(*conds) if conds else sympy.Tuple()
-    pairs = [("param", "params"), ("chunk", "_cpu_chunks(params)")]
+    sharded = "shard_groups is not None" if "shard_groups" in extra else ""
+    pairs = [("param", "params"), ("chunk", f"_cpu_chunks(params{', ' + sharded if sharded else ''})")]
     keys = printer.comprehension(f"({', '.join(key_parts)})", key_expr, pairs)
     why = ", dtype, CPU chunk and side of each host-side branch" if conds else ", dtype and CPU chunk"
     split = [
@@ -345,7 +443,14 @@ def multi_body(p: Prepared, sched: Schedule, recurse: str, lists: list[str]) -> 
         Line(f"keys = {keys}"),
         Block(
             "if len(set(keys)) > 1:",
-            [Block(f"for batch in _batches(keys, {', '.join(lists)}):", [Line(recurse)]), Line("return")],
+            [
+                Block(
+                    f"for {', '.join(['*batch' if extra else 'batch'] + [f'batch_{k}' for k in extra])} "
+                    f"in _batches(keys, {', '.join(lists + list(extra))}):",
+                    [Line(recurse)],
+                ),
+                Line("return"),
+            ],
         ),
     ]
     # host values are computed once, in the call that runs the batch (the split needs them

@@ -13,7 +13,7 @@ from sympy.logic.boolalg import simplify_logic
 
 from ... import catalog
 from ...errors import CompileError
-from ...expr import GRAD, PARAM
+from ...expr import GRAD, NUMEL, PARAM
 from ...lower import lower
 from ...spec import Spec, StateDecl
 from .. import format_python
@@ -134,7 +134,12 @@ def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, comp
         "compiled": compiled,
         "lists": lists,
         "globals": globals_,
-        "signature": _signature(spec, lists, globals_),
+        "signature_public": _signature(spec, lists, globals_),
+        "signature": _signature(spec, lists, globals_, _per_tensor_keywords(variants)),
+        "numels": _uses_numel(variants),
+        "shard_reductions": _shard_reductions(variants),
+        "tensor_reduce_fns": {v.reduce for var in variants for v in var.prepared.program.reductions("tensor")},
+        "sharded_lists": lists[:-1],
         "forward_kwargs": [f"{k}={k}" for k in kwargs],
         "states": [{"name": s, "list": plural(p)} for s, p in zip(public.state, spec.state)],
         "spec_key": "_spec_key[register]" if compiled else f'"{fn}"',
@@ -176,12 +181,15 @@ def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[
     """The for-loop and foreach bodies: one schedule per setting of the options, merged."""
     fn = spec.module_name
     reserved = _reserved(spec, lists, kwargs, fn) | taken
-    recurse = f"_multi_tensor_{fn}(*batch, {', '.join(f'{k}={k}' for k in kwargs)})"
+    extra = _per_tensor_keywords(variants)
+    recurse = (
+        f"_multi_tensor_{fn}(*batch, {', '.join([f'{k}={k}' for k in kwargs] + [f'{k}=batch_{k}' for k in extra])})"
+    )
     singles, multis, made = [], [], set()
     for v in variants:
         single, multi = Scheduler(v.prepared, False, reserved), Scheduler(v.prepared, True, reserved)
         singles.append((v.options, single_body(v.prepared, single.run())))
-        multis.append((v.options, multi_body(v.prepared, multi.run(), recurse, lists)))
+        multis.append((v.options, multi_body(v.prepared, multi.run(), recurse, lists, extra)))
         made |= (single.taken | multi.taken) - reserved
     options = list(spec.options)
     return {
@@ -198,6 +206,12 @@ def _reserved(spec: Spec, lists: list[str], kwargs: list[str], fn: str) -> set[s
         "grad",
         "step",
         "step_t",
+        "numel",
+        "numels",
+        "shard_groups",
+        "batch_numels",
+        "batch_shard_groups",
+        "tensors",
         "steps",
         "keys",
         "chunk",
@@ -257,6 +271,12 @@ def _docstring(spec: Spec) -> str:
         _arg(
             "state_dtype (torch.dtype, optional)",
             "the dtype of the per-element state (torch.bfloat16 halves its memory; the fused kernels compute in float32 and round on store); None keeps it in the parameter's dtype, as torch.optim does. Only with fused=True (default: None).",
+        )
+    )
+    parts.append(
+        _arg(
+            "process_group (ProcessGroup, optional)",
+            "the ranks among which the parameters are partitioned, each rank optimizing its own part (ZeRO-1: pass functools.partial(Optimizer, process_group=group) as ZeroRedundancyOptimizer's optimizer_class): cross-parameter reductions (a global gradient norm) are all-reduced over it. Not kept in param groups or the state dict. FSDP2's DTensor parameters need none: their reductions are combined over their shard groups (default: None).",
         )
     )
     for key, h in spec.hyperparameters.items():
@@ -437,14 +457,37 @@ def _call_kwargs(spec: Spec, globals_) -> list[str]:
     return out
 
 
-def _signature(spec: Spec, lists: list[str], globals_) -> str:
+def _signature(spec: Spec, lists: list[str], globals_, per_tensor: list[str] = ()) -> str:
+    """The functional API's signature; with `per_tensor` (numels, shard_groups), that of its
+    for-loop, foreach and fused implementations."""
     lines = [f"    {name}: list[Tensor]," for name in lists]
     lines.append("    *,")
     lines += [f"    {name}: float," for name in spec.scalar_hypers]
     lines += [f"    {name}: bool," for name in spec.options]
     lines.append("    maximize: bool,")
     lines += [f"    {g.name}: Tensor | None = None," for g in globals_]
+    lines += [f"    {_PER_TENSOR_KEYWORDS[name]}," for name in per_tensor]
     return "\n".join(lines)
+
+
+# the per-tensor lists the implementations take beside the tensors
+_PER_TENSOR_KEYWORDS = {
+    "numels": "numels: list[int]",  # each whole tensor's numel (a shard's is its own)
+    "shard_groups": "shard_groups: list | None = None",  # each tensor's _shard_group
+}
+
+
+def _uses_numel(variants: list[Variant]) -> bool:
+    return any(s.name == NUMEL for v in variants for x in v.prepared.program.values for s in x.expr.free_symbols)
+
+
+def _shard_reductions(variants: list[Variant]) -> bool:
+    """Whether the update reduces per tensor: then a sharded tensor's reductions are combined."""
+    return any(v.prepared.program.reductions("tensor") for v in variants)
+
+
+def _per_tensor_keywords(variants: list[Variant]) -> list[str]:
+    return (["numels"] if _uses_numel(variants) else []) + (["shard_groups"] if _shard_reductions(variants) else [])
 
 
 # --------------------------------------------------------------------------- global reductions

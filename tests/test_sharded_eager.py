@@ -1,0 +1,191 @@
+"""The eager paths (for-loop and foreach) of the generated optimizers under sharding, in
+real process groups (gloo on 127.0.0.1, 2 ranks): FSDP2 (fully_shard, DTensor parameters,
+uneven shards and an empty one) and ZeRO-1 (ZeroRedundancyOptimizer with our
+process_group), each equal to a single-process run given the same gradients; and the
+collectives a foreach step makes, counted.
+
+Each case runs in one spawn of 2 processes that loops over its optimizers; a worker asserts
+and the failure comes back through torch.multiprocessing.spawn."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from optgen.optimizers import LARS, Adan, Lamb, SETAdam
+
+WORLD = 2
+STEPS = 3
+TOLERANCE = 1e-12
+DEADLINE = 90  # seconds for one spawn of workers
+# dim 0 of 1 leaves rank 1 an empty shard; 3 rows split 2 + 1; 7 rows 4 + 3
+SHAPES = [(3, 4), (1, 5), (1,), (7,), (2, 3)]
+
+# name -> (class, constructor keywords, all_reduce calls per foreach step): one per
+# phase, param group (two below) and kind of reduction, and one for a global norm
+CASES = {
+    "lamb": (Lamb, {"lr": 0.1, "weight_decay": 0.1, "max_grad_norm": 0.0}, 2),
+    "lamb_pre_norm": (Lamb, {"lr": 0.1, "max_grad_norm": 0.3, "pre_norm": True}, 3),
+    # LARS's foreach path splits a group by ndim (a host-side branch): each group here holds
+    # matrices and vectors, two batches, each combining its norms once
+    "lars": (LARS, {"lr": 0.1, "weight_decay": 0.01, "trust_coefficient": 0.02}, 4),
+    # one all_reduce for the sums and norms, one for the min: two kinds, two groups
+    "setadam": (SETAdam, {"lr": 0.1, "weight_decay": 0.01}, 4),
+    "adan": (Adan, {"lr": 0.05, "weight_decay": 0.02, "max_grad_norm": 0.3}, 1),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _init(rank: int, port: int) -> None:
+    torch.set_default_dtype(torch.float64)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=DEADLINE),  # a collective left waiting fails
+    )
+
+
+def _initial() -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in SHAPES]
+
+
+def _gradient(full_param: torch.Tensor, step: int, index: int) -> torch.Tensor:
+    """A gradient that depends on the parameter (so that an error in one step shows in the
+    next), the same on every rank and in the single-process run."""
+    generator = torch.Generator().manual_seed(1000 * step + index)
+    noise = torch.randn(full_param.shape, generator=generator, dtype=torch.float64)
+    return torch.sin(3 * full_param) + 0.5 * noise
+
+
+def _groups(params: list, kwargs: dict) -> list[dict]:
+    """Two param groups, the second with a different lr."""
+    return [{"params": params[:3]}, {"params": params[3:], "lr": kwargs["lr"] / 2}]
+
+
+def _reference(cls, kwargs: dict, foreach: bool) -> list[torch.Tensor]:
+    params = [torch.nn.Parameter(t.clone()) for t in _initial()]
+    opt = cls(_groups(params, kwargs), foreach=foreach, **kwargs)
+    for step in range(STEPS):
+        for i, p in enumerate(params):
+            p.grad = _gradient(p.detach(), step, i)
+        opt.step()
+    return [p.detach() for p in params]
+
+
+class _Counting:
+    """Counts torch.distributed.all_reduce calls (the generated code looks it up on each call)."""
+
+    def __init__(self):
+        self.calls = 0
+        self.original = dist.all_reduce
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.original(*args, **kwargs)
+
+    def __enter__(self):
+        dist.all_reduce = self
+        return self
+
+    def __exit__(self, *exc):
+        dist.all_reduce = self.original
+
+
+def _fsdp_worker(rank: int, port: int) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import distribute_tensor
+
+    _init(rank, port)
+    mesh = init_device_mesh("cpu", (WORLD,))
+    try:
+        for name, (cls, kwargs, collectives) in CASES.items():
+            for foreach in (False, True):
+                model = torch.nn.Module()
+                model.ps = torch.nn.ParameterList([torch.nn.Parameter(t.clone()) for t in _initial()])
+                fully_shard(model, mesh=mesh)
+                params = list(model.parameters())
+                assert {p.to_local().numel() for p in params[1:3]} == ({5, 1} if rank == 0 else {0})
+                opt = cls(_groups(params, kwargs), foreach=foreach, **kwargs)
+                for step in range(STEPS):
+                    for i, p in enumerate(params):
+                        grad = _gradient(p.detach().full_tensor(), step, i)
+                        p.grad = distribute_tensor(grad, mesh, p.placements)
+                    with _Counting() as count:
+                        opt.step()
+                    if foreach:
+                        assert count.calls == collectives, (name, count.calls)
+                expected = _reference(cls, kwargs, foreach)
+                for i, (p, want) in enumerate(zip(params, expected)):
+                    error = (p.detach().full_tensor() - want).abs().max().item()
+                    assert error <= TOLERANCE * max(1.0, want.abs().max().item()), (name, foreach, i, error)
+    finally:
+        dist.destroy_process_group()
+
+
+def _zero_worker(rank: int, port: int) -> None:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    _init(rank, port)
+    cases = {"adan": CASES["adan"], "lamb_pre_norm": CASES["lamb_pre_norm"]}
+    try:
+        for name, (cls, kwargs, _) in cases.items():
+            for foreach in (False, True):
+                errors = {}
+                for process_group in (dist.group.WORLD, None):
+                    params = [torch.nn.Parameter(t.clone()) for t in _initial()]
+                    opt = ZeroRedundancyOptimizer(
+                        _groups(params, kwargs),
+                        optimizer_class=functools.partial(cls, process_group=process_group),
+                        foreach=foreach,
+                        **kwargs,
+                    )
+                    # each rank optimizes a part of the parameters
+                    assert 0 < sum(len(group["params"]) for group in opt.optim.param_groups) < len(params)
+                    for step in range(STEPS):
+                        for i, p in enumerate(params):
+                            p.grad = _gradient(p.detach(), step, i)
+                        opt.step()
+                    expected = _reference(cls, kwargs, foreach)
+                    errors[process_group] = max((p.detach() - w).abs().max().item() for p, w in zip(params, expected))
+                assert errors[dist.group.WORLD] <= TOLERANCE, (name, foreach, errors)
+                # without the process group each rank clips by its own partition's norm:
+                # the check above would see it
+                assert errors[None] > 1e-6, (name, foreach, errors)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(worker) -> None:
+    """Run `worker` on WORLD ranks; a worker's exception fails the test, and so does a run
+    past DEADLINE (its processes killed)."""
+    context = mp.spawn(worker, args=(_free_port(),), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + DEADLINE
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{worker.__name__} ran past {DEADLINE} s")
+
+
+def test_fsdp2_equals_single_process_and_one_all_reduce_per_phase_group_and_kind():
+    _spawn(_fsdp_worker)
+
+
+def test_zero1_global_norm_over_the_process_group_equals_single_process():
+    _spawn(_zero_worker)
