@@ -19,11 +19,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from optgen.optimizers import LARS, Adan, Lamb, SETAdam
+from optgen.optimizers import LARS, SGD, AdamW, Adan, Lamb, SETAdam
 
 WORLD = 2
 STEPS = 3
-TOLERANCE = 1e-12
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}  # relative to the largest entry
 DEADLINE = 90  # seconds for one spawn of workers
 # dim 0 of 1 leaves rank 1 an empty shard; 3 rows split 2 + 1; 7 rows 4 + 3
 SHAPES = [(3, 4), (1, 5), (1,), (7,), (2, 3)]
@@ -39,6 +39,9 @@ CASES = {
     # one all_reduce for the sums and norms, one for the min: two kinds, two groups
     "setadam": (SETAdam, {"lr": 0.1, "weight_decay": 0.01}, 4),
     "adan": (Adan, {"lr": 0.05, "weight_decay": 0.02, "max_grad_norm": 0.3}, 1),
+    # elementwise updates: the local shards alone (these failed on DTensors in foreach)
+    "sgd": (SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}, 0),
+    "adamw": (AdamW, {"lr": 0.1, "weight_decay": 0.01}, 0),
 }
 
 
@@ -69,7 +72,7 @@ def _gradient(full_param: torch.Tensor, step: int, index: int) -> torch.Tensor:
     next), the same on every rank and in the single-process run."""
     generator = torch.Generator().manual_seed(1000 * step + index)
     noise = torch.randn(full_param.shape, generator=generator, dtype=torch.float64)
-    return torch.sin(3 * full_param) + 0.5 * noise
+    return torch.sin(3 * full_param) + 0.5 * noise.to(full_param.dtype)
 
 
 def _groups(params: list, kwargs: dict) -> list[dict]:
@@ -77,8 +80,8 @@ def _groups(params: list, kwargs: dict) -> list[dict]:
     return [{"params": params[:3]}, {"params": params[3:], "lr": kwargs["lr"] / 2}]
 
 
-def _reference(cls, kwargs: dict, foreach: bool) -> list[torch.Tensor]:
-    params = [torch.nn.Parameter(t.clone()) for t in _initial()]
+def _reference(cls, kwargs: dict, foreach: bool, dtype=torch.float64) -> list[torch.Tensor]:
+    params = [torch.nn.Parameter(t.to(dtype)) for t in _initial()]
     opt = cls(_groups(params, kwargs), foreach=foreach, **kwargs)
     for step in range(STEPS):
         for i, p in enumerate(params):
@@ -106,34 +109,62 @@ class _Counting:
         dist.all_reduce = self.original
 
 
-def _fsdp_worker(rank: int, port: int) -> None:
-    from torch.distributed.device_mesh import init_device_mesh
+def _sharded_run(mesh, cls, kwargs: dict, foreach: bool, dtype, placements=None) -> tuple[list, list[int]]:
+    """STEPS steps on DTensor parameters, fully_shard's (placements None: Shard(0), uneven,
+    one of them empty on rank 1) or distribute_tensor's: the parameters and the number of
+    all_reduce calls each step made."""
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import distribute_tensor
+
+    if placements is None:
+        model = torch.nn.Module()
+        model.ps = torch.nn.ParameterList([torch.nn.Parameter(t.to(dtype)) for t in _initial()])
+        fully_shard(model, mesh=mesh)
+        params = list(model.parameters())
+        empty = {0} if dist.get_rank() == 1 else {5, 1}
+        assert {p.to_local().numel() for p in params[1:3]} == empty
+    else:
+        params = [torch.nn.Parameter(distribute_tensor(t.to(dtype), mesh, placements)) for t in _initial()]
+    opt = cls(_groups(params, kwargs), foreach=foreach, **kwargs)
+    calls = []
+    for step in range(STEPS):
+        for i, p in enumerate(params):
+            grad = _gradient(p.detach().full_tensor(), step, i)
+            p.grad = distribute_tensor(grad, mesh, p.placements)
+        with _Counting() as count:
+            opt.step()
+        calls.append(count.calls)
+    return params, calls
+
+
+def _assert_equal(params: list, cls, kwargs: dict, foreach: bool, dtype, what) -> None:
+    """The parameters (DTensors) equal those of a single-process run."""
+    for i, (p, want) in enumerate(zip(params, _reference(cls, kwargs, foreach, dtype))):
+        error = (p.detach().full_tensor() - want).abs().max().item()
+        assert error <= TOLERANCE[dtype] * max(1.0, want.abs().max().item()), (what, i, error)
+
+
+def _fsdp_worker(rank: int, port: int) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate
 
     _init(rank, port)
     mesh = init_device_mesh("cpu", (WORLD,))
     try:
         for name, (cls, kwargs, collectives) in CASES.items():
             for foreach in (False, True):
-                model = torch.nn.Module()
-                model.ps = torch.nn.ParameterList([torch.nn.Parameter(t.clone()) for t in _initial()])
-                fully_shard(model, mesh=mesh)
-                params = list(model.parameters())
-                assert {p.to_local().numel() for p in params[1:3]} == ({5, 1} if rank == 0 else {0})
-                opt = cls(_groups(params, kwargs), foreach=foreach, **kwargs)
-                for step in range(STEPS):
-                    for i, p in enumerate(params):
-                        grad = _gradient(p.detach().full_tensor(), step, i)
-                        p.grad = distribute_tensor(grad, mesh, p.placements)
-                    with _Counting() as count:
-                        opt.step()
-                    if foreach:
-                        assert count.calls == collectives, (name, count.calls)
-                expected = _reference(cls, kwargs, foreach)
-                for i, (p, want) in enumerate(zip(params, expected)):
-                    error = (p.detach().full_tensor() - want).abs().max().item()
-                    assert error <= TOLERANCE * max(1.0, want.abs().max().item()), (name, foreach, i, error)
+                params, calls = _sharded_run(mesh, cls, kwargs, foreach, torch.float64)
+                _assert_equal(params, cls, kwargs, foreach, torch.float64, (name, foreach))
+                if foreach:
+                    assert calls == [collectives] * STEPS, (name, calls)
+        for name in ("lamb", "setadam"):
+            cls, kwargs, _ = CASES[name]
+            params, _ = _sharded_run(mesh, cls, kwargs, True, torch.float32)
+            _assert_equal(params, cls, kwargs, True, torch.float32, (name, "float32"))
+            # replicated DTensors (each rank holds the whole tensor): nothing to combine
+            params, calls = _sharded_run(mesh, cls, kwargs, True, torch.float64, [Replicate()])
+            _assert_equal(params, cls, kwargs, True, torch.float64, (name, "replicated"))
+            assert calls == [0] * STEPS, (name, "replicated", calls)
     finally:
         dist.destroy_process_group()
 
@@ -163,7 +194,7 @@ def _zero_worker(rank: int, port: int) -> None:
                         opt.step()
                     expected = _reference(cls, kwargs, foreach)
                     errors[process_group] = max((p.detach() - w).abs().max().item() for p, w in zip(params, expected))
-                assert errors[dist.group.WORLD] <= TOLERANCE, (name, foreach, errors)
+                assert errors[dist.group.WORLD] <= TOLERANCE[torch.float64], (name, foreach, errors)
                 # without the process group each rank clips by its own partition's norm:
                 # the check above would see it
                 assert errors[None] > 1e-6, (name, foreach, errors)
