@@ -420,7 +420,10 @@ def _single_tensor_lamb(
     global_sum_clip_coef_arg: Tensor | None = None,
     shard_groups: list | None = None,
 ) -> None:
-    """The for-loop implementation: one tensor at a time."""
+    """The for-loop implementation: one tensor at a time. With `shard_groups` (local shards of
+    DTensor parameters), each tensor's reductions are all-reduced over its shard group as the
+    loop reaches them: one collective per tensor and kind of reduction (the foreach path
+    makes one per batch)."""
     if adam and not params:
         return
     if pre_norm:
@@ -501,7 +504,10 @@ def _multi_tensor_lamb(
     global_sum_clip_coef_arg: Tensor | None = None,
     shard_groups: list | None = None,
 ) -> None:
-    """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
+    """The foreach implementation: torch._foreach_* kernels over all tensors at once. With
+    `shard_groups` (local shards of DTensor parameters), the reductions of a batch are
+    all-reduced together: one collective per kind of reduction where the update first reads
+    them (a batch is a param group, less the splits of a per-tensor host-side branch)."""
     if not params:
         return
     if adam:

@@ -337,7 +337,10 @@ def _single_tensor_setadam(
     numels: list[int],
     shard_groups: list | None = None,
 ) -> None:
-    """The for-loop implementation: one tensor at a time."""
+    """The for-loop implementation: one tensor at a time. With `shard_groups` (local shards of
+    DTensor parameters), each tensor's reductions are all-reduced over its shard group as the
+    loop reaches them: one collective per tensor and kind of reduction (the foreach path
+    makes one per batch)."""
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
         exp_avg = exp_avgs[i]
@@ -395,7 +398,10 @@ def _multi_tensor_setadam(
     numels: list[int],
     shard_groups: list | None = None,
 ) -> None:
-    """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
+    """The foreach implementation: torch._foreach_* kernels over all tensors at once. With
+    `shard_groups` (local shards of DTensor parameters), the reductions of a batch are
+    all-reduced together: one collective per kind of reduction where the update first reads
+    them (a batch is a param group, less the splits of a per-tensor host-side branch)."""
     if not params:
         return
     # one foreach call per device, dtype and CPU chunk
