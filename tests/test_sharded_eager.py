@@ -109,10 +109,13 @@ class _Counting:
         dist.all_reduce = self.original
 
 
-def _sharded_run(mesh, cls, kwargs: dict, foreach: bool, dtype, placements=None) -> tuple[list, list[int]]:
+def _sharded_run(
+    mesh, cls, kwargs: dict, foreach: bool, dtype, placements=None, grad_placements=None
+) -> tuple[list, list[int]]:
     """STEPS steps on DTensor parameters, fully_shard's (placements None: Shard(0), uneven,
-    one of them empty on rank 1) or distribute_tensor's: the parameters and the number of
-    all_reduce calls each step made."""
+    one of them empty on rank 1) or distribute_tensor's, with gradients placed as the
+    parameters or as `grad_placements`: the parameters and the number of all_reduce calls
+    each step made."""
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import distribute_tensor
 
@@ -130,7 +133,7 @@ def _sharded_run(mesh, cls, kwargs: dict, foreach: bool, dtype, placements=None)
     for step in range(STEPS):
         for i, p in enumerate(params):
             grad = _gradient(p.detach().full_tensor(), step, i)
-            p.grad = distribute_tensor(grad, mesh, p.placements)
+            p.grad = distribute_tensor(grad, mesh, grad_placements or p.placements)
         with _Counting() as count:
             opt.step()
         calls.append(count.calls)
@@ -146,7 +149,7 @@ def _assert_equal(params: list, cls, kwargs: dict, foreach: bool, dtype, what) -
 
 def _fsdp_worker(rank: int, port: int) -> None:
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor import Replicate, Shard
 
     _init(rank, port)
     mesh = init_device_mesh("cpu", (WORLD,))
@@ -165,6 +168,16 @@ def _fsdp_worker(rank: int, port: int) -> None:
             params, calls = _sharded_run(mesh, cls, kwargs, True, torch.float64, [Replicate()])
             _assert_equal(params, cls, kwargs, True, torch.float64, (name, "replicated"))
             assert calls == [0] * STEPS, (name, "replicated", calls)
+            # gradients replicated, parameters sharded: the gradients are resharded alike
+            params, _ = _sharded_run(mesh, cls, kwargs, False, torch.float64, [Shard(0)], [Replicate()])
+            _assert_equal(params, cls, kwargs, False, torch.float64, (name, "resharded gradients"))
+        # HSDP's layout, (Replicate, Shard(0)) on a 2-d mesh: reductions over the shard dim
+        mesh_2d = init_device_mesh("cpu", (1, WORLD))
+        for name in ("lars", "adan"):
+            cls, kwargs, collectives = CASES[name]
+            params, calls = _sharded_run(mesh_2d, cls, kwargs, True, torch.float64, [Replicate(), Shard(0)])
+            _assert_equal(params, cls, kwargs, True, torch.float64, (name, "2-d mesh"))
+            assert calls == [collectives] * STEPS, (name, "2-d mesh", calls)
     finally:
         dist.destroy_process_group()
 
