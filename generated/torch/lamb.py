@@ -95,12 +95,12 @@ class Lamb(Optimizer):
             keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
             (default: None).
         process_group (ProcessGroup, optional): the ranks among which the parameters are
-            partitioned, each rank optimizing its own part (ZeRO-1: pass
-            functools.partial(Optimizer, process_group=group) as ZeroRedundancyOptimizer's
-            optimizer_class): cross-parameter reductions (a global gradient norm) are all-
-            reduced over it. Not kept in param groups or the state dict. FSDP2's DTensor
-            parameters need none: their reductions are combined over their shard groups
-            (default: None).
+            partitioned, each rank optimizing its own part (ZeRO-1: pass functools.partial(Lamb,
+            process_group=group) as ZeroRedundancyOptimizer's optimizer_class): the cross-
+            parameter reductions (a global gradient norm) sum over all its ranks. Not kept in
+            param groups or the state dict. FSDP2's DTensor parameters need none: each rank
+            updates its shards, and a per-tensor reduction sums (or takes the min or max) over
+            the tensor's shard group (default: None).
 
     pytorch_optimizer's form: no bias correction on v, the weight norm clamped at 10, trust
     ratio 1 when either norm is 0, and the step divided by 1 - beta1^t. adam=True drops the
@@ -673,10 +673,9 @@ def _cpu_chunks(params: list[Tensor], sharded: bool = False) -> list[int]:
     """A chunk number per tensor: on CPU, runs of consecutive tensors of about
     _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
     the whole list streams every tensor through memory once per op; chunk by chunk, the
-    tensors stay in cache from one op to the next.
-    Local shards (`sharded`) are one chunk: their sizes differ between ranks, and every rank
-    must run the same batches (each batch all-reduces its reductions once).
-    """
+    tensors stay in cache from one op to the next. Local shards (`sharded`) are one chunk:
+    their sizes differ between ranks, and every rank must run the same batches (each batch
+    all-reduces its reductions once)."""
     if sharded:
         return [0] * len(params)
     chunks, chunk, size = [], 0, 0

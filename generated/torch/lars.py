@@ -70,12 +70,12 @@ class LARS(Optimizer):
             keeps it in the parameter's dtype, as torch.optim does. Only with fused=True
             (default: None).
         process_group (ProcessGroup, optional): the ranks among which the parameters are
-            partitioned, each rank optimizing its own part (ZeRO-1: pass
-            functools.partial(Optimizer, process_group=group) as ZeroRedundancyOptimizer's
-            optimizer_class): cross-parameter reductions (a global gradient norm) are all-
-            reduced over it. Not kept in param groups or the state dict. FSDP2's DTensor
-            parameters need none: their reductions are combined over their shard groups
-            (default: None).
+            partitioned, each rank optimizing its own part (ZeRO-1: pass functools.partial(LARS,
+            process_group=group) as ZeroRedundancyOptimizer's optimizer_class): unused, as this
+            update has no cross-parameter reduction. Not kept in param groups or the state dict.
+            FSDP2's DTensor parameters need none: each rank updates its shards, and a per-tensor
+            reduction sums (or takes the min or max) over the tensor's shard group (default:
+            None).
 
     pytorch_optimizer's rule: only tensors with ndim > 1 get weight decay and the trust
     ratio trust_coefficient * ||p|| / (||g|| + weight_decay * ||p||) (1 when either ||p|| or
@@ -462,10 +462,9 @@ def _cpu_chunks(params: list[Tensor], sharded: bool = False) -> list[int]:
     """A chunk number per tensor: on CPU, runs of consecutive tensors of about
     _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
     the whole list streams every tensor through memory once per op; chunk by chunk, the
-    tensors stay in cache from one op to the next.
-    Local shards (`sharded`) are one chunk: their sizes differ between ranks, and every rank
-    must run the same batches (each batch all-reduces its reductions once).
-    """
+    tensors stay in cache from one op to the next. Local shards (`sharded`) are one chunk:
+    their sizes differ between ranks, and every rank must run the same batches (each batch
+    all-reduces its reductions once)."""
     if sharded:
         return [0] * len(params)
     chunks, chunk, size = [], 0, 0

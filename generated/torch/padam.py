@@ -76,11 +76,11 @@ class PAdam(Optimizer):
             (default: None).
         process_group (ProcessGroup, optional): the ranks among which the parameters are
             partitioned, each rank optimizing its own part (ZeRO-1: pass
-            functools.partial(Optimizer, process_group=group) as ZeroRedundancyOptimizer's
-            optimizer_class): cross-parameter reductions (a global gradient norm) are all-
-            reduced over it. Not kept in param groups or the state dict. FSDP2's DTensor
-            parameters need none: their reductions are combined over their shard groups
-            (default: None).
+            functools.partial(PAdam, process_group=group) as ZeroRedundancyOptimizer's
+            optimizer_class): unused, as this update has no cross-parameter reduction. Not kept
+            in param groups or the state dict. FSDP2's DTensor parameters need none: each rank
+            updates its shards, and a per-tensor reduction sums (or takes the min or max) over
+            the tensor's shard group (default: None).
 
     Paper: Chen, Zhou, Tang, Yang, Cao & Gu, "Closing the Generalization Gap of Adaptive
     Gradient Methods in Training Deep Neural Networks", IJCAI 2020 (arXiv:1806.06763).
@@ -482,8 +482,7 @@ def _cpu_chunks(params: list[Tensor]) -> list[int]:
     """A chunk number per tensor: on CPU, runs of consecutive tensors of about
     _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
     the whole list streams every tensor through memory once per op; chunk by chunk, the
-    tensors stay in cache from one op to the next.
-    """
+    tensors stay in cache from one op to the next."""
     chunks, chunk, size = [], 0, 0
     for param in params:
         nbytes = param.numel() * param.element_size()

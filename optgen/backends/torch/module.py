@@ -157,7 +157,7 @@ def _class_context(public: Spec, spec: Spec, variants: list[Variant], globals_) 
     captured = {k: h.captured for k, h in spec.hyperparameters.items() if h.captured}
     device_states = _device_states(variants)
     return {
-        "docstring": _docstring(public),
+        "docstring": _docstring(public, bool(globals_)),
         "ctor_args": _ctor_args(spec),
         "ctor_keys": [k for k, h in spec.hyperparameters.items() if h.captured is None]
         + [o.public for o in spec.options.values()],
@@ -241,7 +241,7 @@ def _escape(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- the class
-def _docstring(spec: Spec) -> str:
+def _docstring(spec: Spec, has_globals: bool) -> str:
     from ..latex.docstring import math_rst
 
     pad = "    "
@@ -276,7 +276,13 @@ def _docstring(spec: Spec) -> str:
     parts.append(
         _arg(
             "process_group (ProcessGroup, optional)",
-            "the ranks among which the parameters are partitioned, each rank optimizing its own part (ZeRO-1: pass functools.partial(Optimizer, process_group=group) as ZeroRedundancyOptimizer's optimizer_class): cross-parameter reductions (a global gradient norm) are all-reduced over it. Not kept in param groups or the state dict. FSDP2's DTensor parameters need none: their reductions are combined over their shard groups (default: None).",
+            f"the ranks among which the parameters are partitioned, each rank optimizing its own part (ZeRO-1: pass functools.partial({spec.name}, process_group=group) as ZeroRedundancyOptimizer's optimizer_class): "
+            + (
+                "the cross-parameter reductions (a global gradient norm) sum over all its ranks. "
+                if has_globals
+                else "unused, as this update has no cross-parameter reduction. "
+            )
+            + "Not kept in param groups or the state dict. FSDP2's DTensor parameters need none: each rank updates its shards, and a per-tensor reduction sums (or takes the min or max) over the tensor's shard group (default: None).",
         )
     )
     for key, h in spec.hyperparameters.items():
