@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import pickle
 import socket
 import time
 
@@ -205,6 +206,10 @@ def _zero_worker(rank: int, port: int) -> None:
                         for i, p in enumerate(params):
                             p.grad = _gradient(p.detach(), step, i)
                         opt.step()
+                    # the process group is no param group key: the state dict pickles
+                    local = opt.optim
+                    assert all("process_group" not in group for group in local.state_dict()["param_groups"])
+                    assert pickle.loads(pickle.dumps(local))._process_group is None
                     expected = _reference(cls, kwargs, foreach)
                     errors[process_group] = max((p.detach() - w).abs().max().item() for p, w in zip(params, expected))
                 assert errors[dist.group.WORLD] <= TOLERANCE[torch.float64], (name, foreach, errors)

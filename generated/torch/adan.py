@@ -242,7 +242,7 @@ class Adan(Optimizer):
     def _global_sum_clip_coef_arg(self) -> Tensor | None:
         """The sum of grad**2 over every parameter with a gradient, in every param group and on
         every rank that holds a part of them (see _sum_over_ranks): computed before any group
-        is updated. None when no group uses it, or no rank holds a parameter with a gradient."""
+        is updated. None when no group uses it, or when there is nothing to sum."""
         if not any(group["max_grad_norm"] != 0 for group in self.param_groups):
             return None
         partial_sums = []
@@ -357,9 +357,7 @@ def adan(
         )
     if global_sum_clip_coef_arg is None and max_grad_norm != 0:
         global_sum_clip_coef_arg = _sum_over_ranks(
-            _partial_sums(_partial_global_sum_clip_coef_arg, params, grads, process_group)
-            if params
-            else [],
+            _partial_sums(_partial_global_sum_clip_coef_arg, params, grads, process_group),
             process_group,
         )
     if not fused and any(_is_dtensor(param) for param in params):
