@@ -29,21 +29,36 @@ DEADLINE = 90  # seconds for one spawn of workers
 # dim 0 of 1 leaves rank 1 an empty shard; 3 rows split 2 + 1; 7 rows 4 + 3
 SHAPES = [(3, 4), (1, 5), (1,), (7,), (2, 3)]
 
-# name -> (class, constructor keywords, all_reduce calls per foreach step): one per
-# phase, param group (two below) and kind of reduction, and one for a global norm
+# name -> (class, constructor keywords, all_reduce calls per step): one per phase, param
+# group (two below) and kind of reduction, and one for a global norm, on both eager paths
+# (the for-loop's first loop reduces every tensor, then one collective combines them)
 CASES = {
     "lamb": (Lamb, {"lr": 0.1, "weight_decay": 0.1, "max_grad_norm": 0.0}, 2),
     "lamb_pre_norm": (Lamb, {"lr": 0.1, "max_grad_norm": 0.3, "pre_norm": True}, 3),
-    # LARS's foreach path splits a group by ndim (a host-side branch): each group here holds
-    # matrices and vectors, two batches, each combining its norms once
-    "lars": (LARS, {"lr": 0.1, "weight_decay": 0.01, "trust_coefficient": 0.02}, 4),
+    # other settings of the options: each reduces its own way in the for-loop's first loop
+    "lamb_coupled": (
+        Lamb,
+        {"lr": 0.1, "weight_decay": 0.1, "max_grad_norm": 0.0, "weight_decouple": False, "grad_averaging": False},
+        2,
+    ),
+    "lamb_fixed_decay": (
+        Lamb,
+        {"lr": 0.1, "weight_decay": 0.1, "max_grad_norm": 0.3, "fixed_decay": True, "pre_norm": True, "maximize": True},
+        3,
+    ),
+    "lars": (LARS, {"lr": 0.1, "weight_decay": 0.01, "trust_coefficient": 0.02}, 2),
+    "lars_nesterov": (LARS, {"lr": 0.1, "weight_decay": 0.01, "nesterov": True, "maximize": True}, 2),
     # one all_reduce for the sums and norms, one for the min: two kinds, two groups
     "setadam": (SETAdam, {"lr": 0.1, "weight_decay": 0.01}, 4),
+    "setadam_decoupled": (SETAdam, {"lr": 0.1, "weight_decay": 0.01, "decoupled_weight_decay": True}, 4),
     "adan": (Adan, {"lr": 0.05, "weight_decay": 0.02, "max_grad_norm": 0.3}, 1),
     # elementwise updates: the local shards alone (these failed on DTensors in foreach)
     "sgd": (SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}, 0),
     "adamw": (AdamW, {"lr": 0.1, "weight_decay": 0.01}, 0),
 }
+# LARS's foreach path splits a group by ndim (a host-side branch): each group here holds
+# matrices and vectors, two batches, each combining its norms once
+FOREACH_CALLS = {"lars": 4, "lars_nesterov": 4}
 
 
 def _free_port() -> int:
@@ -159,8 +174,8 @@ def _fsdp_worker(rank: int, port: int) -> None:
             for foreach in (False, True):
                 params, calls = _sharded_run(mesh, cls, kwargs, foreach, torch.float64)
                 _assert_equal(params, cls, kwargs, foreach, torch.float64, (name, foreach))
-                if foreach:
-                    assert calls == [collectives] * STEPS, (name, calls)
+                expected = FOREACH_CALLS.get(name, collectives) if foreach else collectives
+                assert calls == [expected] * STEPS, (name, foreach, calls)
         for name in ("lamb", "setadam"):
             cls, kwargs, _ = CASES[name]
             params, _ = _sharded_run(mesh, cls, kwargs, True, torch.float32)
@@ -178,7 +193,7 @@ def _fsdp_worker(rank: int, port: int) -> None:
             cls, kwargs, collectives = CASES[name]
             params, calls = _sharded_run(mesh_2d, cls, kwargs, True, torch.float64, [Replicate(), Shard(0)])
             _assert_equal(params, cls, kwargs, True, torch.float64, (name, "2-d mesh"))
-            assert calls == [collectives] * STEPS, (name, "2-d mesh", calls)
+            assert calls == [FOREACH_CALLS.get(name, collectives)] * STEPS, (name, "2-d mesh", calls)
     finally:
         dist.destroy_process_group()
 

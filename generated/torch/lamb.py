@@ -419,9 +419,9 @@ def _single_tensor_lamb(
     shard_groups: list | None = None,
 ) -> None:
     """The for-loop implementation: one tensor at a time. With `shard_groups` (local shards of
-    DTensor parameters), each tensor's reductions are all-reduced over its shard group as the
-    loop reaches them: one collective per tensor and kind of reduction (the foreach path
-    makes one per batch)."""
+    DTensor parameters), a first loop computes every tensor's reductions of its shard from
+    the unchanged param and states, and one all-reduce per kind of reduction combines them
+    over the shard groups before the update loop reads them."""
     if adam and not params:
         return
     if pre_norm:
@@ -434,6 +434,48 @@ def _single_tensor_lamb(
         )
     if adam:
         trust_ratio = 1
+    elif shard_groups is not None:
+        # the local partials of every tensor's reductions before any update
+        param_norms, adam_norms = [], []
+        for i, param in enumerate(params):
+            grad = grads[i] if not maximize else -grads[i]
+            exp_avg = exp_avgs[i]
+            exp_avg_sq = exp_avg_sqs[i]
+            if pre_norm:
+                grad = grad.mul(clip_coef)
+            if grad_averaging:
+                exp_avg = exp_avg.lerp(grad, 1 - beta1)
+            else:
+                exp_avg = grad.add(exp_avg, alpha=beta1)
+            if pre_norm:
+                grad.square_()
+                grad.mul_(1 - beta2)
+                grad.add_(exp_avg_sq, alpha=beta2)
+                exp_avg_sq_1 = grad
+                if not weight_decouple:
+                    denom = exp_avg_sq_1.sqrt()
+            else:
+                exp_avg_sq = exp_avg_sq.mul(beta2)
+                exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
+                if not weight_decouple:
+                    denom = exp_avg_sq.sqrt()
+            if weight_decouple:
+                if weight_decay != 0:
+                    if fixed_decay:
+                        param = param.mul(1 - weight_decay)
+                    else:
+                        param = param.mul(1 - weight_decay * lr)
+                if pre_norm:
+                    denom = exp_avg_sq_1.sqrt()
+                else:
+                    denom = exp_avg_sq.sqrt()
+            denom.add_(eps)
+            update = exp_avg.div(denom)
+            if not weight_decouple and weight_decay != 0:
+                update.add_(param, alpha=weight_decay)
+            param_norms.append(torch.linalg.vector_norm(param))
+            adam_norms.append(torch.linalg.vector_norm(update))
+        _all_reduce_partials(shard_groups, norms=[param_norms, adam_norms])
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
         exp_avg = exp_avgs[i]
@@ -468,10 +510,12 @@ def _single_tensor_lamb(
             update = exp_avg.div(denom)
             if not weight_decouple and weight_decay != 0:
                 update.add_(param, alpha=weight_decay)
-            param_norm = torch.linalg.vector_norm(param)
-            adam_norm = torch.linalg.vector_norm(update)
-            if shard_groups is not None:
-                _all_reduce_partials([shard_groups[i]], norms=[[param_norm], [adam_norm]])
+            if shard_groups is None:
+                param_norm = torch.linalg.vector_norm(param)
+                adam_norm = torch.linalg.vector_norm(update)
+            else:
+                param_norm = param_norms[i]
+                adam_norm = adam_norms[i]
             weight_norm = torch.clamp(param_norm, max=10)
             trust_ratio = torch.where(
                 (adam_norm == 0) | (weight_norm == 0), 1.0, weight_norm / (adam_norm + eps)

@@ -315,18 +315,28 @@ def _single_tensor_lars(
     shard_groups: list | None = None,
 ) -> None:
     """The for-loop implementation: one tensor at a time. With `shard_groups` (local shards of
-    DTensor parameters), each tensor's reductions are all-reduced over its shard group as the
-    loop reaches them: one collective per tensor and kind of reduction (the foreach path
-    makes one per batch)."""
+    DTensor parameters), a first loop computes every tensor's reductions of its shard from
+    the unchanged param and states, and one all-reduce per kind of reduction combines them
+    over the shard groups before the update loop reads them."""
+    if shard_groups is not None:
+        # the local partials of every tensor's reductions before any update
+        param_norms, grad_norms = [], []
+        for i, param in enumerate(params):
+            grad = grads[i] if not maximize else -grads[i]
+            param_norms.append(torch.linalg.vector_norm(param))
+            grad_norms.append(torch.linalg.vector_norm(grad))
+        _all_reduce_partials(shard_groups, norms=[param_norms, grad_norms])
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
         momentum_buffer = momentum_buffers[i]
         step_t = state_steps[i]
         step_t += 1
-        param_norm = torch.linalg.vector_norm(param)
-        grad_norm = torch.linalg.vector_norm(grad)
-        if shard_groups is not None:
-            _all_reduce_partials([shard_groups[i]], norms=[[param_norm], [grad_norm]])
+        if shard_groups is None:
+            param_norm = torch.linalg.vector_norm(param)
+            grad_norm = torch.linalg.vector_norm(grad)
+        else:
+            param_norm = param_norms[i]
+            grad_norm = grad_norms[i]
         denom = grad_norm + param_norm * weight_decay
         trust_ratio = torch.where(
             (denom > 0) & (param_norm > 0), param_norm * trust_coefficient / denom, 1.0

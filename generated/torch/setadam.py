@@ -338,9 +338,25 @@ def _single_tensor_setadam(
     shard_groups: list | None = None,
 ) -> None:
     """The for-loop implementation: one tensor at a time. With `shard_groups` (local shards of
-    DTensor parameters), each tensor's reductions are all-reduced over its shard group as the
-    loop reaches them: one collective per tensor and kind of reduction (the foreach path
-    makes one per batch)."""
+    DTensor parameters), a first loop computes every tensor's reductions of its shard from
+    the unchanged param and states, and one all-reduce per kind of reduction combines them
+    over the shard groups before the update loop reads them."""
+    if shard_groups is not None:
+        # the local partials of every tensor's reductions before any update
+        exp_avg_sq_norms, sum_exp_avg_sqs, min_exp_avg_sqs = [], [], []
+        for i, param in enumerate(params):
+            grad = grads[i] if not maximize else -grads[i]
+            exp_avg_sq = exp_avg_sqs[i]
+            exp_avg_sq = exp_avg_sq.mul(beta2)
+            if not decoupled_weight_decay:
+                grad = grad.add(param, alpha=weight_decay)
+            exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
+            exp_avg_sq_norms.append(torch.linalg.vector_norm(exp_avg_sq))
+            sum_exp_avg_sqs.append(exp_avg_sq.sum())
+            min_exp_avg_sqs.append(_amin(exp_avg_sq))
+        _all_reduce_partials(
+            shard_groups, norms=[exp_avg_sq_norms], sums=[sum_exp_avg_sqs], mins=[min_exp_avg_sqs]
+        )
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
         exp_avg = exp_avgs[i]
@@ -359,16 +375,14 @@ def _single_tensor_setadam(
                 grad = grad.add(param, alpha=weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        exp_avg_sq_norm = torch.linalg.vector_norm(exp_avg_sq)
-        sum_exp_avg_sq = exp_avg_sq.sum()
-        min_exp_avg_sq = _amin(exp_avg_sq)
-        if shard_groups is not None:
-            _all_reduce_partials(
-                [shard_groups[i]],
-                norms=[[exp_avg_sq_norm]],
-                sums=[[sum_exp_avg_sq]],
-                mins=[[min_exp_avg_sq]],
-            )
+        if shard_groups is None:
+            exp_avg_sq_norm = torch.linalg.vector_norm(exp_avg_sq)
+            sum_exp_avg_sq = exp_avg_sq.sum()
+            min_exp_avg_sq = _amin(exp_avg_sq)
+        else:
+            exp_avg_sq_norm = exp_avg_sq_norms[i]
+            sum_exp_avg_sq = sum_exp_avg_sqs[i]
+            min_exp_avg_sq = min_exp_avg_sqs[i]
         cos_sq = torch.where(
             exp_avg_sq_norm**2 > 0, sum_exp_avg_sq**2 / (exp_avg_sq_norm**2 * numel), 1.0
         )

@@ -12,6 +12,7 @@ from ...expr import NDIM, NUMEL, STEP
 from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T
 from .prepare import PER_TENSOR, Prepared, plural
 from .printer import TensorPrinter, host_printer
+from .reduce_pass import ReducePass
 from .schedule import Schedule
 from .statements import Block, Line, render
 
@@ -38,8 +39,9 @@ class _Texts:
 
 
 class SinglePrinter:
-    def __init__(self, p: Prepared, sched: Schedule):
+    def __init__(self, p: Prepared, sched: Schedule, batched: dict[str, str] | None = None):
         self.p = p
+        self.batched = batched or {}  # reductions a reduce-only loop combined: name -> its list
         self.texts = _Texts(p, sched)
         self.host_printer = host_printer(self.texts.host)
         self.tensor_printer = TensorPrinter(self.texts.name, p.is_scalar, self.texts.host)
@@ -72,6 +74,10 @@ class SinglePrinter:
                 out.append(self._combine(pending + hoisted))
                 pending, chain = [], None
             if op is None:  # hoisted
+                continue
+            if isinstance(op, Reduce) and op.target in self.batched:
+                out.append(self._read_combined([op] + self._hoistable(ops, k + 1)))
+                chain = None
                 continue
             if isinstance(op, InPlace) and op.target == chain and _chainable(op):
                 out[-1] = Line(out[-1].text + self._method(op))
@@ -116,6 +122,17 @@ class SinglePrinter:
 
     def reduced(self, target: str) -> str:
         return target
+
+    def _read_combined(self, reduces: list[Reduce]) -> Block:
+        """Unsharded, the reductions as they are; under sharding (FSDP2), the reduce-only
+        loop's combined results (reductions it does not batch: their own collective)."""
+        batched = [r for r in reduces if r.target in self.batched]
+        others = [r for r in reduces if r.target not in self.batched]
+        sharded = [Line(f"{r.target} = {self.batched[r.target]}[i]") for r in batched]
+        sharded += [self._Reduce(r) for r in others]
+        if others:
+            sharded.append(self._combine(others))
+        return Block("if shard_groups is None:", [self._Reduce(r) for r in reduces], sharded)
 
     def _combine(self, pending: list[Reduce]) -> Block:
         """Under sharding (FSDP2), the reductions of this tensor's local shard made those of
@@ -197,6 +214,19 @@ def _reduce(fn: str, source: str) -> str:
     if fn in ("min", "max"):  # the identity for an empty shard, where amin() raises
         return f"_a{fn}({source})"
     return f"{source}.sum()"
+
+
+class ReducePassPrinter(SinglePrinter):
+    """The reduce-only loop: each reduction's local partial appended to its list."""
+
+    def statements(self, ops: list) -> list:
+        return [getattr(self, f"_{type(op).__name__}")(op) for op in ops]
+
+    def _If(self, op: If) -> Block:
+        return Block(f"if {self.host(op.cond)}:", self.statements(op.body), self.statements(op.orelse))
+
+    def _Reduce(self, op: Reduce) -> Line:
+        return Line(f"{op.target}.append({_reduce(op.fn, op.source.name)})")
 
 
 # the keyword of _all_reduce_partials for each kind of reduction
@@ -405,9 +435,10 @@ class _FirstTexts(_Texts):
 
 
 # --------------------------------------------------------------------------- function bodies
-def single_body(p: Prepared, sched: Schedule, index: str = "i") -> list:
-    """`i` is reserved: no value of the spec takes that name."""
-    printer = SinglePrinter(p, sched)
+def single_body(p: Prepared, sched: Schedule, pre: ReducePass | None = None, index: str = "i") -> list:
+    """`i` is reserved: no value of the spec takes that name. `pre`: the reduce-only loop
+    that runs first under sharding."""
+    printer = SinglePrinter(p, sched, pre.lists if pre else None)
     loop = [Line(f"grad = grads[{index}] if not maximize else -grads[{index}]")]
     for s in p.program.states:
         loop.append(Line(f"{s.name} = {plural(s.name)}[{index}]"))
@@ -420,7 +451,38 @@ def single_body(p: Prepared, sched: Schedule, index: str = "i") -> list:
     group = printer.statements(sched.group)
     if group:  # the group's values may read a cross-parameter value that no tensor needed
         group = [Block("if not params:", [Line("return")]), *group]
-    return group + [Block(f"for {index}, param in enumerate(params):", loop)]
+    reduce_first = [_reduce_pass_block(p, pre, index)] if pre else []
+    return group + reduce_first + [Block(f"for {index}, param in enumerate(params):", loop)]
+
+
+def _reduce_pass_block(p: Prepared, pre: ReducePass, index: str) -> Block:
+    """Under sharding: every tensor's reductions of local shards, from unchanged memory,
+    then one collective per kind of reduction for the whole group."""
+    printer = ReducePassPrinter(p, pre.schedule)
+    body = printer.statements(pre.schedule.per_tensor_host) + printer.statements(pre.schedule.work)
+    text = render(body, 0)
+    inputs = ["grad", "numel", "step"] + [s.name for s in p.program.states]
+    reads = {name for name in inputs if re.search(rf"\b{name}\b", text)}  # what the loop loads
+    loop = [Line(f"grad = grads[{index}] if not maximize else -grads[{index}]")] if "grad" in reads else []
+    loop += [Line(f"{s.name} = {plural(s.name)}[{index}]") for s in p.program.states if s.name in reads]
+    if "numel" in reads:
+        loop.append(Line(f"numel = numels[{index}]"))
+    if "step" in reads:
+        loop.append(Line(f"step = state_steps[{index}].item() + 1"))
+    lists = list(pre.lists.values())
+    kinds: dict[str, list[str]] = {}
+    for name in lists:
+        kinds.setdefault(_KIND[pre.kinds[name]], []).append(name)
+    args = ", ".join(f"{kind}=[{', '.join(columns)}]" for kind, columns in kinds.items())
+    return Block(
+        "if shard_groups is not None:",
+        [
+            Line("# the local partials of every tensor's reductions before any update"),
+            Line(f"{', '.join(lists)} = {', '.join('[]' for _ in lists)}"),
+            Block(f"for {index}, param in enumerate(params):", loop + body),
+            Line(f"_all_reduce_partials(shard_groups, {args})"),
+        ],
+    )
 
 
 def multi_body(p: Prepared, sched: Schedule, recurse: str, lists: list[str], extra: list[str] = ()) -> list:

@@ -1,0 +1,111 @@
+"""The reduce-only pass of the for-loop path under sharding (FSDP2).
+
+The for-loop updates one tensor at a time, so a per-tensor reduction of a local shard would
+need a collective of its own, tensor by tensor. Instead, under sharding, a first loop over the
+tensors computes every phase-0 per-tensor reduction's local partial, out of place from the
+unchanged param and states (what the fused kernels' first pass does, ir.py), one
+`_all_reduce_partials` combines them for the whole param group, and the update loop reads
+the combined values. Reductions of later phases (none in the catalog) stay combined tensor
+by tensor in the update loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .ops import If, Reduce
+from .prepare import Prepared, _absorb, _last_uses, plural
+from .schedule import Schedule, Scheduler
+
+_GROUP_KINDS = ("uniform", "device_uniform")  # computed once per group, before both loops
+
+
+@dataclass
+class _ReadOnly(Prepared):
+    """The program of the reduce-only pass: nothing is updated in place (no chains), so
+    each new version of param or a state is a temporary and memory stays unchanged."""
+
+    @property
+    def chains(self) -> list[str]:
+        return []
+
+
+@dataclass
+class ReducePass:
+    schedule: Schedule  # the reduce-only loop's body
+    lists: dict[str, str]  # a batched reduction's name in the update loop -> its list
+    kinds: dict[str, str]  # list -> the reduction (norm, sum, min, max)
+    made: set[str]  # the names the reduce-only loop's temporaries took
+
+
+def reduce_pass(p: Prepared, main: Schedule, taken: set[str]) -> ReducePass | None:
+    """The reduce-only pass for the phase-0 per-tensor reductions of `p`, whose update loop
+    is `main`; None when there are none, or when one runs for only some tensors (under a
+    per-tensor branch: its list would not line up with the tensors)."""
+    targets = [v.name for v in p.values if v.is_reduction and v.over == "tensor" and v.phase == 0]
+    if not targets or _under_per_tensor_branch(main.work, {main.display[t] for t in targets}):
+        return None
+    need = _closure(p, targets)
+    values = [v for v in p.values if v.name in need and p.kinds[v.name] not in _GROUP_KINDS]
+    pre = _ReadOnly(p.program, values, p.kinds, p.scalar_states, p.globals, {}, var_of=p.var_of)
+    pre.absorbed = _absorb(pre)
+    pre.last_use = _last_uses(pre)
+    lists = {main.display[t]: plural(main.display[t]) for t in targets}
+    group_names = {main.display[v.name] for v in p.values if p.kinds[v.name] in _GROUP_KINDS}
+    scheduler = Scheduler(pre, False, taken | set(lists.values()) | group_names)
+    for v in p.values:  # the group's values keep the names the update loop gives them
+        if p.kinds[v.name] in _GROUP_KINDS:
+            scheduler.st.display[v.name] = main.display[v.name]
+    schedule = scheduler.run()
+    if _under_per_tensor_branch(schedule.work, {schedule.display[t] for t in targets}):
+        return None
+    kinds = {}
+    for t in targets:
+        kinds[lists[main.display[t]]] = next(r.fn for r in _reduces(main.work) if r.target == main.display[t])
+    # the reduce-only loop appends each result to the list the update loop reads
+    _rename_reduces(schedule.work, {scheduler.st.display[t]: lists[main.display[t]] for t in targets})
+    return ReducePass(schedule, lists, kinds, scheduler.taken - taken)
+
+
+def _closure(p: Prepared, targets: list[str]) -> set[str]:
+    """The values computing `targets` needs, host values with all their dependencies (the
+    reduce-only loop computes its own), stopping at reductions that are not targets."""
+    by_name = {v.name: v for v in p.values}
+    need: set[str] = set()
+    stack = list(targets)
+    while stack:
+        name = stack.pop()
+        if name in need or name not in by_name:
+            continue
+        need.add(name)
+        v = by_name[name]
+        if v.is_reduction and name not in targets:
+            continue
+        stack.extend(s.name for s in v.expr.free_symbols)
+    return need
+
+
+def _reduces(ops: list):
+    for op in ops:
+        if isinstance(op, If):
+            yield from _reduces(op.body)
+            yield from _reduces(op.orelse)
+        elif isinstance(op, Reduce):
+            yield op
+
+
+def _under_per_tensor_branch(ops: list, targets: set[str], under: bool = False) -> bool:
+    for op in ops:
+        if isinstance(op, If):
+            inner = under or op.per_tensor
+            if _under_per_tensor_branch(op.body, targets, inner) or _under_per_tensor_branch(op.orelse, targets, inner):
+                return True
+        elif isinstance(op, Reduce) and op.target in targets and under:
+            return True
+    return False
+
+
+def _rename_reduces(ops: list, names: dict[str, str]) -> None:
+    for op in _reduces(ops):
+        if op.target in names:
+            op.target = names[op.target]
