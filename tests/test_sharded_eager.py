@@ -20,7 +20,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import optgen
 from optgen.optimizers import LARS, SGD, AdamW, Adan, Lamb, SETAdam
+from optgen.parse import loads
 
 WORLD = 2
 STEPS = 3
@@ -56,6 +58,20 @@ CASES = {
     "sgd": (SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}, 0),
     "adamw": (AdamW, {"lr": 0.1, "weight_decay": 0.01}, 0),
 }
+# Two phases of reductions: the second norm reads the first (the catalog has none such)
+TWO_PHASES = """
+name: TwoPhases
+summary: Momentum of the normalised gradient, the step normalised again.
+hyperparameters:
+  lr:   {default: 0.1, range: "(0, inf)"}
+  beta: {default: 0.9, range: "[0, 1)"}
+  eps:  {default: 1.0e-8, range: "(0, inf)"}
+state:
+  exp_avg: {init: 0}
+update: |
+  exp_avg = beta * exp_avg + grad / (norm(grad) + eps)
+  param = param - lr * exp_avg / (norm(exp_avg) + eps)
+"""
 # LARS's foreach path splits a group by ndim (a host-side branch): each group here holds
 # matrices and vectors, two batches, each combining its norms once
 FOREACH_CALLS = {"lars": 4, "lars_nesterov": 4}
@@ -176,6 +192,13 @@ def _fsdp_worker(rank: int, port: int) -> None:
                 _assert_equal(params, cls, kwargs, foreach, torch.float64, (name, foreach))
                 expected = FOREACH_CALLS.get(name, collectives) if foreach else collectives
                 assert calls == [expected] * STEPS, (name, foreach, calls)
+        # one all_reduce per phase and group on either path, each phase's first loop
+        # reading the combined results of the one before
+        cls, kwargs = optgen.compile(loads(TWO_PHASES)), {"lr": 0.1}
+        for foreach in (False, True):
+            params, calls = _sharded_run(mesh, cls, kwargs, foreach, torch.float64)
+            _assert_equal(params, cls, kwargs, foreach, torch.float64, ("two phases", foreach))
+            assert calls == [4] * STEPS, ("two phases", foreach, calls)
         for name in ("lamb", "setadam"):
             cls, kwargs, _ = CASES[name]
             params, _ = _sharded_run(mesh, cls, kwargs, True, torch.float32)

@@ -435,10 +435,10 @@ class _FirstTexts(_Texts):
 
 
 # --------------------------------------------------------------------------- function bodies
-def single_body(p: Prepared, sched: Schedule, pre: ReducePass | None = None, index: str = "i") -> list:
-    """`i` is reserved: no value of the spec takes that name. `pre`: the reduce-only loop
-    that runs first under sharding."""
-    printer = SinglePrinter(p, sched, pre.lists if pre else None)
+def single_body(p: Prepared, sched: Schedule, passes: list[ReducePass] = (), index: str = "i") -> list:
+    """`i` is reserved: no value of the spec takes that name. `passes`: the reduce-only
+    loops that run first under sharding, one per phase."""
+    printer = SinglePrinter(p, sched, {name: lst for one in passes for name, lst in one.lists.items()})
     loop = [Line(f"grad = grads[{index}] if not maximize else -grads[{index}]")]
     for s in p.program.states:
         loop.append(Line(f"{s.name} = {plural(s.name)}[{index}]"))
@@ -451,13 +451,17 @@ def single_body(p: Prepared, sched: Schedule, pre: ReducePass | None = None, ind
     group = printer.statements(sched.group)
     if group:  # the group's values may read a cross-parameter value that no tensor needed
         group = [Block("if not params:", [Line("return")]), *group]
-    reduce_first = [_reduce_pass_block(p, pre, index)] if pre else []
-    return group + reduce_first + [Block(f"for {index}, param in enumerate(params):", loop)]
+    reduce_first = [Line("# the local partials of every tensor's reductions before any update")]
+    for one in passes:
+        reduce_first += _reduce_pass(p, one, index)
+    if passes:
+        group.append(Block("if shard_groups is not None:", reduce_first))
+    return group + [Block(f"for {index}, param in enumerate(params):", loop)]
 
 
-def _reduce_pass_block(p: Prepared, pre: ReducePass, index: str) -> Block:
-    """Under sharding: every tensor's reductions of local shards, from unchanged memory,
-    then one collective per kind of reduction for the whole group."""
+def _reduce_pass(p: Prepared, pre: ReducePass, index: str) -> list:
+    """Under sharding: every tensor's reductions of one phase of local shards, from
+    unchanged memory, then one collective per kind of reduction for the whole group."""
     printer = ReducePassPrinter(p, pre.schedule)
     body = printer.statements(pre.schedule.per_tensor_host) + printer.statements(pre.schedule.work)
     text = render(body, 0)
@@ -469,20 +473,17 @@ def _reduce_pass_block(p: Prepared, pre: ReducePass, index: str) -> Block:
         loop.append(Line(f"numel = numels[{index}]"))
     if "step" in reads:
         loop.append(Line(f"step = state_steps[{index}].item() + 1"))
+    loop += [Line(f"{name} = {lst}[{index}]") for name, lst in pre.reads.items()]  # earlier phases
     lists = list(pre.lists.values())
     kinds: dict[str, list[str]] = {}
     for name in lists:
         kinds.setdefault(_KIND[pre.kinds[name]], []).append(name)
     args = ", ".join(f"{kind}=[{', '.join(columns)}]" for kind, columns in kinds.items())
-    return Block(
-        "if shard_groups is not None:",
-        [
-            Line("# the local partials of every tensor's reductions before any update"),
-            Line(f"{', '.join(lists)} = {', '.join('[]' for _ in lists)}"),
-            Block(f"for {index}, param in enumerate(params):", loop + body),
-            Line(f"_all_reduce_partials(shard_groups, {args})"),
-        ],
-    )
+    return [
+        Line(f"{', '.join(lists)} = {', '.join('[]' for _ in lists)}"),
+        Block(f"for {index}, param in enumerate(params):", loop + body),
+        Line(f"_all_reduce_partials(shard_groups, {args})"),
+    ]
 
 
 def multi_body(p: Prepared, sched: Schedule, recurse: str, lists: list[str], extra: list[str] = ()) -> list:

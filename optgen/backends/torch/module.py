@@ -21,7 +21,7 @@ from . import config, names
 from .emit import elementwise, multi_body, single_body
 from .prepare import Prepared, plural, prepare
 from .printer import TensorPrinter, host_printer, number
-from .reduce_pass import reduce_pass
+from .reduce_pass import reduce_passes
 from .schedule import Scheduler
 from .statements import merge_variants, render
 
@@ -190,10 +190,10 @@ def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[
     for v in variants:
         single, multi = Scheduler(v.prepared, False, reserved), Scheduler(v.prepared, True, reserved)
         schedule = single.run()
-        pre = reduce_pass(v.prepared, schedule, reserved) if "shard_groups" in extra else None
-        singles.append((v.options, single_body(v.prepared, schedule, pre)))
+        passes = reduce_passes(v.prepared, schedule, reserved) if "shard_groups" in extra else []
+        singles.append((v.options, single_body(v.prepared, schedule, passes)))
         multis.append((v.options, multi_body(v.prepared, multi.run(), recurse, lists, extra)))
-        made |= (single.taken | multi.taken | (pre.made if pre else set())) - reserved
+        made |= (single.taken | multi.taken | {n for one in passes for n in one.made}) - reserved
     options = list(spec.options)
     return {
         "single_body": render(merge_variants(singles, options), 1),

@@ -33,38 +33,52 @@ class _ReadOnly(Prepared):
 @dataclass
 class ReducePass:
     schedule: Schedule  # the reduce-only loop's body
-    lists: dict[str, str]  # a batched reduction's name in the update loop -> its list
+    lists: dict[str, str]  # a reduction's name in the update loop -> its list
     kinds: dict[str, str]  # list -> the reduction (norm, sum, min, max)
+    reads: dict[str, str]  # an earlier phase's reduction the loop reads -> its list
     made: set[str]  # the names the reduce-only loop's temporaries took
 
 
-def reduce_pass(p: Prepared, main: Schedule, taken: set[str]) -> ReducePass | None:
-    """The reduce-only pass for the phase-0 per-tensor reductions of `p`, whose update loop
-    is `main`; None when there are none, or when one runs for only some tensors (under a
-    per-tensor branch: its list would not line up with the tensors)."""
-    targets = [v.name for v in p.values if v.is_reduction and v.over == "tensor" and v.phase == 0]
-    if not targets or _under_per_tensor_branch(main.work, {main.display[t] for t in targets}):
+def reduce_passes(p: Prepared, main: Schedule, taken: set[str]) -> list[ReducePass]:
+    """One reduce-only pass per phase of per-tensor reductions of `p` (whose update loop is
+    `main`), each reading the combined results of the earlier ones; they stop at a phase
+    with a reduction under a per-tensor branch (its list would not line up with the
+    tensors): that phase and later ones are combined tensor by tensor."""
+    reductions = [v for v in p.values if v.is_reduction and v.over == "tensor"]
+    lists = {v.name: plural(main.display[v.name]) for v in reductions}
+    group = [v.name for v in p.values if p.kinds[v.name] in _GROUP_KINDS]
+    taken = taken | set(lists.values()) | {main.display[n] for n in group + list(lists)}
+    passes: list[ReducePass] = []
+    for phase in range(max((v.phase for v in reductions), default=-1) + 1):
+        targets = [v.name for v in reductions if v.phase == phase]
+        done = [v.name for v in reductions if v.phase < phase]
+        one = _reduce_pass(p, main, targets, group + done, lists, taken)
+        if one is None:
+            break
+        passes.append(one)
+    return passes
+
+
+def _reduce_pass(p, main, targets, given, lists, taken) -> ReducePass | None:
+    if _under_per_tensor_branch(main.work, {main.display[t] for t in targets}):
         return None
     need = _closure(p, targets)
-    values = [v for v in p.values if v.name in need and p.kinds[v.name] not in _GROUP_KINDS]
+    values = [v for v in p.values if v.name in need and v.name not in given]
     pre = _ReadOnly(p.program, values, p.kinds, p.scalar_states, p.globals, {}, var_of=p.var_of)
     pre.absorbed = _absorb(pre)
     pre.last_use = _last_uses(pre)
-    lists = {main.display[t]: plural(main.display[t]) for t in targets}
-    group_names = {main.display[v.name] for v in p.values if p.kinds[v.name] in _GROUP_KINDS}
-    scheduler = Scheduler(pre, False, taken | set(lists.values()) | group_names)
-    for v in p.values:  # the group's values keep the names the update loop gives them
-        if p.kinds[v.name] in _GROUP_KINDS:
-            scheduler.st.display[v.name] = main.display[v.name]
+    scheduler = Scheduler(pre, False, taken)
+    for name in given:  # group values and earlier reductions: the update loop's names
+        scheduler.st.display[name] = main.display[name]
     schedule = scheduler.run()
     if _under_per_tensor_branch(schedule.work, {schedule.display[t] for t in targets}):
         return None
-    kinds = {}
-    for t in targets:
-        kinds[lists[main.display[t]]] = next(r.fn for r in _reduces(main.work) if r.target == main.display[t])
+    kinds = {lists[t]: next(r.fn for r in _reduces(main.work) if r.target == main.display[t]) for t in targets}
     # the reduce-only loop appends each result to the list the update loop reads
-    _rename_reduces(schedule.work, {scheduler.st.display[t]: lists[main.display[t]] for t in targets})
-    return ReducePass(schedule, lists, kinds, scheduler.taken - taken)
+    _rename_reduces(schedule.work, {schedule.display[t]: lists[t] for t in targets})
+    reads = {main.display[n]: lists[n] for n in given if n in lists and n in need}
+    batched = {main.display[t]: lists[t] for t in targets}
+    return ReducePass(schedule, batched, kinds, reads, scheduler.taken - taken)
 
 
 def _closure(p: Prepared, targets: list[str]) -> set[str]:
