@@ -1,12 +1,13 @@
-"""The reduce-only pass of the for-loop path under sharding (FSDP2).
+"""The reduce-only passes of the for-loop path under sharding (FSDP2).
 
 The for-loop updates one tensor at a time, so a per-tensor reduction of a local shard would
 need a collective of its own, tensor by tensor. Instead, under sharding, a first loop over the
 tensors computes every phase-0 per-tensor reduction's local partial, out of place from the
 unchanged param and states (what the fused kernels' first pass does, ir.py), one
 `_all_reduce_partials` combines them for the whole param group, and the update loop reads
-the combined values. Reductions of later phases (none in the catalog) stay combined tensor
-by tensor in the update loop.
+the combined values. A later phase's loop does the same, reading the earlier phases'
+combined values (no catalog spec has more than one phase). Unsharded, the update loop
+reduces as it goes: one pass over memory, as before.
 """
 
 from __future__ import annotations
