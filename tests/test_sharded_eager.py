@@ -58,20 +58,53 @@ CASES = {
     "sgd": (SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}, 0),
     "adamw": (AdamW, {"lr": 0.1, "weight_decay": 0.01}, 0),
 }
-# Two phases of reductions: the second norm reads the first (the catalog has none such)
-TWO_PHASES = """
-name: TwoPhases
-summary: Momentum of the normalised gradient, the step normalised again.
+# Specs compiled from text for what the catalog lacks: two phases of reductions (the second
+# norm reads the first), a scalar state read by a reduction's argument, and a tensor state,
+# mean, amin, amax, numel and step together; the collectives per step on either path:
+# one per phase, group and kind (norms and sums are one kind)
+_HEAD = """
+name: {name}
+summary: A spec of the sharding tests.
 hyperparameters:
-  lr:   {default: 0.1, range: "(0, inf)"}
-  beta: {default: 0.9, range: "[0, 1)"}
-  eps:  {default: 1.0e-8, range: "(0, inf)"}
+  lr:   {{default: 0.1, range: "(0, inf)"}}
+  beta: {{default: 0.9, range: "[0, 1)"}}
+  eps:  {{default: 1.0e-8, range: "(0, inf)"}}
+  weight_decay: {{default: 0.0, range: "[0, inf)"}}
+options:
+  flag: false
 state:
-  exp_avg: {init: 0}
+  exp_avg: {{init: 0}}
+  s: {{init: 1, scope: tensor}}
 update: |
-  exp_avg = beta * exp_avg + grad / (norm(grad) + eps)
-  param = param - lr * exp_avg / (norm(exp_avg) + eps)
 """
+COMPILED = {
+    "TwoPhases": (
+        """  exp_avg = beta * exp_avg + grad / (norm(grad) + eps)
+  param = param - lr * exp_avg / (norm(exp_avg) + eps)
+""",
+        {"lr": 0.1},
+        4,
+    ),
+    "ScalarState": (
+        """  s = s * beta
+  exp_avg = exp_avg * s + grad
+  param = param - lr * exp_avg / (norm(exp_avg) + eps)
+""",
+        {"lr": 0.1},
+        2,
+    ),
+    "MixedReductions": (
+        """  exp_avg = beta * exp_avg + (1 - beta) * grad
+  s = beta * s + (1 - beta) * mean(grad * grad)
+  if flag:
+      param = param * (1 - lr * weight_decay)
+  m = amax(abs(exp_avg)) + amin(exp_avg) * 0.1
+  param = param - lr * exp_avg / (sqrt(s / (1 - beta ** step)) + eps + m / numel(param))
+""",
+        {"lr": 0.1, "weight_decay": 0.1, "flag": True},
+        6,
+    ),
+}
 # LARS's foreach path splits a group by ndim (a host-side branch): each group here holds
 # matrices and vectors, two batches, each combining its norms once
 FOREACH_CALLS = {"lars": 4, "lars_nesterov": 4}
@@ -192,13 +225,12 @@ def _fsdp_worker(rank: int, port: int) -> None:
                 _assert_equal(params, cls, kwargs, foreach, torch.float64, (name, foreach))
                 expected = FOREACH_CALLS.get(name, collectives) if foreach else collectives
                 assert calls == [expected] * STEPS, (name, foreach, calls)
-        # one all_reduce per phase and group on either path, each phase's first loop
-        # reading the combined results of the one before
-        cls, kwargs = optgen.compile(loads(TWO_PHASES)), {"lr": 0.1}
-        for foreach in (False, True):
-            params, calls = _sharded_run(mesh, cls, kwargs, foreach, torch.float64)
-            _assert_equal(params, cls, kwargs, foreach, torch.float64, ("two phases", foreach))
-            assert calls == [4] * STEPS, ("two phases", foreach, calls)
+        for name, (update, kwargs, collectives) in COMPILED.items():
+            cls = optgen.compile(loads(_HEAD.format(name=name) + update))
+            for foreach in (False, True):
+                params, calls = _sharded_run(mesh, cls, kwargs, foreach, torch.float64)
+                _assert_equal(params, cls, kwargs, foreach, torch.float64, (name, foreach))
+                assert calls == [collectives] * STEPS, (name, foreach, calls)
         for name in ("lamb", "setadam"):
             cls, kwargs, _ = CASES[name]
             params, _ = _sharded_run(mesh, cls, kwargs, True, torch.float32)

@@ -462,7 +462,7 @@ def single_body(p: Prepared, sched: Schedule, passes: list[ReducePass] = (), ind
 def _reduce_pass(p: Prepared, pre: ReducePass, index: str) -> list:
     """Under sharding: every tensor's reductions of one phase of local shards, from
     unchanged memory, then one collective per kind of reduction for the whole group."""
-    printer = ReducePassPrinter(p, pre.schedule)
+    printer = ReducePassPrinter(pre.prepared, pre.schedule)
     body = printer.statements(pre.schedule.per_tensor_host) + printer.statements(pre.schedule.work)
     text = render(body, 0)
     inputs = ["grad", "numel", "step"] + [s.name for s in p.program.states]

@@ -33,7 +33,8 @@ class _ReadOnly(Prepared):
 
 @dataclass
 class ReducePass:
-    schedule: Schedule  # the reduce-only loop's body
+    prepared: Prepared  # the reduce-only loop's program
+    schedule: Schedule  # and its body
     lists: dict[str, str]  # a reduction's name in the update loop -> its list
     kinds: dict[str, str]  # list -> the reduction (norm, sum, min, max)
     reads: dict[str, str]  # an earlier phase's reduction the loop reads -> its list
@@ -65,7 +66,9 @@ def _reduce_pass(p, main, targets, given, lists, taken) -> ReducePass | None:
         return None
     need = _closure(p, targets)
     values = [v for v in p.values if v.name in need and v.name not in given]
-    pre = _ReadOnly(p.program, values, p.kinds, p.scalar_states, p.globals, {}, var_of=p.var_of)
+    # a new version of a scalar state is a Python float here, not the state read with .item()
+    inputs = {name: var for name, var in p.var_of.items() if name == var}
+    pre = _ReadOnly(p.program, values, p.kinds, p.scalar_states, p.globals, {}, var_of=inputs)
     pre.absorbed = _absorb(pre)
     pre.last_use = _last_uses(pre)
     scheduler = Scheduler(pre, False, taken)
@@ -79,7 +82,7 @@ def _reduce_pass(p, main, targets, given, lists, taken) -> ReducePass | None:
     _rename_reduces(schedule.work, {schedule.display[t]: lists[t] for t in targets})
     reads = {main.display[n]: lists[n] for n in given if n in lists and n in need}
     batched = {main.display[t]: lists[t] for t in targets}
-    return ReducePass(schedule, batched, kinds, reads, scheduler.taken - taken)
+    return ReducePass(pre, schedule, batched, kinds, reads, scheduler.taken - taken)
 
 
 def _closure(p: Prepared, targets: list[str]) -> set[str]:
