@@ -233,8 +233,9 @@ def _fsdp_worker(rank: int, port: int) -> None:
                 assert calls == [collectives] * STEPS, (name, foreach, calls)
         for name in ("lamb", "setadam"):
             cls, kwargs, _ = CASES[name]
-            params, _ = _sharded_run(mesh, cls, kwargs, True, torch.float32)
-            _assert_equal(params, cls, kwargs, True, torch.float32, (name, "float32"))
+            for foreach in (False, True):
+                params, _ = _sharded_run(mesh, cls, kwargs, foreach, torch.float32)
+                _assert_equal(params, cls, kwargs, foreach, torch.float32, (name, foreach, "float32"))
             # replicated DTensors (each rank holds the whole tensor): nothing to combine
             params, calls = _sharded_run(mesh, cls, kwargs, True, torch.float64, [Replicate()])
             _assert_equal(params, cls, kwargs, True, torch.float64, (name, "replicated"))
