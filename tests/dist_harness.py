@@ -8,7 +8,8 @@ some ranks while others wait in a collective would hang them; so after each case
 meet in the parent's TCPStore (not in gloo): a rank that does not report within AGREE_S is
 taken as stuck, the others exit, closing their sockets, which fails the stuck rank's
 collective, and the parent relaunches the configuration from the next case. A launch is
-bounded by LAUNCH_TIMEOUT_S; a straggler is killed and its case reported as hung.
+killed when no rank has finished a case for STALL_S (a rank stuck outside a collective),
+and the unfinished case reported; so a hung rank fails its cell instead of hanging CI.
 """
 
 from __future__ import annotations
@@ -43,14 +44,14 @@ STEPS = 4
 GLOO_TIMEOUT_S = 60  # a collective that never completes: the backstop behind AGREE_S
 AGREE_S = 3.0  # how long the ranks that finished a case wait for the others (too short
 # costs only time: a slow rank still records its case before it sees the abort and exits)
-LAUNCH_TIMEOUT_S = 240.0
+STALL_S = 150.0  # no case finished for this long (past the gloo backstop): kill the launch
 PATHS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 # The Triton kernels in Triton's interpreter (fused=True with TRITON_INTERPRET=1 on CPU
 # tensors): slow, so only the specs with per-tensor and global reductions.
 TRITON_SPECS = ("Adan", "Lamb", "LARS", "SETAdam")
 
-# Hyperparameters that make the hard terms run: global clipping (Adan, Lamb with pre_norm,
-# clipping active: the gradients' global norm is about 1), per-tensor norms (Lamb, LARS),
+# Hyperparameters that make the hard terms run: global clipping (Adan, Lamb with pre_norm;
+# max_grad_norm 0.05, below the gradients' global norm of 0.6 to 1.3, so it clips), per-tensor norms (Lamb, LARS),
 # SETAdam's per-tensor sum, norm and amin, momentum, weight decay.
 HYPER = {
     "AdaBelief": {"weight_decay": 0.01},
@@ -72,6 +73,7 @@ HYPER = {
     "SGD": {"lr": 0.01, "weight_decay": 0.01, "momentum": 0.9, "nesterov": True},
 }
 TRAP = "ShardLocalLamb"
+STUCK = "FailsOnLastRank"
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,24 @@ class ShardLocalLamb(torch.optim.Optimizer):
                 param.sub_(group["lr"] * trust * grad)
 
 
+class FailsOnLastRank(torch.optim.Optimizer):
+    """Raises on the last rank while the others gather their DTensor parameters, a collective
+    the last rank never joins (as SETAdam's amin() of an empty shard did on main): the harness
+    must report the case, not hang. Run last, so its launch's early exit costs no relaunch;
+    single-process (the reference) it leaves the parameters as they are."""
+
+    def __init__(self, params, lr: float = 0.01):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if dist.is_initialized() and dist.get_rank() == dist.get_world_size() - 1:
+            raise RuntimeError("deliberate failure on the last rank")
+        for group in self.param_groups:
+            for p in group["params"]:
+                _full(p)
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
@@ -138,7 +158,7 @@ def cases(dtypes=("float64", "float32")) -> list[Case]:
             paths = [*PATHS, "triton"] if spec in TRITON_SPECS and triton else list(PATHS)
             out += [Case(spec, path, dtype) for path in paths]
         out.append(Case(TRAP, "loop", dtype))
-    return out
+    return [*out, Case(STUCK, "loop", "float64")]
 
 
 # --------------------------------------------------------------------------- one run
@@ -182,15 +202,15 @@ def import_triton() -> bool:
 
 
 def optimizer_class(spec: str):
-    if spec == TRAP:
-        return ShardLocalLamb
+    if spec in (TRAP, STUCK):
+        return {TRAP: ShardLocalLamb, STUCK: FailsOnLastRank}[spec]
     from optgen import optimizers
 
     return getattr(optimizers, spec)
 
 
 def optimizer_kwargs(case: Case) -> dict:
-    if case.spec == TRAP:
+    if case.spec in (TRAP, STUCK):
         return {}
     return {**HYPER.get(case.spec, {}), **PATHS[case.path if case.path != "triton" else "fused"]}
 
@@ -324,10 +344,7 @@ def run_config(config: Config, todo: list[Case], refs: dict) -> dict[str, dict]:
             ]
             for p in procs:
                 p.start()
-            deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-            for p in procs:
-                p.join(max(0.0, deadline - time.monotonic()))
-            hung = [p for p in procs if p.is_alive()]
+            hung = _wait(procs, out)
             for p in hung:
                 p.kill()
                 p.join()
@@ -351,6 +368,25 @@ def run_config(config: Config, todo: list[Case], refs: dict) -> dict[str, dict]:
                     results[case.key] = {"error": f"launch {launch} of {config.name} ran no case"}
             launch += 1
     return results
+
+
+def _wait(procs: list, out: str) -> list:
+    """Wait for the workers to exit; kill them all when none of their result files has grown
+    for STALL_S. The killed ones."""
+    files = [Path(f"{out}.{r}") for r in range(len(procs))]
+    last, sizes = time.monotonic(), None
+    while any(p.is_alive() for p in procs):
+        now_sizes = [f.stat().st_size if f.is_file() else 0 for f in files]
+        if now_sizes != sizes:
+            last, sizes = time.monotonic(), now_sizes
+        elif time.monotonic() - last > STALL_S:
+            break
+        procs[0].join(0.2)
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+        p.join()
+    return hung
 
 
 def _read(out: str, world: int) -> dict[str, list[dict]]:
@@ -377,7 +413,9 @@ def _merge(rows: list[dict]) -> dict:
 
 def _unfinished(rows: list[dict], world: int, killed: bool, exit_codes: list) -> str:
     errors = [r["error"] for r in rows if "error" in r]
-    how = "were killed after the launch timeout" if killed else "did not report: stuck in a collective, or died"
+    how = (
+        f"were killed, no progress for {STALL_S:.0f} s" if killed else "did not report: stuck in a collective, or died"
+    )
     first = f"; first error: {errors[0]}" if errors else ""
     return f"{world - len(rows)} of {world} ranks {how} (exit codes {exit_codes}, -11: segfault){first}"
 

@@ -90,7 +90,7 @@ def _results(config_name: str) -> dict[str, dict]:
 def _cells():
     for config in harness.CONFIGS:
         for case in harness.cases():
-            if case.spec == harness.TRAP:
+            if case.spec in (harness.TRAP, harness.STUCK):
                 continue
             marks = []
             reason = _known(case.spec, case.path, config.name)
@@ -128,3 +128,11 @@ def test_shard_local_optimizer_is_right_on_whole_tensors(config_name, dtype):
     """The same optimizer on whole tensors (DDP; ZeRO-1 partitions whole tensors) passes: its
     failure under FSDP2 is the shard-local norm, not the harness."""
     assert _diff(config_name, harness.Case(harness.TRAP, "loop", dtype)) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("config_name", ["fsdp2", "fsdp3"])
+def test_harness_reports_a_rank_that_fails_while_others_wait(config_name):
+    """The last rank raises while the others wait for it in a collective: the case is reported
+    with that rank's error (the others' collectives fail when it exits), and the run goes on."""
+    row = _results(config_name)[harness.Case(harness.STUCK, "loop", "float64").key]
+    assert "deliberate failure on the last rank" in row.get("error", ""), row
