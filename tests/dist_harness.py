@@ -149,14 +149,17 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 def cases(dtypes=("float64", "float32")) -> list[Case]:
+    """Every catalog spec on every path this machine has (fused: a C++ compiler; Triton:
+    the triton package), the trap per dtype, and the deliberate rank failure last."""
     from optgen import optimizers
 
+    paths = [path for path in PATHS if path != "fused" or _have_compiler()]
     triton = import_triton()
     out = []
     for dtype in dtypes:
         for spec in sorted(optimizers.__all__):
-            paths = [*PATHS, "triton"] if spec in TRITON_SPECS and triton else list(PATHS)
-            out += [Case(spec, path, dtype) for path in paths]
+            extra = ["triton"] if spec in TRITON_SPECS and triton else []
+            out += [Case(spec, path, dtype) for path in [*paths, *extra]]
         out.append(Case(TRAP, "loop", dtype))
     return [*out, Case(STUCK, "loop", "float64")]
 
@@ -189,6 +192,18 @@ def triton_interpreter(on: bool):
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = old
+
+
+@functools.cache
+def _have_compiler() -> bool:
+    from optgen.backends.cpp import compiler
+    from optgen.errors import SetupError
+
+    try:
+        compiler.compiler()
+    except SetupError:
+        return False
+    return True
 
 
 def import_triton() -> bool:
