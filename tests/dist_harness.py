@@ -285,7 +285,7 @@ def max_diff(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
 
 
 # --------------------------------------------------------------------------- workers
-def _worker(rank: int, config: Config, todo: list[Case], refs: dict, port: int, prefix: str, out: str) -> None:
+def _worker(rank: int, config: Config, todo: list[Case], port: int, prefix: str, out: str) -> None:
     """One rank: every case of `todo` in turn, a JSON line each to `out`.rank; exits early
     (the parent relaunches from the next case) when some rank does not report a case."""
     torch.set_num_threads(1)
@@ -300,7 +300,8 @@ def _worker(rank: int, config: Config, todo: list[Case], refs: dict, port: int, 
         for n, case in enumerate(todo):
             _record(log, {"case": case.key, "start": True})
             try:
-                row = {"diff": max_diff(distributed(config, case, group), refs[case.key])}
+                # float64 values as JSON numbers: repr round-trips them exactly
+                row = {"params": [p.flatten().tolist() for p in distributed(config, case, group)]}
             except Exception as exc:  # noqa: BLE001 - any failure is the cell's result
                 row = {"error": "".join(traceback.format_exception_only(type(exc), exc)).strip()[-2000:]}
             _record(log, {"case": case.key, "rank": rank, **row})
@@ -338,12 +339,13 @@ def _agree(store, n: int, world: int, wait_s: float) -> set[str] | None:
 
 
 # --------------------------------------------------------------------------- the parent
-def run_config(config: Config, todo: list[Case], refs: dict) -> dict[str, dict]:
-    """Each case's result under `config`: {"diff": max abs difference from the reference over
-    the parameters, the largest any rank saw} or {"error": text}."""
+def run_config(config: Config, todo: list[Case]) -> dict[str, list[dict]]:
+    """Each case's rows under `config`, one per rank: {"params": the parameters after
+    training, flattened} or {"error": text}; or one row {"error": text} for a case some rank
+    never finished."""
     ctx = multiprocessing.get_context("spawn")
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    results: dict[str, dict] = {}
+    results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         launch = 0
         while len(results) < len(todo):
@@ -352,7 +354,7 @@ def run_config(config: Config, todo: list[Case], refs: dict) -> dict[str, dict]:
             procs = [
                 ctx.Process(
                     target=_worker,
-                    args=(r, config, remaining, refs, store.port, f"{config.name}/{launch}/", out),
+                    args=(r, config, remaining, store.port, f"{config.name}/{launch}/", out),
                     daemon=True,
                 )
                 for r in range(config.world)
@@ -360,9 +362,6 @@ def run_config(config: Config, todo: list[Case], refs: dict) -> dict[str, dict]:
             for p in procs:
                 p.start()
             hung = _wait(procs, out)
-            for p in hung:
-                p.kill()
-                p.join()
             done = _read(out, config.world)
             progressed = False
             for case in remaining:
@@ -370,17 +369,17 @@ def run_config(config: Config, todo: list[Case], refs: dict) -> dict[str, dict]:
                 if rows is None:
                     break
                 if len(rows) == config.world:
-                    results[case.key] = _merge(rows)
+                    results[case.key] = rows
                     progressed = True
                     continue
                 # started but some rank never finished it: that rank hung or died
                 codes = [p.exitcode for p in procs]
-                results[case.key] = {"error": _unfinished(rows, config.world, bool(hung), codes)}
+                results[case.key] = [{"error": _unfinished(rows, config.world, bool(hung), codes)}]
                 progressed = True
                 break
             if not progressed:  # nothing started: the launch itself failed
                 for case in remaining:
-                    results[case.key] = {"error": f"launch {launch} of {config.name} ran no case"}
+                    results[case.key] = [{"error": f"launch {launch} of {config.name} ran no case"}]
             launch += 1
     return results
 
@@ -419,11 +418,13 @@ def _read(out: str, world: int) -> dict[str, list[dict]]:
     return rows
 
 
-def _merge(rows: list[dict]) -> dict:
-    errors = [f"rank {r['rank']}: {r['error']}" for r in rows if "error" in r]
+def _merge(rows: list[dict], want: list[torch.Tensor]) -> dict:
+    """{"diff": the largest difference from `want` any rank saw} or {"error": every rank's}."""
+    errors = [f"rank {r['rank']}: {r['error']}" if "rank" in r else r["error"] for r in rows if "error" in r]
     if errors:
         return {"error": "\n".join(errors)}
-    return {"diff": max(r["diff"] for r in rows)}
+    got = [[torch.tensor(p, dtype=torch.float64) for p in r["params"]] for r in rows]
+    return {"diff": max(max_diff(params, [w.flatten() for w in want]) for params in got)}
 
 
 def _unfinished(rows: list[dict], world: int, killed: bool, exit_codes: list) -> str:
@@ -436,14 +437,19 @@ def _unfinished(rows: list[dict], world: int, killed: bool, exit_codes: list) ->
 
 
 def run_matrix(configs=CONFIGS, todo: list[Case] | None = None, skip=frozenset()) -> dict[tuple[str, str], dict]:
-    """{(config name, case key): result} for every configuration and case but the (config
-    name, case key) pairs in `skip` (cells known to crash a worker: each would cost a
-    relaunch). The configurations run at once: most of a relaunch is waiting."""
+    """{(config name, case key): {"diff": ...} or {"error": ...}} for every configuration and
+    case but the (config name, case key) pairs in `skip` (cells known to crash a worker: each
+    would cost a relaunch). The configurations run at once (most of a relaunch is waiting),
+    and the single-process references meanwhile."""
     todo = cases() if todo is None else todo
-    refs = {case.key: reference(case) for case in todo}
     with concurrent.futures.ThreadPoolExecutor(len(configs)) as pool:
         futures = {
-            config.name: pool.submit(run_config, config, [c for c in todo if (config.name, c.key) not in skip], refs)
+            config.name: pool.submit(run_config, config, [c for c in todo if (config.name, c.key) not in skip])
             for config in configs
         }
-        return {(name, key): row for name, future in futures.items() for key, row in future.result().items()}
+        refs = {case.key: reference(case) for case in todo}
+        return {
+            (name, key): _merge(rows, refs[key])
+            for name, future in futures.items()
+            for key, rows in future.result().items()
+        }
