@@ -43,18 +43,10 @@ _FOREACH_COPY = "aten._foreach_copy_ has no DTensor sharding strategy (NotImplem
 _EMPTY_AMIN = "amin() of the empty local shard raises on rank 2; ranks 0 and 1 wait in the all-reduce"
 _ZERO_NORM = "ZeRO-1: the global gradient norm covers the rank's own partition only"
 XFAIL = {
-    ("SGD", "foreach", "fsdp2"): _FOREACH_COPY,
-    ("SGD", "foreach", "fsdp3"): _FOREACH_COPY,
-    ("Adan", "foreach", "fsdp2"): _FOREACH_COPY,
-    ("Adan", "foreach", "fsdp3"): _FOREACH_COPY,
-    ("SETAdam", "loop", "fsdp3"): _EMPTY_AMIN,
-    ("SETAdam", "foreach", "fsdp3"): _EMPTY_AMIN,
     ("*", "fused", "fsdp2"): "CRASHES: the C++ kernels read DTensor parameters as plain tensors (segfault)",
     ("*", "fused", "fsdp3"): "CRASHES: the C++ kernels read DTensor parameters as plain tensors (segfault)",
     ("*", "triton", "fsdp2"): "the Triton runtime reads DTensor parameters as plain tensors (no data pointer)",
     ("*", "triton", "fsdp3"): "the Triton runtime reads DTensor parameters as plain tensors (no data pointer)",
-    ("Adan", "*", "zero2"): _ZERO_NORM + " (max_grad_norm; off by 2.9e-4 here)",
-    ("Lamb", "*", "zero2"): _ZERO_NORM + " (pre_norm; off by 1.0e-3 here)",
 }
 
 
