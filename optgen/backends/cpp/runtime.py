@@ -7,7 +7,9 @@ CPU tensors.
     register(spec) -> spec_key                        # a spec from optgen.compile
     select(device) -> (fused_step, register)          # this runtime on CPU, Triton's elsewhere
 
-The same contract as optgen.backends.triton.runtime. Tensors are split into groups of one
+The same contract as optgen.backends.triton.runtime. Params that are DTensors (FSDP2) are
+updated through their local shards, one pass at a time (optgen_pass), each pass's per-tensor
+reductions all-reduced over the shards before the next reads them (optgen/backends/fused_shards.py). Tensors are split into groups of one
 dtype per array (param, grad, each state); a group is one call into the library for its
 setting and dtypes. A group's tables (pointers, sizes, the block map, reduction buffers) are
 built once per set of tensors and cached by their addresses, so a steady training loop only
@@ -84,14 +86,18 @@ def fused_step(
 def _sharded_step(kernel: Kernel, call: Call, shards: Shards) -> None:
     """optgen_step one pass at a time: after each reduction pass, the per-tensor reductions
     of the local shards are combined over the processes that hold the other shards."""
-    call.numels[:] = shards.numels  # numel(param) is the whole tensor's (blocks stay the shard's)
-    table = torch.from_numpy(call.reductions[: call.numels.size * kernel.num_reductions])
-    table = table.view(call.numels.size, kernel.num_reductions)
+    n = call.numels.size
+    table = torch.from_numpy(call.reductions[: n * kernel.num_reductions]).view(n, kernel.num_reductions)
     threads = torch.get_num_threads()
-    for which, slots in enumerate(kernel.reduce_passes):
-        kernel.library.optgen_pass(ctypes.byref(call.context), threads, which)
-        shards.combine(table, [slot for slot, _ in slots], [op for _, op in slots])
-    kernel.library.optgen_pass(ctypes.byref(call.context), threads, len(kernel.reduce_passes))
+    local = call.numels.copy()
+    call.numels[:] = shards.numels  # numel(param) is the whole tensor's (the blocks stay the shard's)
+    try:
+        for which, slots in enumerate(kernel.reduce_passes):
+            kernel.library.optgen_pass(ctypes.byref(call.context), threads, which)
+            shards.combine(table, [slot for slot, _ in slots], [op for _, op in slots])
+        kernel.library.optgen_pass(ctypes.byref(call.context), threads, len(kernel.reduce_passes))
+    finally:  # the cached tables stay those of the tensors they were built for
+        call.numels[:] = local
 
 
 def fused_global(

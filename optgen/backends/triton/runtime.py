@@ -12,6 +12,10 @@ and are cached by the tensors' addresses, so a steady training loop re-uploads o
 per-step tables (host scalars by step, reduction accumulators).
 
 Under TRITON_INTERPRET=1 the same kernels run on CPU tensors (NumPy, one program at a time).
+
+Params that are DTensors (FSDP2) are updated through their local shards: after each reduction
+pass the launcher calls group.combine, which all-reduces the pass's columns of the reduction
+buffer over the shards (optgen/backends/fused_shards.py).
 """
 
 from __future__ import annotations
