@@ -111,6 +111,11 @@ def fused_global(
 ) -> dict[str, Tensor]:
     """This param group's share of the global reductions, as 0-d float64 tensors (summed in
     double; add them over the param groups)."""
+    if Shards.of(params) is not None:
+        raise NotImplementedError(
+            "fused_global of DTensor params: reduce each process's local shards and all-reduce the sums "
+            "(the torch optimizer classes compute their global reductions themselves)"
+        )
     out: dict[str, float] = {}
     for group in _groups(params, grads, {}):
         kernel = _kernel(spec_key, options, group.dtypes)

@@ -94,6 +94,11 @@ def fused_global(
     names = module.global_sums(options) if hasattr(module, "global_sums") else ()
     if not names or not params:
         return {}
+    if Shards.of(params) is not None:
+        raise NotImplementedError(
+            "fused_global of DTensor params: reduce each process's local shards and all-reduce the sums "
+            "(the torch optimizer classes compute their global reductions themselves)"
+        )
     hyper = {name: float(value) for name, value in hyper.items()}
     totals: dict[torch.device, Tensor] = {}
     for group in _groups(params, grads, {}, {}, [1] * len(params)):
