@@ -187,15 +187,38 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
     (void)_host; (void)_sign; (void)_first; (void)_partial;
 }
 
+// The passes, each over every tensor: called inside a parallel region (the `omp for`s share
+// its threads), by optgen_step all in one region or by optgen_pass one at a time.
+static void host_rows(const Context& c) {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < c.num_tensors; ++t) host_row(c, t);
+}
+
+static void run_update(const Context& c) {
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t b = 0; b < c.num_blocks; ++b)
+        update(c, c.block_tensor[b], c.block_begin[b], c.block_end[b], nullptr);
+}
+
 OPTGEN_EXPORT void optgen_step(const Context* context, int nthreads) {
     const Context& c = *context;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < c.num_tensors; ++t) host_row(c, t);
-#pragma omp for schedule(dynamic, 4)
-        for (int64_t b = 0; b < c.num_blocks; ++b)
-            update(c, c.block_tensor[b], c.block_begin[b], c.block_end[b], nullptr);
+        host_rows(c);
+        run_update(c);
+    }
+}
+
+// One pass of optgen_step: `which` counts the reduction passes from 0, then the update (the
+// first computes the host values too). For tensors sharded across processes: between
+// passes the caller combines the pass's columns of `reductions` with the other shards'
+// (optgen/backends/cpp/runtime.py).
+OPTGEN_EXPORT void optgen_pass(const Context* context, int nthreads, int which) {
+    const Context& c = *context;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        if (which == 0) host_rows(c);
+        if (which == 0) run_update(c);
     }
 }
 
@@ -207,7 +230,7 @@ OPTGEN_EXPORT void optgen_global_sums(const Context* context, int nthreads, doub
 
 // What the runtime needs to call this library without lowering the spec again (JSON).
 OPTGEN_EXPORT const char* optgen_metadata() {
-    return R"json({"arrays": ["param", "grad", "exp_avg", "exp_avg_var"], "global_reads": [], "global_sums": [], "hypers": ["lr", "beta1", "beta2", "weight_decay", "n_sma_threshold", "eps"], "reads_ndim": false, "tensor_states": []})json";
+    return R"json({"arrays": ["param", "grad", "exp_avg", "exp_avg_var"], "global_reads": [], "global_sums": [], "hypers": ["lr", "beta1", "beta2", "weight_decay", "n_sma_threshold", "eps"], "reads_ndim": false, "reduce_passes": [], "tensor_states": []})json";
 }
 
 OPTGEN_EXPORT int optgen_layout(int which) {

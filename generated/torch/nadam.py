@@ -170,6 +170,8 @@ class NAdam(Optimizer):
             step = param_state.get("step")
             if step is not None and not torch.is_tensor(step):
                 param_state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
+            if torch.is_tensor(param_state.get("mu_product")):
+                param_state["mu_product"] = param_state["mu_product"].to(_get_scalar_dtype())
 
     def _init_group(
         self, group, params, grads, mu_products, exp_avgs, exp_avg_sqs, state_steps

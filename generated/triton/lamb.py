@@ -440,8 +440,9 @@ def launch(
     `global_values`: a float32 tensor of the global sums (`global_sums(options)` order),
     computed over every param group first (see `launch_global_sums`)."""
     args, constants = _arguments(group, hyper, options, maximize, global_values)
-    for kernel in (lamb_reduce_1,)[: len(reduction_passes(options))]:
+    for which, kernel in enumerate((lamb_reduce_1,)[: len(reduction_passes(options))]):
         kernel[group.grid](*args, **constants)
+        group.combine(which)  # sharded tensors: each reduction over the other processes' shards too
     lamb_update[group.grid](*args, **constants)
 
 

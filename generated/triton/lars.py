@@ -232,6 +232,7 @@ def launch(
     passes the options need, then the update; each pass is one launch.
     `global_values`: unused (LARS has no global reductions)."""
     args, constants = _arguments(group, hyper, options, maximize)
-    for kernel in (lars_reduce_1,)[: len(reduction_passes(options))]:
+    for which, kernel in enumerate((lars_reduce_1,)[: len(reduction_passes(options))]):
         kernel[group.grid](*args, **constants)
+        group.combine(which)  # sharded tensors: each reduction over the other processes' shards too
     lars_update[group.grid](*args, **constants)

@@ -115,6 +115,7 @@ def setadam_reduce_1(
     block_tensors,
     block_indices,
     numels,
+    whole_numels,  # numel(param): a sharded tensor's numels are its local shard's
     step_scalars,  # float32 [tensors, len(STEP_SCALARS)]
     reductions,  # float32 [tensors, NUM_REDUCTIONS]
     # hyperparameters
@@ -190,6 +191,7 @@ def setadam_update(
     block_tensors,
     block_indices,
     numels,
+    whole_numels,  # numel(param): a sharded tensor's numels are its local shard's
     step_scalars,  # float32 [tensors, len(STEP_SCALARS)]
     reductions,  # float32 [tensors, NUM_REDUCTIONS]
     # hyperparameters
@@ -225,6 +227,7 @@ def setadam_update(
     sum_sum_sq_arg = tl.load(tensor_reductions + 0)
     sum_exp_avg_sq_1 = tl.load(tensor_reductions + 1)
     min_exp_avg_sq_1 = tl.load(tensor_reductions + 2)
+    numel = tl.load(whole_numels + tensor)
     param_ptrs = param_ptr + tl.multiple_of(tl.load(param_offsets + tensor), ALIGN) + offsets
     param = tl.load(param_ptrs, mask=mask).to(tl.float32)
     grad_ptrs = grad_ptr + tl.multiple_of(tl.load(grad_offsets + tensor), ALIGN) + offsets
@@ -272,6 +275,7 @@ def _arguments(group, hyper: dict[str, float], options: dict[str, bool], maximiz
         group.block_tensors,
         group.block_indices,
         group.numels,
+        group.whole_numels,
         group.step_table(step_table_row, hyper),
         group.reduction_buffer(passes),
         hyper["beta1"],
@@ -299,6 +303,7 @@ def launch(
     passes the options need, then the update; each pass is one launch.
     `global_values`: unused (SETAdam has no global reductions)."""
     args, constants = _arguments(group, hyper, options, maximize)
-    for kernel in (setadam_reduce_1,)[: len(reduction_passes(options))]:
+    for which, kernel in enumerate((setadam_reduce_1,)[: len(reduction_passes(options))]):
         kernel[group.grid](*args, **constants)
+        group.combine(which)  # sharded tensors: each reduction over the other processes' shards too
     setadam_update[group.grid](*args, **constants)

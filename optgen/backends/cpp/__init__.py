@@ -79,6 +79,8 @@ def metadata(kernel: Kernel) -> dict:
         "hypers": kernel.hypers,
         "global_sums": [g.name for g in kernel.global_sums],
         "global_reads": global_pass.arrays if global_pass else [],
+        # each reduction pass's (slot in `reductions`, sum/min/max): what optgen_pass fills
+        "reduce_passes": [[list(slot) for slot in p.slots] for p in kernel.reduce_passes],
         "reads_ndim": any(NDIM in {x.name for x in v.expr.free_symbols} for v in kernel.program.values),
     }
 

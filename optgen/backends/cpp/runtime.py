@@ -7,7 +7,9 @@ CPU tensors.
     register(spec) -> spec_key                        # a spec from optgen.compile
     select(device) -> (fused_step, register)          # this runtime on CPU, Triton's elsewhere
 
-The same contract as optgen.backends.triton.runtime. Tensors are split into groups of one
+The same contract as optgen.backends.triton.runtime. Params that are DTensors (FSDP2) are
+updated through their local shards, one pass at a time (optgen_pass), each pass's per-tensor
+reductions all-reduced over the shards before the next reads them (optgen/backends/fused_shards.py). Tensors are split into groups of one
 dtype per array (param, grad, each state); a group is one call into the library for its
 setting and dtypes. A group's tables (pointers, sizes, the block map, reduction buffers) are
 built once per set of tensors and cached by their addresses, so a steady training loop only
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ... import catalog
+from ..fused_shards import Shards
 from . import compiler, config
 
 _SPECS: dict[str, object] = {}  # spec key -> Spec (catalog specs once parsed, and registered ones)
@@ -63,14 +66,38 @@ def fused_step(
     _check_lengths(params, grads, steps, states)
     if not params:
         return
+    shards = Shards.of(params)
+    if shards is not None:  # FSDP2: the kernels update the local shards
+        params, grads = shards.local(params), shards.local(grads)
+        states = {name: shards.local(tensors) for name, tensors in states.items()}
     for group in _groups(params, grads, states):
         kernel = _kernel(spec_key, options, group.dtypes)
         call, copies = kernel.call(group)
         call.steps[:] = [steps[i] for i in group.index] if len(group.index) != len(params) else steps
         call.set_scalars(hyper, maximize, global_values)
-        kernel.library.optgen_step(ctypes.byref(call.context), torch.get_num_threads())
+        if shards is None:
+            kernel.library.optgen_step(ctypes.byref(call.context), torch.get_num_threads())
+        else:
+            _sharded_step(kernel, call, shards.subset(group.index))
         for original, work in copies:  # non-contiguous tensors were updated as copies
             original.copy_(work)
+
+
+def _sharded_step(kernel: Kernel, call: Call, shards: Shards) -> None:
+    """optgen_step one pass at a time: after each reduction pass, the per-tensor reductions
+    of the local shards are combined over the processes that hold the other shards."""
+    n = call.numels.size
+    table = torch.from_numpy(call.reductions[: n * kernel.num_reductions]).view(n, kernel.num_reductions)
+    threads = torch.get_num_threads()
+    local = call.numels.copy()
+    call.numels[:] = shards.numels  # numel(param) is the whole tensor's (the blocks stay the shard's)
+    try:
+        for which, slots in enumerate(kernel.reduce_passes):
+            kernel.library.optgen_pass(ctypes.byref(call.context), threads, which)
+            shards.combine(table, [slot for slot, _ in slots], [op for _, op in slots])
+        kernel.library.optgen_pass(ctypes.byref(call.context), threads, len(kernel.reduce_passes))
+    finally:  # the cached tables stay those of the tensors they were built for
+        call.numels[:] = local
 
 
 def fused_global(
@@ -84,6 +111,11 @@ def fused_global(
 ) -> dict[str, Tensor]:
     """This param group's share of the global reductions, as 0-d float64 tensors (summed in
     double; add them over the param groups)."""
+    if Shards.of(params) is not None:
+        raise NotImplementedError(
+            "fused_global of DTensor params: reduce each process's local shards and all-reduce the sums "
+            "(the torch optimizer classes compute their global reductions themselves)"
+        )
     out: dict[str, float] = {}
     for group in _groups(params, grads, {}):
         kernel = _kernel(spec_key, options, group.dtypes)
@@ -135,6 +167,7 @@ class Kernel:
         self.library = library
         library.optgen_step.argtypes = [ctypes.c_void_p, ctypes.c_int]
         library.optgen_global_sums.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+        library.optgen_pass.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         library.optgen_metadata.restype = ctypes.c_char_p
         meta = json.loads(library.optgen_metadata().decode())
         sizes = [library.optgen_layout(i) for i in range(7)]
@@ -148,6 +181,7 @@ class Kernel:
         self.global_names = meta["global_sums"]
         self.global_reads = meta["global_reads"]
         self.reads_ndim = meta["reads_ndim"]
+        self.reduce_passes = meta["reduce_passes"]
         self.calls: OrderedDict = OrderedDict()
 
     def call(self, group: TensorGroup) -> tuple[Call, list[tuple[Tensor, Tensor]]]:

@@ -167,6 +167,8 @@ def _class_context(public: Spec, spec: Spec, variants: list[Variant], globals_) 
         "captured_setstate": [f'group.setdefault("{k}", group["{src}"])' for k, src in captured.items()],
         "init_uses_grad": any(GRAD in {x.name for x in s.init.free_symbols} for s in spec.state.values()),
         "state_init": [_state_init(spec, s, device_states) for s in spec.state.values()],
+        "scalar_state_restore": _scalar_state_restore(spec, device_states),
+        "restore_reads_param": any("p.dtype" in line for line in _scalar_state_restore(spec, device_states)),
         "uses_state_dtype": any(s.scope != "tensor" for s in spec.state.values()),
         "splits_large": any(elementwise(v.prepared.program) for v in variants),
         "unpack": [f'{", ".join(h.names)} = group["{k}"]' for k, h in spec.hyperparameters.items() if h.is_tuple],
@@ -402,6 +404,30 @@ _STATE_DTYPE = "state_dtype"  # a local of _init_group
 _SCALAR_DTYPE_STATES = {"torch.optim.NAdam": {"mu_product"}}
 
 
+def _scalar_state_dtype(spec: Spec, s: StateDecl) -> str:
+    """The dtype of a per-tensor state kept as a 0-d CPU tensor: never below the param's
+    precision, except where the parity reference keeps it in torch's scalar dtype (float32
+    unless that is the default)."""
+    scalar = "_get_scalar_dtype()"
+    if s.key in _SCALAR_DTYPE_STATES.get(spec.parity, ()):
+        return scalar
+    return f"torch.promote_types(p.dtype, {scalar})"
+
+
+def _scalar_state_restore(spec: Spec, device_states: set[str]) -> list[str]:
+    """__setstate__ lines: Optimizer.load_state_dict casts every floating state but "step"
+    to its param's dtype, so a 0-d CPU state comes back in its own dtype (a resumed run then
+    rounds as the uninterrupted one did)."""
+    lines = []
+    for s in spec.state.values():
+        if s.scope == "tensor" and s.name not in device_states:
+            lines += [
+                f'if torch.is_tensor(param_state.get("{s.key}")):',
+                f'    param_state["{s.key}"] = param_state["{s.key}"].to({_scalar_state_dtype(spec, s)})',
+            ]
+    return lines
+
+
 def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
     text = _group_text(spec)
     init = s.init
@@ -410,15 +436,8 @@ def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
         value = number(float(init)) if init.is_number else host_printer(text).doprint(init)
         if s.name in device_states:
             make = f"torch.full((), {value}, dtype=p.dtype, device=p.device)"
-        else:  # a 0-d CPU tensor: never below the param's precision, except where the parity
-            # reference keeps it in torch's scalar dtype (float32 unless that is the default)
-            scalar = "_get_scalar_dtype()"
-            dtype = (
-                scalar
-                if s.key in _SCALAR_DTYPE_STATES.get(spec.parity, ())
-                else f"torch.promote_types(p.dtype, {scalar})"
-            )
-            make = f"torch.tensor({value}, dtype={dtype})"
+        else:
+            make = f"torch.tensor({value}, dtype={_scalar_state_dtype(spec, s)})"
     elif init == 0:
         make = f"torch.zeros_like(p, dtype={_STATE_DTYPE}, memory_format=torch.preserve_format)"
     elif not names & {PARAM, GRAD}:

@@ -125,6 +125,8 @@ def _signature(module: Module) -> list[str]:
         lines += [f"{s}_ptr, {s}_offsets, {s}_before," for s in module.tensor_states]
     lines.append("# block pid is block block_indices[pid] of tensor block_tensors[pid]; tensor sizes")
     lines.append("block_tensors, block_indices, numels," + (" ndims," if module.uses_ndim else ""))
+    if module.uses_numel:
+        lines.append("whole_numels,  # numel(param): a sharded tensor's numels are its local shard's")
     if module.host.columns:
         lines.append("step_scalars,  # float32 [tensors, len(STEP_SCALARS)]")
     if module.has_reductions:
@@ -156,6 +158,8 @@ def _call_args(module: Module) -> list[str]:
     lines.append("group.block_tensors, group.block_indices, group.numels")
     if module.uses_ndim:
         lines.append("group.ndims")
+    if module.uses_numel:
+        lines.append("group.whole_numels")
     if module.host.columns:
         lines.append("group.step_table(step_table_row, hyper)")
     if module.has_reductions:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ...errors import CompileError
-from ...expr import GRAD, NDIM, PARAM
+from ...expr import GRAD, NDIM, NUMEL, PARAM
 from ...ir import Program, Value
 from ...lower import lower
 from ...spec import Spec
@@ -127,6 +127,8 @@ class PassBuilder:
         out = []
         if NDIM in reads:
             out.append(_line("ndim = tl.load(ndims + tensor)", NDIM))
+        if NUMEL in reads:  # the whole tensor's numel: a shard's (masking the blocks) is less
+            out.append(_line("numel = tl.load(whole_numels + tensor)", NUMEL))
         out += [
             _line(f"{s} = tl.load({s}_before + tensor).to(tl.float32)", s) for s in self.tensor_states if s in reads
         ]
@@ -213,6 +215,7 @@ class Module:
     arrays: list[str]  # param, grad, element states: base pointer + offsets each
     tensor_states: list[str]
     uses_ndim: bool
+    uses_numel: bool
     host: HostTable
     settings: list[Setting]
     kernels: list[Kernel] = field(default_factory=list)
@@ -261,6 +264,7 @@ def build(spec: Spec, reserved: frozenset[str] = frozenset(), public: dict[str, 
         arrays=[PARAM, GRAD, *element_states],
         tensor_states=tensor_states,
         uses_ndim=any(_reads_input(p, NDIM) for p in programs),
+        uses_numel=any(_reads_input(p, NUMEL) for p in programs),
         host=host,
         settings=settings,
         public=dict(public or {}),

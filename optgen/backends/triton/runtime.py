@@ -12,6 +12,10 @@ and are cached by the tensors' addresses, so a steady training loop re-uploads o
 per-step tables (host scalars by step, reduction accumulators).
 
 Under TRITON_INTERPRET=1 the same kernels run on CPU tensors (NumPy, one program at a time).
+
+Params that are DTensors (FSDP2) are updated through their local shards: after each reduction
+pass the launcher calls group.combine, which all-reduces the pass's columns of the reduction
+buffer over the shards (optgen/backends/fused_shards.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ... import cache, catalog
+from ..fused_shards import Shards
 from . import config
 
 _MODULES: dict[str, ModuleType] = {}
@@ -62,7 +67,12 @@ def fused_step(
     hyper = {name: float(value) for name, value in hyper.items()}
     arrays = {name: states[name] for name in module.ARRAYS[2:] if name in states}
     tensor_states = {name: states[name] for name in getattr(module, "TENSOR_STATES", ()) if name in states}
-    for group in _groups(params, grads, arrays, tensor_states, steps):
+    shards = Shards.of(params)
+    if shards is not None:  # FSDP2: the kernels update the local shards
+        params, grads = shards.local(params), shards.local(grads)
+        arrays = {name: shards.local(tensors) for name, tensors in arrays.items()}
+        tensor_states = {name: shards.local(tensors) for name, tensors in tensor_states.items()}
+    for group in _groups(params, grads, arrays, tensor_states, steps, shards):
         values = _global_tensor(module, options, global_values, group.device)
         module.launch(group, hyper, options, bool(maximize), values)
         group.write_back()
@@ -84,6 +94,11 @@ def fused_global(
     names = module.global_sums(options) if hasattr(module, "global_sums") else ()
     if not names or not params:
         return {}
+    if Shards.of(params) is not None:
+        raise NotImplementedError(
+            "fused_global of DTensor params: reduce each process's local shards and all-reduce the sums "
+            "(the torch optimizer classes compute their global reductions themselves)"
+        )
     hyper = {name: float(value) for name, value in hyper.items()}
     totals: dict[torch.device, Tensor] = {}
     for group in _groups(params, grads, {}, {}, [1] * len(params)):
@@ -171,9 +186,9 @@ def _check_lengths(params, grads, steps, states) -> None:
         )
 
 
-def _groups(params, grads, arrays, tensor_states, steps) -> list[TensorGroup]:
+def _groups(params, grads, arrays, tensor_states, steps, shards: Shards | None = None) -> list[TensorGroup]:
     """Tensors split by device and by the dtype of every array, in their order. (Per-step host
-    work: kept to a few C-level passes over the lists.)"""
+    work: kept to a few C-level passes over the lists.) `shards`: where they are sharded."""
     columns = [params, grads, *arrays.values(), *tensor_states.values()]
     keys = list(zip([p.device for p in params], *[[t.dtype for t in ts] for ts in columns]))
     members: dict[tuple, list[int]] = {}
@@ -182,16 +197,17 @@ def _groups(params, grads, arrays, tensor_states, steps) -> list[TensorGroup]:
     else:
         for i, key in enumerate(keys):
             members.setdefault(key, []).append(i)
-    return [_group(idx, len(params), params, grads, arrays, tensor_states, steps) for idx in members.values()]
+    return [_group(idx, len(params), params, grads, arrays, tensor_states, steps, shards) for idx in members.values()]
 
 
-def _group(idx: list[int], total: int, params, grads, arrays, tensor_states, steps) -> TensorGroup:
+def _group(idx: list[int], total: int, params, grads, arrays, tensor_states, steps, shards) -> TensorGroup:
     def pick(ts: list) -> list:
         return list(ts) if len(idx) == total else [ts[i] for i in idx]
 
     group_arrays = {"param": pick(params), "grad": pick(grads), **{k: pick(v) for k, v in arrays.items()}}
     group_states = {k: pick(v) for k, v in tensor_states.items()}
-    return TensorGroup(group_arrays, group_states, [int(s) for s in pick(steps)])
+    group_shards = None if shards is None else shards.subset(idx)
+    return TensorGroup(group_arrays, group_states, [int(s) for s in pick(steps)], group_shards)
 
 
 def _global_tensor(module, options, values: dict[str, Tensor], device) -> Tensor | None:
@@ -208,8 +224,15 @@ def _global_tensor(module, options, values: dict[str, Tensor], device) -> Tensor
 class TensorGroup:
     """Tensors of one device and one dtype per array, as the kernels address them."""
 
-    def __init__(self, arrays: dict[str, list[Tensor]], tensor_states: dict[str, list[Tensor]], steps: list[int]):
+    def __init__(
+        self,
+        arrays: dict[str, list[Tensor]],
+        tensor_states: dict[str, list[Tensor]],
+        steps: list[int],
+        shards: Shards | None = None,
+    ):
         self.device = arrays["param"][0].device
+        self.shards = shards  # the tensors are local shards (FSDP2): see combine
         self._check_device(arrays, tensor_states)
         self._copy_back: list[tuple[Tensor, Tensor]] = []
         self.arrays = {name: self._dense_all(ts, name != "grad") for name, ts in arrays.items()}
@@ -278,6 +301,13 @@ class TensorGroup:
     def ndims(self) -> Tensor:
         return self.layout.ndims
 
+    @property
+    def whole_numels(self) -> Tensor:
+        """Each tensor's numel, of the whole tensor where the group holds shards of it."""
+        if self.shards is None:
+            return self.layout.numels
+        return torch.tensor(self.shards.numels, dtype=torch.int64, device=self.device)
+
     def base(self, name: str) -> Tensor | None:
         """The tensor whose address the array's offsets count from (None: not in this setting)."""
         row = self.layout.rows.get(name)
@@ -317,7 +347,18 @@ class TensorGroup:
         if not ops:
             return None
         identities = torch.tensor([_IDENTITY[op] for op in ops], dtype=torch.float32, device=self.device)
-        return identities.repeat(len(self.steps), 1)
+        self._reductions = identities.repeat(len(self.steps), 1), passes
+        return self._reductions[0]
+
+    def combine(self, which: int) -> None:
+        """After reduction pass `which`: for sharded tensors, each tensor's partials in the
+        reduction buffer combined with the other processes' shards (one tensor, nothing to do)."""
+        if self.shards is None:
+            return
+        buffer, passes = self._reductions
+        start = sum(len(p) for p in passes[:which])
+        ops = passes[which]
+        self.shards.combine(buffer, list(range(start, start + len(ops))), list(ops))
 
 
 # --------------------------------------------------------------------------- layouts
