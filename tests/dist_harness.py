@@ -436,17 +436,13 @@ def _unfinished(rows: list[dict], world: int, killed: bool, exit_codes: list) ->
     return f"{world - len(rows)} of {world} ranks {how} (exit codes {exit_codes}, -11: segfault){first}"
 
 
-def run_matrix(configs=CONFIGS, todo: list[Case] | None = None, skip=frozenset()) -> dict[tuple[str, str], dict]:
+def run_matrix(configs=CONFIGS, todo: list[Case] | None = None) -> dict[tuple[str, str], dict]:
     """{(config name, case key): {"diff": ...} or {"error": ...}} for every configuration and
-    case but the (config name, case key) pairs in `skip` (cells known to crash a worker: each
-    would cost a relaunch). The configurations run at once (most of a relaunch is waiting),
+    case. The configurations run at once (most of a relaunch is waiting),
     and the single-process references meanwhile."""
     todo = cases() if todo is None else todo
     with concurrent.futures.ThreadPoolExecutor(len(configs)) as pool:
-        futures = {
-            config.name: pool.submit(run_config, config, [c for c in todo if (config.name, c.key) not in skip])
-            for config in configs
-        }
+        futures = {config.name: pool.submit(run_config, config, todo) for config in configs}
         refs = {case.key: reference(case) for case in todo}
         return {
             (name, key): _merge(rows, refs[key])
