@@ -283,9 +283,14 @@ def adabound(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    if fused or foreach:
-        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
-        # hyperparameter is read as its value
+    if foreach and torch.compiler.is_compiling():
+        # torch.compile traces the for-loop implementation: its host values are tensors there
+        # (see _get_value), where the foreach ops take Python numbers, and inductor fuses the
+        # per-tensor updates as it fuses foreach ops
+        foreach = False
+    if foreach and not fused:
+        # the foreach ops take Python numbers: a 1-element tensor hyperparameter is read as
+        # its value
         lr, beta1, beta2, final_lr, gamma, eps, weight_decay, base_lr = (
             x.item() if torch.is_tensor(x) else x
             for x in (lr, beta1, beta2, final_lr, gamma, eps, weight_decay, base_lr)
@@ -347,7 +352,7 @@ def _single_tensor_adabound(
             max_exp_avg_sq = max_exp_avg_sqs[i]
         step_t = state_steps[i]
         step_t += 1
-        step = step_t.item()
+        step = _get_value(step_t)
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         step_size = lr * bias_correction2**0.5 / bias_correction1
@@ -455,6 +460,7 @@ def _multi_tensor_adabound(
     torch._foreach_addcmul_(params, exp_avgs, boundeds, value=-1)
 
 
+@torch.compiler.disable
 def _fused_adabound(
     params: list[Tensor],
     grads: list[Tensor],
@@ -475,9 +481,15 @@ def _fused_adabound(
     maximize: bool,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
-    its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
     if not params:
         return
+    lr, beta1, beta2, final_lr, gamma, eps, weight_decay, base_lr = (
+        x.item() if torch.is_tensor(x) else x
+        for x in (lr, beta1, beta2, final_lr, gamma, eps, weight_decay, base_lr)
+    )
     from optgen.backends.cpp.runtime import select  # the kernels load on first use
 
     fused_step, register = select(params[0].device)
@@ -509,6 +521,16 @@ def _fused_adabound(
         global_values={},
         maximize=maximize,
     )
+
+
+def _get_value(x: Tensor):
+    """A 0-d tensor's value as a Python number; under torch.compile the tensor itself in
+    float64, so that the graph neither specializes on the value (a recompilation per step
+    count) nor syncs with the host, and the values computed from it are tensors (as
+    torch.optim's _get_value)."""
+    if torch.compiler.is_compiling():
+        return x.to(torch.float64)
+    return x.item()
 
 
 def _cpu_chunks(params: list[Tensor]) -> list[int]:

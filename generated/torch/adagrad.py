@@ -224,9 +224,14 @@ def adagrad(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    if fused or foreach:
-        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
-        # hyperparameter is read as its value
+    if foreach and torch.compiler.is_compiling():
+        # torch.compile traces the for-loop implementation: its host values are tensors there
+        # (see _get_value), where the foreach ops take Python numbers, and inductor fuses the
+        # per-tensor updates as it fuses foreach ops
+        foreach = False
+    if foreach and not fused:
+        # the foreach ops take Python numbers: a 1-element tensor hyperparameter is read as
+        # its value
         lr, lr_decay, weight_decay, initial_accumulator_value, eps = (
             x.item() if torch.is_tensor(x) else x
             for x in (lr, lr_decay, weight_decay, initial_accumulator_value, eps)
@@ -270,7 +275,7 @@ def _single_tensor_adagrad(
         accumulator = accumulators[i]
         step_t = state_steps[i]
         step_t += 1
-        step = step_t.item()
+        step = _get_value(step_t)
         clr = lr / (1 + lr_decay * (step - 1))
         if weight_decay != 0:
             grad = grad.add(param, alpha=weight_decay)
@@ -327,6 +332,7 @@ def _multi_tensor_adagrad(
     torch._foreach_addcdiv_(params, grads, denoms, [-clr for clr in clrs])
 
 
+@torch.compiler.disable
 def _fused_adagrad(
     params: list[Tensor],
     grads: list[Tensor],
@@ -341,9 +347,15 @@ def _fused_adagrad(
     maximize: bool,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
-    its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
     if not params:
         return
+    lr, lr_decay, weight_decay, initial_accumulator_value, eps = (
+        x.item() if torch.is_tensor(x) else x
+        for x in (lr, lr_decay, weight_decay, initial_accumulator_value, eps)
+    )
     from optgen.backends.cpp.runtime import select  # the kernels load on first use
 
     fused_step, register = select(params[0].device)
@@ -368,6 +380,16 @@ def _fused_adagrad(
         global_values={},
         maximize=maximize,
     )
+
+
+def _get_value(x: Tensor):
+    """A 0-d tensor's value as a Python number; under torch.compile the tensor itself in
+    float64, so that the graph neither specializes on the value (a recompilation per step
+    count) nor syncs with the host, and the values computed from it are tensors (as
+    torch.optim's _get_value)."""
+    if torch.compiler.is_compiling():
+        return x.to(torch.float64)
+    return x.item()
 
 
 def _cpu_chunks(params: list[Tensor]) -> list[int]:

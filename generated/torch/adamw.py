@@ -270,9 +270,14 @@ def adamw(
             foreach = False
     if foreach and not fused and torch.is_tensor(lr):
         raise RuntimeError("lr as a Tensor is not supported for capturable=False and foreach=True")
-    if fused or foreach:
-        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
-        # hyperparameter is read as its value
+    if foreach and torch.compiler.is_compiling():
+        # torch.compile traces the for-loop implementation: its host values are tensors there
+        # (see _get_value), where the foreach ops take Python numbers, and inductor fuses the
+        # per-tensor updates as it fuses foreach ops
+        foreach = False
+    if foreach and not fused:
+        # the foreach ops take Python numbers: a 1-element tensor hyperparameter is read as
+        # its value
         lr, beta1, beta2, eps, weight_decay = (
             x.item() if torch.is_tensor(x) else x for x in (lr, beta1, beta2, eps, weight_decay)
         )
@@ -326,7 +331,7 @@ def _single_tensor_adamw(
             max_exp_avg_sq = max_exp_avg_sqs[i]
         step_t = state_steps[i]
         step_t += 1
-        step = step_t.item()
+        step = _get_value(step_t)
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         bias_correction2_sqrt = bias_correction2**0.5
@@ -422,6 +427,7 @@ def _multi_tensor_adamw(
     )
 
 
+@torch.compiler.disable
 def _fused_adamw(
     params: list[Tensor],
     grads: list[Tensor],
@@ -440,9 +446,14 @@ def _fused_adamw(
     maximize: bool,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
-    its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
     if not params:
         return
+    lr, beta1, beta2, eps, weight_decay = (
+        x.item() if torch.is_tensor(x) else x for x in (lr, beta1, beta2, eps, weight_decay)
+    )
     from optgen.backends.cpp.runtime import select  # the kernels load on first use
 
     fused_step, register = select(params[0].device)
@@ -472,6 +483,16 @@ def _fused_adamw(
         global_values={},
         maximize=maximize,
     )
+
+
+def _get_value(x: Tensor):
+    """A 0-d tensor's value as a Python number; under torch.compile the tensor itself in
+    float64, so that the graph neither specializes on the value (a recompilation per step
+    count) nor syncs with the host, and the values computed from it are tensors (as
+    torch.optim's _get_value)."""
+    if torch.compiler.is_compiling():
+        return x.to(torch.float64)
+    return x.item()
 
 
 def _cpu_chunks(params: list[Tensor]) -> list[int]:

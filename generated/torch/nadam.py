@@ -261,9 +261,14 @@ def nadam(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    if fused or foreach:
-        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
-        # hyperparameter is read as its value
+    if foreach and torch.compiler.is_compiling():
+        # torch.compile traces the for-loop implementation: its host values are tensors there
+        # (see _get_value), where the foreach ops take Python numbers, and inductor fuses the
+        # per-tensor updates as it fuses foreach ops
+        foreach = False
+    if foreach and not fused:
+        # the foreach ops take Python numbers: a 1-element tensor hyperparameter is read as
+        # its value
         lr, beta1, beta2, eps, weight_decay, momentum_decay = (
             x.item() if torch.is_tensor(x) else x
             for x in (lr, beta1, beta2, eps, weight_decay, momentum_decay)
@@ -317,7 +322,7 @@ def _single_tensor_nadam(
         exp_avg_sq = exp_avg_sqs[i]
         step_t = state_steps[i]
         step_t += 1
-        step = step_t.item()
+        step = _get_value(step_t)
         mu = beta1 * (1 - 0.96 ** (momentum_decay * step) / 2)
         mu_next = beta1 * (1 - 0.96 ** (momentum_decay * (1 + step)) / 2)
         bias_correction2 = 1 - beta2**step
@@ -330,9 +335,9 @@ def _single_tensor_nadam(
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = exp_avg_sq.div(bias_correction2).sqrt_().add_(eps)
-        step_size = lr * (1 - mu) / (1 - mu_product.item())
+        step_size = lr * (1 - mu) / (1 - _get_value(mu_product))
         param.addcdiv_(grad, denom, value=-step_size)
-        exp_avg_step_size = mu_next * lr / (1 - mu_next * mu_product.item())
+        exp_avg_step_size = mu_next * lr / (1 - mu_next * _get_value(mu_product))
         param.addcdiv_(exp_avg, denom, value=-exp_avg_step_size)
 
 
@@ -392,11 +397,11 @@ def _multi_tensor_nadam(
     torch._foreach_sqrt_(denoms)
     torch._foreach_add_(denoms, eps)
     step_sizes = [
-        lr * (1 - mu) / (1 - mu_product.item()) for mu, mu_product in zip(mus, mu_products)
+        lr * (1 - mu) / (1 - _get_value(mu_product)) for mu, mu_product in zip(mus, mu_products)
     ]
     torch._foreach_addcdiv_(params, grads, denoms, [-step_size for step_size in step_sizes])
     exp_avg_step_sizes = [
-        mu_next * lr / (1 - mu_next * mu_product.item())
+        mu_next * lr / (1 - mu_next * _get_value(mu_product))
         for mu_next, mu_product in zip(mu_nexts, mu_products)
     ]
     torch._foreach_addcdiv_(
@@ -404,6 +409,7 @@ def _multi_tensor_nadam(
     )
 
 
+@torch.compiler.disable
 def _fused_nadam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -422,9 +428,15 @@ def _fused_nadam(
     maximize: bool,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
-    its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
     if not params:
         return
+    lr, beta1, beta2, eps, weight_decay, momentum_decay = (
+        x.item() if torch.is_tensor(x) else x
+        for x in (lr, beta1, beta2, eps, weight_decay, momentum_decay)
+    )
     from optgen.backends.cpp.runtime import select  # the kernels load on first use
 
     fused_step, register = select(params[0].device)
@@ -454,6 +466,16 @@ def _fused_nadam(
         global_values={},
         maximize=maximize,
     )
+
+
+def _get_value(x: Tensor):
+    """A 0-d tensor's value as a Python number; under torch.compile the tensor itself in
+    float64, so that the graph neither specializes on the value (a recompilation per step
+    count) nor syncs with the host, and the values computed from it are tensors (as
+    torch.optim's _get_value)."""
+    if torch.compiler.is_compiling():
+        return x.to(torch.float64)
+    return x.item()
 
 
 def _cpu_chunks(params: list[Tensor]) -> list[int]:
