@@ -139,8 +139,8 @@ def test_compiled_step_float32(name):
     counter = CompileCounter()
     got, _ = _run(name, "forloop", {}, torch.float32, counter)
     assert counter.frame_count == 1
-    # under compile a host value is a float64 tensor where eager has a Python float, and
-    # NAdam's float32 mu_product is multiplied by it unrounded: a few float32 ulps
+    # under compile the host values (bias corrections) are float32 tensors where eager has
+    # Python floats (float64) rounded once into the update: a few float32 ulps
     _assert_close(got, want, 1e-5)
 
 

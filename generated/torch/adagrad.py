@@ -275,7 +275,7 @@ def _single_tensor_adagrad(
         accumulator = accumulators[i]
         step_t = state_steps[i]
         step_t += 1
-        step = _get_value(step_t)
+        step = _get_value(step_t, param)
         clr = lr / (1 + lr_decay * (step - 1))
         if weight_decay != 0:
             grad = grad.add(param, alpha=weight_decay)
@@ -382,13 +382,14 @@ def _fused_adagrad(
     )
 
 
-def _get_value(x: Tensor):
-    """A 0-d tensor's value as a Python number; under torch.compile the tensor itself in
-    float64, so that the graph neither specializes on the value (a recompilation per step
-    count) nor syncs with the host, and the values computed from it are tensors (as
-    torch.optim's _get_value)."""
+def _get_value(x: Tensor, param: Tensor):
+    """A 0-d tensor's value as a Python number; under torch.compile the tensor itself, so
+    that the graph neither specializes on the value (a recompilation per step count) nor
+    syncs with the host, and the values computed from it are tensors (as torch.optim's
+    _get_value). It is in float64 for a float64 `param`, else float32: a float64 scalar in
+    a float32 update keeps inductor from vectorizing it."""
     if torch.compiler.is_compiling():
-        return x.to(torch.float64)
+        return x.to(torch.promote_types(param.dtype, torch.float32))
     return x.item()
 
 

@@ -322,7 +322,7 @@ def _single_tensor_nadam(
         exp_avg_sq = exp_avg_sqs[i]
         step_t = state_steps[i]
         step_t += 1
-        step = _get_value(step_t)
+        step = _get_value(step_t, param)
         mu = beta1 * (1 - 0.96 ** (momentum_decay * step) / 2)
         mu_next = beta1 * (1 - 0.96 ** (momentum_decay * (1 + step)) / 2)
         bias_correction2 = 1 - beta2**step
@@ -335,9 +335,9 @@ def _single_tensor_nadam(
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = exp_avg_sq.div(bias_correction2).sqrt_().add_(eps)
-        step_size = lr * (1 - mu) / (1 - _get_value(mu_product))
+        step_size = lr * (1 - mu) / (1 - _get_value(mu_product, param))
         param.addcdiv_(grad, denom, value=-step_size)
-        exp_avg_step_size = mu_next * lr / (1 - mu_next * _get_value(mu_product))
+        exp_avg_step_size = mu_next * lr / (1 - mu_next * _get_value(mu_product, param))
         param.addcdiv_(exp_avg, denom, value=-exp_avg_step_size)
 
 
@@ -397,11 +397,11 @@ def _multi_tensor_nadam(
     torch._foreach_sqrt_(denoms)
     torch._foreach_add_(denoms, eps)
     step_sizes = [
-        lr * (1 - mu) / (1 - _get_value(mu_product)) for mu, mu_product in zip(mus, mu_products)
+        lr * (1 - mu) / (1 - mu_product.item()) for mu, mu_product in zip(mus, mu_products)
     ]
     torch._foreach_addcdiv_(params, grads, denoms, [-step_size for step_size in step_sizes])
     exp_avg_step_sizes = [
-        mu_next * lr / (1 - mu_next * _get_value(mu_product))
+        mu_next * lr / (1 - mu_next * mu_product.item())
         for mu_next, mu_product in zip(mu_nexts, mu_products)
     ]
     torch._foreach_addcdiv_(
@@ -468,13 +468,14 @@ def _fused_nadam(
     )
 
 
-def _get_value(x: Tensor):
-    """A 0-d tensor's value as a Python number; under torch.compile the tensor itself in
-    float64, so that the graph neither specializes on the value (a recompilation per step
-    count) nor syncs with the host, and the values computed from it are tensors (as
-    torch.optim's _get_value)."""
+def _get_value(x: Tensor, param: Tensor):
+    """A 0-d tensor's value as a Python number; under torch.compile the tensor itself, so
+    that the graph neither specializes on the value (a recompilation per step count) nor
+    syncs with the host, and the values computed from it are tensors (as torch.optim's
+    _get_value). It is in float64 for a float64 `param`, else float32: a float64 scalar in
+    a float32 update keeps inductor from vectorizing it."""
     if torch.compiler.is_compiling():
-        return x.to(torch.float64)
+        return x.to(torch.promote_types(param.dtype, torch.float32))
     return x.item()
 
 

@@ -24,6 +24,7 @@ class _Texts:
         self.p = p
         self.display = sched.display
         self.rename: dict[str, str] = {}  # a Python name -> the name that holds it in a branch
+        self.traced = False  # the for-loop path: a scalar state is read with _get_value
 
     def name(self, ir: str) -> str:
         if ir == NUMEL:
@@ -35,7 +36,9 @@ class _Texts:
 
     def host(self, ir: str) -> str:
         if self.p.var_of.get(ir, ir) in self.p.scalar_states:
-            return f"_get_value({self.display[ir]})"
+            if self.traced:
+                return f"_get_value({self.display[ir]}, param)"
+            return f"{self.display[ir]}.item()"
         return self.name(ir)
 
 
@@ -47,6 +50,7 @@ class SinglePrinter:
     def __init__(self, p: Prepared, sched: Schedule):
         self.p = p
         self.texts = _Texts(p, sched)
+        self.texts.traced = self.compiled_forms
         self.host_printer = host_printer(self.texts.host)
         self.compiled_host_printer = compiled_host_printer(self.texts.host)
         self.tensor_printer = TensorPrinter(self.texts.name, p.is_scalar, self.texts.host)
@@ -410,7 +414,7 @@ def single_body(p: Prepared, sched: Schedule, index: str = "i") -> list:
         loop.append(Line(f"{s.name} = {plural(s.name)}[{index}]"))
     loop += [Line(f"step_t = state_steps[{index}]"), Line("step_t += 1")]
     if sched.uses_step:
-        loop.append(Line("step = _get_value(step_t)"))
+        loop.append(Line("step = _get_value(step_t, param)"))
     loop += printer.statements(sched.per_tensor_host) + printer.statements(sched.work)
     group = printer.statements(sched.group)
     if group:  # the group's values may read a cross-parameter value that no tensor needed
