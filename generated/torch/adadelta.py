@@ -173,9 +173,11 @@ class Adadelta(Optimizer):
 
     @torch.compiler.disable
     def _eager_step(self, closure):
+        """_step outside torch.compile."""
         return self._step(closure)
 
     def _step(self, closure):
+        """The step: the closure, then each param group's update."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
