@@ -271,3 +271,52 @@ def test_group_step_is_a_tensor_and_loads_from_a_number(float64_default):
     other.load_state_dict(state)
     assert torch.is_tensor(other.param_groups[0]["step"])
     assert other.param_groups[0]["step"].item() == STEPS
+
+
+WARMUP_SPEC = """
+name: WarmSGD
+summary: SGD with momentum after a linear warmup of the learning rate.
+paper: 'a test spec: a step-dependent value and a step-dependent branch'
+hyperparameters:
+  lr:       {default: 0.1, range: "(0, inf)"}
+  momentum: {default: 0.9, range: "[0, 1)"}
+  warmup:   {default: 3.0, range: "(0, inf)"}
+state:
+  buf: {init: 0}
+update: |
+  rate = where(step <= warmup, lr * step / warmup, lr)
+  buf = momentum * buf + grad
+  param = where(step > 2, param - rate * buf, param - rate * grad)
+"""
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_a_new_spec_with_step_dependent_branches(foreach, float64_default):
+    """Beyond the catalog: a warmup (a conditional host value) and a branch on the step
+    count compile once and give the eager numbers across the switch at steps 3 and 4."""
+    cls = optgen.compile(WARMUP_SPEC)
+
+    def run(compile_with):
+        gen = torch.Generator().manual_seed(3)
+        params = [
+            torch.randn(4, 3, generator=gen, requires_grad=True),
+            torch.randn(2, generator=gen, requires_grad=True),
+        ]
+        opt = cls(params, lr=torch.tensor(0.1), foreach=foreach)
+        # compiled before the scheduler wraps opt.step: dynamo does not trace that wrapper
+        # (around torch.optim's step too), a graph break before the step's own graph
+        step = torch.compile(opt.step, backend=compile_with) if compile_with else opt.step
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.9**t)
+        for _ in range(STEPS):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen) + 0.5 * p.detach()
+            step()
+            scheduler.step()
+        return [p.detach() for p in params]
+
+    want = run(None)
+    counter = CompileCounter()
+    got = run(counter)
+    assert counter.frame_count == 1
+    assert _graph_breaks() == 0
+    _assert_close(got, want, 1e-12)

@@ -128,7 +128,9 @@ class SinglePrinter:
     def _If(self, op: If) -> Block:
         defined = set(self.defined)
         block = Block(f"if {self.host(op.cond)}:", self.statements(op.body), self.statements(op.orelse))
-        if not (self.compiled_forms and self.is_traced(op.cond)):
+        # a branch nested in it stays a Python `if` (a graph break under torch.compile)
+        nested = any(isinstance(o, If) for o in op.body + op.orelse)
+        if nested or not (self.compiled_forms and self.is_traced(op.cond)):
             return block
         self.defined = defined
         return Block("if torch.compiler.is_compiling():", self._select(op), [block])
@@ -159,8 +161,6 @@ class SinglePrinter:
 
     def _side_op(self, op, tag: str, renamed: dict, updated: set) -> list:
         """One op of a side of _select, on that side's names."""
-        if isinstance(op, If):
-            raise NotImplementedError("a branch on the step count inside another one")
         lines = []
         self.texts.rename = renamed
         try:
