@@ -12,6 +12,8 @@ Any spec can be benchmarked (`optgen bench my_optimizer.yaml`): its reference is
 `parity:` names when that imports, else optgen's own for-loop path (the foreach path's baseline).
 The default is a quick run (under a minute for the catalog); ``--thorough`` is the setting of
 BENCHMARKS.md. ``--device cuda`` hands over to ``optgen.bench_gpu`` (the Triton path).
+``--compile`` times torch.compile instead (compile_bench): the compile time and the compiled
+step time of optgen's class and its reference, both through inductor.
 """
 
 from __future__ import annotations
@@ -456,6 +458,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="FILE.png|FILE.svg", help="also draw the ratios (needs matplotlib)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="time torch.compile(opt.step) with inductor instead: compile time and compiled step time, the "
+        "for-loop path of both sides, a tensor lr (default: Adam)",
+    )
+    p.add_argument(
         "--self-check",
         action="store_true",
         help="time each reference against itself: the ratios show this machine's noise floor",
@@ -573,7 +581,7 @@ def cli(args) -> int:
         return _run_gpu(args)
     try:
         _check_args(args)
-        chosen, notes = targets(_requested(args), args.self_check)
+        chosen, notes = targets(_requested(args) or (["Adam"] if args.compile else []), args.self_check)
         if not chosen:
             raise BenchError("nothing to run: " + "; ".join(notes))
     except BenchError as exc:
@@ -584,13 +592,102 @@ def cli(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        rows, notes, header = _bench_all(args, chosen, notes)
+        if args.compile:
+            header = setup_lines(args, gpt_shapes(args.params, args.tensors), _argv(args) + ["--compile"])
+            text = compile_table([compile_bench(target, args) for target in chosen])
+        else:
+            rows, notes, header = _bench_all(args, chosen, notes)
+            text = table(rows) + "".join(f"\n\nnote: {n}" for n in notes)
     finally:
         torch.set_num_threads(threads)  # a caller in the same process (a test) keeps its own
-    text = table(rows) + "".join(f"\n\nnote: {n}" for n in notes)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text("\n".join(f"- {line}" for line in header) + "\n\n" + text + "\n")
-    if args.plot:
+    if args.plot and not args.compile:
         plot(rows, Path(args.plot))
     return 0
+
+
+# --------------------------------------------------------------------------- torch.compile
+@dataclass
+class CompileRow:
+    label: str
+    compile_s: float  # the first compiled step: dynamo's capture, inductor's codegen and C++ build
+    graphs: int  # dynamo's graphs over all the steps (1: no recompilation)
+    compiled_ms: float  # the median compiled step
+    eager_ms: float  # the median eager step, for scale
+
+
+def compile_bench(target: Target, cfg) -> list[CompileRow]:
+    """optgen's class and its reference, each compiled with inductor (`torch.compile(opt.step)`,
+    a tensor lr, the for-loop path: what both trace), on copies of one GPT-like problem. Each
+    side compiles in a fresh inductor cache, so that neither reuses the other's kernels or an
+    earlier run's; then the eager and the compiled steps are timed interleaved, side by side
+    (warmup, then `repeats` samples of `steps` steps each)."""
+    import tempfile
+
+    shapes = gpt_shapes(cfg.params, cfg.tensors)
+    params, grads = make_problem(shapes, DTYPES[cfg.dtype])
+    sides = [(f"optgen.optimizers.{target.name}", target.ours or target.reference)]
+    sides.append((target.entry.reference.replace(":", "."), target.reference))
+    rows, eager, compiled = [], [], []
+    # inductor's one-time costs (its imports, its C++ toolchain probe) fall on neither side
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="optgen-bench-inductor-")
+    torch.compile(lambda x: x.mul(2).add_(1), backend="inductor")(torch.ones(3))
+    for label, cls in sides:
+        copies = [p.clone() for p in params]
+        for p, g in zip(copies, grads):
+            p.grad = g.clone()
+        lr = torch.tensor(target.entry.kwargs.get("lr", 1e-3))
+        opt = cls(copies, **(target.entry.kwargs | {"lr": lr, "foreach": False}))
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="optgen-bench-inductor-")
+        step = torch.compile(opt.step, backend="inductor")
+        before = _graphs()
+        start = time.perf_counter()
+        step()
+        rows.append(CompileRow(f"{label} (loop)", time.perf_counter() - start, _graphs() - before, 0.0, 0.0))
+        eager.append(opt.step)
+        compiled.append(step)
+    for attr, steps in (("eager_ms", eager), ("compiled_ms", compiled)):
+        for row, ms, new_graphs in zip(rows, *_interleaved_ms(steps, cfg)):
+            setattr(row, attr, ms)
+            row.graphs += new_graphs
+    return rows
+
+
+def _graphs() -> int:
+    import torch._dynamo
+
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def _interleaved_ms(steps: list, cfg) -> tuple[list[float], list[int]]:
+    """The median step time of each of `steps` (A B B A ...), and the graphs each compiled
+    meanwhile (a recompilation)."""
+    clock = CLOCKS[cfg.clock]
+    samples: list[list[float]] = [[] for _ in steps]
+    graphs = [0 for _ in steps]
+    for step in steps:
+        for _ in range(cfg.warmup):
+            step()
+    for r in range(cfg.repeats):
+        for i in range(len(steps)) if r % 2 == 0 else reversed(range(len(steps))):
+            before = _graphs()
+            start = clock()
+            for _ in range(cfg.steps):
+                steps[i]()
+            samples[i].append((clock() - start) / cfg.steps * 1e3)
+            graphs[i] += _graphs() - before
+    return [float(np.median(s)) for s in samples], graphs
+
+
+def compile_table(groups: list[list[CompileRow]]) -> str:
+    lines = [
+        "| optimizer | first compiled step (s) | graphs | compiled step (ms) | eager step (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for rows in groups:
+        lines += [
+            f"| {r.label} | {r.compile_s:.1f} | {r.graphs} | {r.compiled_ms:.2f} | {r.eager_ms:.2f} |" for r in rows
+        ]
+    return "\n".join(lines)

@@ -176,6 +176,19 @@ class Adadelta(Optimizer):
         Args:
             closure (Callable, optional): a closure that reevaluates the model and returns the loss.
         """
+        if torch.compiler.is_compiling() and any(group["fused"] for group in self.param_groups):
+            # torch.compile does not trace the fused kernels: the whole step runs eagerly,
+            # between graphs (a graph break inside the loop over groups would recompile)
+            return self._eager_step(closure)
+        return self._step(closure)
+
+    @torch.compiler.disable
+    def _eager_step(self, closure):
+        """_step outside torch.compile."""
+        return self._step(closure)
+
+    def _step(self, closure):
+        """The step: the closure, then each param group's update."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -226,9 +239,14 @@ def adadelta(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    if fused or foreach:
-        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
-        # hyperparameter is read as its value
+    if foreach and torch.compiler.is_compiling():
+        # torch.compile traces the for-loop implementation: its host values are tensors there
+        # (see _get_value), where the foreach ops take Python numbers, and inductor fuses the
+        # per-tensor updates as it fuses foreach ops
+        foreach = False
+    if foreach and not fused:
+        # the foreach ops take Python numbers: a 1-element tensor hyperparameter is read as
+        # its value
         lr, rho, eps, weight_decay = (
             x.item() if torch.is_tensor(x) else x for x in (lr, rho, eps, weight_decay)
         )
@@ -284,7 +302,7 @@ def _single_tensor_adadelta(
         denom = square_avg.add(eps).sqrt_()
         delta.div_(denom)
         acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
-        param.sub_(delta, alpha=lr)
+        param.add_(delta, alpha=-lr)
 
 
 def _multi_tensor_adadelta(
@@ -334,6 +352,7 @@ def _multi_tensor_adadelta(
     torch._foreach_add_(params, deltas, alpha=-lr)
 
 
+@torch.compiler.disable
 def _fused_adadelta(
     params: list[Tensor],
     grads: list[Tensor],
@@ -348,9 +367,14 @@ def _fused_adadelta(
     maximize: bool,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
-    its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
     if not params:
         return
+    lr, rho, eps, weight_decay = (
+        x.item() if torch.is_tensor(x) else x for x in (lr, rho, eps, weight_decay)
+    )
     from optgen.backends.cpp.runtime import select  # the kernels load on first use
 
     fused_step, register = select(params[0].device)

@@ -140,6 +140,7 @@ class Lion(Optimizer):
             raise ValueError(
                 f"Invalid weight_decay: {weight_decay!r} (expected a value in [0, inf))"
             )
+        self._set_group_step(param_group)
         super().add_param_group(param_group)
 
     def __setstate__(self, state: dict) -> None:
@@ -148,6 +149,7 @@ class Lion(Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+            self._set_group_step(group)
         for param_state in self.state.values():
             step = param_state.get("step")
             if step is not None and not torch.is_tensor(step):
@@ -175,18 +177,21 @@ class Lion(Optimizer):
                     p, dtype=state_dtype, memory_format=torch.preserve_format
                 )
             exp_avgs.append(state["exp_avg"])
-            state["step"].fill_(group["step"] - 1)  # the kernels add 1: the group's count
+            state["step"].copy_(group["step"])  # the kernels add 1: the group's count
             state_steps.append(state["step"])
 
-    def _group_step(self, group: dict) -> int:
-        """The group's number of step() calls so far, group["step"]; a state dict without it
-        (one that counts per tensor) gives the largest count among the group's tensors."""
+    def _set_group_step(self, group: dict) -> None:
+        """Set group["step"], the group's number of step() calls so far, as a 0-d tensor like
+        the per-tensor counts (torch.compile does not specialize on a tensor's value). A group
+        without it (a state dict that counts per tensor) gets the largest count among its
+        tensors; a Python number (an older optgen state dict) becomes a tensor."""
         if "step" not in group:
             counts = [
                 self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, {})
             ]
-            group["step"] = int(max(counts, default=0))
-        return group["step"]
+            group["step"] = max(counts, default=0)
+        if not torch.is_tensor(group["step"]) or group["step"].dtype != _get_scalar_dtype():
+            group["step"] = torch.tensor(float(group["step"]), dtype=_get_scalar_dtype())
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -195,18 +200,32 @@ class Lion(Optimizer):
         Args:
             closure (Callable, optional): a closure that reevaluates the model and returns the loss.
         """
+        if torch.compiler.is_compiling() and any(group["fused"] for group in self.param_groups):
+            # torch.compile does not trace the fused kernels: the whole step runs eagerly,
+            # between graphs (a graph break inside the loop over groups would recompile)
+            return self._eager_step(closure)
+        return self._step(closure)
+
+    @torch.compiler.disable
+    def _eager_step(self, closure):
+        """_step outside torch.compile."""
+        return self._step(closure)
+
+    def _step(self, closure):
+        """The step: the closure, then each param group's update."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            # the group's count of step() calls, with gradients or not (pytorch_optimizer.Lion)
-            group["step"] = self._group_step(group) + 1
             params: list[Tensor] = []
             grads: list[Tensor] = []
             exp_avgs: list[Tensor] = []
             state_steps: list[Tensor] = []
             self._init_group(group, params, grads, exp_avgs, state_steps)
+            # the group's count of step() calls, with gradients or not (pytorch_optimizer.Lion); in
+            # place: a compiled step mutates no param group
+            group["step"].add_(1)
             beta1, beta2 = group["betas"]
             lion(
                 params,
@@ -249,9 +268,14 @@ def lion(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    if fused or foreach:
-        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
-        # hyperparameter is read as its value
+    if foreach and torch.compiler.is_compiling():
+        # torch.compile traces the for-loop implementation: its host values are tensors there
+        # (see _get_value), where the foreach ops take Python numbers, and inductor fuses the
+        # per-tensor updates as it fuses foreach ops
+        foreach = False
+    if foreach and not fused:
+        # the foreach ops take Python numbers: a 1-element tensor hyperparameter is read as
+        # its value
         lr, beta1, beta2, weight_decay = (
             x.item() if torch.is_tensor(x) else x for x in (lr, beta1, beta2, weight_decay)
         )
@@ -311,7 +335,7 @@ def _single_tensor_lion(
                 grad = grad.add(param, alpha=weight_decay)
         update = exp_avg.lerp(grad, 1 - beta1).sign_()
         exp_avg.lerp_(grad, 1 - beta2)
-        param.sub_(update, alpha=lr)
+        param.add_(update, alpha=-lr)
 
 
 def _multi_tensor_lion(
@@ -366,6 +390,7 @@ def _multi_tensor_lion(
     torch._foreach_add_(params, updates, alpha=-lr)
 
 
+@torch.compiler.disable
 def _fused_lion(
     params: list[Tensor],
     grads: list[Tensor],
@@ -381,9 +406,14 @@ def _fused_lion(
     maximize: bool,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
-    its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
     if not params:
         return
+    lr, beta1, beta2, weight_decay = (
+        x.item() if torch.is_tensor(x) else x for x in (lr, beta1, beta2, weight_decay)
+    )
     from optgen.backends.cpp.runtime import select  # the kernels load on first use
 
     fused_step, register = select(params[0].device)

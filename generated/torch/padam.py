@@ -158,6 +158,7 @@ class PAdam(Optimizer):
         eps = param_group["eps"]
         if not 0.0 < eps:
             raise ValueError(f"Invalid eps: {eps!r} (expected a value in (0, inf))")
+        self._set_group_step(param_group)
         super().add_param_group(param_group)
 
     def __setstate__(self, state: dict) -> None:
@@ -166,6 +167,7 @@ class PAdam(Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+            self._set_group_step(group)
         for param_state in self.state.values():
             step = param_state.get("step")
             if step is not None and not torch.is_tensor(step):
@@ -198,18 +200,21 @@ class PAdam(Optimizer):
                     p, dtype=state_dtype, memory_format=torch.preserve_format
                 )
             exp_avg_sqs.append(state["exp_avg_sq"])
-            state["step"].fill_(group["step"] - 1)  # the kernels add 1: the group's count
+            state["step"].copy_(group["step"])  # the kernels add 1: the group's count
             state_steps.append(state["step"])
 
-    def _group_step(self, group: dict) -> int:
-        """The group's number of step() calls so far, group["step"]; a state dict without it
-        (one that counts per tensor) gives the largest count among the group's tensors."""
+    def _set_group_step(self, group: dict) -> None:
+        """Set group["step"], the group's number of step() calls so far, as a 0-d tensor like
+        the per-tensor counts (torch.compile does not specialize on a tensor's value). A group
+        without it (a state dict that counts per tensor) gets the largest count among its
+        tensors; a Python number (an older optgen state dict) becomes a tensor."""
         if "step" not in group:
             counts = [
                 self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, {})
             ]
-            group["step"] = int(max(counts, default=0))
-        return group["step"]
+            group["step"] = max(counts, default=0)
+        if not torch.is_tensor(group["step"]) or group["step"].dtype != _get_scalar_dtype():
+            group["step"] = torch.tensor(float(group["step"]), dtype=_get_scalar_dtype())
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -218,19 +223,33 @@ class PAdam(Optimizer):
         Args:
             closure (Callable, optional): a closure that reevaluates the model and returns the loss.
         """
+        if torch.compiler.is_compiling() and any(group["fused"] for group in self.param_groups):
+            # torch.compile does not trace the fused kernels: the whole step runs eagerly,
+            # between graphs (a graph break inside the loop over groups would recompile)
+            return self._eager_step(closure)
+        return self._step(closure)
+
+    @torch.compiler.disable
+    def _eager_step(self, closure):
+        """_step outside torch.compile."""
+        return self._step(closure)
+
+    def _step(self, closure):
+        """The step: the closure, then each param group's update."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            # the group's count of step() calls, with gradients or not (pytorch_optimizer.PAdam)
-            group["step"] = self._group_step(group) + 1
             params: list[Tensor] = []
             grads: list[Tensor] = []
             exp_avgs: list[Tensor] = []
             exp_avg_sqs: list[Tensor] = []
             state_steps: list[Tensor] = []
             self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, state_steps)
+            # the group's count of step() calls, with gradients or not (pytorch_optimizer.PAdam); in
+            # place: a compiled step mutates no param group
+            group["step"].add_(1)
             beta1, beta2 = group["betas"]
             padam(
                 params,
@@ -279,9 +298,14 @@ def padam(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    if fused or foreach:
-        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
-        # hyperparameter is read as its value
+    if foreach and torch.compiler.is_compiling():
+        # torch.compile traces the for-loop implementation: its host values are tensors there
+        # (see _get_value), where the foreach ops take Python numbers, and inductor fuses the
+        # per-tensor updates as it fuses foreach ops
+        foreach = False
+    if foreach and not fused:
+        # the foreach ops take Python numbers: a 1-element tensor hyperparameter is read as
+        # its value
         lr, beta1, beta2, partial, weight_decay, eps = (
             x.item() if torch.is_tensor(x) else x
             for x in (lr, beta1, beta2, partial, weight_decay, eps)
@@ -339,7 +363,7 @@ def _single_tensor_padam(
         exp_avg_sq = exp_avg_sqs[i]
         step_t = state_steps[i]
         step_t += 1
-        step = step_t.item()
+        step = _get_value(step_t, param)
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         step_size = lr * bias_correction2**0.5 / bias_correction1
@@ -426,6 +450,7 @@ def _multi_tensor_padam(
     torch._foreach_addcdiv_(params, exp_avgs, denoms, [-step_size for step_size in step_sizes])
 
 
+@torch.compiler.disable
 def _fused_padam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -444,9 +469,15 @@ def _fused_padam(
     maximize: bool,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
-    its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
     if not params:
         return
+    lr, beta1, beta2, partial, weight_decay, eps = (
+        x.item() if torch.is_tensor(x) else x
+        for x in (lr, beta1, beta2, partial, weight_decay, eps)
+    )
     from optgen.backends.cpp.runtime import select  # the kernels load on first use
 
     fused_step, register = select(params[0].device)
@@ -476,6 +507,17 @@ def _fused_padam(
         global_values={},
         maximize=maximize,
     )
+
+
+def _get_value(x: Tensor, param: Tensor):
+    """A 0-d tensor's value as a Python number; under torch.compile the tensor itself, so
+    that the graph neither specializes on the value (a recompilation per step count) nor
+    syncs with the host, and the values computed from it are tensors (as torch.optim's
+    _get_value). It is in float64 for a float64 `param`, else float32: a float64 scalar in
+    a float32 update keeps inductor from vectorizing it."""
+    if torch.compiler.is_compiling():
+        return x.to(torch.promote_types(param.dtype, torch.float32))
+    return x.item()
 
 
 def _cpu_chunks(params: list[Tensor]) -> list[int]:

@@ -201,6 +201,19 @@ class RAdam(Optimizer):
         Args:
             closure (Callable, optional): a closure that reevaluates the model and returns the loss.
         """
+        if torch.compiler.is_compiling() and any(group["fused"] for group in self.param_groups):
+            # torch.compile does not trace the fused kernels: the whole step runs eagerly,
+            # between graphs (a graph break inside the loop over groups would recompile)
+            return self._eager_step(closure)
+        return self._step(closure)
+
+    @torch.compiler.disable
+    def _eager_step(self, closure):
+        """_step outside torch.compile."""
+        return self._step(closure)
+
+    def _step(self, closure):
+        """The step: the closure, then each param group's update."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -256,9 +269,14 @@ def radam(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    if fused or foreach:
-        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
-        # hyperparameter is read as its value
+    if foreach and torch.compiler.is_compiling():
+        # torch.compile traces the for-loop implementation: its host values are tensors there
+        # (see _get_value), where the foreach ops take Python numbers, and inductor fuses the
+        # per-tensor updates as it fuses foreach ops
+        foreach = False
+    if foreach and not fused:
+        # the foreach ops take Python numbers: a 1-element tensor hyperparameter is read as
+        # its value
         lr, beta1, beta2, eps, weight_decay = (
             x.item() if torch.is_tensor(x) else x for x in (lr, beta1, beta2, eps, weight_decay)
         )
@@ -314,15 +332,24 @@ def _single_tensor_radam(
         exp_avg_sq = exp_avg_sqs[i]
         step_t = state_steps[i]
         step_t += 1
-        step = step_t.item()
+        step = _get_value(step_t, param)
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         rho_t = rho_inf - 2 * step * beta2**step / bias_correction2
-        rect = (
-            (rho_inf * (rho_t - 4) * (rho_t - 2) / (rho_t * (rho_inf - 4) * (rho_inf - 2))) ** 0.5
-            if rho_t > 5
-            else 1
-        )
+        if torch.compiler.is_compiling():
+            rect = torch.where(
+                rho_t > 5,
+                (rho_inf * (rho_t - 4) * (rho_t - 2) / (rho_t * (rho_inf - 4) * (rho_inf - 2)))
+                ** 0.5,
+                1.0,
+            )
+        else:
+            rect = (
+                (rho_inf * (rho_t - 4) * (rho_t - 2) / (rho_t * (rho_inf - 4) * (rho_inf - 2)))
+                ** 0.5
+                if rho_t > 5
+                else 1
+            )
         bias_correction2_sqrt = bias_correction2**0.5
         step_size = rect * lr / bias_correction1
         if weight_decay != 0:
@@ -332,11 +359,20 @@ def _single_tensor_radam(
                 grad = grad.add(param, alpha=weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        if rho_t > 5:
+        if torch.compiler.is_compiling():
+            # the condition is a tensor: both sides run, torch.where picks
+            denom_then = exp_avg_sq.sqrt()
+            denom_then.add_(eps)
+            param_then = param.clone()
+            param_then.addcdiv_(exp_avg, denom_then, value=-bias_correction2_sqrt * step_size)
+            param_else = param.clone()
+            param_else.add_(exp_avg, alpha=-step_size)
+            param.copy_(torch.where(rho_t > 5, param_then, param_else))
+        elif rho_t > 5:
             denom = exp_avg_sq.sqrt().add_(eps)
             param.addcdiv_(exp_avg, denom, value=-bias_correction2_sqrt * step_size)
         else:
-            param.sub_(exp_avg, alpha=step_size)
+            param.add_(exp_avg, alpha=-step_size)
 
 
 def _multi_tensor_radam(
@@ -428,6 +464,7 @@ def _multi_tensor_radam(
         torch._foreach_add_(params, scaled_exp_avgs)
 
 
+@torch.compiler.disable
 def _fused_radam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -444,9 +481,14 @@ def _fused_radam(
     maximize: bool,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
-    its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
     if not params:
         return
+    lr, beta1, beta2, eps, weight_decay = (
+        x.item() if torch.is_tensor(x) else x for x in (lr, beta1, beta2, eps, weight_decay)
+    )
     from optgen.backends.cpp.runtime import select  # the kernels load on first use
 
     fused_step, register = select(params[0].device)
@@ -474,6 +516,17 @@ def _fused_radam(
         global_values={},
         maximize=maximize,
     )
+
+
+def _get_value(x: Tensor, param: Tensor):
+    """A 0-d tensor's value as a Python number; under torch.compile the tensor itself, so
+    that the graph neither specializes on the value (a recompilation per step count) nor
+    syncs with the host, and the values computed from it are tensors (as torch.optim's
+    _get_value). It is in float64 for a float64 `param`, else float32: a float64 scalar in
+    a float32 update keeps inductor from vectorizing it."""
+    if torch.compiler.is_compiling():
+        return x.to(torch.promote_types(param.dtype, torch.float32))
+    return x.item()
 
 
 def _cpu_chunks(params: list[Tensor]) -> list[int]:

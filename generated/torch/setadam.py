@@ -221,6 +221,19 @@ class SETAdam(Optimizer):
         Args:
             closure (Callable, optional): a closure that reevaluates the model and returns the loss.
         """
+        if torch.compiler.is_compiling() and any(group["fused"] for group in self.param_groups):
+            # torch.compile does not trace the fused kernels: the whole step runs eagerly,
+            # between graphs (a graph break inside the loop over groups would recompile)
+            return self._eager_step(closure)
+        return self._step(closure)
+
+    @torch.compiler.disable
+    def _eager_step(self, closure):
+        """_step outside torch.compile."""
+        return self._step(closure)
+
+    def _step(self, closure):
+        """The step: the closure, then each param group's update."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -278,9 +291,14 @@ def setadam(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    if fused or foreach:
-        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
-        # hyperparameter is read as its value
+    if foreach and torch.compiler.is_compiling():
+        # torch.compile traces the for-loop implementation: its host values are tensors there
+        # (see _get_value), where the foreach ops take Python numbers, and inductor fuses the
+        # per-tensor updates as it fuses foreach ops
+        foreach = False
+    if foreach and not fused:
+        # the foreach ops take Python numbers: a 1-element tensor hyperparameter is read as
+        # its value
         lr, beta1, beta2, eps, weight_decay, tau = (
             x.item() if torch.is_tensor(x) else x
             for x in (lr, beta1, beta2, eps, weight_decay, tau)
@@ -364,7 +382,7 @@ def _single_tensor_setadam(
         step_t = state_steps[i]
         step_t += 1
         numel = numels[i]
-        step = step_t.item()
+        step = _get_value(step_t, param)
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         step_size = lr / bias_correction1
@@ -483,6 +501,7 @@ def _multi_tensor_setadam(
     )
 
 
+@torch.compiler.disable
 def _fused_setadam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -502,9 +521,14 @@ def _fused_setadam(
     shard_groups: list | None = None,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
-    its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
     if not params:
         return
+    lr, beta1, beta2, eps, weight_decay, tau = (
+        x.item() if torch.is_tensor(x) else x for x in (lr, beta1, beta2, eps, weight_decay, tau)
+    )
     from optgen.backends.cpp.runtime import select  # the kernels load on first use
 
     fused_step, register = select(params[0].device)
@@ -533,6 +557,17 @@ def _fused_setadam(
         global_values={},
         maximize=maximize,
     )
+
+
+def _get_value(x: Tensor, param: Tensor):
+    """A 0-d tensor's value as a Python number; under torch.compile the tensor itself, so
+    that the graph neither specializes on the value (a recompilation per step count) nor
+    syncs with the host, and the values computed from it are tensors (as torch.optim's
+    _get_value). It is in float64 for a float64 `param`, else float32: a float64 scalar in
+    a float32 update keeps inductor from vectorizing it."""
+    if torch.compiler.is_compiling():
+        return x.to(torch.promote_types(param.dtype, torch.float32))
+    return x.item()
 
 
 def _cpu_chunks(params: list[Tensor], sharded: bool = False) -> list[int]:

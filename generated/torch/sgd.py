@@ -180,6 +180,19 @@ class SGD(Optimizer):
         Args:
             closure (Callable, optional): a closure that reevaluates the model and returns the loss.
         """
+        if torch.compiler.is_compiling() and any(group["fused"] for group in self.param_groups):
+            # torch.compile does not trace the fused kernels: the whole step runs eagerly,
+            # between graphs (a graph break inside the loop over groups would recompile)
+            return self._eager_step(closure)
+        return self._step(closure)
+
+    @torch.compiler.disable
+    def _eager_step(self, closure):
+        """_step outside torch.compile."""
+        return self._step(closure)
+
+    def _step(self, closure):
+        """The step: the closure, then each param group's update."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -229,9 +242,14 @@ def sgd(
     """
     if fused is None and foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    if fused or foreach:
-        # the foreach ops and the fused kernels take Python numbers: a 1-element tensor
-        # hyperparameter is read as its value
+    if foreach and torch.compiler.is_compiling():
+        # torch.compile traces the for-loop implementation: its host values are tensors there
+        # (see _get_value), where the foreach ops take Python numbers, and inductor fuses the
+        # per-tensor updates as it fuses foreach ops
+        foreach = False
+    if foreach and not fused:
+        # the foreach ops take Python numbers: a 1-element tensor hyperparameter is read as
+        # its value
         lr, momentum, dampening, weight_decay = (
             x.item() if torch.is_tensor(x) else x for x in (lr, momentum, dampening, weight_decay)
         )
@@ -279,20 +297,30 @@ def _single_tensor_sgd(
         momentum_buffer = momentum_buffers[i]
         step_t = state_steps[i]
         step_t += 1
-        step = step_t.item()
+        step = _get_value(step_t, param)
         if weight_decay != 0:
             grad = grad.add(param, alpha=weight_decay)
-        if step == 1:
+        if torch.compiler.is_compiling():
+            # the condition is a tensor: both sides run, torch.where picks
+            momentum_buffer_then = momentum_buffer.clone()
+            momentum_buffer_then.copy_(grad)
+            momentum_buffer_else = momentum_buffer.clone()
+            momentum_buffer_else.mul_(momentum)
+            momentum_buffer_else.add_(grad, alpha=1 - dampening)
+            momentum_buffer.copy_(
+                torch.where(step == 1, momentum_buffer_then, momentum_buffer_else)
+            )
+        elif step == 1:
             momentum_buffer.copy_(grad)
         else:
             momentum_buffer.mul_(momentum).add_(grad, alpha=1 - dampening)
         if nesterov:
             grad = grad.add(momentum_buffer, alpha=momentum)
-            param.sub_(grad, alpha=lr)
+            param.add_(grad, alpha=-lr)
         elif momentum == 0:
-            param.sub_(grad, alpha=lr)
+            param.add_(grad, alpha=-lr)
         else:
-            param.sub_(momentum_buffer, alpha=lr)
+            param.add_(momentum_buffer, alpha=-lr)
 
 
 def _multi_tensor_sgd(
@@ -353,6 +381,7 @@ def _multi_tensor_sgd(
         torch._foreach_add_(params, momentum_buffers, alpha=-lr)
 
 
+@torch.compiler.disable
 def _fused_sgd(
     params: list[Tensor],
     grads: list[Tensor],
@@ -367,9 +396,14 @@ def _fused_sgd(
     maximize: bool,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
-    its Triton kernels elsewhere (optgen.backends.triton.runtime)."""
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
     if not params:
         return
+    lr, momentum, dampening, weight_decay = (
+        x.item() if torch.is_tensor(x) else x for x in (lr, momentum, dampening, weight_decay)
+    )
     from optgen.backends.cpp.runtime import select  # the kernels load on first use
 
     fused_step, register = select(params[0].device)
@@ -395,6 +429,17 @@ def _fused_sgd(
         global_values={},
         maximize=maximize,
     )
+
+
+def _get_value(x: Tensor, param: Tensor):
+    """A 0-d tensor's value as a Python number; under torch.compile the tensor itself, so
+    that the graph neither specializes on the value (a recompilation per step count) nor
+    syncs with the host, and the values computed from it are tensors (as torch.optim's
+    _get_value). It is in float64 for a float64 `param`, else float32: a float64 scalar in
+    a float32 update keeps inductor from vectorizing it."""
+    if torch.compiler.is_compiling():
+        return x.to(torch.promote_types(param.dtype, torch.float32))
+    return x.item()
 
 
 def _cpu_chunks(params: list[Tensor]) -> list[int]:

@@ -5,13 +5,14 @@ the lists, Python floats per tensor as lists)."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import sympy
 
 from ...expr import NDIM, NUMEL, STEP
 from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T
 from .prepare import PER_TENSOR, Prepared, plural
-from .printer import TensorPrinter, host_printer
+from .printer import TensorPrinter, compiled_host_printer, host_printer
 from .reduce_pass import ReducePass
 from .schedule import Schedule
 from .statements import Block, Line, render
@@ -24,27 +25,50 @@ class _Texts:
     def __init__(self, p: Prepared, sched: Schedule):
         self.p = p
         self.display = sched.display
+        self.rename: dict[str, str] = {}  # a Python name -> the name that holds it in a branch
+        self.traced = False  # the for-loop path: a scalar state is read with _get_value
 
     def name(self, ir: str) -> str:
         if ir == NUMEL:
             return "numel"  # the whole tensor's (numels[i]): a shard's own numel is less
         if ir == NDIM:
             return "param.ndim"
-        return self.display.get(ir, ir)
+        name = self.display.get(ir, ir)
+        return self.rename.get(name, name)
 
     def host(self, ir: str) -> str:
         if self.p.var_of.get(ir, ir) in self.p.scalar_states:
+            if self.traced:
+                return f"_get_value({self.display[ir]}, param)"
             return f"{self.display[ir]}.item()"
         return self.name(ir)
 
 
 class SinglePrinter:
+    # the for-loop path is the one torch.compile traces (see _get_value): a host value that
+    # reads the step count is a 0-d tensor there, and a branch on it is taken by torch.where
+    compiled_forms = True
+
     def __init__(self, p: Prepared, sched: Schedule, batched: dict[str, str] | None = None):
         self.p = p
         self.batched = batched or {}  # reductions a reduce-only loop combined: name -> its list
         self.texts = _Texts(p, sched)
+        self.texts.traced = self.compiled_forms
         self.host_printer = host_printer(self.texts.host)
+        self.compiled_host_printer = compiled_host_printer(self.texts.host)
         self.tensor_printer = TensorPrinter(self.texts.name, p.is_scalar, self.texts.host)
+        self.traced: set[str] = set()  # host values that are tensors under torch.compile
+        self.defined = {"param", "grad", *(s.name for s in p.program.states)}  # bound so far
+
+    def is_traced(self, expr) -> bool:
+        """Whether `expr` is a 0-d tensor under torch.compile: it reads the step count, a
+        scalar state (both read with _get_value) or a host value computed from them."""
+        for s in expr.free_symbols:
+            if s.name == STEP or self.p.var_of.get(s.name, s.name) in self.p.scalar_states:
+                return True
+            if self.texts.name(s.name) in self.traced:
+                return True
+        return False
 
     def host(self, expr) -> str:
         return self.host_printer.doprint(expr)
@@ -83,6 +107,8 @@ class SinglePrinter:
                 out[-1] = Line(out[-1].text + self._method(op))
                 continue
             out.append(getattr(self, f"_{type(op).__name__}")(op))
+            if isinstance(op, (HostAssign, New, Eval, Alias, Reduce)):
+                self.defined.add(op.name if isinstance(op, HostAssign) else op.target)
             chain = op.target if isinstance(op, New) or (isinstance(op, InPlace) and _chainable(op)) else None
             if isinstance(op, Reduce):
                 pending.append(op)
@@ -143,8 +169,15 @@ class SinglePrinter:
         args = ", ".join(f"{kind}=[{', '.join(columns)}]" for kind, columns in kinds.items())
         return Block("if shard_groups is not None:", [Line(f"_all_reduce_partials([shard_groups[i]], {args})")])
 
-    def _HostAssign(self, op: HostAssign) -> Line:
-        return Line(f"{op.name} = {self.host(op.expr)}")
+    def _HostAssign(self, op: HostAssign):
+        line = Line(f"{op.name} = {self.host(op.expr)}")
+        if not (self.compiled_forms and self.is_traced(op.expr)):
+            return line
+        self.traced.add(op.name)
+        if not op.expr.has(sympy.Piecewise):
+            return line
+        compiled = Line(f"{op.name} = {self.compiled_host_printer.doprint(op.expr)}")
+        return Block("if torch.compiler.is_compiling():", [compiled], [line])
 
     def _New(self, op: New) -> Line:
         return Line(f"{op.target} = {self._new(op)}")
@@ -167,7 +200,63 @@ class SinglePrinter:
         return Line(f"{op.target}.fill_({self.host(op.expr)})")
 
     def _If(self, op: If) -> Block:
-        return Block(f"if {self.host(op.cond)}:", self.statements(op.body), self.statements(op.orelse))
+        defined = set(self.defined)
+        block = Block(f"if {self.host(op.cond)}:", self.statements(op.body), self.statements(op.orelse))
+        # a branch nested in it stays a Python `if` (a graph break under torch.compile)
+        nested = any(isinstance(o, If) for o in op.body + op.orelse)
+        if nested or not (self.compiled_forms and self.is_traced(op.cond)):
+            return block
+        self.defined = defined
+        return Block("if torch.compiler.is_compiling():", self._select(op), [block])
+
+    def _select(self, op: If) -> list:
+        """A branch on a tensor condition, for torch.compile: each side runs on copies of the
+        tensors it updates in place (and under its own names for what it makes), and
+        torch.where picks each result."""
+        cond = self.compiled_host_printer.doprint(op.cond)
+        lines = [Line("# the condition is a tensor: both sides run, torch.where picks")]
+        defined_before = set(self.defined)
+        sides = []
+        for tag, ops in (("then", op.body), ("else", op.orelse)):
+            renamed: dict[str, str] = {}
+            updated: set[str] = set()
+            for o in ops:
+                lines += self._side_op(o, tag, renamed, updated)
+            sides.append((renamed, updated))
+        (then_names, then_updated), (else_names, else_updated) = sides
+        for name in dict.fromkeys([*then_names, *else_names]):
+            picked = f"torch.where({cond}, {then_names.get(name, name)}, {else_names.get(name, name)})"
+            if name in then_updated | else_updated:
+                lines.append(Line(f"{name}.copy_({picked})"))
+            elif name in defined_before or (name in then_names and name in else_names):
+                lines.append(Line(f"{name} = {picked}"))
+        self.defined = defined_before | set(then_names) & set(else_names)
+        return lines
+
+    def _side_op(self, op, tag: str, renamed: dict, updated: set) -> list:
+        """One op of a side of _select, on that side's names."""
+        lines = []
+        self.texts.rename = renamed
+        try:
+            args = tuple(
+                T(renamed.get(a.name, a.name), a.per_tensor) if isinstance(a, T) else a for a in getattr(op, "args", ())
+            )
+            if isinstance(op, (InPlace, Fill)) and op.target not in renamed:
+                renamed[op.target] = f"{op.target}_{tag}"
+                updated.add(op.target)
+                lines.append(Line(f"{renamed[op.target]} = {op.target}.clone()"))
+            target = renamed.get(op.target, op.target) if isinstance(op, (InPlace, Fill)) else f"{op.target}_{tag}"
+            fields = {"target": target} | ({"args": args} if hasattr(op, "args") else {})
+            if isinstance(op, Alias):
+                fields["source"] = renamed.get(op.source, op.source)
+            if isinstance(op, Reduce):
+                fields["source"] = T(renamed.get(op.source.name, op.source.name), op.source.per_tensor)
+            lines += self.statements([replace(op, **fields)])
+        finally:
+            self.texts.rename = {}
+        if not isinstance(op, (InPlace, Fill)):
+            renamed[op.target] = target
+        return lines
 
     def _new(self, op: New) -> str:
         a = op.args
@@ -188,7 +277,10 @@ class SinglePrinter:
         alpha = kw.get("alpha")
         if fn == "add" and alpha is not None and alpha.expr == -1:
             return f".sub{suffix}({self.arg(args[0])})"
-        if fn == "add" and alpha is not None and _negative(alpha.expr):
+        # a number only: an alpha that may be a tensor (a tensor lr, a host value under
+        # torch.compile) stays add_(x, alpha=-lr), as torch.optim writes it, since dynamo
+        # reads a float32 tensor alpha of sub with a host sync (torch 2.13)
+        if fn == "add" and alpha is not None and _negative(alpha.expr) and alpha.expr.is_Number:
             return f".sub{suffix}({self.arg(args[0])}, alpha={self.host(-alpha.expr)})"
         if fn == "clamp":
             return f".clamp{suffix}({', '.join(f'{k}={self.arg(v)}' for k, v in kw.items())})"
@@ -204,7 +296,7 @@ def _chainable(op: InPlace) -> bool:
 
 
 def _negative(expr) -> bool:
-    """-lr reads better as sub_(x, alpha=lr); 1 - dampening stays as it is."""
+    """-2 reads better as sub_(x, alpha=2); 1 - dampening stays as it is."""
     return not isinstance(expr, sympy.Add) and expr.as_coeff_Mul()[0] < 0
 
 
@@ -218,6 +310,8 @@ def _reduce(fn: str, source: str) -> str:
 
 class ReducePassPrinter(SinglePrinter):
     """The reduce-only loop: each reduction's local partial appended to its list."""
+
+    compiled_forms = False  # it runs under sharding only, never traced by torch.compile
 
     def statements(self, ops: list) -> list:
         return [getattr(self, f"_{type(op).__name__}")(op) for op in ops]
@@ -235,6 +329,8 @@ _KIND = {"sum": "sums", "norm": "norms", "min": "mins", "max": "maxs"}
 
 class ForeachPrinter(SinglePrinter):
     """The same schedule over lists: `torch._foreach_*`, per-tensor floats as lists."""
+
+    compiled_forms = False  # torch.compile traces the for-loop implementation instead
 
     def __init__(self, p: Prepared, sched: Schedule):
         super().__init__(p, sched)
@@ -446,7 +542,7 @@ def single_body(p: Prepared, sched: Schedule, passes: list[ReducePass] = (), ind
     if any(s.name == NUMEL for v in p.program.values for s in v.expr.free_symbols):
         loop.append(Line(f"numel = numels[{index}]"))
     if sched.uses_step:
-        loop.append(Line("step = step_t.item()"))
+        loop.append(Line("step = _get_value(step_t, param)"))
     loop += printer.statements(sched.per_tensor_host) + printer.statements(sched.work)
     group = printer.statements(sched.group)
     if group:  # the group's values may read a cross-parameter value that no tensor needed

@@ -197,9 +197,12 @@ def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[
         multis.append((v.options, multi_body(v.prepared, multi.run(), recurse, lists, extra)))
         made |= (single.taken | multi.taken | {n for one in passes for n in one.made}) - reserved
     options = list(spec.options)
+    single_text = render(merge_variants(singles, options), 1)
+    multi_text = render(merge_variants(multis, options), 1)
     return {
-        "single_body": render(merge_variants(singles, options), 1),
-        "multi_body": render(merge_variants(multis, options), 1),
+        "single_body": single_text,
+        "multi_body": multi_text,
+        "uses_get_value": "_get_value(" in single_text + multi_text,
         "made": made,
     }
 
@@ -229,7 +232,7 @@ def _reserved(spec: Spec, lists: list[str], kwargs: list[str], fn: str) -> set[s
         "Tensor",
     }
     names |= {fn, f"_single_tensor_{fn}", f"_multi_tensor_{fn}", f"_fused_{fn}", "_batches", "foreach", "fused"}
-    names |= {"_has_large_cpu_tensor", "_split_large"}
+    names |= {"_has_large_cpu_tensor", "_split_large", "_get_value"}
     return names
 
 

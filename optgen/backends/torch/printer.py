@@ -261,6 +261,35 @@ class TensorPrinter(_Base):
         return f"~({self._print(expr.args[0])})"
 
 
+class CompiledHostPrinter(HostPrinter):
+    """Host values that are 0-d tensors under torch.compile (they read the step count): a
+    conditional is `torch.where`, a logical operator its bitwise form."""
+
+    def _print_Piecewise(self, expr):
+        (value, cond), rest = expr.args[0], expr.args[1:]
+        other = rest[0].expr if len(rest) == 1 and rest[0].cond is sympy.true else sympy.Piecewise(*rest)
+        return f"torch.where({self._print(cond)}, {self._side(value)}, {self._side(other)})"
+
+    def _side(self, expr) -> str:
+        # an integer would make an integer tensor: where(c, x, 1) selects x or 1.0
+        return number(float(expr)) if expr.is_Integer else self._print(expr)
+
+    def _print_And(self, expr):
+        return " & ".join(f"({self._print(a)})" for a in expr.args)
+
+    def _print_Or(self, expr):
+        return " | ".join(f"({self._print(a)})" for a in expr.args)
+
+    def _print_Not(self, expr):
+        return f"~({self._print(expr.args[0])})"
+
+
+def compiled_host_printer(text: Text) -> CompiledHostPrinter:
+    printer = CompiledHostPrinter(text)
+    printer.host = printer.doprint
+    return printer
+
+
 def host_printer(text: Text) -> HostPrinter:
     printer = HostPrinter(text)
     printer.host = printer.doprint
