@@ -189,7 +189,8 @@ class Lion(Optimizer):
             counts = [
                 self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, {})
             ]
-            group["step"] = max(counts, default=0)
+            # a new tensor: the largest count itself is a tensor's step, which moves on its own
+            group["step"] = float(max(counts, default=0))
         if not torch.is_tensor(group["step"]) or group["step"].dtype != _get_scalar_dtype():
             group["step"] = torch.tensor(float(group["step"]), dtype=_get_scalar_dtype())
 
