@@ -1,12 +1,14 @@
 """Distributed checkpoints of every catalog optimizer under FSDP2: torch.distributed.checkpoint
 with get_optimizer_state_dict / set_optimizer_state_dict. Two processes (gloo on 127.0.0.1),
-shards of uneven size and an empty one, float64, fused=True. Two steps, save, two more: the
-uninterrupted run; a fresh model and optimizer that load the checkpoint and take the same two
-steps must end with the same params and states, bit for bit (element states, per-tensor
-scalar states such as NAdam's mu_product, per-tensor and per-group step counts).
+shards of uneven size and an empty one, float64, on each path: for-loop, foreach and fused.
+Two steps, save, two more: the uninterrupted run; a fresh model and optimizer that load the
+checkpoint and take the same two steps must end with the same params and states, bit for
+bit and in the same dtypes (element states, per-tensor scalar states such as NAdam's
+mu_product, per-tensor step counts and the per-group step count, a 0-d tensor in the param
+group).
 
-One process group loops over every spec (a spawn costs seconds); rank 0 writes what it found
-to a JSON file that the test reads."""
+One process group per path loops over every spec (a spawn costs seconds); rank 0 writes
+what it found to a JSON file that the test reads."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 WORLD = 2
@@ -44,7 +47,7 @@ def _build(cls, mesh, path: str):
     )
     fully_shard(model, mesh=mesh)
     accepted = inspect.signature(cls.__init__).parameters
-    flags = {"fused": True} if path == "fused" else {}
+    flags = {"fused": True} if path == "fused" else {"foreach": path == "foreach"}
     return model, cls(model.parameters(), **{k: v for k, v in KEYWORDS.items() if k in accepted}, **flags)
 
 
@@ -69,8 +72,14 @@ def _snapshot(model, opt) -> dict[str, torch.Tensor]:
             if torch.is_tensor(value):
                 out[f"param{i}.{key}"] = value.full_tensor() if hasattr(value, "full_tensor") else value.clone()
     for i, group in enumerate(opt.param_groups):
-        out[f"group{i}.step"] = torch.tensor(float(group.get("step", -1)))
+        step = group.get("step", torch.tensor(-1.0))
+        out[f"group{i}.step"] = step.clone() if torch.is_tensor(step) else torch.tensor(float(step))
     return out
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit: the same dtype and the same values."""
+    return a.dtype == b.dtype and torch.equal(a, b)
 
 
 def _case(name: str, path: str, mesh, folder: Path) -> dict:
@@ -102,7 +111,7 @@ def _case(name: str, path: str, mesh, folder: Path) -> dict:
     return {
         "keys": sorted(uninterrupted),
         "missing": sorted(set(uninterrupted) ^ set(resumed)),
-        "different": sorted(k for k in uninterrupted if k in resumed and not torch.equal(uninterrupted[k], resumed[k])),
+        "different": sorted(k for k in uninterrupted if k in resumed and not _same(uninterrupted[k], resumed[k])),
     }
 
 
@@ -161,12 +170,14 @@ def _check(results: dict) -> None:
     assert "param1.mu_product" in results["NAdam"]["keys"]
 
 
-def test_dcp_resume_equals_uninterrupted_fused(tmp_path):
-    """The fused path (the C++ kernels on the local shards). The eager paths take their
-    reductions from DTensor dispatch for now, which on this torch fails in one process that
-    has stepped Lamb and then LARS ("'float' object has no attribute 'mesh'"): run
-    _run(tmp_path, "for-loop") once they reduce explicitly."""
-    _check(_run(tmp_path, "fused"))
+@pytest.mark.parametrize("path", ["for-loop", "foreach", "fused"])
+def test_dcp_resume_equals_uninterrupted(tmp_path, path):
+    """The eager paths reduce explicitly on the local shards (_all_reduce_partials), the
+    fused path runs the C++ kernels on them."""
+    results = _run(tmp_path, path)
+    _check(results)
+    # the per-group step count (Lamb, LARS) is compared, as a tensor
+    assert "group0.step" in results["Lamb"]["keys"]
 
 
 def test_a_loaded_per_tensor_scalar_state_keeps_its_dtype():

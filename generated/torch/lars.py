@@ -392,11 +392,13 @@ def _multi_tensor_lars(
     nesterov: bool,
     maximize: bool,
     shard_groups: list | None = None,
+    combined: list | None = None,
 ) -> None:
     """The foreach implementation: torch._foreach_* kernels over all tensors at once. With
-    `shard_groups` (local shards of DTensor parameters), the reductions of a batch are
-    all-reduced together: one collective per kind of reduction where the update first reads
-    them (a batch is a param group, less the splits of a per-tensor host-side branch)."""
+    `shard_groups` (local shards of DTensor parameters), the reductions are all-reduced
+    together: one collective per kind of reduction where the update first reads them. A
+    group split into batches (a per-tensor host-side branch) combines them once before the
+    split, as the for-loop's first loop does, and each batch reads them from `combined`."""
     if not params:
         return
     # one foreach call per device, dtype, CPU chunk and side of each host-side branch
@@ -405,8 +407,17 @@ def _multi_tensor_lars(
         for param, chunk in zip(params, _cpu_chunks(params, shard_groups is not None))
     ]
     if len(set(keys)) > 1:
-        for *batch, batch_shard_groups in _batches(
-            keys, params, grads, momentum_buffers, state_steps, shard_groups
+        if shard_groups is not None:
+            # combined once for the group: one collective per kind, not one per batch
+            param_norms, grad_norms = [], []
+            for i, param in enumerate(params):
+                grad = grads[i] if not maximize else -grads[i]
+                param_norms.append(torch.linalg.vector_norm(param))
+                grad_norms.append(torch.linalg.vector_norm(grad))
+            _all_reduce_partials(shard_groups, norms=[param_norms, grad_norms])
+            combined = list(zip(param_norms, grad_norms))
+        for *batch, batch_shard_groups, batch_combined in _batches(
+            keys, params, grads, momentum_buffers, state_steps, shard_groups, combined
         ):
             _multi_tensor_lars(
                 *batch,
@@ -418,15 +429,20 @@ def _multi_tensor_lars(
                 nesterov=nesterov,
                 maximize=maximize,
                 shard_groups=batch_shard_groups,
+                combined=batch_combined,
             )
         return
     torch._foreach_add_(state_steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)
-    param_norms = torch._foreach_norm(params)
-    grad_norms = torch._foreach_norm(grads)
-    if shard_groups is not None:
-        _all_reduce_partials(shard_groups, norms=[param_norms, grad_norms])
+    if combined is None:
+        param_norms = torch._foreach_norm(params)
+        grad_norms = torch._foreach_norm(grads)
+        if shard_groups is not None:
+            _all_reduce_partials(shard_groups, norms=[param_norms, grad_norms])
+    else:
+        param_norms = [values[0] for values in combined]
+        grad_norms = [values[1] for values in combined]
     denoms = torch._foreach_add(grad_norms, param_norms, alpha=weight_decay)
     trust_ratios = [
         torch.where((denom > 0) & (param_norm > 0), param_norm * trust_coefficient / denom, 1.0)

@@ -433,7 +433,7 @@ def _multi_tensor_setadam(
     """The foreach implementation: torch._foreach_* kernels over all tensors at once. With
     `shard_groups` (local shards of DTensor parameters), the reductions of a batch are
     all-reduced together: one collective per kind of reduction where the update first reads
-    them (a batch is a param group, less the splits of a per-tensor host-side branch)."""
+    them (a batch is a param group, less the splits of device or dtype)."""
     if not params:
         return
     # one foreach call per device, dtype and CPU chunk

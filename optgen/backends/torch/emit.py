@@ -332,9 +332,10 @@ class ForeachPrinter(SinglePrinter):
 
     compiled_forms = False  # torch.compile traces the for-loop implementation instead
 
-    def __init__(self, p: Prepared, sched: Schedule):
+    def __init__(self, p: Prepared, sched: Schedule, combined: dict[str, int] | None = None):
         super().__init__(p, sched)
         self.display = sched.display
+        self.combined = combined or {}  # reductions a split group combined: name -> column
         first = _FirstTexts(p, sched)
         self.first_printer = host_printer(first.host)
 
@@ -398,6 +399,9 @@ class ForeachPrinter(SinglePrinter):
                 pending = []
             if op is None:  # hoisted
                 continue
+            if isinstance(op, Reduce) and op.target in self.combined:
+                out.append(self._read_combined([op] + self._hoistable(ops, k + 1)))
+                continue
             lines = getattr(self, f"_{type(op).__name__}")(op)
             out.extend(lines if isinstance(lines, list) else [lines])
             if isinstance(op, Reduce):
@@ -408,6 +412,17 @@ class ForeachPrinter(SinglePrinter):
 
     def reduced(self, target: str) -> str:
         return plural(target)
+
+    def _read_combined(self, reduces: list[Reduce]) -> Block:
+        """A batch of a split group reads the reductions the group combined (`combined`);
+        otherwise it reduces its tensors, combined across shards if sharded."""
+        given = [r for r in reduces if r.target in self.combined]
+        others = [r for r in reduces if r.target not in self.combined]
+        read = [Line(f"{plural(r.target)} = [values[{self.combined[r.target]}] for values in combined]") for r in given]
+        read += [self._Reduce(r) for r in others]
+        if others:
+            read.append(self._combine(others))
+        return Block("if combined is None:", [*(self._Reduce(r) for r in reduces), self._combine(reduces)], read)
 
     def _combine(self, pending: list[Reduce]) -> Block:
         """Under sharding (FSDP2), the reductions of the local shards made those of the whole
@@ -582,10 +597,16 @@ def _reduce_pass(p: Prepared, pre: ReducePass, index: str) -> list:
     ]
 
 
-def multi_body(p: Prepared, sched: Schedule, recurse: str, lists: list[str], extra: list[str] = ()) -> list:
+def multi_body(
+    p: Prepared, sched: Schedule, recurse: str, lists: list[str], extra: list[str] = (), passes: list[ReducePass] = ()
+) -> list:
     """`recurse` is the call that runs one batch: `_multi_tensor_adam(*batch, lr=lr, ...)`;
-    `extra` the per-tensor lists it takes as keywords (numels, shard_groups)."""
-    printer = ForeachPrinter(p, sched)
+    `extra` the per-tensor lists it takes as keywords (numels, shard_groups, combined).
+    With `combined` and branch conditions, `passes` (the for-loop's reduce-only loops)
+    combine the group's reductions before it is split into batches."""
+    precombine = "combined" in extra and bool(sched.branch_conditions and passes)
+    columns = [name for one in passes for name in one.lists] if precombine else []
+    printer = ForeachPrinter(p, sched, {name: i for i, name in enumerate(columns)})
     host: list = []
     if sched.uses_step:
         host.append(Line("steps = [step_t.item() + 1 for step_t in state_steps]"))
@@ -597,12 +618,21 @@ def multi_body(p: Prepared, sched: Schedule, recurse: str, lists: list[str], ext
     pairs = [("param", "params"), ("chunk", f"_cpu_chunks(params{', ' + sharded if sharded else ''})")]
     keys = printer.comprehension(f"({', '.join(key_parts)})", key_expr, pairs)
     why = ", dtype, CPU chunk and side of each host-side branch" if conds else ", dtype and CPU chunk"
+    combine_first: list = []
+    if precombine:
+        reduce_first = [Line("# combined once for the group: one collective per kind, not one per batch")]
+        for one in passes:
+            reduce_first += _reduce_pass(p, one, "i")
+        made = ", ".join(one.lists[name] for one in passes for name in one.lists)
+        reduce_first.append(Line(f"combined = list(zip({made}))"))
+        combine_first = [Block("if shard_groups is not None:", reduce_first)]
     split = [
         Line(f"# one foreach call per device{why}"),
         Line(f"keys = {keys}"),
         Block(
             "if len(set(keys)) > 1:",
-            [
+            combine_first
+            + [
                 Block(
                     f"for {', '.join(['*batch' if extra else 'batch'] + [f'batch_{k}' for k in extra])} "
                     f"in _batches(keys, {', '.join(lists + list(extra))}):",

@@ -126,6 +126,7 @@ def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, comp
     lists = ["params", "grads"] + [plural(s) for s in spec.state] + ["state_steps"]
     globals_ = _globals(spec, variants)
     kwargs = list(spec.scalar_hypers) + list(spec.options) + ["maximize"] + [g.name for g in globals_]
+    bodies = _bodies(spec, variants, lists, kwargs, taken)
     return {
         "stamp": stamp,
         "name": spec.name,
@@ -150,7 +151,8 @@ def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, comp
         "per_group_step": spec.step_count == "per_group",
         "parity": spec.parity,
         **_class_context(public, spec, variants, globals_),
-        **_bodies(spec, variants, lists, kwargs, taken),
+        **bodies,
+        "multi_signature": _signature(spec, lists, globals_, bodies["multi_extra"]),
     }
 
 
@@ -185,23 +187,31 @@ def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[
     fn = spec.module_name
     reserved = _reserved(spec, lists, kwargs, fn) | taken
     extra = _per_tensor_keywords(variants)
+    planned, made = [], set()
+    for v in variants:
+        single, multi = Scheduler(v.prepared, False, reserved), Scheduler(v.prepared, True, reserved)
+        schedule, multi_schedule = single.run(), multi.run()
+        passes = reduce_passes(v.prepared, schedule, reserved) if "shard_groups" in extra else []
+        planned.append((v, schedule, multi_schedule, passes))
+        made |= (single.taken | multi.taken | {n for one in passes for n in one.made}) - reserved
+    # a host-side branch splits a foreach group into batches: under sharding the group's
+    # reductions are combined once before the split and handed to the batches (`combined`)
+    if any(multi_schedule.branch_conditions and passes for _, _, multi_schedule, passes in planned):
+        extra = [*extra, "combined"]
     recurse = (
         f"_multi_tensor_{fn}(*batch, {', '.join([f'{k}={k}' for k in kwargs] + [f'{k}=batch_{k}' for k in extra])})"
     )
-    singles, multis, made = [], [], set()
-    for v in variants:
-        single, multi = Scheduler(v.prepared, False, reserved), Scheduler(v.prepared, True, reserved)
-        schedule = single.run()
-        passes = reduce_passes(v.prepared, schedule, reserved) if "shard_groups" in extra else []
+    singles, multis = [], []
+    for v, schedule, multi_schedule, passes in planned:
         singles.append((v.options, single_body(v.prepared, schedule, passes)))
-        multis.append((v.options, multi_body(v.prepared, multi.run(), recurse, lists, extra)))
-        made |= (single.taken | multi.taken | {n for one in passes for n in one.made}) - reserved
+        multis.append((v.options, multi_body(v.prepared, multi_schedule, recurse, lists, extra, passes)))
     options = list(spec.options)
     single_text = render(merge_variants(singles, options), 1)
     multi_text = render(merge_variants(multis, options), 1)
     return {
         "single_body": single_text,
         "multi_body": multi_text,
+        "multi_extra": extra,
         "uses_get_value": "_get_value(" in single_text + multi_text,
         "made": made,
     }
@@ -219,6 +229,9 @@ def _reserved(spec: Spec, lists: list[str], kwargs: list[str], fn: str) -> set[s
         "shard_groups",
         "batch_numels",
         "batch_shard_groups",
+        "combined",
+        "batch_combined",
+        "values",
         "tensors",
         "steps",
         "keys",
@@ -505,6 +518,9 @@ def _signature(spec: Spec, lists: list[str], globals_, per_tensor: list[str] = (
 _PER_TENSOR_KEYWORDS = {
     "numels": "numels: list[int]",  # each whole tensor's numel (a shard's is its own)
     "shard_groups": "shard_groups: list | None = None",  # each tensor's _shard_group
+    # each tensor's reductions combined across shards, a tuple per tensor (the foreach path's
+    # batches of a split group)
+    "combined": "combined: list | None = None",
 }
 
 
