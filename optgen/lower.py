@@ -108,6 +108,7 @@ class _Namer:
 def _input_scopes(spec: Spec, opts: dict[str, bool]) -> dict[str, str]:
     scopes = {n: "host" for n in spec.scalar_hypers}
     scopes.update({STEP: "host", PARAM: "element", GRAD: "element", NUMEL: "tensor", NDIM: "tensor"})
+    scopes.update({name: "element" for name in spec.inputs})
     for s in spec.active_states(opts):
         scopes[s.name] = s.scope
     return scopes
