@@ -113,6 +113,11 @@ class InputDecl:
     loc: Loc
     tex: str | None = None
     doc: str = ""
+    key: str | None = None  # the step() keyword, when the generated code renamed `name`
+
+    @property
+    def public(self) -> str:
+        return self.key or self.name
 
 
 @dataclass
