@@ -227,7 +227,11 @@ def _merge(parent: Node, child: Node) -> Node:
         if key == "extends":
             continue
         key_locs[key] = child.key_locs[key]
-        if key in ("hyperparameters", "inputs", "options", "state", "tex") and key in merged and isinstance(value.value, dict):
+        if (
+            key in ("hyperparameters", "inputs", "options", "state", "tex")
+            and key in merged
+            and isinstance(value.value, dict)
+        ):
             base = merged[key]
             entries = dict(base.value) if isinstance(base.value, dict) else {}
             entry_locs = dict(base.key_locs or {})
@@ -661,7 +665,9 @@ class UpdateParser:
         if name == STEP:
             raise SpecError(loc, "`step` is the step count and cannot be assigned")
         if name in self.inputs:
-            raise SpecError(loc, f"`{name}` is an input of step() and cannot be assigned; name the new value differently")
+            raise SpecError(
+                loc, f"`{name}` is an input of step() and cannot be assigned; name the new value differently"
+            )
         if name in self.hyper_names:
             raise SpecError(loc, f"`{name}` is a hyperparameter and cannot be assigned; name the new value differently")
         if name in self.options:
@@ -868,7 +874,13 @@ class SpecBuilder:
             with self.errors.each():
                 loc = section.key_locs[name]
                 if name in self.state_names | self.input_names or name in self.scalar_names - assigned:
-                    what = "state" if name in self.state_names else "input" if name in self.input_names else "hyperparameter"
+                    what = (
+                        "state"
+                        if name in self.state_names
+                        else "input"
+                        if name in self.input_names
+                        else "hyperparameter"
+                    )
                     raise SpecError(loc, f"`{name}` is a {what}: give its tex in its declaration")
                 if name not in assigned and loc.file != self.root.loc.file:
                     continue  # a parent's value that this spec's own update no longer has

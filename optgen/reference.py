@@ -294,7 +294,9 @@ class Reference:
             raise ValueError(f"expected {len(self.params)} gradients, got {len(grads)}")
         unknown = set(inputs) - set(self.spec.inputs)
         if unknown:
-            raise TypeError(f"step() got unknown input(s) {sorted(unknown)}; the spec declares {list(self.spec.inputs)}")
+            raise TypeError(
+                f"step() got unknown input(s) {sorted(unknown)}; the spec declares {list(self.spec.inputs)}"
+            )
         for name in self.spec.inputs:
             values = inputs.get(name)
             if values is None:
