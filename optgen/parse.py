@@ -1173,7 +1173,7 @@ class SpecBuilder:
             return sympy.Rational(frac.numerator, frac.denominator)
         src = source_of(node)
         tree = parse_python(src, "eval", f"the init of `{key}`")
-        states = set(self.entries("state"))
+        states = set(self.entries("state")) - self.input_names  # a clash is reported once, at the state
         allowed = {n: s for n, s in self.symbols.items() if n not in states and n != STEP}
         what = "constants, hyperparameters, param, grad and inputs"
         conv = ExprConverter(src, allowed, set(), f"the init of `{key}` ({what})")
