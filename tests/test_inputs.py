@@ -62,11 +62,16 @@ def _kwargs(path: str) -> dict:
 
 @pytest.fixture
 def runtime(monkeypatch, request):
-    """fused=True on CPU runs the C++ kernels, or Triton's interpreter with TRITON_INTERPRET=1."""
-    if request.node.callspec.params["path"] == "fused Triton":
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    else:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    """fused=True on CPU tensors runs Triton's interpreter (the suite sets TRITON_INTERPRET=1
+    without a GPU) or, for "fused C++", the C++ kernels. The variable itself stays set: a
+    step taken while it is unset leaves Triton's interpreter unable to run a reduction."""
+    from optgen.backends.triton import runtime as triton_runtime
+
+    path = request.node.callspec.params["path"]
+    if path == "fused Triton" and not triton_runtime.interpreting():
+        pytest.skip("Triton's interpreter is off (TRITON_INTERPRET unset)")
+    if path == "fused C++":
+        monkeypatch.setattr(triton_runtime, "interpreting", lambda: False)
 
 
 def _run(spec, cls, path: str, dtype: torch.dtype, steps: int = 4, maximize: bool = False):
@@ -249,3 +254,61 @@ def test_the_prover_refuses_a_spec_with_inputs():
         prove_spec_claims(loads(text, "s.yaml"))
     assert (info.value.loc.line, info.value.loc.col) == (5, 3)
     assert "the prover does not reason about inputs beyond grad" in info.value.message
+
+
+# --------------------------------------------------------------------------- reductions, options
+# An input under per-tensor reductions (a kernel pass that only reduces, then the update)
+# and an option; the input has no tex (LaTeX takes its default symbol).
+MASKED = textwrap.dedent(
+    """\
+    name: Masked
+    summary: Momentum on a masked gradient, normalised by the mask's norm.
+    parity: independent
+    inputs:
+      mask: {}
+    hyperparameters:
+      lr: {default: 0.05, range: '(0, inf)'}
+      beta: {default: 0.9, range: '[0, 1)'}
+      eps: {default: 0.001, range: '(0, inf)'}
+    options:
+      centered: false
+    state:
+      exp_avg: {init: 0}
+    update: |
+      if centered:
+          g = grad - mean(mask * grad)
+      else:
+          g = grad
+      exp_avg = beta * exp_avg + (1 - beta) * g * mask
+      param = param - lr * exp_avg / (norm(mask) + eps)
+    """
+)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+@pytest.mark.parametrize("path", PATHS)
+def test_an_input_under_reductions_matches_the_reference(path, centered, runtime):
+    spec = loads(MASKED, "masked.yaml")
+    cls = optgen.compile(spec)
+    gen = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(s, dtype=torch.float64, generator=gen)) for s in SHAPES]
+    opt = cls(params, centered=centered, **_kwargs(path))
+    ref = Reference(spec, [{"params": [p.detach().numpy().copy() for p in params], "centered": centered}])
+    for _ in range(3):
+        grads = [torch.randn(s, dtype=torch.float64, generator=gen) for s in SHAPES]
+        masks = [(torch.rand(s, generator=gen) > 0.3).double() for s in SHAPES]
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step(mask=dict(zip(params, masks)))
+        ref.step([g.numpy() for g in grads], mask=[m.numpy() for m in masks])
+    tol = 2e-6 if path == "fused Triton" else 1e-13
+    for p, r in zip(params, ref.params):
+        np.testing.assert_allclose(p.detach().numpy(), r, rtol=tol, atol=tol)
+
+
+def test_a_global_reduction_of_an_input_is_located():
+    text = NEWTON.replace("+ abs(hessian))\n", "+ abs(hessian)) / (1 + global_norm(hessian))\n")
+    with pytest.raises(optgen.CompileError) as info:
+        optgen.lower.lower(loads(text, "s.yaml"))
+    assert info.value.loc.line == 14
+    assert "global_norm(...) may use only param, grad and hyperparameters, not `hessian`" in info.value.message
