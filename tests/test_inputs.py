@@ -235,6 +235,10 @@ def test_cli_reports_a_collision_with_exit_status_2(tmp_path):
 def test_check_runs_every_stage_and_passes(spec):
     report = optgen.check(spec)
     assert report.ok, str(report)
+    from optgen.lower import lower
+    from optgen.show import show
+
+    assert "inputs: param, grad, hessian, step;" in show(lower(spec))
 
 
 # --------------------------------------------------------------------------- LaTeX, prover
