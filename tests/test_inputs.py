@@ -316,3 +316,28 @@ def test_a_global_reduction_of_an_input_is_located():
         optgen.lower.lower(loads(text, "s.yaml"))
     assert info.value.loc.line == 14
     assert "global_norm(...) may use only param, grad and hyperparameters, not `hessian`" in info.value.message
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_strided_or_expanded_input_is_read_not_written(cls, path, runtime):
+    """An input may be any tensor of the parameter's shape (a transposed view, a number
+    expanded to it, another dtype); every path reads it as the for-loop does, and the
+    caller's tensor is left as it was."""
+    gen = torch.Generator().manual_seed(2)
+    start = [torch.randn(4, 3, dtype=torch.float64, generator=gen) for _ in range(2)]
+    grads = [torch.randn(4, 3, dtype=torch.float64, generator=gen) for _ in range(2)]
+    inputs = [torch.randn(3, 4, generator=gen).t(), torch.tensor(0.5).expand(4, 3)]  # float32
+    kept = [h.clone() for h in inputs]
+    sides = []
+    for kwargs in (_kwargs(path), {"foreach": False}):
+        params = [torch.nn.Parameter(x.clone()) for x in start]
+        opt = cls(params, **kwargs)
+        for _ in range(2):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step(hessian=dict(zip(params, inputs)))
+        sides.append(params)
+    tol = 2e-6 if path == "fused Triton" else 1e-13
+    for a, b in zip(*sides):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=tol, atol=tol)
+    assert all(torch.equal(h, k) for h, k in zip(inputs, kept))
