@@ -874,14 +874,10 @@ class SpecBuilder:
             with self.errors.each():
                 loc = section.key_locs[name]
                 if name in self.state_names | self.input_names or name in self.scalar_names - assigned:
-                    what = (
-                        "state"
-                        if name in self.state_names
-                        else "input"
-                        if name in self.input_names
-                        else "hyperparameter"
-                    )
-                    raise SpecError(loc, f"`{name}` is a {what}: give its tex in its declaration")
+                    kinds = {**dict.fromkeys(self.input_names, "input"), **dict.fromkeys(self.state_names, "state")}
+                    what = kinds.get(name, "hyperparameter")
+                    article = "an" if what == "input" else "a"
+                    raise SpecError(loc, f"`{name}` is {article} {what}: give its tex in its declaration")
                 if name not in assigned and loc.file != self.root.loc.file:
                     continue  # a parent's value that this spec's own update no longer has
                 if name not in assigned:

@@ -206,6 +206,11 @@ def test_a_state_named_like_an_input_is_located():
     assert "duplicate name `hessian`: already declared at line 5" in err.message
 
 
+def test_an_input_takes_its_tex_in_its_declaration():
+    err = _error(NEWTON + "tex:\n  hessian: 'H'\n")
+    assert err.loc.line == 16 and "`hessian` is an input: give its tex in its declaration" in err.message
+
+
 def test_input_keys_and_budget():
     err = _error(NEWTON.replace("tex: 'h', doc:", "tex: 'h', scope: element, doc:"))
     assert err.loc.line == 5 and "unknown key 'scope' in input `hessian`" in err.message
