@@ -66,6 +66,11 @@ class Program:
     notes: list[str] = field(default_factory=list)  # what the optimiser passes did, for `optgen show`
 
     @property
+    def input_names(self) -> list[str]:
+        """The spec's extra per-element inputs of step() (`hessian`), in declaration order."""
+        return list(self.spec.inputs)
+
+    @property
     def by_name(self) -> dict[str, Value]:
         return {v.name: v for v in self.values}
 

@@ -24,6 +24,7 @@ MAX_CONSTANT_BITS = 1_100  # numerator/denominator of an exact constant (float64
 MAX_FLOAT = 1.7976931348623157e308
 MAX_OPTIONS = 6  # options: 2**6 = 64 specialisations are compiled and checked
 MAX_WORK = 32_000  # specialisations x update-program nodes (the catalog's largest: 6,624)
+MAX_INPUTS = 8  # extra per-element inputs of step(): each is one more array every kernel reads
 MAX_EXTENDS = 16  # length of an `extends` chain
 MAX_INLINED = 500  # nodes of a value with earlier values substituted in (grows exponentially)
 

@@ -108,6 +108,7 @@ class _Namer:
 def _input_scopes(spec: Spec, opts: dict[str, bool]) -> dict[str, str]:
     scopes = {n: "host" for n in spec.scalar_hypers}
     scopes.update({STEP: "host", PARAM: "element", GRAD: "element", NUMEL: "tensor", NDIM: "tensor"})
+    scopes.update({name: "element" for name in spec.inputs})
     for s in spec.active_states(opts):
         scopes[s.name] = s.scope
     return scopes
@@ -621,7 +622,7 @@ def _dce(program: Program) -> None:
 def _check_global_reductions(program: Program) -> None:
     """Cross-parameter reductions run before any per-tensor work (every group's gradients are
     needed first), so their arguments may use only param, grad and host values."""
-    states = {s.name for s in program.states}
+    states = {s.name for s in program.states} | set(program.input_names)  # the helpers get param and grad only
     for red in program.reductions("global"):
         for name in sorted(program.inputs_of(red.expr.name)):
             if program.input_scopes.get(name) == "tensor" or name in states:

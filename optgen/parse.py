@@ -37,7 +37,7 @@ from .expr import (
     name_problem,
     symbol,
 )
-from .spec import Assign, Hyperparameter, If, Interval, Option, Spec, StateDecl
+from .spec import Assign, Hyperparameter, If, InputDecl, Interval, Option, Spec, StateDecl
 from .texcheck import tex_problem
 from .yamlpos import Node, load_yaml, scalar_text_origin
 
@@ -49,6 +49,7 @@ TOP_KEYS = {
     "notes",
     "extends",
     "hyperparameters",
+    "inputs",
     "options",
     "state",
     "update",
@@ -62,6 +63,7 @@ STEP_COUNTS = ("per_tensor", "per_group")  # `step:` how `step` is counted
 HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc", "tensor"}
 TENSOR_RULES = ("accept", "not_with_foreach")  # a hyperparameter given as a 1-element tensor
 STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc"}
+INPUT_KEYS = {"tex", "doc"}
 OPTION_KEYS = {"default", "doc"}
 MAX_SOURCE = 200_000
 MAX_EXPONENT = 64
@@ -225,7 +227,11 @@ def _merge(parent: Node, child: Node) -> Node:
         if key == "extends":
             continue
         key_locs[key] = child.key_locs[key]
-        if key in ("hyperparameters", "options", "state", "tex") and key in merged and isinstance(value.value, dict):
+        if (
+            key in ("hyperparameters", "inputs", "options", "state", "tex")
+            and key in merged
+            and isinstance(value.value, dict)
+        ):
             base = merged[key]
             entries = dict(base.value) if isinstance(base.value, dict) else {}
             entry_locs = dict(base.key_locs or {})
@@ -597,11 +603,18 @@ class UpdateParser:
     """The update program: statements, option conditions, SymPy expressions."""
 
     def __init__(
-        self, source: Source, spec_names: dict, options: set[str], states: set[str], errors: Collector | None = None
+        self,
+        source: Source,
+        spec_names: dict,
+        options: set[str],
+        states: set[str],
+        errors: Collector | None = None,
+        inputs: set[str] = frozenset(),
     ):
         self.source = source
         self.options = options
         self.states = states
+        self.inputs = inputs
         self.hyper_names = spec_names
         self.symbols: dict[str, sympy.Symbol] = {}
         self.owns_errors = errors is None
@@ -614,7 +627,7 @@ class UpdateParser:
         self.symbols = symbols
         self._declare_targets(tree.body)
         self.expr = ExprConverter(self.source, symbols, self.options, "the update program")
-        self.expr.tensor_names |= self.states
+        self.expr.tensor_names |= self.states | self.inputs
         program = self._block(tree.body)
         if self.owns_errors:
             self.errors.raise_if_any()
@@ -651,6 +664,10 @@ class UpdateParser:
             return
         if name == STEP:
             raise SpecError(loc, "`step` is the step count and cannot be assigned")
+        if name in self.inputs:
+            raise SpecError(
+                loc, f"`{name}` is an input of step() and cannot be assigned; name the new value differently"
+            )
         if name in self.hyper_names:
             raise SpecError(loc, f"`{name}` is a hyperparameter and cannot be assigned; name the new value differently")
         if name in self.options:
@@ -773,6 +790,7 @@ class SpecBuilder:
         self.locations: dict[str, Loc] = {}
         self.errors = Collector()
         self.state_names: set[str] = set()
+        self.input_names: set[str] = set()
 
     def build(self) -> Spec:
         """The Spec, or every independent error of it at once (SpecErrors): each
@@ -793,12 +811,15 @@ class SpecBuilder:
         self.symbols[STEP] = STEP_SYMBOL
         self.symbols[PARAM] = symbol(PARAM)
         self.symbols[GRAD] = symbol(GRAD)
+        inputs = self.inputs()
         states = self.states(options)
         update = None  # stays None when the program cannot be parsed at all
         with errors.each():
             if self.update_source is None:
                 raise SpecError(self.root.loc, "missing key `update`: the update program")
-            parser = UpdateParser(self.update_source, self.scalar_names, set(options), self.state_names, errors)
+            parser = UpdateParser(
+                self.update_source, self.scalar_names, set(options), self.state_names, errors, self.input_names
+            )
             update = parser.parse(self.symbols)
             over = limits.option_over_budget(len(options), parser.size)
             if over is not None:
@@ -837,6 +858,7 @@ class SpecBuilder:
             source_texts=self.texts,
             gradient_at=gradient_at,
             step_count=self.step_count(),
+            inputs=inputs,
         )
 
     def value_tex(self, update: list) -> None:
@@ -851,9 +873,11 @@ class SpecBuilder:
         for name, node in entries.items():
             with self.errors.each():
                 loc = section.key_locs[name]
-                if name in self.state_names or name in self.scalar_names - assigned:
-                    what = "state" if name in self.state_names else "hyperparameter"
-                    raise SpecError(loc, f"`{name}` is a {what}: give its tex in its declaration")
+                if name in self.state_names | self.input_names or name in self.scalar_names - assigned:
+                    kinds = {**dict.fromkeys(self.input_names, "input"), **dict.fromkeys(self.state_names, "state")}
+                    what = kinds.get(name, "hyperparameter")
+                    article = "an" if what == "input" else "a"
+                    raise SpecError(loc, f"`{name}` is {article} {what}: give its tex in its declaration")
                 if name not in assigned and loc.file != self.root.loc.file:
                     continue  # a parent's value that this spec's own update no longer has
                 if name not in assigned:
@@ -1010,7 +1034,7 @@ class SpecBuilder:
 
     @property
     def scalar_names(self) -> set[str]:
-        return {n for n, s in self.symbols.items() if n not in (STEP, PARAM, GRAD)}
+        return {n for n, s in self.symbols.items() if n not in (STEP, PARAM, GRAD) and n not in self.input_names}
 
     def options(self) -> dict[str, Option]:
         out = {}
@@ -1048,6 +1072,30 @@ class SpecBuilder:
                 f"option `{key}` must be true or false (a compile-time switch); got {_describe(node.value)}. A numeric setting is a hyperparameter",
             )
         return Option(key, node.value, loc, doc)
+
+    def inputs(self) -> dict[str, InputDecl]:
+        """`inputs:` extra per-element values that step() takes as keywords (`hessian=`)."""
+        out = {}
+        section = self.top.get("inputs")
+        entries = {}
+        with self.errors.each():
+            entries = self.entries("inputs")
+        for i, (key, node) in enumerate(entries.items()):
+            loc = section.key_locs[key]
+            self.symbols[key] = symbol(key)  # known even if its declaration has an error
+            self.input_names.add(key)
+            with self.errors.each():
+                if i == limits.MAX_INPUTS:
+                    raise SpecError(loc, f"too many inputs: at most {limits.MAX_INPUTS}")
+                self.declare(key, loc, "input")
+                fields = {}
+                if node.value is not None:
+                    _expect(node, dict, f"a mapping for input `{key}` (tex, doc)")
+                    _check_keys(node, INPUT_KEYS, f"input `{key}`")
+                    fields = node.value
+                self.tex_field(fields.get("tex"), key)
+                out[key] = InputDecl(key, loc, self.tex.get(key), _text(fields.get("doc"), "text"))
+        return out
 
     def states(self, options: dict[str, Option]) -> dict[str, StateDecl]:
         out = {}
@@ -1104,7 +1152,7 @@ class SpecBuilder:
         _expect(node, str, "an expression for the point where the gradient is taken")
         src = source_of(node)
         tree = parse_python(src, "eval", "`gradient_at`")
-        allowed = {n: s for n, s in self.symbols.items() if n != GRAD}
+        allowed = {n: s for n, s in self.symbols.items() if n != GRAD and n not in self.input_names}
         return ExprConverter(src, allowed, set(), "`gradient_at` (param, states, hyperparameters, step)").convert(
             tree.body
         )
@@ -1121,9 +1169,11 @@ class SpecBuilder:
             return sympy.Rational(frac.numerator, frac.denominator)
         src = source_of(node)
         tree = parse_python(src, "eval", f"the init of `{key}`")
-        states = set(self.entries("state"))
+        states = set(self.entries("state")) - self.input_names  # a clash is reported once, at the state
         allowed = {n: s for n, s in self.symbols.items() if n not in states and n != STEP}
-        conv = ExprConverter(src, allowed, set(), f"the init of `{key}` (constants, hyperparameters, param and grad)")
+        what = "constants, hyperparameters, param, grad and inputs"
+        conv = ExprConverter(src, allowed, set(), f"the init of `{key}` ({what})")
+        conv.tensor_names |= self.input_names
         return conv.convert(tree.body)
 
 

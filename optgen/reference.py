@@ -210,7 +210,8 @@ class Reference:
 
     param_groups: list of dicts {"params": [arrays], "lr": ..., "betas": (...), "amsgrad": ...};
     missing keys take the spec's defaults. `step(grads)` takes one gradient per parameter
-    (in order over all groups; None skips it). Change hyperparameters between steps by
+    (in order over all groups; None skips it), and each of the spec's `inputs` as a keyword
+    holding one array per parameter, aligned with the gradients. Change hyperparameters between steps by
     editing `param_groups[i]`."""
 
     def __init__(self, spec: Spec | str, param_groups: list[dict]):
@@ -262,7 +263,7 @@ class Reference:
                 env[h.names[0]] = np.float64(value)
         return env
 
-    def _env(self, i: int, grad: np.ndarray) -> tuple[Env, CompiledProgram]:
+    def _env(self, i: int, grad: np.ndarray, inputs: dict[str, list]) -> tuple[Env, CompiledProgram]:
         group = self.param_groups[self._group_of[i]]
         compiled = self.compiled(group)
         param = self.params[i]
@@ -271,6 +272,10 @@ class Reference:
             g = -g
         env = self._hyper_env(group)
         env.update({PARAM: param, GRAD: g, NUMEL: np.float64(param.size), NDIM: np.float64(param.ndim)})
+        for name, values in inputs.items():
+            if values[i] is None:
+                raise ValueError(f"step() input `{name}` is missing for parameter {i}, which has a gradient")
+            env[name] = np.broadcast_to(np.asarray(values[i], dtype=np.float64), param.shape)
         state = self.state[i]
         if not state:
             state["step"] = 0
@@ -284,11 +289,23 @@ class Reference:
             env[s.name] = state[s.key]
         return env, compiled
 
-    def step(self, grads: list[np.ndarray | None]) -> None:
+    def step(self, grads: list[np.ndarray | None], **inputs: list[np.ndarray | None]) -> None:
         if len(grads) != len(self.params):
             raise ValueError(f"expected {len(self.params)} gradients, got {len(grads)}")
+        unknown = set(inputs) - set(self.spec.inputs)
+        if unknown:
+            raise TypeError(
+                f"step() got unknown input(s) {sorted(unknown)}; the spec declares {list(self.spec.inputs)}"
+            )
+        for name in self.spec.inputs:
+            values = inputs.get(name)
+            if values is None:
+                raise ValueError(f"step() needs the input `{name}`: one array per parameter")
+            if len(values) != len(self.params):
+                raise ValueError(f"expected {len(self.params)} arrays for `{name}`, got {len(values)}")
+        inputs = {name: inputs[name] for name in self.spec.inputs}
         with np.errstate(all="ignore"):
-            live = [(i, *self._env(i, g)) for i, g in enumerate(grads) if g is not None]
+            live = [(i, *self._env(i, g, inputs)) for i, g in enumerate(grads) if g is not None]
             # per_group: every group counts the call, even one without any gradient
             self._group_steps = [n + 1 for n in self._group_steps]
             totals: dict[str, float] = {}

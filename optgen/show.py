@@ -18,7 +18,8 @@ def show(program: Program) -> str:
     opts = ", ".join(f"{k}={v}" for k, v in program.options.items()) or "none"
     out = [f"{spec.name}  (options: {opts})", ""]
     hypers = ", ".join(program.hyper_names)
-    out.append(f"inputs: param, grad, step; hyperparameters: {hypers}")
+    given = "".join(f", {name}" for name in program.input_names)  # the spec's step() inputs
+    out.append(f"inputs: param, grad{given}, step; hyperparameters: {hypers}")
     states = ", ".join(f"{s.name} [{s.scope}, init {s.init}]" for s in program.states) or "none"
     out.append(f"state: {states}")
     host = program.values_of_scope("host")

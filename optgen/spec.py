@@ -106,6 +106,21 @@ class StateDecl:
 
 
 @dataclass
+class InputDecl:
+    """`inputs:` an extra per-element value passed to `step()` (`hessian=...`), read-only."""
+
+    name: str
+    loc: Loc
+    tex: str | None = None
+    doc: str = ""
+    key: str | None = None  # the step() keyword, when the generated code renamed `name`
+
+    @property
+    def public(self) -> str:
+        return self.key or self.name
+
+
+@dataclass
 class Assign:
     """`target = expr` (augmented assignments are expanded by the parser)."""
 
@@ -149,6 +164,7 @@ class Spec:
     # how `step` counts: "per_tensor" (the tensor's own updates, torch.optim) or "per_group"
     # (the param group's step() calls, pytorch_optimizer's group["step"])
     step_count: str = "per_tensor"
+    inputs: dict[str, InputDecl] = field(default_factory=dict)  # extra per-element step() inputs
 
     @property
     def scalar_hypers(self) -> dict[str, tuple[Hyperparameter, int]]:

@@ -119,20 +119,24 @@ def _denominators(expr: sympy.Expr) -> list[sympy.Expr]:
 def _zero_witness(spec: Spec, program: Program, denominator: sympy.Expr) -> str | None:
     """A first-step input at which the denominator is exactly 0, described, or None."""
     settings = _hyper_settings(spec)
-    points = list(itertools.product((0.0, 1.0), (0.0, 1.0), range(len(settings))))
+    given = (0.0, 1.0) if spec.inputs else (0.0,)  # every step() input at once (`hessian`)
+    points = list(itertools.product((0.0, 1.0), (0.0, 1.0), given, range(len(settings))))
     env = {**N.base_env(), STEP: np.float64(1)}
-    env[PARAM] = np.array([[p] * N.ELEMENTS for p, _, _ in points])
-    env[GRAD] = np.array([[g] * N.ELEMENTS for _, g, _ in points])
+    env[PARAM] = np.array([[p] * N.ELEMENTS for p, _, _, _ in points])
+    env[GRAD] = np.array([[g] * N.ELEMENTS for _, g, _, _ in points])
+    for name in spec.inputs:
+        env[name] = np.array([[h] * N.ELEMENTS for _, _, h, _ in points])
     for name in spec.scalar_hypers:
-        env[name] = np.array([[settings[i][1][name]] for _, _, i in points])
+        env[name] = np.array([[settings[i][1][name]] for _, _, _, i in points])
     for s in program.states:
         env[s.name] = N.evaluate(s.init, env)
     value = np.broadcast_to(N.compile_batch(denominator)(env), (len(points), N.ELEMENTS))
     hits = np.flatnonzero(np.any(value == 0, axis=1))
     if not hits.size:
         return None
-    p, g, i = points[hits[0]]
-    return f"at the first step with grad = {g:g}, param = {p:g}, {settings[i][0]} (states at their init)"
+    p, g, h, i = points[hits[0]]
+    given = "".join(f", {name} = {h:g}" for name in spec.inputs)
+    return f"at the first step with grad = {g:g}{given}, param = {p:g}, {settings[i][0]} (states at their init)"
 
 
 def _hyper_settings(spec: Spec) -> list[tuple[str, dict[str, float]]]:

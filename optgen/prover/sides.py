@@ -74,6 +74,13 @@ class Side:
 
 def build_side(spec: Spec, tag: str, options: dict[str, bool], hypers: dict[str, sympy.Expr], program=None) -> Side:
     """`program`: the spec already lowered with these options, if the caller has it."""
+    if spec.inputs:
+        first = next(iter(spec.inputs.values()))
+        raise SpecError(
+            first.loc,
+            f"{spec.name} takes the step() input `{first.name}`: the prover does not reason about "
+            "inputs beyond grad yet, so it makes no claim about this spec",
+        )
     program = program or lower(spec, options)
     side = Side(spec, tag, program.options, hypers)
     side.inputs[PARAM] = symbol(f"{tag}.{PARAM}")

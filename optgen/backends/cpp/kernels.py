@@ -112,7 +112,12 @@ def build(spec: Spec, options: dict[str, bool]) -> Kernel:
         spec=spec,
         options=dict(program.options),
         program=program,
-        arrays=[PARAM, GRAD, *[s for s in spec.state if s in states and states[s].scope == "element"]],
+        arrays=[
+            PARAM,
+            GRAD,
+            *spec.inputs,  # read like grad, never stored
+            *[s for s in spec.state if s in states and states[s].scope == "element"],
+        ],
         tensor_states=[s for s in spec.state if s in states and states[s].scope == "tensor"],
         hypers=list(spec.scalar_hypers),
         host_names=[],

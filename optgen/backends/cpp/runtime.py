@@ -58,11 +58,13 @@ def fused_step(
     options: dict[str, bool],
     global_values: dict[str, Tensor],
     maximize: bool,
+    inputs: dict[str, list[Tensor]] | None = None,
 ) -> None:
     """One optimizer step of `params` in place (and of `states`, keyed by spec state name,
     lists aligned with params; per-tensor states are 0-d tensors). `steps` are the step values
     the formulas use (after the increment); `global_values` the global reductions over every
     param group, by IR value name; one left out is NaN (see the Triton runtime)."""
+    states = {**states, **(inputs or {})}  # the spec's inputs: arrays the kernels only read
     _check_lengths(params, grads, steps, states)
     if not params:
         return

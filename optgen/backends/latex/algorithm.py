@@ -69,7 +69,9 @@ class Namer:
                 NDIM: rf"\operatorname{{ndim}}({PARAM_TEX})",
             }
         )
-        self.tensors = set(spec.state) | {PARAM, GRAD}
+        # an input of step() is given anew at every step, as the gradient is: h_t
+        self.names.update({name: with_index(symbol_tex(spec, name), CURRENT) for name in spec.inputs})
+        self.tensors = set(spec.state) | set(spec.inputs) | {PARAM, GRAD}
 
     def copy(self) -> Namer:
         other = Namer(self.spec, self.equations, self.last_writes)
@@ -213,6 +215,10 @@ def input_items(spec: Spec) -> list[str]:
         rf"{hyper_symbol(spec, h)} = {default_tex_value(spec, h)} \text{{ ({escape_name(h.key)})}}"
         for h in spec.hyperparameters.values()
     ]
+    items += [
+        rf"{with_index(symbol_tex(spec, name), CURRENT)} \text{{ ({escape_name(name)}, given to step)}}"
+        for name in spec.inputs
+    ]
     items.append(rf"{with_index(PARAM_TEX, '0')} \text{{ (params)}}, f(\theta) \text{{ (objective)}}")
     return items
 
@@ -224,7 +230,8 @@ def option_items(spec: Spec) -> list[str]:
 def init_items(spec: Spec) -> list[str]:
     names = {n: symbol_tex(spec, n) for n in spec.scalar_hypers}
     names.update({PARAM: with_index(PARAM_TEX, "0"), GRAD: with_index(GRAD_TEX, "1")})
-    printer = OptgenLatexPrinter(names, {PARAM, GRAD})
+    names.update({name: with_index(symbol_tex(spec, name), "1") for name in spec.inputs})
+    printer = OptgenLatexPrinter(names, {PARAM, GRAD, *spec.inputs})
     items = []
     for state in spec.state.values():
         item = rf"{with_index(symbol_tex(spec, state.name), '0')} \leftarrow {printer.doprint(state.init)}"

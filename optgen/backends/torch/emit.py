@@ -551,6 +551,8 @@ def single_body(p: Prepared, sched: Schedule, passes: list[ReducePass] = (), ind
     loops that run first under sharding, one per phase."""
     printer = SinglePrinter(p, sched, {name: lst for one in passes for name, lst in one.lists.items()})
     loop = [Line(f"grad = grads[{index}] if not maximize else -grads[{index}]")]
+    for name in p.program.input_names:
+        loop.append(Line(f"{name} = {plural(name)}[{index}]"))
     for s in p.program.states:
         loop.append(Line(f"{s.name} = {plural(s.name)}[{index}]"))
     loop += [Line(f"step_t = state_steps[{index}]"), Line("step_t += 1")]
@@ -576,10 +578,11 @@ def _reduce_pass(p: Prepared, pre: ReducePass, index: str) -> list:
     printer = ReducePassPrinter(pre.prepared, pre.schedule)
     body = printer.statements(pre.schedule.per_tensor_host) + printer.statements(pre.schedule.work)
     text = render(body, 0)
-    inputs = ["grad", "numel", "step"] + [s.name for s in p.program.states]
+    inputs = ["grad", "numel", "step"] + p.program.input_names + [s.name for s in p.program.states]
     reads = {name for name in inputs if re.search(rf"\b{name}\b", text)}  # what the loop loads
     loop = [Line(f"grad = grads[{index}] if not maximize else -grads[{index}]")] if "grad" in reads else []
-    loop += [Line(f"{s.name} = {plural(s.name)}[{index}]") for s in p.program.states if s.name in reads]
+    arrays = p.program.input_names + [s.name for s in p.program.states]
+    loop += [Line(f"{name} = {plural(name)}[{index}]") for name in arrays if name in reads]
     if "numel" in reads:
         loop.append(Line(f"numel = numels[{index}]"))
     if "step" in reads:

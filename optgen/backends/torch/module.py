@@ -123,7 +123,7 @@ def format_source(text: str) -> str:
 def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, compiled: bool, taken) -> dict:
     """`spec` under its Python names; `public` as written (the docstring, the fused path's keys)."""
     fn = spec.module_name
-    lists = ["params", "grads"] + [plural(s) for s in spec.state] + ["state_steps"]
+    lists = ["params", "grads"] + [plural(i) for i in spec.inputs] + [plural(s) for s in spec.state] + ["state_steps"]
     globals_ = _globals(spec, variants)
     kwargs = list(spec.scalar_hypers) + list(spec.options) + ["maximize"] + [g.name for g in globals_]
     bodies = _bodies(spec, variants, lists, kwargs, taken)
@@ -144,6 +144,9 @@ def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, comp
         "sharded_lists": lists[:-1],
         "forward_kwargs": [f"{k}={k}" for k in kwargs],
         "states": [{"name": s, "list": plural(p)} for s, p in zip(public.state, spec.state)],
+        "inputs": [
+            {"name": i, "key": d.public, "list": plural(i), "doc": _input_doc(d)} for i, d in spec.inputs.items()
+        ],
         "spec_key": "_spec_key[register]" if compiled else f'"{fn}"',
         "hyper_names": list(spec.scalar_hypers),
         "hyper_keys": list(zip(public.scalar_hypers, spec.scalar_hypers)),
@@ -334,6 +337,13 @@ def _arg(head: str, text: str) -> str:
     return textwrap.fill(f"{head}: {text}", 96, initial_indent=" " * 8, subsequent_indent=" " * 12)
 
 
+def _input_doc(d) -> str:
+    """step()'s Args entry for an input, indented as in step's docstring."""
+    what = f"{d.doc.rstrip('.')}: " if d.doc else ""
+    text = f"{what}a dict mapping each parameter that has a gradient to a tensor of its shape (required)."
+    return textwrap.indent(_arg(f"{d.public} (dict)", text), "    ")
+
+
 def _type_of(h) -> str:
     return f"tuple[{', '.join(['float'] * len(h.names))}]" if h.is_tuple else "float"
 
@@ -402,6 +412,7 @@ def _group_text(spec: Spec):
         for i, name in enumerate(h.names):
             texts[name] = f'group["{key}"][{i}]' if h.is_tuple else f'group["{key}"]'
     texts.update({PARAM: "p", GRAD: "grad", "numel": "p.numel()", "ndim": "p.ndim"})
+    texts.update({name: f"{plural(name)}[-1]" for name in spec.inputs})  # appended before the states
     return lambda name: texts.get(name, name)
 
 
@@ -456,14 +467,15 @@ def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
             make = f"torch.tensor({value}, dtype={_scalar_state_dtype(spec, s)})"
     elif init == 0:
         make = f"torch.zeros_like(p, dtype={_STATE_DTYPE}, memory_format=torch.preserve_format)"
-    elif not names & {PARAM, GRAD}:
+    elif not names & {PARAM, GRAD, *spec.inputs}:
         value = host_printer(text).doprint(init)
         make = f"torch.full_like(p, {value}, dtype={_STATE_DTYPE}, memory_format=torch.preserve_format)"
     elif init.is_Symbol:
         source = text(init.name)
         make = f"{source}.to({_STATE_DTYPE} or {source}.dtype, copy=True)"
     else:
-        tensor = TensorPrinter(text, lambda e: not ({x.name for x in e.free_symbols} & {PARAM, GRAD})).doprint(init)
+        tensors = {PARAM, GRAD, *spec.inputs}
+        tensor = TensorPrinter(text, lambda e: not ({x.name for x in e.free_symbols} & tensors)).doprint(init)
         make = f"({tensor}).to({_STATE_DTYPE} or p.dtype)"
     lines = [
         f'if "{s.key}" not in state:',

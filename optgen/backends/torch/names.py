@@ -31,7 +31,7 @@ PLACEHOLDER = "optgen_placeholder_"
 def identifiers(spec: Spec) -> list[str]:
     """The spec's names that become Python identifiers: states and assigned values first
     (they also name lists, `exp_avgs`), then options and hyperparameters."""
-    out = list(spec.state)
+    out = list(spec.state) + list(spec.inputs)
     for name in _assigned(spec.update):
         if name not in out and name not in ("param", "grad"):
             out.append(name)
@@ -159,11 +159,16 @@ def renamed(spec: Spec, names: dict[str, str], public: bool = True) -> Spec:
         )
         for s, d in spec.state.items()
     }
+    inputs = {
+        name(n): dataclasses.replace(d, name=name(n), key=d.public if public else name(n))
+        for n, d in spec.inputs.items()
+    }
     return dataclasses.replace(
         spec,
         hyperparameters=hypers,
         options=options,
         state=states,
+        inputs=inputs,
         update=[_statement(st, rename, name) for st in spec.update],
         symbols={name(n): rename(sym) for n, sym in spec.symbols.items()},
         tex_symbols={name(n): t for n, t in spec.tex_symbols.items()},

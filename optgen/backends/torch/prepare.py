@@ -81,7 +81,7 @@ def prepare(program: Program) -> Prepared:
     values = _norms(values)
     kinds, scalar_states = _kinds(program, values, globals_)
     var_of = {v.name: v.var for v in values if v.var}
-    var_of.update({n: n for n in [PARAM, GRAD] + [s.name for s in program.states]})
+    var_of.update({n: n for n in [PARAM, GRAD] + program.input_names + [s.name for s in program.states]})
     prepared = Prepared(program, values, kinds, scalar_states, globals_, {}, var_of=var_of)
     prepared.absorbed = _absorb(prepared)
     prepared.last_use = _last_uses(prepared)
@@ -167,6 +167,7 @@ def _kinds(program: Program, values: list[Value], globals_: list[GlobalReduction
 def _kinds_given(program: Program, values, globals_, scalar_states) -> dict[str, str]:
     kinds = {n: "uniform" for n in program.hyper_names}
     kinds.update({STEP: "host", NUMEL: "host", NDIM: "host", PARAM: "element", GRAD: "element"})
+    kinds.update({name: "element" for name in program.input_names})
     for s in program.states:
         kinds[s.name] = "element" if s.scope == "element" else "scalar" if s.name in scalar_states else "device"
     states = {s.name: kinds[s.name] for s in program.states}

@@ -66,7 +66,7 @@ class Scheduler:
         self.branch_conditions: list = []
         self.value_expr = sympy.Integer(0)
         self.absorbed_names = {inline(p, e): n for n, e in p.absorbed.items()}
-        for name in [PARAM, GRAD] + [s.name for s in p.program.states]:
+        for name in [PARAM, GRAD] + p.program.input_names + [s.name for s in p.program.states]:
             self._bind(name, name, owned=False, buffers={f"home:{name}"})
         for name in p.program.hyper_names + [g.name for g in p.globals]:
             self.st.display[name] = name

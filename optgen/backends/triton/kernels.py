@@ -79,7 +79,8 @@ class PassBuilder:
         self.arrays = arrays
         self.tensor_states = tensor_states
         self.maximize = maximize
-        self.blocks = {PARAM, GRAD} | {s.name for s in self.program.states if s.scope == "element"}
+        self.blocks = {PARAM, GRAD, *self.program.input_names}
+        self.blocks |= {s.name for s in self.program.states if s.scope == "element"}
         self.blocks |= {v.name for v in self.program.values if v.scope == "element"}
         self.lifted = {
             v.name: setting.host.lift(v.expr) for v in self.program.values if v.scope != "host" and not v.is_reduction
@@ -261,7 +262,7 @@ def build(spec: Spec, reserved: frozenset[str] = frozenset(), public: dict[str, 
     module = Module(
         spec=spec,
         option_names=list(spec.options),
-        arrays=[PARAM, GRAD, *element_states],
+        arrays=[PARAM, GRAD, *spec.inputs, *element_states],  # inputs are read like grad, never stored
         tensor_states=tensor_states,
         uses_ndim=any(_reads_input(p, NDIM) for p in programs),
         uses_numel=any(_reads_input(p, NUMEL) for p in programs),

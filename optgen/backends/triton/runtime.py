@@ -51,6 +51,7 @@ def fused_step(
     options: dict[str, bool],
     global_values: dict[str, Tensor],
     maximize: bool,
+    inputs: dict[str, list[Tensor]] | None = None,
 ) -> None:
     """One optimizer step of `params` in place (and of `states`, keyed by spec state name,
     lists aligned with params; per-tensor states are 0-d tensors). `steps` are the step values
@@ -59,6 +60,7 @@ def fused_step(
     leave out only one the update does not read with these hyperparameters (Adan's gradient
     norm when max_grad_norm == 0), so that a mistake poisons the params instead of hiding."""
     module = load(spec_key)
+    states = {**states, **(inputs or {})}  # the spec's inputs: arrays the kernels only read
     _check_lengths(params, grads, steps, states)
     if not params:
         return
