@@ -75,9 +75,19 @@ def test_generated_module_imports_only_torch(name):
     module = inspect.getmodule(cls_of(name))
     fn = name
     signatures = {
-        str(inspect.signature(getattr(module, f"_{kind}_{fn}"))) for kind in ("single_tensor", "multi_tensor", "fused")
+        str(_dispatched_signature(getattr(module, f"_{kind}_{fn}")))
+        for kind in ("single_tensor", "multi_tensor", "fused")
     }
     assert len(signatures) == 1, "_single_tensor_, _multi_tensor_ and _fused_ must share one signature"
+
+
+def _dispatched_signature(func) -> inspect.Signature:
+    """The parameters the dispatcher passes: less `combined`, which only the foreach path's
+    own batching passes (a group split by a host-side branch under sharding), default None."""
+    signature = inspect.signature(func)
+    combined = signature.parameters.get("combined")
+    assert combined is None or combined.default is None
+    return signature.replace(parameters=[p for p in signature.parameters.values() if p.name != "combined"])
 
 
 def _without_compiled_forms(source: str) -> str:
