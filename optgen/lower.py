@@ -32,6 +32,7 @@ from .expr import (
 )
 from .facts import SignFacts
 from .ir import SCOPE_RANK, Program, Value, wider
+from .program_facts import value_facts
 from .spec import Assign, If, Spec, holds
 
 _REDUCE_OP = {**TENSOR_REDUCTIONS, GlobalSum: "sum"}
@@ -589,8 +590,6 @@ def _topological(values: list[Value], program: Program) -> list[Value]:
 
 
 def _sign_facts(program: Program) -> SignFacts:
-    from .check import value_facts  # the checker owns the induction on states
-
     return value_facts(program)
 
 

@@ -15,11 +15,12 @@ import itertools
 import numpy as np
 import sympy
 
-from ..check import Finding, inline
+from ..check import Finding
 from ..expr import GRAD, PARAM, STEP
 from ..ir import Program
 from ..limits import MAX_INLINED
 from ..lower import lower
+from ..program_facts import inline
 from ..spec import If, Interval, Spec, holds
 from . import numeric as N
 from .bounds import bounds, is_positive, state_invariants

@@ -14,10 +14,10 @@ from functools import cached_property
 
 import sympy
 
-from ..check import inline
 from ..errors import Loc, SpecError
 from ..expr import GRAD, NDIM_SYMBOL, NUMEL_SYMBOL, PARAM, STEP, STEP_SYMBOL, symbol
 from ..lower import lower, resolve_options
+from ..program_facts import inline
 from ..spec import If, Interval, Spec, holds
 from . import bounds as B
 from .source import Text, expr_from
