@@ -387,3 +387,17 @@ def test_a_state_only_the_evaluation_parameter_reads_is_used():
     )
     report = optgen.check(loads(text, "ema.yaml"))
     assert any("never influences" in f.message for f in report.findings)
+
+
+# --------------------------------------------------------------------------- LaTeX
+def test_latex_box_shows_the_eval_and_train_maps():
+    tex = optgen.latex(optgen.load("adamwschedulefree"))
+    assert (
+        r"\textbf{eval()}:\ \theta \leftarrow \theta + \left(1 - \frac{1}{\beta_1}\right) \left(z - \theta\right)"
+        in tex
+    )
+    assert r"\textbf{train()}:\ \theta \leftarrow \theta + \left(1 - \beta_1\right) \left(z - \theta\right)" in tex
+    anchor = optgen.latex(loads(ANCHOR, "anchor.yaml"))
+    assert r"\textbf{eval()}:\ \theta \leftarrow" in anchor and "starts in eval mode" in anchor
+    assert r"t \bmod k" in anchor
+    assert "eval()" not in optgen.latex(optgen.load("sgd"))

@@ -40,6 +40,10 @@ class SGDScheduleFree(Optimizer):
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\rule{110mm}{0.4pt} \\
+           &\textbf{eval()}:\ \theta \leftarrow \theta + \left(1 - \frac{1}{\beta}\right) \left(z - \theta\right) \\
+           &\textbf{train()}:\ \theta \leftarrow \theta + \left(1 - \beta\right) \left(z - \theta\right) \\
+           &\text{the update runs in train mode; a new optimizer starts in train mode} \\
+           &\rule{110mm}{0.4pt} \\
        \end{aligned}
 
     Args:
