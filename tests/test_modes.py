@@ -263,19 +263,19 @@ def _anchor_by_hand(start, grads, lr=0.1, k=3):
     return params, anchors
 
 
-def _synthetic_run(spec, path, dtype, steps, switch_at):
+def _synthetic_run(spec, path, dtype, steps, switch_at, **hyper):
     """Ours on `path` and the Reference, switching to eval after each step in switch_at and
     back before the next: the params seen after each step (ours, the Reference's)."""
     cls = optgen.compile(spec)
     gen = torch.Generator().manual_seed(3)
     start = [torch.randn(s, dtype=torch.float64, generator=gen) for s in SHAPES]
     params = [torch.nn.Parameter(x.to(dtype, copy=True)) for x in start]
-    opt = cls([{"params": params[:2]}, {"params": params[2:], "lr": 0.05}], **_kwargs(path))
+    opt = cls([{"params": params[:2], **hyper}, {"params": params[2:], "lr": 0.05, **hyper}], **_kwargs(path))
     ref = Reference(
         spec,
         [
-            {"params": [x.numpy().copy() for x in start[:2]]},
-            {"params": [x.numpy().copy() for x in start[2:]], "lr": 0.05},
+            {"params": [x.numpy().copy() for x in start[:2]], **hyper},
+            {"params": [x.numpy().copy() for x in start[2:]], "lr": 0.05, **hyper},
         ],
     )
     if spec.modes.start == "eval":
@@ -318,16 +318,22 @@ def test_ema_evaluation_parameter_on_every_path(path, dtype, runtime):
                 np.testing.assert_allclose(a, w, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("k", [3, 2.5])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("path", PATHS)
-def test_anchor_every_k_steps_starting_in_eval_mode_on_every_path(path, dtype, runtime):
+def test_anchor_every_k_steps_starting_in_eval_mode_on_every_path(path, dtype, k, runtime):
+    """`step % k` (floored, a float k too, as Python's) on every path, the fused C++ kernels'
+    host rows included; eval() after steps 4 and 6, where the anchor is the iterate of the
+    last step that k divides."""
     spec = loads(ANCHOR, "anchor.yaml")
     assert optgen.check(spec).ok
-    start, grads, ours, theirs = _synthetic_run(spec, path, dtype, 7, {4, 6})
+    start, grads, ours, theirs = _synthetic_run(spec, path, dtype, 7, {4, 6}, k=k)
     tol = _tolerance(path, dtype)
     for lr, group in ((0.1, slice(0, 2)), (0.05, slice(2, 4))):
         for t in (4, 6, 7):
-            params, anchors = _anchor_by_hand([s.numpy() for s in start[group]], [g[group] for g in grads[:t]], lr=lr)
+            params, anchors = _anchor_by_hand(
+                [s.numpy() for s in start[group]], [g[group] for g in grads[:t]], lr=lr, k=k
+            )
             want = anchors if t in (4, 6) else params
             for a, b, w in zip(ours[t - 1][group], theirs[t - 1][group], want):
                 np.testing.assert_allclose(b, w, rtol=1e-12, atol=1e-12)

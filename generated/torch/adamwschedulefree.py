@@ -75,6 +75,12 @@ class AdamWScheduleFree(Optimizer):
             parameters need none: each rank updates its shards, and a per-tensor reduction sums
             (or takes the min or max) over the tensor's shard group (default: None).
 
+    Modes: the parameters hold the training sequence in train mode and the evaluation
+    sequence in eval mode. Call ``optimizer.train()`` before training and
+    ``optimizer.eval()`` before evaluating or saving the model; step() in eval mode is a
+    RuntimeError. A new optimizer is in train mode; the mode is kept in each param group's
+    ``train_mode`` (and so in the state dict).
+
     Equals schedulefree.AdamWScheduleFree(weight_lr_power=0, r=0): the average weighs every
     step alike, so its weight sum is the step count and c_{t+1} = 1/t needs no group state.
     The package's default weight_lr_power=2 and r > 0 weigh steps by lr_max**2 (k+1)**r,

@@ -31,6 +31,18 @@ def mode_context(public: Spec, spec: Spec) -> dict:
     return {"modes": {"start_train": spec.modes.start == "train", "methods": methods}}
 
 
+def mode_docstring(spec: Spec) -> str:
+    """The class docstring's paragraph on modes."""
+    start = spec.modes.start
+    return (
+        "Modes: the parameters hold the training sequence in train mode and the evaluation "
+        "sequence in eval mode. Call ``optimizer.train()`` before training and "
+        "``optimizer.eval()`` before evaluating or saving the model; step() in eval mode is a "
+        f"RuntimeError. A new optimizer is in {start} mode; the mode is kept in each param "
+        "group's ``train_mode`` (and so in the state dict)."
+    )
+
+
 def _doc(m: ModeMap, what: str, mode: str) -> str:
     other = "eval" if mode == "train" else "train"
     lerp = m.lerp

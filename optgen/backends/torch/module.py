@@ -19,7 +19,7 @@ from ...spec import Spec, StateDecl
 from .. import format_python
 from . import config, names
 from .emit import elementwise, multi_body, single_body
-from .modes import mode_context
+from .modes import mode_context, mode_docstring
 from .prepare import Prepared, plural, prepare
 from .printer import TensorPrinter, host_printer, number
 from .reduce_pass import reduce_passes
@@ -321,6 +321,8 @@ def _docstring(spec: Spec, has_globals: bool) -> str:
                     pad,
                 ),
             ]
+    if spec.modes is not None:
+        parts += ["", _wrap(mode_docstring(spec), 92, pad)]
     if spec.notes:
         parts += ["", _wrap(spec.notes, 92, pad)]
     parity = (
