@@ -27,7 +27,7 @@ import sympy
 
 from .errors import Loc, SpecError
 from .expr import GRAD, PARAM, REDUCTIONS, STEP, symbol
-from .spec import Assign, If, StateDecl
+from .spec import Assign, StateDecl
 
 MODE_NAMES = ("eval", "train")
 MODES_KEYS = {"start", "eval", "train"}
@@ -125,6 +125,8 @@ def _parse_map(builder, mode: str, node, states: dict[str, StateDecl], hypers: s
     tree = parse_python(source, "exec", what)
     unavailable = {GRAD: "the gradient", STEP: "the step count", **dict.fromkeys(builder.input_names, "a step() input")}
     for n in ast.walk(tree):
+        if isinstance(n, ast.If):  # no options: the maps are the same under every setting
+            raise SpecError(source.loc(n.lineno, n.col_offset), f"`if` is not allowed in {what}")
         if isinstance(n, ast.Name) and n.id in unavailable:
             raise SpecError(
                 source.loc(n.lineno, n.col_offset),
@@ -137,8 +139,6 @@ def _parse_map(builder, mode: str, node, states: dict[str, StateDecl], hypers: s
     statements = parser.parse(symbols)
     env: dict[sympy.Symbol, sympy.Expr] = {}
     for st in statements:
-        if isinstance(st, If):
-            raise SpecError(st.loc, f"`if` is not allowed in {what}")
         _check_assign(st, states, what)
         env[symbol(st.target)] = st.expr.xreplace(env)
     param = symbol(PARAM)
@@ -180,4 +180,6 @@ def _affine(mode: str, expr, states: dict[str, StateDecl], loc: Loc, what: str) 
             "coefficients of hyperparameters and numbers (a lerp towards a state, a shift by one)",
         )
     terms = {s.name: c for s, c in zip(read, coeffs[1:]) if sympy.simplify(c) != 0}
+    if not terms and constant == 0 and sympy.simplify(coeffs[0] - 1) == 0:
+        raise SpecError(loc, f"{what} leaves `param` as it is: a mode with no evaluation sequence needs no `modes:`")
     return ModeMap(mode, expr, coeffs[0], terms, constant, loc)

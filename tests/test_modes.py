@@ -372,6 +372,8 @@ def test_non_lerp_maps_print_as_add_and_mul():
         ("param = param + delta", "param = param + sum(delta)", 11, 5, "no reductions"),
         ("param = param + delta", "param = param + new_param", 11, 21, "unknown name `new_param`"),
         ("param = param + delta", "x = delta", 11, 5, "never assigns `param`"),
+        ("param = param + delta", "param = param + 0 * delta", 11, 5, "leaves `param` as it is"),
+        ("param = param + delta", "if amsgrad:\n      param = param + delta", 11, 5, "`if` is not allowed"),
         ("  train: |\n    param = param - delta\n", "", 10, 3, "needs both `eval:` and `train:`"),
         ("modes:\n", "modes:\n  start: both\n", 10, 10, "`start` must be `train` or `eval`"),
     ],
@@ -388,8 +390,8 @@ def test_bad_mode_programs_are_errors_where_they_stand(old, new, line, col, word
 def test_a_state_only_the_evaluation_parameter_reads_is_used():
     """delta never reaches the update's param: the eval map reading it makes it useful."""
     assert optgen.check(loads(EMA, "ema.yaml")).ok
-    text = EMA.replace("param = param + delta", "param = param + 0 * delta").replace(
-        "param = param - delta", "param = param"
+    text = EMA.replace("param = param + delta", "param = 2 * param").replace(
+        "param = param - delta", "param = param / 2"
     )
     report = optgen.check(loads(text, "ema.yaml"))
     assert any("never influences" in f.message for f in report.findings)
@@ -407,3 +409,30 @@ def test_latex_box_shows_the_eval_and_train_maps():
     assert r"\textbf{eval()}:\ \theta \leftarrow" in anchor and "starts in eval mode" in anchor
     assert r"t \bmod k" in anchor
     assert "eval()" not in optgen.latex(optgen.load("sgd"))
+
+
+def test_show_lists_the_modes():
+    from optgen.lower import lower
+    from optgen.show import show
+
+    text = show(lower(loads(ANCHOR, "anchor.yaml")))
+    assert "modes (start: eval; eval() and train() switch the parameters):" in text
+    assert "eval(): param <- -offset*scale + param" in text
+
+
+def test_fused_state_dtype_switches_in_the_parameters_dtype():
+    """bfloat16 states (fused=True, state_dtype): the switch reads z in the parameter's dtype
+    and lands where the Reference does, to bfloat16's precision."""
+    cls = optgen.compile(optgen.load("sgdschedulefree"))
+    p = torch.nn.Parameter(torch.linspace(-1, 1, 6, dtype=torch.float32))
+    opt = cls([p], lr=0.1, fused=True, state_dtype=torch.bfloat16)
+    ref = Reference(optgen.load("sgdschedulefree"), [{"params": [p.detach().double().numpy().copy()], "lr": 0.1}])
+    for _ in range(3):
+        p.grad = torch.ones(6)
+        opt.step()
+        ref.step([np.ones(6)])
+    assert opt.state[p]["z"].dtype == torch.bfloat16
+    opt.eval()
+    ref.eval()
+    np.testing.assert_allclose(p.detach().double().numpy(), ref.params[0], rtol=2e-2, atol=2e-2)
+    assert p.dtype == torch.float32
