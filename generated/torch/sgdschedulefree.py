@@ -26,7 +26,7 @@ class SGDScheduleFree(Optimizer):
     .. math::
        \begin{aligned}
            &\rule{110mm}{0.4pt} \\
-           &\textbf{input}: \gamma = 1 \text{ (lr)},\ \beta = 0.9 \text{ (momentum)},\ \lambda = 0 \text{ (weight\_decay)}, \\
+           &\textbf{input}: \gamma = 1 \text{ (lr)},\ \mu = 0.9 \text{ (momentum)},\ \lambda = 0 \text{ (weight\_decay)}, \\
            &\hspace{13mm}T_w = 0 \text{ (warmup\_steps)},\ \theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
            &\textbf{initialize}: z_{0} \leftarrow \theta_{0} \\
            &\rule{110mm}{0.4pt} \\
@@ -35,13 +35,13 @@ class SGDScheduleFree(Optimizer):
            &\hspace{5mm}\gamma_t \leftarrow \gamma \begin{cases} \displaystyle \frac{t}{T_w} & \text{if } T_w > t - 1 \\ \displaystyle 1 & \text{otherwise} \end{cases} \\
            &\hspace{5mm}c_{t+1} \leftarrow \frac{1}{t} \\
            &\hspace{5mm}g_{t} \leftarrow g_{t} + \lambda \theta_{t-1} \\
-           &\hspace{5mm}\theta_{t} \leftarrow c_{t+1} \left(- \theta_{t-1} + z_{t-1}\right) + \theta_{t-1} + \gamma_t \left(\beta \left(1 - c_{t+1}\right) - 1\right) g_{t} \\
+           &\hspace{5mm}\theta_{t} \leftarrow c_{t+1} \left(- \theta_{t-1} + z_{t-1}\right) + \theta_{t-1} + \gamma_t \left(\mu \left(1 - c_{t+1}\right) - 1\right) g_{t} \\
            &\hspace{5mm}z_{t} \leftarrow z_{t-1} - \gamma_t g_{t} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
            &\rule{110mm}{0.4pt} \\
-           &\textbf{eval()}:\ \theta \leftarrow \theta + \left(1 - \frac{1}{\beta}\right) \left(z - \theta\right) \\
-           &\textbf{train()}:\ \theta \leftarrow \theta + \left(1 - \beta\right) \left(z - \theta\right) \\
+           &\textbf{eval()}:\ \theta \leftarrow \theta + \left(1 - \frac{1}{\mu}\right) \left(z - \theta\right) \\
+           &\textbf{train()}:\ \theta \leftarrow \theta + \left(1 - \mu\right) \left(z - \theta\right) \\
            &\text{the update runs in train mode; a new optimizer starts in train mode} \\
            &\rule{110mm}{0.4pt} \\
        \end{aligned}
@@ -49,7 +49,7 @@ class SGDScheduleFree(Optimizer):
     Args:
         params (iterable): parameters to optimize, or dicts defining parameter groups.
         lr (float, optional): :math:`\gamma`, in (0, inf) (default: 1.0).
-        momentum (float, optional): :math:`\beta`, in (0, 1) (default: 0.9).
+        momentum (float, optional): :math:`\mu`, in (0, 1) (default: 0.9).
         weight_decay (float, optional): :math:`\lambda`, in [0, inf) (default: 0.0).
         warmup_steps (float, optional): :math:`T_w`, in [0, inf) (default: 0.0).
         maximize (bool, optional): maximize the objective instead of minimizing it (default:
