@@ -93,7 +93,7 @@ def parse_modes(builder, node, states: dict[str, StateDecl], hypers: set[str]) -
     """The `modes:` section, every error of it collected by the builder's Collector."""
     from .parse import _check_keys, _expect
 
-    if node is None:
+    if node is None or node.value is None:  # none, or `modes: null` (a child drops its parent's)
         return None
     _expect(node, dict, "a mapping with `start`, `eval` and `train`")
     _check_keys(node, MODES_KEYS, "`modes`")

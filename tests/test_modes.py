@@ -436,3 +436,12 @@ def test_fused_state_dtype_switches_in_the_parameters_dtype():
     ref.eval()
     np.testing.assert_allclose(p.detach().double().numpy(), ref.params[0], rtol=2e-2, atol=2e-2)
     assert p.dtype == torch.float32
+
+
+def test_a_child_spec_keeps_or_drops_its_parents_modes():
+    head = "extends: sgdschedulefree\nname: SGDSFChild\nparity: independent\n"
+    kept = loads(head, "child.yaml")
+    assert kept.modes is not None and kept.modes.maps["eval"].lerp[0] == "z"
+    dropped = loads(head + "modes: null\n", "child.yaml")
+    assert dropped.modes is None
+    assert "def eval(" not in inspect.getsource(inspect.getmodule(optgen.compile(dropped)))
