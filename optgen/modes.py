@@ -144,7 +144,7 @@ def _parse_map(builder, mode: str, node, states: dict[str, StateDecl], hypers: s
     param = symbol(PARAM)
     if param not in env:
         raise SpecError(source.loc(1, 0), f"{what} never assigns `param`")
-    return _affine(mode, env[param], states, source.loc(1, 0), what)
+    return _affine(mode, env[param], states, hypers, source.loc(1, 0), what)
 
 
 def _check_assign(st: Assign, states: dict[str, StateDecl], what: str) -> None:
@@ -159,7 +159,7 @@ def _check_assign(st: Assign, states: dict[str, StateDecl], what: str) -> None:
             raise SpecError(st.loc, f"{what} is elementwise: no reductions (sum, mean, norm, global_norm, ...)")
 
 
-def _affine(mode: str, expr, states: dict[str, StateDecl], loc: Loc, what: str) -> ModeMap:
+def _affine(mode: str, expr, states: dict[str, StateDecl], hypers: set[str], loc: Loc, what: str) -> ModeMap:
     """param <- a * param + sum(b_i * state_i) + c with host a, b_i, c, or an error."""
     read = [s for s in states.values() if symbol(s.name) in expr.free_symbols]
     for s in read:
@@ -172,6 +172,9 @@ def _affine(mode: str, expr, states: dict[str, StateDecl], loc: Loc, what: str) 
     # as the spec writes them (1 - 1/beta1, not (beta1 - 1)/beta1): the floats then match
     coeffs = [sympy.diff(expr, v) for v in variables]
     constant = sympy.simplify(expr - sum(c * v for c, v in zip(coeffs, variables)))
+    others = sorted({x.name for x in expr.free_symbols} - {v.name for v in variables} - hypers)
+    if others:  # numel(param), ndim(param): per-tensor values the switch does not compute
+        raise SpecError(loc, f"{what} reads `{others[0]}`; a mode program reads param, states and hyperparameters")
     tensors = set(variables)
     if any(sympy.simplify(c).free_symbols & tensors for c in [*coeffs, constant]) or expr.has(sympy.Piecewise):
         raise SpecError(

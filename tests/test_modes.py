@@ -372,6 +372,7 @@ def test_non_lerp_maps_print_as_add_and_mul():
         ("param = param + delta", "param = param + sum(delta)", 11, 5, "no reductions"),
         ("param = param + delta", "param = param + new_param", 11, 21, "unknown name `new_param`"),
         ("param = param + delta", "x = delta", 11, 5, "never assigns `param`"),
+        ("param = param + delta", "param = param + numel(param) * delta", 11, 5, "reads `numel`"),
         ("param = param + delta", "param = param + 0 * delta", 11, 5, "leaves `param` as it is"),
         ("param = param + delta", "if amsgrad:\n      param = param + delta", 11, 5, "`if` is not allowed"),
         ("  train: |\n    param = param - delta\n", "", 10, 3, "needs both `eval:` and `train:`"),
