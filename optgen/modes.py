@@ -31,6 +31,7 @@ from .spec import Assign, StateDecl
 
 MODE_NAMES = ("eval", "train")
 MODES_KEYS = {"start", "eval", "train"}
+MODE_KEY = "train_mode"  # each param group's mode, as schedulefree keeps it
 
 
 @dataclass
@@ -97,6 +98,9 @@ def parse_modes(builder, node, states: dict[str, StateDecl], hypers: set[str]) -
         return None
     _expect(node, dict, "a mapping with `start`, `eval` and `train`")
     _check_keys(node, MODES_KEYS, "`modes`")
+    group_key = builder.locations.get(MODE_KEY) or getattr(builder, "keys", {}).get(MODE_KEY)
+    if group_key is not None and MODE_KEY not in states and MODE_KEY not in builder.input_names:
+        raise SpecError(group_key, f"`{MODE_KEY}` is the param group key of the mode (`modes:`); name it otherwise")
     start = "train"
     with builder.errors.each():
         if "start" in node.value:

@@ -446,3 +446,10 @@ def test_a_child_spec_keeps_or_drops_its_parents_modes():
     dropped = loads(head + "modes: null\n", "child.yaml")
     assert dropped.modes is None
     assert "def eval(" not in inspect.getsource(inspect.getmodule(optgen.compile(dropped)))
+
+
+def test_a_hyperparameter_cannot_take_the_mode_s_group_key():
+    text = EMA.replace("  decay: {", "  train_mode: {default: 0.5}\n  decay: {")
+    with pytest.raises(SpecError) as info:
+        loads(text, "ema.yaml")
+    assert info.value.loc.line == 6 and "`train_mode` is the param group key of the mode" in info.value.message
