@@ -84,6 +84,9 @@ def check(spec: Spec) -> Report:
             report.add(finding.loc, finding.message, finding.severity)
     if spec.modes is not None:
         used_hypers |= set().union(*(m.hyper_names for m in spec.modes.maps.values()))
+        problem = spec.modes.round_trip_problem()
+        if problem is not None:
+            report.add(spec.modes.maps["train"].loc, problem)
     for key, h in spec.hyperparameters.items():
         if programs and not any(n in used_hypers for n in h.names):
             report.add(h.loc, f"hyperparameter `{key}` is never used by the update", "warning")

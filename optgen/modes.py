@@ -85,6 +85,19 @@ class Modes:
             out += [s for s in m.terms if s not in out]
         return out
 
+    def round_trip_problem(self) -> str | None:
+        """Why train() does not undo eval() (None when it does, symbolically: the maps are
+        affine, so train(eval(param)) - param is a rational function SymPy decides)."""
+        param = symbol(PARAM)
+        there = self.maps["eval"].expr
+        back = self.maps["train"].expr.xreplace({param: there})
+        if sympy.simplify(sympy.together(back - param)) == 0:
+            return None
+        return (
+            f"the `train` program does not undo the `eval` program: train(eval(param)) = "
+            f"{sympy.sstr(sympy.simplify(back))}, not param"
+        )
+
     def renamed(self, rename, name) -> Modes:
         return Modes(self.start, {k: m.renamed(rename, name) for k, m in self.maps.items()})
 

@@ -453,3 +453,18 @@ def test_a_hyperparameter_cannot_take_the_mode_s_group_key():
     with pytest.raises(SpecError) as info:
         loads(text, "ema.yaml")
     assert info.value.loc.line == 6 and "`train_mode` is the param group key of the mode" in info.value.message
+
+
+@pytest.mark.parametrize("spec_text", [EMA, ANCHOR], ids=["ema", "anchor"])
+def test_check_refuses_maps_that_do_not_undo_each_other(spec_text):
+    """train(eval(param)) must be param: the catalog's and the synthetic maps are; a sign
+    slip is an error at the train program."""
+    assert all(optgen.check(optgen.load(n)).ok for n in ("sgdschedulefree", "adamwschedulefree"))
+    assert optgen.check(loads(spec_text, "modes.yaml")).ok
+    broken = spec_text.replace("param = param - delta", "param = param + delta").replace(
+        "param = param + shift", "param = param - shift"
+    )
+    report = optgen.check(loads(broken, "modes.yaml"))
+    (finding,) = report.findings
+    assert finding.severity == "error" and "does not undo the `eval` program" in finding.message
+    assert finding.loc.line == (13 if spec_text is EMA else 16)
