@@ -80,6 +80,11 @@ def check(spec: Spec) -> Report:
         _check_states_read(program, report)
         for finding in denominator_findings(spec, program.options, program):
             report.add(finding.loc, finding.message, finding.severity)
+    if spec.modes is not None:
+        used_hypers |= set().union(*(m.hyper_names for m in spec.modes.maps.values()))
+        problem = spec.modes.round_trip_problem()
+        if problem is not None:
+            report.add(spec.modes.maps["train"].loc, problem)
     for key, h in spec.hyperparameters.items():
         if programs and not any(n in used_hypers for n in h.names):
             report.add(h.loc, f"hyperparameter `{key}` is never used by the update", "warning")
@@ -203,6 +208,8 @@ def _check_states_read(program: Program, report: Report) -> None:
     another useful state across steps."""
     states = {s.name for s in program.states}
     useful = program.inputs_of(program.outputs["param"]) & states
+    if program.spec.modes is not None:  # or the evaluation parameter (optgen/modes.py)
+        useful |= set(program.spec.modes.states) & states
     while True:
         more = (
             set().union(*(program.inputs_of(program.outputs[s]) & states for s in useful)) - useful if useful else set()

@@ -37,6 +37,7 @@ from .expr import (
     name_problem,
     symbol,
 )
+from .modes import parse_modes
 from .spec import Assign, Hyperparameter, If, InputDecl, Interval, Option, Spec, StateDecl
 from .texcheck import tex_problem
 from .yamlpos import Node, load_yaml, scalar_text_origin
@@ -58,6 +59,7 @@ TOP_KEYS = {
     "gradient_at",
     "tex",
     "step",
+    "modes",
 }
 STEP_COUNTS = ("per_tensor", "per_group")  # `step:` how `step` is counted
 HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc", "tensor"}
@@ -828,6 +830,10 @@ class SpecBuilder:
                     f"too many options for an update this large: {len(options)} options are {2 ** len(options)} "
                     f"specialisations of {parser.size} syntax nodes each, at most {limits.MAX_WORK} in all",
                 )
+        modes = None
+        with errors.each():
+            hyper_names = {n for h in hypers.values() for n in h.names}
+            modes = parse_modes(self, self.top.get("modes"), states, hyper_names)
         gradient_at = None
         with errors.each():
             if "gradient_at" in self.top:
@@ -859,6 +865,7 @@ class SpecBuilder:
             gradient_at=gradient_at,
             step_count=self.step_count(),
             inputs=inputs,
+            modes=modes,
         )
 
     def value_tex(self, update: list) -> None:

@@ -243,7 +243,32 @@ class Reference:
         for name, opt in self.spec.options.items():
             group.setdefault(name, opt.default)
         group.setdefault("maximize", False)
+        if self.spec.modes is not None:
+            group.setdefault("train_mode", self.spec.modes.start == "train")
         return group
+
+    def train(self) -> None:
+        """Switch every group in eval mode to the training parameters (spec `modes:`)."""
+        self._switch(True)
+
+    def eval(self) -> None:
+        """Switch every group in train mode to the evaluation parameters (spec `modes:`)."""
+        self._switch(False)
+
+    def _switch(self, train_mode: bool) -> None:
+        if self.spec.modes is None:
+            raise TypeError(f"{self.spec.name} declares no `modes:`: there is no train/eval switch")
+        mode = self.spec.modes.maps["train" if train_mode else "eval"]
+        new_param = compile_expr(mode.expr)
+        for gi, group in enumerate(self.param_groups):
+            if group["train_mode"] == train_mode:
+                continue
+            for i in (i for i, g in enumerate(self._group_of) if g == gi and self.state[i]):
+                env = self._hyper_env(group)
+                env[PARAM] = self.params[i]
+                env.update({s.name: self.state[i][s.key] for s in self.spec.state.values() if s.key in self.state[i]})
+                self.params[i][...] = np.broadcast_to(new_param(env), self.params[i].shape)
+            group["train_mode"] = train_mode
 
     def compiled(self, group: dict) -> CompiledProgram:
         options = {name: bool(group[name]) for name in self.spec.options}
@@ -304,6 +329,8 @@ class Reference:
             if len(values) != len(self.params):
                 raise ValueError(f"expected {len(self.params)} arrays for `{name}`, got {len(values)}")
         inputs = {name: inputs[name] for name in self.spec.inputs}
+        if self.spec.modes is not None and not all(g["train_mode"] for g in self.param_groups):
+            raise RuntimeError(f"{self.spec.name} is in eval mode: call train() before step()")
         with np.errstate(all="ignore"):
             live = [(i, *self._env(i, g, inputs)) for i, g in enumerate(grads) if g is not None]
             # per_group: every group counts the call, even one without any gradient

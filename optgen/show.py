@@ -43,6 +43,10 @@ def show(program: Program) -> str:
     out.append("")
     writes = ", ".join(f"{k} <- {v}" for k, v in program.writes.items())
     out.append(f"writes: {writes}")
+    if spec.modes is not None:  # optgen/modes.py: not part of the step
+        out.append("")
+        out.append(f"modes (start: {spec.modes.start}; eval() and train() switch the parameters):")
+        out += [f"  {mode}(): param <- {m.expr}" for mode, m in spec.modes.maps.items()]
     if program.notes:
         out.append("")
         out += [f"note: {n}" for n in program.notes]

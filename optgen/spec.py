@@ -165,6 +165,7 @@ class Spec:
     # (the param group's step() calls, pytorch_optimizer's group["step"])
     step_count: str = "per_tensor"
     inputs: dict[str, InputDecl] = field(default_factory=dict)  # extra per-element step() inputs
+    modes: object = None  # `modes:` optgen.modes.Modes (eval/train parameter maps), or None
 
     @property
     def scalar_hypers(self) -> dict[str, tuple[Hyperparameter, int]]:

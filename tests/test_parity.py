@@ -29,6 +29,7 @@ import pytest
 import pytorch_optimizer
 import pytorch_optimizer.optimizer.adan
 import pytorch_optimizer.optimizer.lamb
+import schedulefree
 import torch
 
 import optgen
@@ -126,6 +127,29 @@ LION_GROUPS = (
     {"lr": 3e-3, "betas": (0.8, 0.99), "weight_decay": 0.1},
     {"lr": 1e-3, "betas": (0.9, 0.95), "weight_decay": 0.05},
 )
+SF_SGD_GROUPS = (
+    {"lr": 0.3, "momentum": 0.8, "weight_decay": 0.01, "warmup_steps": 5},
+    {"lr": 0.1, "momentum": 0.95, "weight_decay": 0.0},
+)
+SF_ADAMW_GROUPS = (
+    {"lr": 0.02, "betas": (0.8, 0.99), "weight_decay": 0.05, "warmup_steps": 4},
+    {"lr": 0.01, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0},
+)
+
+
+def _schedulefree(cls):
+    """The package at weight_lr_power=0, r=0 (the settings the specs model, see their notes),
+    put in train mode: it starts in eval mode and refuses step() until then."""
+
+    def make(groups, **shared):
+        opt = cls(groups, weight_lr_power=0, r=0, **shared)
+        opt.train()
+        return opt
+
+    make.__name__ = cls.__name__
+    return make
+
+
 LAMB_GROUPS = (
     {"lr": 1e-2, "betas": (0.8, 0.99), "weight_decay": 0.1},
     {"lr": 3e-3, "betas": (0.9, 0.95), "weight_decay": 0.05},
@@ -243,6 +267,15 @@ CASES = [
     Case("padam-skipped_grads", "padam", po.PAdam, PADAM_GROUPS, skip_every=2),
     Case("lars", "lars", po.LARS, LARS_GROUPS),
     Case("lars-nesterov", "lars", po.LARS, LARS_NESTEROV_GROUPS, {"nesterov": True}),
+    Case("sgdschedulefree", "sgdschedulefree", _schedulefree(schedulefree.SGDScheduleFree), SF_SGD_GROUPS),
+    Case("adamwschedulefree", "adamwschedulefree", _schedulefree(schedulefree.AdamWScheduleFree), SF_ADAMW_GROUPS),
+    Case(
+        "sgdschedulefree-skipped_grads",
+        "sgdschedulefree",
+        _schedulefree(schedulefree.SGDScheduleFree),
+        SF_SGD_GROUPS,
+        skip_every=2,
+    ),
     # no public implementation: the independent oracle
     Case("setadam", "setadam", SETAdam, _adam_groups()),
     Case("setadam-decoupled_weight_decay", "setadam", SETAdam, _adam_groups(), {"decoupled_weight_decay": True}),
@@ -384,7 +417,12 @@ def test_parity(case: Case, monkeypatch):
 # --------------------------------------------------------------------------- constructors
 # Reference keywords a spec does not model (see the spec's notes), and spec keywords the
 # reference does not have.
-NOT_MODELLED = {"lamb": {"rectify", "degenerated_to_sgd", "n_sma_threshold"}}
+NOT_MODELLED = {
+    "lamb": {"rectify", "degenerated_to_sgd", "n_sma_threshold"},
+    # the average's weights lr_max**weight_lr_power * (k+1)**r: only 0 and 0 (see the specs' notes)
+    "sgdschedulefree": {"r", "weight_lr_power"},
+    "adamwschedulefree": {"r", "weight_lr_power"},
+}
 EXTRA = {"adamw": {"decoupled_weight_decay"}}  # inherited from adam.yaml; torch's AdamW has no such keyword
 NOT_KEYWORDS = {"self", "params", "foreach", "maximize", "capturable", "differentiable", "fused"}
 

@@ -142,3 +142,35 @@ def test_help_lists_the_functions_that_exist():
     from optgen.workbench.problems import FUNCTIONS
 
     assert _function_names() == list(FUNCTIONS)
+
+
+def test_digits_are_evaluated_in_eval_mode_for_a_spec_with_modes(monkeypatch):
+    """Schedule-free trains at y and is evaluated at x: each evaluation sees eval mode, each
+    step train mode."""
+    import optgen
+    from optgen.workbench import compare as compare_module
+    from optgen.workbench.compare import Contender, train_digits
+    from optgen.workbench.problems import load_digits
+
+    base = optgen.compile(optgen.load("sgdschedulefree"))
+    made, seen = [], []
+
+    class Recording(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+        def step(self, closure=None):
+            seen.append(("step", self.param_groups[0]["train_mode"]))
+            return super().step(closure)
+
+    evaluate = compare_module._evaluate
+
+    def recording_evaluate(*args):
+        seen.append(("eval", made[0].param_groups[0]["train_mode"]))
+        evaluate(*args)
+
+    monkeypatch.setattr(compare_module, "_evaluate", recording_evaluate)
+    train_digits(Contender("sf", Recording, {}), load_digits(), 0.1, 0, 6, Settings(eval_every=3))
+    assert [kind for kind, _ in seen] == ["eval", "step", "step", "step", "eval", "step", "step", "step", "eval"]
+    assert all(mode is (kind == "step") for kind, mode in seen)

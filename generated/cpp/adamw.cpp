@@ -81,6 +81,11 @@ template <> inline bf16_t from_real<bf16_t>(real x) {
 static inline real max_nan(real a, real b) { const real m = a < b ? b : a; return b != b ? b : m; }
 static inline real min_nan(real a, real b) { const real m = b < a ? b : a; return b != b ? b : m; }
 static inline real sign_of(real x) { return real(x > real(0)) - real(x < real(0)); }
+// Python's a % b on host values (floored: the result takes b's sign), for every-k schedules.
+static inline double floored_mod(double a, double b) {
+    const double r = std::fmod(a, b);
+    return r != 0 && ((r < 0) != (b < 0)) ? r + b : r;
+}
 
 enum { NUM_ARRAYS = 4, NUM_TENSOR_STATES = 0, NUM_REDUCTIONS = 0, NUM_GLOBAL_SUMS = 0, HOST_WIDTH = 8, PARTIAL_WIDTH = 1 };
 

@@ -134,14 +134,20 @@ class Curve:
 def train_digits(contender: Contender, data: Digits, lr: float, seed: int, steps: int, settings: Settings) -> Curve:
     model = mlp(seed)
     opt = contender.cls(model.parameters(), **{**contender.hyper, "lr": lr})
+    # a spec with `modes:` (schedule-free) trains at one sequence and is evaluated at another
+    modes = callable(getattr(opt, "train", None)) and callable(getattr(opt, "eval", None))
     batches = torch.Generator().manual_seed(seed)
     curve = Curve(lr, [], [], [], [], [], [])
     loss_fn = torch.nn.functional.cross_entropy
     for step in range(steps + 1):
         if step % settings.eval_every == 0 or step == steps:
+            if modes:
+                opt.eval()
             _evaluate(model, data, step, curve)
             if not math.isfinite(curve.train_loss[-1]) or step == steps:
                 break
+        if modes:
+            opt.train()
         idx = torch.randint(len(data.x_train), (settings.batch,), generator=batches)
         t0 = time.perf_counter()
         opt.zero_grad()

@@ -78,6 +78,15 @@ class CppPrinter(_Printer):
     def _print_log(self, expr) -> str:
         return f"std::log({self._print(expr.args[0])})"
 
+    def _print_Mod(self, expr) -> str:
+        """`step % k`, floored as Python's (host values only, see parse)."""
+        a, b = expr.args
+        return f"floored_mod({self._print(a)}, {self._print(b)})"
+
+    def _print_floor(self, expr) -> str:
+        """`step // k` = floor(step / k) (host values only, see parse)."""
+        return f"std::floor({self._print(expr.args[0])})"
+
     def _print_Max(self, expr) -> str:
         return self._nest("max_nan", expr.args)
 

@@ -304,6 +304,8 @@ def box_lines(spec: Spec) -> list[str]:
         else:
             lines.append(indent(row.depth) + rf"{row.target} \leftarrow {row.value}")
     lines += [rule, rf"\textbf{{return}}\ {with_index(PARAM_TEX, CURRENT)}"]
+    if spec.modes is not None:
+        lines += [rule, *mode_lines(spec)]
     lines += [rf"\textit{{where }} {note}" for note in legend(spec)]
     lines.append(rule)
     return lines
@@ -334,3 +336,19 @@ def equation_rows(spec: Spec, options: dict[str, bool] | None = None) -> list[tu
 def align_env(spec: Spec, options: dict[str, bool] | None = None) -> str:
     body = " \\\\\n".join(f"  {lhs} &= {rhs}" for lhs, rhs in equation_rows(spec, options))
     return f"\\begin{{align*}}\n{body}\n\\end{{align*}}"
+
+
+def mode_lines(spec: Spec) -> list[str]:
+    """The eval() and train() maps of a spec with `modes:` (optgen/modes.py): the parameter
+    of one mode from the other's and the current states."""
+    names = {n: symbol_tex(spec, n) for n in spec.scalar_hypers}
+    names.update({s: symbol_tex(spec, s) for s in spec.state})
+    names[PARAM] = PARAM_TEX
+    printer = OptgenLatexPrinter(names, {PARAM, *spec.state})
+    lines = [
+        rf"\textbf{{{mode}()}}:\ {PARAM_TEX} \leftarrow {printer.doprint(spec.modes.maps[mode].expr)}"
+        for mode in ("eval", "train")
+    ]
+    start = spec.modes.start
+    lines.append(rf"\text{{the update runs in train mode; a new optimizer starts in {start} mode}}")
+    return lines

@@ -19,6 +19,7 @@ from ...spec import Spec, StateDecl
 from .. import format_python
 from . import config, names
 from .emit import elementwise, multi_body, single_body
+from .modes import mode_context, mode_docstring
 from .prepare import Prepared, plural, prepare
 from .printer import TensorPrinter, host_printer, number
 from .reduce_pass import reduce_passes
@@ -154,6 +155,7 @@ def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, comp
         "per_group_step": spec.step_count == "per_group",
         "parity": spec.parity,
         **_class_context(public, spec, variants, globals_),
+        **mode_context(public, spec),
         **bodies,
         "multi_signature": _signature(spec, lists, globals_, bodies["multi_extra"]),
     }
@@ -319,6 +321,8 @@ def _docstring(spec: Spec, has_globals: bool) -> str:
                     pad,
                 ),
             ]
+    if spec.modes is not None:
+        parts += ["", _wrap(mode_docstring(spec), 92, pad)]
     if spec.notes:
         parts += ["", _wrap(spec.notes, 92, pad)]
     parity = (

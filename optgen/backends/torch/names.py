@@ -173,6 +173,7 @@ def renamed(spec: Spec, names: dict[str, str], public: bool = True) -> Spec:
         symbols={name(n): rename(sym) for n, sym in spec.symbols.items()},
         tex_symbols={name(n): t for n, t in spec.tex_symbols.items()},
         locations={name(n): loc for n, loc in spec.locations.items()},
+        modes=spec.modes.renamed(rename, name) if spec.modes is not None else None,
     )
 
 
