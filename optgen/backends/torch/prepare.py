@@ -75,7 +75,7 @@ class Prepared:
 
 
 def prepare(program: Program) -> Prepared:
-    values = [Value(v.name, v.expr, v.scope, v.var, v.loc, v.reduce, v.over, v.phase) for v in program.values]
+    values = [Value(v.name, v.expr, v.scope, v.var, v.loc, v.reduce, v.over, v.phase, v.matrix) for v in program.values]
     globals_ = _take_global_reductions(values)
     values = _dce(program, values)
     values = _norms(values)
@@ -203,6 +203,8 @@ def _absorb(p: Prepared) -> dict[str, sympy.Expr]:
         users = uses.get(v.name, [])
         if len(users) != 1 or p.kinds[p.values[users[0]].name] != "element" or p.values[users[0]].is_reduction:
             continue
+        if v.matrix is not None or p.values[users[0]].matrix is not None:
+            continue  # a matrix block reads its operands by name and is computed whole
         reads = {p.var_of.get(s.name, s.name) for s in v.expr.free_symbols}
         between = p.values[i + 1 : users[0]]
         if any(w.var in reads for w in between):
