@@ -22,8 +22,8 @@ from .errors import Loc, SpecError, SpecErrors
 from .expr import (
     ELEMENTWISE_FUNCS,
     FUNCTIONS,
-    MATRIX_FUNC_NAMES,
     GRAD,
+    MATRIX_FUNC_NAMES,
     NDIM_SYMBOL,
     NUMEL_SYMBOL,
     PARAM,
