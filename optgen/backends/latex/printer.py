@@ -170,6 +170,15 @@ class OptgenLatexPrinter(LatexPrinter):
     def _print_GlobalSum(self, expr, exp=None):
         return self._reduction(rf"\sum_{{{ALL_PARAMS}}} \sum_{{i}}", expr, exp)
 
+    def _print_MatrixProduct(self, expr, exp=None):
+        """A matrix product as a paper writes it: juxtaposed factors, A B^\top."""
+        text = r"\,".join(self.parenthesize(a, PRECEDENCE["Mul"], strict=False) for a in expr.args)
+        return rf"\left({text}\right)^{{{exp}}}" if exp else text
+
+    def _print_Transposed(self, expr, exp=None):
+        text = self.parenthesize(expr.args[0], PRECEDENCE["Pow"], strict=True) + r"^{\top}"
+        return rf"\left({text}\right)^{{{exp}}}" if exp else text
+
     def _print_Piecewise(self, expr):
         rows = []
         for value, cond in expr.args:

@@ -22,6 +22,7 @@ import sympy
 
 from ...expr import GRAD, NDIM, NUMEL, PARAM, STEP
 from ...ir import Program, Value
+from ...matrix import COLS, ROWS
 
 PER_TENSOR = ("host", "scalar", "device", "element")
 SCALAR_KINDS = ("uniform", "host", "scalar")
@@ -167,6 +168,7 @@ def _kinds(program: Program, values: list[Value], globals_: list[GlobalReduction
 def _kinds_given(program: Program, values, globals_, scalar_states) -> dict[str, str]:
     kinds = {n: "uniform" for n in program.hyper_names}
     kinds.update({STEP: "host", NUMEL: "host", NDIM: "host", PARAM: "element", GRAD: "element"})
+    kinds.update({ROWS: "host", COLS: "host"})
     kinds.update({name: "element" for name in program.input_names})
     for s in program.states:
         kinds[s.name] = "element" if s.scope == "element" else "scalar" if s.name in scalar_states else "device"
