@@ -11,10 +11,10 @@ import sympy
 
 from ...expr import NDIM, NUMEL, STEP
 from ...matrix import COLS, ROWS
+from .matrix_ops import MatrixOp, MatrixPrinter, batched_lines, shape_text, single_lines
 from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T
 from .prepare import PER_TENSOR, Prepared, plural
 from .printer import TensorPrinter, compiled_host_printer, host_printer
-from .matrix_ops import MatrixOp, MatrixPrinter, batched_lines, shape_text, single_lines
 from .reduce_pass import ReducePass
 from .schedule import Schedule
 from .statements import Block, Line, render
