@@ -128,6 +128,36 @@ class MatrixBlock:
         return any(has_matrix_op(e) for _, e in self.body)
 
 
+FUSED_REFUSAL = (
+    "{name} uses matrix operations (@, transpose or a loop), which the fused kernels do not "
+    "run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
+)
+
+
+def matrix_location(spec) -> Loc | None:
+    """Where the spec first uses a matrix operation or a loop (None: it uses none)."""
+    from .spec import If, Repeat
+
+    def walk(statements):
+        for stmt in statements:
+            if isinstance(stmt, Repeat):
+                return stmt.loc
+            if isinstance(stmt, If):
+                found = walk(stmt.body) or walk(stmt.orelse)
+                if found:
+                    return found
+            elif has_matrix_op(stmt.expr) or stmt.expr.has(ROWS_SYMBOL, COLS_SYMBOL):
+                return stmt.loc
+        return None
+
+    return walk(spec.update)
+
+
+def fused_refusal(spec) -> str:
+    """The fused path's one message for a spec it does not run ("" when it runs it)."""
+    return FUSED_REFUSAL.format(name=spec.name) if matrix_location(spec) is not None else ""
+
+
 # --------------------------------------------------------------------------- shapes
 def _fmt(shape: Shape) -> str:
     if shape is None:
