@@ -307,6 +307,10 @@ def muon(
             x.item() if torch.is_tensor(x) else x
             for x in (lr, weight_decay, momentum, ns_a, ns_b, ns_c, eps, ns_steps)
         )
+    if any(_is_dtensor(param) for param in params):
+        raise ValueError(
+            "Muon uses matrix operations, which need whole tensors: sharded (DTensor) parameters are not supported"
+        )
     shard_groups = None if fused else _shard_groups(params)
     if shard_groups is not None:
         # FSDP2's DTensor parameters: the update runs on this rank's shards, and each
@@ -363,25 +367,6 @@ def _single_tensor_muon(
     DTensor parameters), a first loop computes every tensor's reductions of its shard from
     the unchanged param and states, and one all-reduce per kind of reduction combines them
     over the shard groups before the update loop reads them."""
-    if shard_groups is not None:
-        # the local partials of every tensor's reductions before any update
-        if nesterov:
-            update_norms = []
-        else:
-            momentum_buffer_norms = []
-        for i, param in enumerate(params):
-            grad = grads[i] if not maximize else -grads[i]
-            momentum_buffer = momentum_buffers[i]
-            momentum_buffer = grad.lerp(momentum_buffer, momentum)
-            if nesterov:
-                update = grad.lerp(momentum_buffer, momentum)
-                update_norms.append(torch.linalg.vector_norm(update))
-            else:
-                momentum_buffer_norms.append(torch.linalg.vector_norm(momentum_buffer))
-        if nesterov:
-            _all_reduce_partials(shard_groups, norms=[update_norms])
-        else:
-            _all_reduce_partials(shard_groups, norms=[momentum_buffer_norms])
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
         momentum_buffer = momentum_buffers[i]
@@ -394,15 +379,14 @@ def _single_tensor_muon(
         momentum_buffer.lerp_(grad, 1 - momentum)
         if nesterov:
             update = grad.lerp(momentum_buffer, momentum)
-        if shard_groups is None:
-            if nesterov:
-                update_norm = torch.linalg.vector_norm(update)
-            else:
-                momentum_buffer_norm = torch.linalg.vector_norm(momentum_buffer)
-        elif nesterov:
-            update_norm = update_norms[i]
+            update_norm = torch.linalg.vector_norm(update)
         else:
-            momentum_buffer_norm = momentum_buffer_norms[i]
+            momentum_buffer_norm = torch.linalg.vector_norm(momentum_buffer)
+        if shard_groups is not None:
+            if nesterov:
+                _all_reduce_partials([shard_groups[i]], norms=[[update_norm]])
+            else:
+                _all_reduce_partials([shard_groups[i]], norms=[[momentum_buffer_norm]])
         if nesterov:
             coef = torch.clamp(update_norm, min=eps)
             update.div_(coef)

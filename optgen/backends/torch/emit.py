@@ -336,7 +336,11 @@ class ReducePassPrinter(SinglePrinter):
     compiled_forms = False  # it runs under sharding only, never traced by torch.compile
 
     def statements(self, ops: list) -> list:
-        return [getattr(self, f"_{type(op).__name__}")(op) for op in ops]
+        out: list = []
+        for op in ops:
+            made = getattr(self, f"_{type(op).__name__}")(op)
+            out.extend(made if isinstance(made, list) else [made])
+        return out
 
     def _If(self, op: If) -> Block:
         return Block(f"if {self.host(op.cond)}:", self.statements(op.body), self.statements(op.orelse))
