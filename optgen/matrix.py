@@ -153,6 +153,21 @@ def matrix_location(spec) -> Loc | None:
     return walk(spec.update)
 
 
+def loop_counts(spec) -> set[str]:
+    """The hyperparameters that count a loop's iterations (integers at run time)."""
+    from .spec import If, Repeat
+
+    def walk(statements):
+        for stmt in statements:
+            if isinstance(stmt, Repeat):
+                yield from (s.name for s in stmt.count.free_symbols)
+            elif isinstance(stmt, If):
+                yield from walk(stmt.body)
+                yield from walk(stmt.orelse)
+
+    return set(walk(spec.update))
+
+
 def fused_refusal(spec) -> str:
     """The fused path's one message for a spec it does not run ("" when it runs it)."""
     return FUSED_REFUSAL.format(name=spec.name) if matrix_location(spec) is not None else ""
