@@ -23,9 +23,9 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounter
 
 import optgen
-from optgen.matrix import matrix_location
 import optgen.optimizers
 from optgen import catalog
+from optgen.matrix import matrix_location
 
 # The step is taken (and compiled) before a scheduler wraps opt.step to count its calls, as
 # torch's "compiling the optimizer" tutorial does; the scheduler then warns, on every run,

@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpp_harness import Harness, _cpu_kernels, needs_compiler, option_settings, run, state_of  # noqa: F401
 
 import optgen
-from optgen.matrix import fused_refusal
 from optgen import catalog
 from optgen.backends.cpp import config, runtime
+from optgen.matrix import fused_refusal
 
 pytestmark = needs_compiler
 

@@ -150,11 +150,11 @@ def test_foreach_batches_same_shaped_matrices(monkeypatch):
     init = [rng.standard_normal(s) for s in SHAPES]
     grads = [rng.standard_normal(s) for s in SHAPES]
     results = {}
-    for name in PATHS:
+    for name, keywords in PATHS.items():
         ps = [torch.tensor(p) for p in init]
         for p, g in zip(ps, grads):
             p.grad = torch.tensor(g)
-        Muon(ps, **HYPERS, ns_steps=5, **PATHS[name]).step()
+        Muon(ps, **HYPERS, ns_steps=5, **keywords).step()
         results[name] = ps
     groups = {(4, 6): 2, (7, 3): 2, (5, 5): 1, (3, 8): 1}
     assert sorted(calls["baddbmm"]) == sorted(n for n in groups.values() for _ in range(2 * 5))
@@ -203,9 +203,9 @@ def test_muon_state_dict_round_trip_and_torch_checkpoint():
 def test_muon_refuses_vectors_and_the_fused_path():
     bias = torch.zeros(5, requires_grad=True)
     bias.grad = torch.ones(5)
-    for path in PATHS:
+    for keywords in PATHS.values():
         with pytest.raises(ValueError, match="at least 2 dimensions"):
-            Muon([bias], **PATHS[path]).step()
+            Muon([bias], **keywords).step()
     ref = Reference(optgen.load("muon"), [{"params": [np.zeros(5)]}])
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         ref.step([np.ones(5)])
@@ -218,10 +218,10 @@ def test_muon_views_a_conv_weight_as_size0_by_the_rest():
     on that matrix."""
     rng = np.random.default_rng(11)
     w0, g = rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 3))
-    for path in PATHS:
+    for keywords in PATHS.values():
         w = torch.tensor(w0)
         w.grad = torch.tensor(g)
-        Muon([w], **HYPERS, **PATHS[path]).step()
+        Muon([w], **HYPERS, **keywords).step()
         flat = torch.tensor(w0.reshape(4, 6))
         flat.grad = torch.tensor(g.reshape(4, 6))
         muon_in_input_dtype()([flat], **HYPERS).step()

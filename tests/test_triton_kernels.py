@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_triton_harness import DEVICE, Harness, option_settings, run
 
 import optgen
-from optgen.matrix import fused_refusal
 from optgen import catalog
 from optgen.backends.triton import runtime
 from optgen.errors import CompileError
+from optgen.matrix import fused_refusal
 
 SHAPES = [(3, 5), (7,), (1,)]
 STEPS = 20
