@@ -327,8 +327,8 @@ def float64_torch():
     torch.set_default_dtype(old)
 
 
-def _init_params(rng, case: Case) -> list[list[np.ndarray]]:
-    if case.shapes is not None:
+def _init_params(rng, case: Case | None = None) -> list[list[np.ndarray]]:
+    if case is not None and case.shapes is not None:
         return [[rng.standard_normal(shape) for shape in shapes] for shapes in case.shapes]
     return [
         [scale * rng.standard_normal(shape) for shape, scale in zip(shapes, scales)]

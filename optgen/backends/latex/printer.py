@@ -172,7 +172,15 @@ class OptgenLatexPrinter(LatexPrinter):
 
     def _print_MatrixProduct(self, expr, exp=None):
         """A matrix product as a paper writes it: juxtaposed factors, A B^\top."""
-        text = r"\,".join(self.parenthesize(a, PRECEDENCE["Mul"], strict=False) for a in expr.args)
+        scalars, factors = [], []
+        for arg in expr.args:  # c A @ A prints as c A A: scalar factors lead
+            parts = arg.args if isinstance(arg, sympy.Mul) else (arg,)
+            scalars += [f for f in parts if not any(x.name in self.tensors for x in f.free_symbols)]
+            rest = [f for f in parts if any(x.name in self.tensors for x in f.free_symbols)]
+            factors.append(sympy.Mul(*rest) if rest else arg)
+        text = r"\,".join(self.parenthesize(a, PRECEDENCE["Mul"], strict=False) for a in factors)
+        if scalars:
+            text = self._print(sympy.Mul(*scalars)) + " " + text
         return rf"\left({text}\right)^{{{exp}}}" if exp else text
 
     def _print_Transposed(self, expr, exp=None):
