@@ -130,11 +130,15 @@ def test_muon_on_every_path_matches_the_reference():
 
 
 def test_foreach_batches_same_shaped_matrices(monkeypatch):
-    """Each shape's matrices are stacked: torch.baddbmm runs once per shape group and
+    """Each shape's matrices are stacked once: torch.baddbmm runs once per shape group and
     Newton-Schulz step (twice per step), on a batch of that group's size; the for-loop path
     calls torch.addmm per tensor. Both give the same numbers."""
-    calls = {"baddbmm": [], "addmm": 0}
-    baddbmm, addmm = torch.baddbmm, torch.addmm
+    calls = {"baddbmm": [], "addmm": 0, "stack": 0}
+    baddbmm, addmm, stack = torch.baddbmm, torch.addmm, torch.stack
+
+    def counting_stack(*args, **kw):
+        calls["stack"] += 1
+        return stack(*args, **kw)
 
     def counting_baddbmm(x, *args, **kw):
         calls["baddbmm"].append(x.shape[0])
@@ -146,6 +150,7 @@ def test_foreach_batches_same_shaped_matrices(monkeypatch):
 
     monkeypatch.setattr(torch, "baddbmm", counting_baddbmm)
     monkeypatch.setattr(torch, "addmm", counting_addmm)
+    monkeypatch.setattr(torch, "stack", counting_stack)
     rng = np.random.default_rng(1)
     init = [rng.standard_normal(s) for s in SHAPES]
     grads = [rng.standard_normal(s) for s in SHAPES]
@@ -159,6 +164,7 @@ def test_foreach_batches_same_shaped_matrices(monkeypatch):
     groups = {(4, 6): 2, (7, 3): 2, (5, 5): 1, (3, 8): 1}
     assert sorted(calls["baddbmm"]) == sorted(n for n in groups.values() for _ in range(2 * 5))
     assert calls["addmm"] == 2 * 5 * len(SHAPES)
+    assert calls["stack"] == len(groups)  # the three blocks of a group share one stack
     for p, q in zip(results["forloop"], results["foreach"]):
         assert max_rel_diff(p.numpy(), q.numpy()) < 1e-12
 

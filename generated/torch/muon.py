@@ -41,7 +41,7 @@ class Muon(Optimizer):
            &\hspace{5mm}O \leftarrow \begin{cases} \displaystyle O^{\top} & \text{if } \operatorname{cols}(\theta) < \operatorname{rows}(\theta) \\ \displaystyle O & \text{otherwise} \end{cases} \\
            &\hspace{5mm}\textbf{repeat}\ k\ \textbf{times} \\
            &\hspace{10mm}A \leftarrow O\,O^{\top} \\
-           &\hspace{10mm}M \leftarrow b A + \left(c A\right)\,A \\
+           &\hspace{10mm}M \leftarrow b A + c A\,A \\
            &\hspace{10mm}O \leftarrow a O + M\,O \\
            &\hspace{5mm}O \leftarrow \begin{cases} \displaystyle O^{\top} & \text{if } \operatorname{cols}(\theta) < \operatorname{rows}(\theta) \\ \displaystyle O & \text{otherwise} \end{cases} \\
            &\hspace{5mm}\textbf{if}\ \textit{match\_rms\_adamw} \\
@@ -492,39 +492,21 @@ def _multi_tensor_muon(
             raise ValueError(
                 f"a matrix operation needs a parameter with at least 2 dimensions; got shape {tuple(param.shape)}"
             )
-    X_1_list = [None] * len(params)
+    X_5_list = [None] * len(params)
     groups = {}
     for i in range(len(params)):
         groups.setdefault((params[i].shape,), []).append(i)
     for idx in groups.values():
         X_stack = torch.stack([X_list[i].flatten(1) for i in idx])
         X_2 = X_stack.mT if params[idx[0]][0].numel() < params[idx[0]].size(0) else X_stack
-        for j, i in enumerate(idx):
-            X_1_list[i] = X_2[j]
-    # tensors of one shape are stacked: each matmul is one batched matmul for all of them
-    X_3_list = [None] * len(params)
-    groups = {}
-    for i in range(len(params)):
-        groups.setdefault((params[i].shape,), []).append(i)
-    for idx in groups.values():
-        X_1_stack = torch.stack([X_1_list[i] for i in idx])
-        X_4 = X_1_stack
+        X_4 = X_2
         if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
             raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
         for _ in range(int(ns_steps)):
             A = X_4 @ X_4.mT
             B = torch.baddbmm(A, A, A, beta=ns_b, alpha=ns_c)
             X_4 = torch.baddbmm(X_4, B, X_4, beta=ns_a)
-        for j, i in enumerate(idx):
-            X_3_list[i] = X_4[j]
-    # tensors of one shape are stacked: each matmul is one batched matmul for all of them
-    X_5_list = [None] * len(params)
-    groups = {}
-    for i in range(len(params)):
-        groups.setdefault((params[i].shape,), []).append(i)
-    for idx in groups.values():
-        X_3_stack = torch.stack([X_3_list[i] for i in idx])
-        X_6 = X_3_stack.mT if params[idx[0]][0].numel() < params[idx[0]].size(0) else X_3_stack
+        X_6 = X_4.mT if params[idx[0]][0].numel() < params[idx[0]].size(0) else X_4
         for j, i in enumerate(idx):
             X_5_list[i] = X_6[j].reshape_as(params[i])
     torch._foreach_mul_(params, 1 - lr * weight_decay)

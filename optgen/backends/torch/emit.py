@@ -11,7 +11,7 @@ import sympy
 
 from ...expr import NDIM, NUMEL, STEP
 from ...matrix import COLS, ROWS
-from .matrix_ops import MatrixOp, MatrixPrinter, batched_lines, shape_text, single_lines
+from .matrix_ops import MatrixOp, MatrixPrinter, MatrixRun, batched_lines, matrix_runs, shape_text, single_lines
 from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T
 from .prepare import PER_TENSOR, Prepared, plural
 from .printer import TensorPrinter, compiled_host_printer, host_printer
@@ -416,7 +416,7 @@ class ForeachPrinter(SinglePrinter):
     def statements(self, ops: list) -> list:
         out: list = []
         pending: list[Reduce] = []  # reductions not yet combined across shards
-        ops = list(ops)
+        ops = matrix_runs(list(ops))
         for k, op in enumerate(ops):
             if pending and self._reads(op, pending):
                 hoisted = self._hoistable(ops, k)
@@ -439,18 +439,32 @@ class ForeachPrinter(SinglePrinter):
     def reduced(self, target: str) -> str:
         return plural(target)
 
-    def _MatrixOp(self, op: MatrixOp) -> list:
-        """Per group of same-shaped tensors; a per-tensor host value the block reads splits
+    def _MatrixRun(self, run: MatrixRun) -> list:
+        """Per group of same-shaped tensors; a per-tensor host value a block reads splits
         the groups too (a group reads it from its first tensor)."""
-        keys = [
-            self.list_of(s.name)
-            for s in op.block.operands
-            if self.p.kinds.get(s.name, "uniform") in ("host", "scalar") and s.name not in (ROWS, COLS)
-        ]
+        keys = list(
+            dict.fromkeys(
+                self.list_of(s.name)
+                for op in run.ops
+                for s in op.block.operands
+                if self.p.kinds.get(s.name, "uniform") in ("host", "scalar") and s.name not in (ROWS, COLS)
+            )
+        )
+        printers, made = [], {}
+        for op in run.ops:
+            printers.append(self._matrix_printer(op, dict(made)))
+            made[op.ir] = op.locals[op.block.result]
+        order = [v.name for v in self.p.values]
+        end = order.index(run.ops[-1].ir)
+        kept = {op.ir for op in run.ops if self.p.last_use.get(op.ir, end + 1) > end}  # read after the run
+        return batched_lines(run.ops, printers, printers[0].host, keys, kept)
 
+    def _matrix_printer(self, op: MatrixOp, made: dict) -> MatrixPrinter:
         def text(name: str) -> str:
             if name in op.locals:
                 return op.locals[name]
+            if name in made:  # an earlier block of the run made it, stacked
+                return made[name]
             if name in op.tensors:
                 return op.stacked[name]
             if name in (ROWS, COLS):
@@ -459,8 +473,7 @@ class ForeachPrinter(SinglePrinter):
                 return f"{self.list_of(name)}[idx[0]]"
             return self.texts.host(name)
 
-        printer = MatrixPrinter(text, _scalar_in(op), text, batched=True)
-        return batched_lines(op, printer, printer.host, keys)
+        return MatrixPrinter(text, _scalar_in(op), text, batched=True)
 
     def _read_combined(self, reduces: list[Reduce]) -> Block:
         """A batch of a split group reads the reductions the group combined (`combined`);

@@ -41,6 +41,7 @@ class MatrixOp:
     stacked: dict
     scalars: set
     result_param_shaped: bool
+    ir: str = ""  # the IR value it computes
 
 
 class MatrixPrinter(TensorPrinter):
@@ -173,39 +174,71 @@ def _count_text(count, host) -> str:
     return str(int(count)) if count.is_Integer else f"int({host(count)})"
 
 
-def batched_lines(op: MatrixOp, printer: MatrixPrinter, host, keys: list[str]) -> list:
-    """The block once per group of same-shaped tensors, on stacks (the foreach path).
-    `keys`: per-tensor host operands (texts of lists), which the groups also split on."""
-    block = op.block
-    targets = op.stacked["__out__"]
+def batched_lines(ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys: list[str], kept: set) -> list:
+    """Consecutive blocks once per group of same-shaped tensors, on stacks (the foreach
+    path): a block reads what an earlier one made from its stack, not restacked. `keys`:
+    per-tensor host operands (texts of lists), which the groups also split on; `kept`: the
+    blocks whose results are read after the run (unstacked into lists)."""
     key = ", ".join(["params[i].shape"] + [f"{k}[i]" for k in keys])
     lines: list = [Line("# tensors of one shape are stacked: each matmul is one batched matmul for all of them")]
-    if op.views and block.has_matmul:
+    if any(op.views and op.block.has_matmul for op in ops):
         check = f'raise ValueError(f"{_NDIM_MESSAGE} {{tuple(param.shape)}}")'
         lines.append(Block("for param in params:", [Block("if param.ndim < 2:", [Line(check)])]))
+    lines += [Line(f"{op.stacked['__out__']} = [None] * len(params)") for op in ops if op.ir in kept]
     lines += [
-        Line(f"{targets} = [None] * len(params)"),
         Line("groups = {}"),
         Block("for i in range(len(params)):", [Line(f"groups.setdefault(({key},), []).append(i)")]),
     ]
     inner: list = []
-    for ir, name in op.tensors.items():
-        view = ".flatten(1)" if ir in op.views and block.has_matmul else ""
-        shape = ".view(-1, 1, 1)" if ir in op.scalars else ""
-        inner.append(Line(f"{op.stacked[ir]} = torch.stack([{plural(name)}[i]{view} for i in idx]){shape}"))
-    for local, source in block.init.items():
-        inner.append(Line(f"{op.locals[local]} = {printer.doprint(source)}"))
-    loop = [Line(f"{op.locals[n]} = {printer.top(e)}") for n, e in block.body]
-    if block.count is None:
-        inner += loop
-    else:
-        inner += count_check(block.count, host)
-        inner.append(Block(f"for _ in range({_count_text(block.count, host)}):", loop))
-    result = op.locals[block.result]
-    shaped = ".reshape_as(params[i])" if op.result_param_shaped and block.has_matmul else ""
-    inner.append(Block("for j, i in enumerate(idx):", [Line(f"{targets}[i] = {result}[j]{shaped}")]))
+    made: set[str] = set()
+    unstack: list = []
+    for op, printer in zip(ops, printers):
+        block = op.block
+        for ir, name in op.tensors.items():
+            if ir in made:
+                continue
+            view = ".flatten(1)" if ir in op.views and block.has_matmul else ""
+            shape = ".view(-1, 1, 1)" if ir in op.scalars else ""
+            inner.append(Line(f"{op.stacked[ir]} = torch.stack([{plural(name)}[i]{view} for i in idx]){shape}"))
+        for local, source in block.init.items():
+            inner.append(Line(f"{op.locals[local]} = {printer.doprint(source)}"))
+        loop = [Line(f"{op.locals[n]} = {printer.top(e)}") for n, e in block.body]
+        if block.count is None:
+            inner += loop
+        else:
+            inner += count_check(block.count, host)
+            inner.append(Block(f"for _ in range({_count_text(block.count, host)}):", loop))
+        made.add(op.ir)
+        if op.ir not in kept:
+            continue
+        shaped = ".reshape_as(params[i])" if op.result_param_shaped and block.has_matmul else ""
+        unstack.append(Line(f"{op.stacked['__out__']}[i] = {op.locals[block.result]}[j]{shaped}"))
+    inner.append(Block("for j, i in enumerate(idx):", unstack))
     lines.append(Block("for idx in groups.values():", inner))
     return lines
+
+
+def matrix_runs(ops: list) -> list:
+    """Consecutive matrix blocks as one list (the foreach path runs them in one pass over
+    the shape groups)."""
+    out: list = []
+    for op in ops:
+        if isinstance(op, MatrixOp) and out and isinstance(out[-1], list):
+            out[-1].append(op)
+        elif isinstance(op, MatrixOp):
+            out.append([op])
+        else:
+            out.append(op)
+    return [MatrixRun(op) if isinstance(op, list) else op for op in out]
+
+
+@dataclass
+class MatrixRun:
+    ops: list
+
+    @property
+    def target(self) -> str:
+        return self.ops[-1].target
 
 
 def shape_text(name: str, batched: bool) -> str | None:

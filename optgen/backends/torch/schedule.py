@@ -180,7 +180,7 @@ class Scheduler:
         stacked = {ir: self._new_name(f"{text}_stack") for ir, text in tensors.items()} if self.foreach else {}
         stacked["__out__"] = plural(name)
         result_shaped = block.shape == PARAM_SHAPE
-        self.emit(MatrixOp(name, block, tensors, views, local, stacked, scalars, result_shaped))
+        self.emit(MatrixOp(name, block, tensors, views, local, stacked, scalars, result_shaped, v.name))
         self._fresh_buffer(name)
         self._bind(v.name, name)
 
