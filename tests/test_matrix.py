@@ -277,6 +277,13 @@ SYNTHETIC = {
       W = 0.5 * W + matmul(W, Q)
   param = param - lr * W / (norm(W) + eps)
 """,
+    # shape queries in elementwise code: a per-tensor host branch (the foreach path splits
+    # its batches on it) and a per-tensor scale, on every shape including a 3-D one
+    "Oriented": """
+  m = beta * m + (1 - beta) * grad
+  s = where(rows(param) > cols(param), 2 * m, m / 2)
+  param = param - lr * s * cols(param) / rows(param)
+""",
 }
 SYNTHETIC_SHAPES = [(3, 5), (6, 2), (3, 5), (4, 4), (2, 3, 2)]
 
@@ -322,7 +329,7 @@ def test_synthetic_matrix_specs_match_the_reference_on_every_path(tmp_path, name
 
 
 def test_synthetic_specs_are_not_all_the_same(tmp_path):
-    """The three programs compute different updates (a test of one would not pass another)."""
+    """The programs compute different updates (a test of one would not pass another)."""
     rng = np.random.default_rng(0)
     p0, g = rng.standard_normal((3, 5)), rng.standard_normal((3, 5))
     results = []
