@@ -173,6 +173,16 @@ def fused_refusal(spec) -> str:
     return FUSED_REFUSAL.format(name=spec.name) if matrix_location(spec) is not None else ""
 
 
+def describe_block(block: MatrixBlock) -> str:
+    """One line for `optgen show`: the block's statements (and loop), its result's shape."""
+    names = {"R": "rows", "C": "cols", "S": "short", "L": "long"}
+    body = "; ".join(f"{n} = {e}" for n, e in block.body)
+    start = "".join(f"{n} = {s}; " for n, s in block.init.items())
+    loop = f"repeat {block.count}: [{body}]" if block.count is not None else body
+    shape = "x".join(names[d] for d in block.shape)
+    return f"matrix {{{start}{loop}}} -> {block.result} ({shape})"
+
+
 # --------------------------------------------------------------------------- shapes
 def _fmt(shape: Shape) -> str:
     if shape is None:
