@@ -250,12 +250,13 @@ update: |
 """
 
 SYNTHETIC = {
-    # a Gram-matrix preconditioner: (m m^T + eps I-ish) m, with a rows x rows value in between
+    # a Gram-matrix preconditioner, with a rows x rows value in between and a per-tensor host
+    # value (the step) read inside a block
     "GramPre": """
   m = beta * m + (1 - beta) * grad
   P = m @ m.T
   P = P / (norm(P) + eps)
-  U = P @ m + eps * m
+  U = P @ m / sqrt(step) + eps * m
   param = param - lr * U
 """,
     # a fixed-count power iteration on the gradient's Gram matrix, started at the momentum

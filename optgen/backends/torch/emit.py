@@ -450,8 +450,10 @@ class ForeachPrinter(SinglePrinter):
                 if self.p.kinds.get(s.name, "uniform") in ("host", "scalar") and s.name not in (ROWS, COLS)
             )
         )
-        printers, made = [], {}
+        printers, made, stacks = [], {}, {}
         for op in run.ops:
+            for ir in op.tensors:  # an operand two blocks read is stacked once, by the first
+                op.stacked[ir] = stacks.setdefault(ir, op.stacked[ir])
             printers.append(self._matrix_printer(op, dict(made)))
             made[op.ir] = op.locals[op.block.result]
         order = [v.name for v in self.p.values]

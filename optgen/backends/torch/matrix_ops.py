@@ -187,16 +187,20 @@ def batched_lines(ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys
     lines += [Line(f"{op.stacked['__out__']} = [None] * len(params)") for op in ops if op.ir in kept]
     lines += [
         Line("groups = {}"),
-        Block("for i in range(len(params)):", [Line(f"groups.setdefault(({key},), []).append(i)")]),
+        Block(
+            "for i in range(len(params)):", [Line(f"groups.setdefault(({key}{',' if not keys else ''}), []).append(i)")]
+        ),
     ]
     inner: list = []
     made: set[str] = set()
+    stacked: set[str] = set()  # operands stacked once for the whole run
     unstack: list = []
     for op, printer in zip(ops, printers):
         block = op.block
         for ir, name in op.tensors.items():
-            if ir in made:
+            if ir in made or ir in stacked:
                 continue
+            stacked.add(ir)
             view = ".flatten(1)" if ir in op.views and block.has_matmul else ""
             shape = ".view(-1, 1, 1)" if ir in op.scalars else ""
             inner.append(Line(f"{op.stacked[ir]} = torch.stack([{plural(name)}[i]{view} for i in idx]){shape}"))
