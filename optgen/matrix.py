@@ -30,13 +30,13 @@ import sympy
 
 from .errors import Loc, SpecError
 from .expr import GlobalSum, ReduceMax, ReduceMin, ReduceSum, symbol
+from .limits import MAX_REPEAT
 
 ROWS, COLS = "rows", "cols"
 ROWS_SYMBOL = symbol(ROWS, integer=True, positive=True)
 COLS_SYMBOL = symbol(COLS, integer=True, positive=True)
 SHAPE_QUERIES = {ROWS: ROWS_SYMBOL, COLS: COLS_SYMBOL}
 MATRIX_FUNCS = {"matmul": 2, "transpose": 1, ROWS: 1, COLS: 1}
-MAX_REPEAT = 100  # iterations of one loop (torch.optim.Muon refuses ns_steps >= 100)
 
 Shape = tuple[str, str] | None
 PARAM_SHAPE: Shape = ("R", "C")

@@ -15,7 +15,8 @@ import sympy
 from sympy.printing.precedence import PRECEDENCE
 
 from ...expr import ReduceSum
-from ...matrix import COLS, MAX_REPEAT, ROWS, MatrixProduct, Transposed
+from ...limits import MAX_REPEAT
+from ...matrix import COLS, ROWS, MatrixProduct, Transposed
 from .prepare import plural
 from .printer import TensorPrinter
 from .statements import Block, Line
