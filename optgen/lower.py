@@ -215,6 +215,7 @@ def _ssa_loop(stmt: Repeat, assigns, env, values, namer, mx: MatrixLowering, bro
         if name not in env and name not in mx.scopes:
             raise SpecError(stmt.loc, f"`{name}` is used before it is assigned")
     var, block = mx.loop(stmt, env, namer.fresh, assigns, stmt.loc)
+    mx.loop_locals.update({a.target: stmt.loc for a in assigns if a.target != var})
     name = namer.fresh(var)
     value = Value(name, block.inputs_expr(), "element", var, stmt.loc, matrix=block)
     values.append(value)
@@ -231,6 +232,12 @@ def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive, broken=froze
         if name in inactive:
             raise SpecError(stmt.loc, f"state `{name}` does not exist with these options (its `when` is false)")
         if name not in env and name not in scopes:
+            if mx is not None and name in mx.loop_locals:
+                raise SpecError(
+                    stmt.loc,
+                    f"`{name}` is a temporary of the loop at {mx.loop_locals[name]}: "
+                    "a loop hands on only the value it carries",
+                )
             raise SpecError(stmt.loc, f"`{name}` is used before it is assigned")
     if stmt.target in inactive:
         raise SpecError(stmt.target_loc, f"state `{stmt.target}` is assigned but does not exist with these options")

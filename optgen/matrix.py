@@ -371,6 +371,7 @@ class MatrixLowering:
         self.spec = spec
         self.scopes = scopes  # IR name -> scope (inputs, and values as they are made)
         self.shapes: dict[str, Shape] = {}  # matrix values -> their shape class
+        self.loop_locals: dict[str, Loc] = {}  # a loop's temporaries -> the loop
 
     def shape_of(self, name: str) -> Shape:
         if name in self.shapes:

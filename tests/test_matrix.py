@@ -342,6 +342,11 @@ def test_synthetic_specs_are_not_all_the_same(tmp_path):
 
 
 ERRORS = [
+    (
+        "  U = grad\n  for _ in range(3):\n      A = U @ U.T\n      U = A @ U\n  param = param - lr * A @ U",
+        "`A` is a temporary of the loop at",
+        (15, 3),
+    ),
     ("  U = grad @ grad\n  param = param - lr * U", "inner dimensions do not match", (11, 3)),
     ("  U = lr @ grad\n  param = param - lr * U", "the left operand `lr` is a scalar", (11, 3)),
     (
