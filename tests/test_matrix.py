@@ -217,6 +217,9 @@ def test_muon_refuses_vectors_and_the_fused_path():
         ref.step([np.ones(5)])
     with pytest.raises(ValueError, match="foreach=True"):
         Muon([torch.zeros(3, 3, requires_grad=True)], fused=True)
+    report = optgen.check(optgen.load("muon"))
+    warnings = [f.message for f in report.findings if f.severity == "warning"]
+    assert report.ok and any(w.startswith("fused path: Muon uses matrix operations") for w in warnings)
 
 
 def test_muon_views_a_conv_weight_as_size0_by_the_rest():
