@@ -281,6 +281,15 @@ SYNTHETIC = {
       W = 0.5 * W + matmul(W, Q)
   param = param - lr * W / (norm(W) + eps)
 """,
+    # a block that is a view of a state (no matmul: X is m itself or its transpose), scaled
+    # afterwards: the state must not change through the view
+    "StateView": """
+  m = beta * m + (1 - beta) * grad
+  X = where(rows(param) > cols(param), m.T, m)
+  X = X * 2
+  X = where(rows(param) > cols(param), X.T, X)
+  param = param - lr * X
+""",
     # shape queries in elementwise code: a per-tensor host branch (the foreach path splits
     # its batches on it) and a per-tensor scale, on every shape including a 3-D one
     "Oriented": """

@@ -181,8 +181,12 @@ class Scheduler:
         stacked["__out__"] = plural(name)
         result_shaped = block.shape == PARAM_SHAPE
         self.emit(MatrixOp(name, block, tensors, views, local, stacked, scalars, result_shaped, v.name))
-        self._fresh_buffer(name)
-        self._bind(v.name, name)
+        if self.foreach:  # unstacked from a new stack: its own storage
+            self._fresh_buffer(name)
+            self._bind(v.name, name)
+        else:  # may be a view of an operand (X.flatten(1).mT, or no iteration at all): never updated in place
+            shared = set().union(*(self.st.buffers.get(t, {f"home:{t}"}) for t in tensors.values()))
+            self._bind(v.name, name, owned=False, buffers=shared)
 
     def _fresh_value(self, name: str, expr, kind: str) -> None:
         if kind == "element":
