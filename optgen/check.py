@@ -122,10 +122,16 @@ def _check_backends(spec: Spec, report: Report) -> None:
     """Render every backend a build renders, without formatting or importing the result:
     generated Python is compiled to bytecode (a syntax error there is a bug in optgen)."""
     from . import backends
+    from .matrix import fused_refusal, matrix_location
 
+    refusal = fused_refusal(spec)
+    if refusal:  # said once, as a warning: fused=True raises ValueError with this message
+        report.add(matrix_location(spec), f"fused path: {refusal}", "warning")
     for backend in backends.available():
         if backend.NAME in ("torch", "triton") and spec.gradient_at is not None:
             continue  # a paper form, for proofs only: build never compiles it
+        if backend.NAME in ("triton", "cpp") and refusal:
+            continue
         if backend.NAME == "torch":
             from .backends.torch.module import render_module
 

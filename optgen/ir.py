@@ -44,6 +44,9 @@ class Value:
     reduce: str | None = None
     over: str | None = None
     phase: int = 0
+    # a matrix value (optgen/matrix.py): a MatrixBlock that the backends run whole; `expr` is
+    # then MatrixInputs(operands...)
+    matrix: object | None = None
 
     @property
     def symbol(self) -> sympy.Symbol:

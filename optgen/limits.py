@@ -27,6 +27,7 @@ MAX_WORK = 32_000  # specialisations x update-program nodes (the catalog's large
 MAX_INPUTS = 8  # extra per-element inputs of step(): each is one more array every kernel reads
 MAX_EXTENDS = 16  # length of an `extends` chain
 MAX_INLINED = 500  # nodes of a value with earlier values substituted in (grows exponentially)
+MAX_REPEAT = 100  # iterations of one `for _ in range(k):` loop (torch.optim.Muon refuses ns_steps >= 100)
 
 
 def tree_problem(tree: ast.AST, text: str) -> tuple[ast.AST, str] | None:

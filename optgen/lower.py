@@ -32,8 +32,9 @@ from .expr import (
 )
 from .facts import SignFacts
 from .ir import SCOPE_RANK, Program, Value, wider
+from .matrix import COLS, ROWS, MatrixLowering
 from .program_facts import value_facts
-from .spec import Assign, If, Spec, holds
+from .spec import Assign, If, Repeat, Spec, holds
 
 _REDUCE_OP = {**TENSOR_REDUCTIONS, GlobalSum: "sum"}
 
@@ -109,6 +110,7 @@ class _Namer:
 def _input_scopes(spec: Spec, opts: dict[str, bool]) -> dict[str, str]:
     scopes = {n: "host" for n in spec.scalar_hypers}
     scopes.update({STEP: "host", PARAM: "element", GRAD: "element", NUMEL: "tensor", NDIM: "tensor"})
+    scopes.update({ROWS: "tensor", COLS: "tensor"})
     scopes.update({name: "element" for name in spec.inputs})
     for s in spec.active_states(opts):
         scopes[s.name] = s.scope
@@ -142,14 +144,23 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
     values: list[Value] = []
     errors: list[SpecError] = []
     broken: set[str] = set()  # targets of lines with an error: their uses are not errors too
+    mx = MatrixLowering(spec, _all_scopes(scopes, values))
 
     def run(block):
         for stmt in block:
             if isinstance(stmt, If):
                 run(stmt.body if holds(stmt.cond, opts) else stmt.orelse)
                 continue
+            if isinstance(stmt, Repeat):
+                assigns = _specialised(stmt.body, opts)
+                try:
+                    _ssa_loop(stmt, assigns, env, values, namer, mx, broken)
+                except SpecError as exc:
+                    errors.append(exc)
+                    broken.update(a.target for a in assigns)
+                continue
             try:
-                _ssa_assign(stmt, env, values, scopes, namer, inactive, broken)
+                _ssa_assign(stmt, env, values, scopes, namer, inactive, broken, mx)
             except SpecError as exc:
                 errors.append(exc)
                 broken.add(stmt.target)
@@ -188,7 +199,33 @@ def _check_tensor_states(states, by_name, outputs, scopes) -> None:
             )
 
 
-def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive, broken=frozenset()) -> None:
+def _specialised(block, opts) -> list[Assign]:
+    out = []
+    for stmt in block:
+        if isinstance(stmt, If):
+            out += _specialised(stmt.body if holds(stmt.cond, opts) else stmt.orelse, opts)
+        else:
+            out.append(stmt)
+    return out
+
+
+def _ssa_loop(stmt: Repeat, assigns, env, values, namer, mx: MatrixLowering, broken) -> None:
+    """A bounded loop is one matrix value: the value it carries, after `count` iterations."""
+    free = {s.name for a in assigns for s in a.expr.free_symbols} - set(broken) - {a.target for a in assigns}
+    for name in sorted(free):
+        if name not in env and name not in mx.scopes:
+            raise SpecError(stmt.loc, f"`{name}` is used before it is assigned")
+    var, block = mx.loop(stmt, env, namer.fresh, assigns, stmt.loc)
+    mx.loop_locals.update({a.target: stmt.loc for a in assigns if a.target != var})
+    name = namer.fresh(var)
+    value = Value(name, block.inputs_expr(), "element", var, stmt.loc, matrix=block)
+    values.append(value)
+    mx.made(name, block)
+    mx.scopes[name] = "element"
+    env[var] = value.symbol
+
+
+def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive, broken=frozenset(), mx=None) -> None:
     """`inactive`: states that do not exist with these options; `broken`: targets of lines
     with an error (reading them is not a second error)."""
     free = {s.name for s in stmt.expr.free_symbols} - set(broken)
@@ -196,6 +233,12 @@ def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive, broken=froze
         if name in inactive:
             raise SpecError(stmt.loc, f"state `{name}` does not exist with these options (its `when` is false)")
         if name not in env and name not in scopes:
+            if mx is not None and name in mx.loop_locals:
+                raise SpecError(
+                    stmt.loc,
+                    f"`{name}` is a temporary of the loop at {mx.loop_locals[name]}: "
+                    "a loop hands on only the value it carries",
+                )
             raise SpecError(stmt.loc, f"`{name}` is used before it is assigned")
     if stmt.target in inactive:
         raise SpecError(stmt.target_loc, f"state `{stmt.target}` is assigned but does not exist with these options")
@@ -213,10 +256,16 @@ def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive, broken=froze
             raise SpecError(
                 stmt.loc, f"`{sign}` takes host values (hyperparameters, step, numbers); here it reads a tensor value"
             )
-    value = Value(
-        name, expr, _value_scope(expr, stmt.target, _all_scopes(scopes, values), scopes), stmt.target, stmt.loc
-    )
+    if mx is not None and mx.is_matrix(expr):
+        block = mx.statement(name, expr, stmt.loc, stmt.target)
+        value = Value(name, block.inputs_expr(), "element", stmt.target, stmt.loc, matrix=block)
+    else:
+        value = Value(
+            name, expr, _value_scope(expr, stmt.target, _all_scopes(scopes, values), scopes), stmt.target, stmt.loc
+        )
     values.append(value)
+    if mx is not None:
+        mx.scopes[name] = value.scope
     env[stmt.target] = value.symbol
 
 
@@ -315,6 +364,8 @@ def _forward_copies(program: Program) -> None:
     for v in program.values:
         expr = v.expr.xreplace({s: mapping[s.name] for s in v.expr.free_symbols if s.name in mapping})
         v.expr = expr
+        if v.matrix is not None:
+            v.matrix.rename(mapping)
         if not v.is_reduction and expr.is_Symbol and v.name not in outputs_by_value:
             mapping[v.name] = expr
             continue
@@ -443,7 +494,7 @@ def _hoist(program: Program) -> None:
     hoister = _Hoister(program)
     out = []
     for v in program.values:
-        if v.scope != "host" and not v.is_reduction:
+        if v.scope != "host" and not v.is_reduction and v.matrix is None:
             v.expr = hoister.lift(v.expr, v.scope)
             for made in hoister.pending:
                 made.loc = made.loc or v.loc
@@ -601,6 +652,10 @@ def _dedupe(program: Program) -> None:
     outputs = set(program.outputs.values())
     for v in program.values:
         v.expr = v.expr.xreplace({s: mapping[s.name] for s in v.expr.free_symbols if s.name in mapping})
+        if v.matrix is not None:  # a block is its own computation: renamed, never merged
+            v.matrix.rename(mapping)
+            kept.append(v)
+            continue
         key = (v.expr, v.reduce, v.over)
         if key in seen and v.name not in outputs and v.var == "":
             mapping[v.name] = seen[key].symbol
@@ -639,7 +694,9 @@ def _number_phases(program: Program) -> None:
     for v in program.values:
         p = max((available.get(s.name, 0) for s in v.expr.free_symbols), default=0)
         v.phase = 0 if v.scope in ("host", "global") else p
-        available[v.name] = v.phase + 1 if v.is_reduction and v.over == "tensor" else v.phase
+        # a matrix value, like a reduction, needs every element of what it reads
+        ends_phase = (v.is_reduction and v.over == "tensor") or v.matrix is not None
+        available[v.name] = v.phase + 1 if ends_phase else v.phase
 
 
 def lower_all(spec: Spec) -> list[Program]:

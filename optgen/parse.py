@@ -23,6 +23,7 @@ from .expr import (
     ELEMENTWISE_FUNCS,
     FUNCTIONS,
     GRAD,
+    MATRIX_FUNC_NAMES,
     NDIM_SYMBOL,
     NUMEL_SYMBOL,
     PARAM,
@@ -37,8 +38,9 @@ from .expr import (
     name_problem,
     symbol,
 )
+from .matrix import SHAPE_QUERIES, MatrixProduct, Transposed
 from .modes import parse_modes
-from .spec import Assign, Hyperparameter, If, InputDecl, Interval, Option, Spec, StateDecl
+from .spec import Assign, Hyperparameter, If, InputDecl, Interval, Option, Repeat, Spec, StateDecl
 from .texcheck import tex_problem
 from .yamlpos import Node, load_yaml, scalar_text_origin
 
@@ -424,6 +426,8 @@ class ExprConverter:
             return left / right
         if op in (ast.Mod, ast.FloorDiv):
             return self._integer_op(node, op, left, right)
+        if op is ast.MatMult:
+            return MatrixProduct(left, right)
         if op is ast.Pow:
             if right.is_Number and abs(right) > MAX_EXPONENT:
                 raise self.error(node, f"exponent {right} is too large (at most {MAX_EXPONENT})")
@@ -433,7 +437,7 @@ class ExprConverter:
             if left == 0 and right.is_Number and right <= 0:
                 raise self.error(node, "zero to a non-positive power")
             return left**right
-        raise self.error(node, f"operator {_OPS.get(op, op.__name__)} is not allowed; expected + - * / ** % //")
+        raise self.error(node, f"operator {_OPS.get(op, op.__name__)} is not allowed; expected + - * / ** % // @")
 
     def _integer_op(self, node: ast.BinOp, op, left, right):
         """`%` and `//` (floored, as Python's) for every-k schedules: `step % k == 0`. Host
@@ -450,6 +454,25 @@ class ExprConverter:
         if right == 0:
             raise self.error(node, f"`{sign}` by zero")
         return sympy.Mod(left, right) if op is ast.Mod else sympy.floor(left / right)
+
+    def _Attribute(self, node: ast.Attribute):
+        """`A.T` is transpose(A); no other attribute exists."""
+        if node.attr != "T":
+            raise self.error(node, f"attribute `.{node.attr}` is not allowed; the only attribute is `.T` (transpose)")
+        return Transposed(self.convert(node.value))
+
+    def _matrix_call(self, node: ast.Call, name: str):
+        """matmul(A, B), transpose(A) and the shape queries rows(param), cols(param)."""
+        arity = {"matmul": 2, "transpose": 1}.get(name, 1)
+        if node.keywords or len(node.args) != arity:
+            raise self.error(node, f"{name}() takes {arity} positional argument{'s' if arity > 1 else ''}")
+        if name in SHAPE_QUERIES:
+            arg = node.args[0]
+            if not (isinstance(arg, ast.Name) and arg.id in (PARAM, GRAD)):
+                raise self.error(arg, f"{name}() takes `param` (the tensor whose matrix view it measures)")
+            return SHAPE_QUERIES[name]
+        args = [self.convert(a) for a in node.args]
+        return MatrixProduct(*args) if name == "matmul" else Transposed(*args)
 
     def _UnaryOp(self, node: ast.UnaryOp, condition: bool):
         if isinstance(node.op, ast.USub):
@@ -483,6 +506,8 @@ class ExprConverter:
                 node, f"{_node_name(node.func)} cannot be called; expected a built-in function such as sqrt(x)"
             )
         name = node.func.id
+        if name in MATRIX_FUNC_NAMES:
+            return self._matrix_call(node, name)
         if name not in FUNCTIONS:
             known = ", ".join(sorted(FUNCTIONS))
             hint = did_you_mean(name, FUNCTIONS)
@@ -659,6 +684,8 @@ class UpdateParser:
             elif isinstance(stmt, ast.If):
                 self._declare_targets(stmt.body)
                 self._declare_targets(stmt.orelse)
+            elif isinstance(stmt, ast.For):
+                self._declare_targets(stmt.body)
 
     def _check_target(self, node: ast.Name) -> None:
         name, loc = node.id, self.source.loc(node.lineno, node.col_offset)
@@ -714,6 +741,8 @@ class UpdateParser:
             body, orelse = self._block(stmt.body), self._block(stmt.orelse)  # their own errors too
             if cond is not None:
                 out.append(If(cond, body, orelse, loc))
+        elif isinstance(stmt, ast.For):
+            out.append(self.loop(stmt, loc))
         elif isinstance(stmt, ast.Pass):
             return
         else:
@@ -721,6 +750,25 @@ class UpdateParser:
                 loc,
                 f"{_statement_name(stmt)} is not allowed in the update; expected `name = expression` or `if option:`",
             )
+
+    def loop(self, stmt: ast.For, loc: Loc) -> Repeat:
+        """`for _ in range(count):` a bounded loop; the count is checked when the program is
+        lowered (an integer, or an integer hyperparameter with a bounded range)."""
+        it = stmt.iter
+        if not (isinstance(stmt.target, ast.Name) and stmt.target.id == "_"):
+            raise SpecError(loc, "a loop is written `for _ in range(count):`; its index cannot be read")
+        if stmt.orelse or not (
+            isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range" and len(it.args) == 1
+        ):
+            raise SpecError(loc, "a loop is written `for _ in range(count):` with one count")
+        if it.keywords:
+            raise SpecError(loc, "range() takes one positional count")
+        count = self.expr.convert(it.args[0])
+        body = self._block(stmt.body)
+        for inner in body:
+            if isinstance(inner, Repeat):
+                raise SpecError(inner.loc, "loops do not nest")
+        return Repeat(count, body, loc)
 
     def condition(self, node: ast.AST):
         loc = self.source.loc(node.lineno, node.col_offset)
@@ -775,6 +823,8 @@ def _assigned(statements: list) -> set[str]:
     for stmt in statements:
         if isinstance(stmt, If):
             out |= _assigned(stmt.body) | _assigned(stmt.orelse)
+        elif isinstance(stmt, Repeat):
+            out |= _assigned(stmt.body)
         else:
             out.add(stmt.target)
     return out

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import sympy
 
+from . import matrix
 from .expr import GRAD, NDIM, NUMEL, PARAM, STEP
 from .ir import Program
 from .lower import lower
@@ -157,6 +158,8 @@ _HANDLERS: dict[type, Callable] = {
     sympy.Not: _not,
 }
 
+_HANDLERS.update(matrix.numpy_handlers(compile_expr))
+
 _REDUCE = {"sum": np.sum, "min": np.min, "max": np.max}
 
 
@@ -170,7 +173,7 @@ class CompiledProgram:
 
     @classmethod
     def build(cls, program: Program) -> CompiledProgram:
-        steps = [(v.name, compile_expr(v.expr), v.reduce, v.over) for v in program.values]
+        steps = [(v.name, _value_fn(v), v.reduce, v.over) for v in program.values]
         inits = {s.name: compile_expr(s.init) for s in program.states}
         needs: set[str] = set()
         by_name = program.by_name
@@ -197,6 +200,13 @@ class CompiledProgram:
     def global_partials(self, env: Env) -> dict[str, float]:
         self.run(env, only=self.global_needs)
         return {r.name: float(np.sum(_elements(env[r.expr.name], env))) for r in self.program.reductions("global")}
+
+
+def _value_fn(v) -> Fn:
+    if v.matrix is not None:
+        block = v.matrix
+        return lambda env: matrix.run_block_numpy(block, compile_expr, env)
+    return compile_expr(v.expr)
 
 
 def _elements(value, env: Env) -> np.ndarray:
@@ -297,6 +307,7 @@ class Reference:
             g = -g
         env = self._hyper_env(group)
         env.update({PARAM: param, GRAD: g, NUMEL: np.float64(param.size), NDIM: np.float64(param.ndim)})
+        env.update(matrix.shape_env(param))
         for name, values in inputs.items():
             if values[i] is None:
                 raise ValueError(f"step() input `{name}` is missing for parameter {i}, which has a gradient")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .ir import Program, Value
+from .matrix import describe_block
 
 
 def _line(v: Value) -> str:
@@ -10,6 +11,8 @@ def _line(v: Value) -> str:
         where = "all parameters" if v.over == "global" else "the tensor"
         return f"{v.name} = {v.reduce}({v.expr}) over {where}"
     origin = f"    # {v.var}" if v.var and v.var != v.name else ""
+    if v.matrix is not None:
+        return f"{v.name} = {describe_block(v.matrix)}{origin}"
     return f"{v.name} = {v.expr}{origin}"
 
 

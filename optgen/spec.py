@@ -138,7 +138,17 @@ class If:
     loc: Loc
 
 
-Statement = Assign | If
+@dataclass
+class Repeat:
+    """`for _ in range(count):` a bounded loop (optgen/matrix.py); `count` is an integer
+    constant or an integer hyperparameter."""
+
+    count: sympy.Expr
+    body: list
+    loc: Loc
+
+
+Statement = Assign | If | Repeat
 
 
 @dataclass

@@ -96,3 +96,35 @@ def max_rel_diff(actual, expected) -> float:
     if diff == 0.0:
         return 0.0
     return diff / scale if scale > 0.0 else float("inf")
+
+
+def newton_schulz_in_input_dtype(grad, ns_coefficients, ns_steps, eps):
+    """torch.optim._muon._zeropower_via_newtonschulz without its cast to bfloat16: the same
+    operations (transpose when tall, norm clamped at eps, addmm twice per step) in the
+    gradient's own dtype, so that torch.optim.Muon can be compared in float64."""
+    import torch
+
+    a, b, c = ns_coefficients
+    tall = grad.size(0) > grad.size(1)
+    x = grad.T if tall else grad
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+def muon_in_input_dtype():
+    """torch.optim.Muon whose Newton-Schulz step keeps the input dtype, for as long as its
+    step() runs (a subclass: nothing else is patched)."""
+    from unittest import mock
+
+    import torch
+    import torch.optim._muon as muon_module
+
+    class MuonInInputDtype(torch.optim.Muon):
+        def step(self, closure=None):
+            with mock.patch.object(muon_module, "_zeropower_via_newtonschulz", newton_schulz_in_input_dtype):
+                return super().step(closure)
+
+    return MuonInInputDtype

@@ -25,6 +25,7 @@ from torch._dynamo.testing import CompileCounter
 import optgen
 import optgen.optimizers
 from optgen import catalog
+from optgen.matrix import matrix_location
 
 # The step is taken (and compiled) before a scheduler wraps opt.step to count its calls, as
 # torch's "compiling the optimizer" tutorial does; the scheduler then warns, on every run,
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.s
 
 STEPS = 10
 SPECS = catalog.names()
+MATRIX_CLASSES = {optgen.load(n).name for n in SPECS if matrix_location(optgen.load(n))}
 # hyperparameters that reach the interesting code (momentum, weight decay, a global clip)
 OVERRIDES = {"momentum": 0.9, "weight_decay": 0.01, "max_grad_norm": 1.0}
 
@@ -82,7 +84,8 @@ def _make(name, path, options, dtype, tensor_lr):
     cls = _cls(name)
     keywords = inspect.signature(cls.__init__).parameters
     gen = torch.Generator().manual_seed(0)
-    params = [torch.randn(shape, dtype=dtype, generator=gen, requires_grad=True) for shape in [(3, 2), (5,), (1,)]]
+    shapes = [(3, 2), (5, 4), (1, 3)] if matrix_location(optgen.load(name)) else [(3, 2), (5,), (1,)]
+    params = [torch.randn(shape, dtype=dtype, generator=gen, requires_grad=True) for shape in shapes]
     lr = keywords["lr"].default
     kwargs = {k: v for k, v in OVERRIDES.items() if k in keywords} | options
     groups = [
@@ -194,7 +197,10 @@ def _train(cls, compile_with, steps=STEPS):
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
     lr = inspect.signature(cls.__init__).parameters["lr"].default
-    opt = cls(model.parameters(), lr=torch.tensor(lr, dtype=torch.float64))
+    # a spec with matrix operations (Muon) updates the weight matrices, as it is used
+    matrices_only = cls.__name__ in MATRIX_CLASSES
+    params = [p for p in model.parameters() if p.ndim == 2 or not matrices_only]
+    opt = cls(params, lr=torch.tensor(lr, dtype=torch.float64))
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.9**t)
     x = torch.randn(16, 4, generator=gen, dtype=torch.float64)
     y = torch.randn(16, 1, generator=gen, dtype=torch.float64)

@@ -4,6 +4,7 @@ step counts, a tensor lr, and pickling."""
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import pickle
 import sys
@@ -15,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_impls import SETAdam as SETAdamOracle
-from reference_impls import max_rel_diff
+from reference_impls import max_rel_diff, muon_in_input_dtype
 
 import optgen
 from optgen.reference import Reference
@@ -120,7 +121,11 @@ def test_every_torch_parity_class_is_found():
 def test_a_tensor_lr_behaves_as_in_torch_optim(name, foreach):
     lr = torch.tensor(0.01, dtype=torch.float64)
     ours = _lr_run(getattr(optimizers, name), lr, foreach=foreach)
-    theirs = _lr_run(getattr(torch.optim, name), lr, foreach=foreach)
+    # torch.optim.Muon iterates in bfloat16: compared with its float64 form (tests/test_matrix.py)
+    torch_cls = muon_in_input_dtype() if name == "Muon" else getattr(torch.optim, name)
+    # torch.optim.Muon has one implementation and no `foreach` keyword
+    flags = {"foreach": foreach} if "foreach" in inspect.signature(torch_cls.__init__).parameters else {}
+    theirs = _lr_run(torch_cls, lr, **flags)
     assert _same(ours, theirs), (ours, theirs)
 
 

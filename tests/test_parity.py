@@ -37,7 +37,7 @@ from optgen import catalog
 from optgen.reference import Reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_impls import SETAdam, max_rel_diff
+from reference_impls import SETAdam, max_rel_diff, muon_in_input_dtype
 
 STEPS = 64
 RTOL = 1e-9
@@ -64,6 +64,7 @@ class Case:
     state_map: dict = field(default_factory=dict)
     float64_global_norm: bool = False  # pytorch_optimizer computes the global grad norm in float32
     skip_every: int = 0  # > 0: parameter 1 gets no gradient (None) on every skip_every-th step
+    shapes: list | None = None  # per group, instead of SHAPES (Muon takes matrices only), scale 1
 
 
 def _adam_groups(wd=(0.1, 0.05)):
@@ -167,6 +168,12 @@ to = torch.optim
 po = pytorch_optimizer
 NEGATE = lambda x: -x
 ADAN_STATE = {"previous_grad": ("previous_grad", NEGATE)}
+
+MUON_GROUPS = (
+    {"lr": 0.02, "weight_decay": 0.1, "momentum": 0.9},
+    {"lr": 0.01, "weight_decay": 0.05, "momentum": 0.95, "ns_steps": 3},
+)
+MUON_SHAPES = [[(4, 3), (3, 5)], [(6, 2), (3, 5)]]
 
 CASES = [
     # torch.optim
@@ -276,6 +283,9 @@ CASES = [
         SF_SGD_GROUPS,
         skip_every=2,
     ),
+    # Newton-Schulz in the input dtype (torch's runs in bfloat16): tests/test_matrix.py
+    Case("muon", "muon", muon_in_input_dtype(), MUON_GROUPS, shapes=MUON_SHAPES),
+    Case("muon-no-nesterov", "muon", muon_in_input_dtype(), MUON_GROUPS, {"nesterov": False}, shapes=MUON_SHAPES),
     # no public implementation: the independent oracle
     Case("setadam", "setadam", SETAdam, _adam_groups()),
     Case("setadam-decoupled_weight_decay", "setadam", SETAdam, _adam_groups(), {"decoupled_weight_decay": True}),
@@ -350,7 +360,9 @@ def float64_torch():
     torch.set_default_dtype(old)
 
 
-def _init_params(rng) -> list[list[np.ndarray]]:
+def _init_params(rng, case: Case | None = None) -> list[list[np.ndarray]]:
+    if case is not None and case.shapes is not None:
+        return [[rng.standard_normal(shape) for shape in shapes] for shapes in case.shapes]
     return [
         [scale * rng.standard_normal(shape) for shape, scale in zip(shapes, scales)]
         for shapes, scales in zip(SHAPES, INIT_SCALE)
@@ -372,7 +384,7 @@ def test_parity(case: Case, monkeypatch):
         monkeypatch.setattr(pytorch_optimizer.optimizer.lamb, "get_global_gradient_norm", _float64_grad_norm_sq)
 
     rng = np.random.default_rng(sum(map(ord, case.id)))
-    init = _init_params(rng)
+    init = _init_params(rng, case)
     n = sum(len(g) for g in init)
     noise = [[rng.standard_normal(p.shape) for p in (q for g in init for q in g)] for _ in range(STEPS)]
 
@@ -422,8 +434,11 @@ NOT_MODELLED = {
     # the average's weights lr_max**weight_lr_power * (k+1)**r: only 0 and 0 (see the specs' notes)
     "sgdschedulefree": {"r", "weight_lr_power"},
     "adamwschedulefree": {"r", "weight_lr_power"},
+    "muon": {"adjust_lr_fn"},
 }
-EXTRA = {"adamw": {"decoupled_weight_decay"}}  # inherited from adam.yaml; torch's AdamW has no such keyword
+# inherited from adam.yaml, torch's AdamW has no such keyword; Muon's adjust_lr_fn (a string)
+# is the option match_rms_adamw
+EXTRA = {"adamw": {"decoupled_weight_decay"}, "muon": {"match_rms_adamw"}}
 NOT_KEYWORDS = {"self", "params", "foreach", "maximize", "capturable", "differentiable", "fused"}
 
 

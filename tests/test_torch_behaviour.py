@@ -20,6 +20,7 @@ import optgen
 import optgen.backends.triton.runtime as triton_runtime
 from optgen import catalog
 from optgen.errors import CompileError
+from optgen.matrix import loop_counts, matrix_location
 from optgen.reference import Reference
 
 NAMES = catalog.names()
@@ -30,9 +31,14 @@ def cls_of(name: str):
     return getattr(optgen.optimizers, SPECS[name].name)
 
 
-def _tensors(seed=0, dtype=torch.float64):
+# specs with matrix operations (Muon) update matrices only: a (5, 2) matrix for the vector
+MATRIX = {name for name in NAMES if matrix_location(SPECS[name]) is not None}
+
+
+def _tensors(seed=0, dtype=torch.float64, matrix=False):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(4, 3, generator=g, dtype=dtype), torch.randn(5, generator=g, dtype=dtype)]
+    second = (5, 2) if matrix else (5,)
+    return [torch.randn(4, 3, generator=g, dtype=dtype), torch.randn(*second, generator=g, dtype=dtype)]
 
 
 def _grads(step: int, params, dtype=torch.float64):
@@ -197,9 +203,10 @@ def test_every_hyperparameter_is_read_from_the_group_each_step(name, foreach):
     """Change every hyperparameter of the group between steps: the optimizer follows the
     Reference interpreter, which reads the group afresh each step."""
     spec, cls = SPECS[name], cls_of(name)
-    init = [t.numpy() for t in _tensors(seed=3)]
+    init = [t.numpy() for t in _tensors(seed=3, matrix=name in MATRIX)]
     params = [torch.nn.Parameter(torch.tensor(p)) for p in init]
     opt = cls(params, foreach=foreach)
+    counts = loop_counts(spec)  # a loop count stays an integer
     ref = Reference(spec, [{"params": [p.copy() for p in init]}])
 
     def perturb(t):
@@ -207,6 +214,7 @@ def test_every_hyperparameter_is_read_from_the_group_each_step(name, foreach):
             if h.captured is not None:
                 continue
             values = [_inside(h.range, d, t) for d in h.default]
+            values = [round(v) + t % 2 if n in counts else v for n, v in zip(h.names, values)]
             value = tuple(values) if h.is_tuple else values[0]
             opt.param_groups[0][key] = value
             ref.param_groups[0][key] = value
@@ -252,7 +260,8 @@ def test_closure_is_called_with_grad_enabled_and_its_loss_returned(foreach):
 @pytest.mark.parametrize("name", NAMES)
 def test_maximize_is_minimizing_the_negated_gradient(name, foreach):
     cls = cls_of(name)
-    up, down = _leaves(_tensors()), _leaves(_tensors())
+    matrix = name in MATRIX
+    up, down = _leaves(_tensors(matrix=matrix)), _leaves(_tensors(matrix=matrix))
     _train(cls(up, maximize=True, foreach=foreach), up, 6)
     _train(cls(down, foreach=foreach), down, 6, grads=lambda t, ps: [-g for g in _grads(t, ps)])
     for a, b in zip(up, down):
@@ -580,7 +589,7 @@ def test_foreach_in_cpu_chunks_matches_one_batch(name, monkeypatch):
     each, the result is that of one batch over all of them."""
     cls = cls_of(name)
     module = __import__(cls.__module__, fromlist=["_cpu_chunks"])
-    start = _tensors(seed=3) + _tensors(seed=4)
+    start = _tensors(seed=3, matrix=name in MATRIX) + _tensors(seed=4, matrix=name in MATRIX)
     results = []
     for chunk_bytes in (1 << 30, 8):
         monkeypatch.setattr(module, "_CPU_CHUNK_BYTES", chunk_bytes)

@@ -58,7 +58,7 @@ def _run(driver, case, noise, base_lrs, steps=range(1, STEPS + 1)):
 
 def _problem(case: Case):
     rng = np.random.default_rng(sum(map(ord, case.id)) + 1)
-    init = _init_params(rng)
+    init = _init_params(rng, case)
     flat = [p for g in init for p in g]
     noise = [[rng.standard_normal(p.shape) for p in flat] for _ in range(STEPS)]
     return init, noise, [hp["lr"] for hp in case.groups]

@@ -20,8 +20,9 @@ from ..expr import GRAD, PARAM, STEP
 from ..ir import Program
 from ..limits import MAX_INLINED
 from ..lower import lower
+from ..matrix import has_matrix_op
 from ..program_facts import inline
-from ..spec import If, Interval, Spec, holds
+from ..spec import If, Interval, Repeat, Spec, holds
 from . import numeric as N
 from .bounds import bounds, is_positive, state_invariants
 from .sides import hyper_table
@@ -91,6 +92,12 @@ def _divisions(spec: Spec, options: dict[str, bool]):
             if isinstance(stmt, If):
                 yield from run(stmt.body if holds(stmt.cond, options) else stmt.orelse)
                 continue
+            if isinstance(stmt, Repeat) or has_matrix_op(stmt.expr):
+                # a loop's values and a matrix product are not reasoned about: unknown here
+                for target in {a.target for a in _assigns(stmt)}:
+                    env.pop(target, None)
+                    sizes.pop(target, None)
+                continue
             inlined = {s: env[s.name] for s in stmt.expr.free_symbols if s.name in env}
             for base in _denominators(stmt.expr):
                 yield stmt, (base.xreplace(inlined) if inlined_size(base) <= MAX_INLINED else None)
@@ -157,3 +164,11 @@ def _hyper_settings(spec: Spec) -> list[tuple[str, dict[str, float]]]:
 def _short(expr) -> str:
     text = str(expr)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _assigns(stmt) -> list:
+    if isinstance(stmt, Repeat):
+        return [a for inner in stmt.body for a in _assigns(inner)]
+    if isinstance(stmt, If):
+        return [a for inner in stmt.body + stmt.orelse for a in _assigns(inner)]
+    return [stmt]

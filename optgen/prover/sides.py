@@ -17,6 +17,7 @@ import sympy
 from ..errors import Loc, SpecError
 from ..expr import GRAD, NDIM_SYMBOL, NUMEL_SYMBOL, PARAM, STEP, STEP_SYMBOL, symbol
 from ..lower import lower, resolve_options
+from ..matrix import matrix_location
 from ..program_facts import inline
 from ..spec import If, Interval, Spec, holds
 from . import bounds as B
@@ -80,6 +81,13 @@ def build_side(spec: Spec, tag: str, options: dict[str, bool], hypers: dict[str,
             first.loc,
             f"{spec.name} takes the step() input `{first.name}`: the prover does not reason about "
             "inputs beyond grad yet, so it makes no claim about this spec",
+        )
+    where = matrix_location(spec)
+    if where is not None:
+        raise SpecError(
+            where,
+            f"{spec.name} uses matrix operations (@, transpose, rows/cols or a loop): the prover does not "
+            "reason about them, so it makes no claim about this spec",
         )
     program = program or lower(spec, options)
     side = Side(spec, tag, program.options, hypers)

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import sympy
 
 from ...expr import GRAD, NDIM, NUMEL, PARAM, STEP
-from ...spec import Assign, If, Spec, holds
+from ...matrix import COLS, ROWS
+from ...spec import Assign, If, Repeat, Spec, holds
 from . import config
 from .printer import ALL_PARAMS, OptgenLatexPrinter, decimal
 from .symbols import GRAD_TEX, PARAM_TEX, STEP_TEX, default_tex, escape_name, with_index
@@ -67,6 +68,8 @@ class Namer:
                 STEP: STEP_TEX,
                 NUMEL: rf"\operatorname{{numel}}({PARAM_TEX})",
                 NDIM: rf"\operatorname{{ndim}}({PARAM_TEX})",
+                ROWS: rf"\operatorname{{rows}}({PARAM_TEX})",
+                COLS: rf"\operatorname{{cols}}({PARAM_TEX})",
             }
         )
         # an input of step() is given anew at every step, as the gradient is: h_t
@@ -128,6 +131,8 @@ def _written(statements: list, stateful: set[str], definitely: bool) -> set[str]
     for stmt in statements:
         if isinstance(stmt, Assign):
             out |= {stmt.target} & stateful
+        elif isinstance(stmt, Repeat):
+            out |= set() if definitely else _written(stmt.body, stateful, definitely)
         else:
             body, orelse = (_written(b, stateful, definitely) for b in (stmt.body, stmt.orelse))
             out |= (body & orelse) if definitely else (body | orelse)
@@ -164,6 +169,10 @@ def update_rows(spec: Spec, namer: Namer, statements: list, depth: int = 0) -> l
         if isinstance(stmt, Assign):
             value = namer.expr(stmt.expr, first=stmt.target)
             rows.append(Row(depth, target=namer.write(stmt.target, stmt.expr), value=value))
+        elif isinstance(stmt, Repeat):  # a bounded loop, as a paper's algorithm writes it
+            count = namer.expr(stmt.count)
+            rows.append(Row(depth, "repeat", rf"{count}\ \textbf{{times}}"))
+            rows += update_rows(spec, namer, stmt.body, depth + 1)
         else:
             rows += _if_rows(spec, namer, stmt, depth)
     return rows
@@ -191,6 +200,8 @@ def specialise(statements: list, options: dict[str, bool]) -> list[Assign]:
     for stmt in statements:
         if isinstance(stmt, Assign):
             out.append(stmt)
+        elif isinstance(stmt, Repeat):  # the equations list a loop's body once
+            out += specialise(stmt.body, options)
         else:
             out += specialise(stmt.body if holds(stmt.cond, options) else stmt.orelse, options)
     return out
@@ -267,7 +278,11 @@ def specialise_all(statements: list) -> list[Assign]:
     """Every assignment under any option."""
     out: list[Assign] = []
     for stmt in statements:
-        out += [stmt] if isinstance(stmt, Assign) else specialise_all(stmt.body) + specialise_all(stmt.orelse)
+        out += (
+            [stmt]
+            if isinstance(stmt, Assign)
+            else specialise_all(stmt.body) + specialise_all(getattr(stmt, "orelse", []))
+        )
     return out
 
 

@@ -170,6 +170,23 @@ class OptgenLatexPrinter(LatexPrinter):
     def _print_GlobalSum(self, expr, exp=None):
         return self._reduction(rf"\sum_{{{ALL_PARAMS}}} \sum_{{i}}", expr, exp)
 
+    def _print_MatrixProduct(self, expr, exp=None):
+        """A matrix product as a paper writes it: juxtaposed factors, A B^\top."""
+        scalars, factors = [], []
+        for arg in expr.args:  # c A @ A prints as c A A: scalar factors lead
+            parts = arg.args if isinstance(arg, sympy.Mul) else (arg,)
+            scalars += [f for f in parts if not any(x.name in self.tensors for x in f.free_symbols)]
+            rest = [f for f in parts if any(x.name in self.tensors for x in f.free_symbols)]
+            factors.append(sympy.Mul(*rest) if rest else arg)
+        text = r"\,".join(self.parenthesize(a, PRECEDENCE["Mul"], strict=False) for a in factors)
+        if scalars:
+            text = self._print(sympy.Mul(*scalars)) + " " + text
+        return rf"\left({text}\right)^{{{exp}}}" if exp else text
+
+    def _print_Transposed(self, expr, exp=None):
+        text = self.parenthesize(expr.args[0], PRECEDENCE["Pow"], strict=True) + r"^{\top}"
+        return rf"\left({text}\right)^{{{exp}}}" if exp else text
+
     def _print_Piecewise(self, expr):
         rows = []
         for value, cond in expr.args:

@@ -10,6 +10,8 @@ from dataclasses import replace
 import sympy
 
 from ...expr import NDIM, NUMEL, STEP
+from ...matrix import COLS, ROWS
+from .matrix_ops import MatrixOp, MatrixPrinter, MatrixRun, batched_lines, matrix_runs, shape_text, single_lines
 from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T
 from .prepare import PER_TENSOR, Prepared, plural
 from .printer import TensorPrinter, compiled_host_printer, host_printer
@@ -33,6 +35,8 @@ class _Texts:
             return "numel"  # the whole tensor's (numels[i]): a shard's own numel is less
         if ir == NDIM:
             return "param.ndim"
+        if ir in (ROWS, COLS):
+            return shape_text(ir, batched=False)
         name = self.display.get(ir, ir)
         return self.rename.get(name, name)
 
@@ -106,8 +110,9 @@ class SinglePrinter:
             if isinstance(op, InPlace) and op.target == chain and _chainable(op):
                 out[-1] = Line(out[-1].text + self._method(op))
                 continue
-            out.append(getattr(self, f"_{type(op).__name__}")(op))
-            if isinstance(op, (HostAssign, New, Eval, Alias, Reduce)):
+            made = getattr(self, f"_{type(op).__name__}")(op)
+            out.extend(made if isinstance(made, list) else [made])
+            if isinstance(op, (HostAssign, New, Eval, Alias, Reduce, MatrixOp)):
                 self.defined.add(op.name if isinstance(op, HostAssign) else op.target)
             chain = op.target if isinstance(op, New) or (isinstance(op, InPlace) and _chainable(op)) else None
             if isinstance(op, Reduce):
@@ -258,6 +263,18 @@ class SinglePrinter:
             renamed[op.target] = target
         return lines
 
+    def _MatrixOp(self, op: MatrixOp) -> list:
+        def text(name: str) -> str:
+            if name in op.locals:
+                return op.locals[name]
+            if name in op.tensors:
+                view = name in op.views and op.block.has_matmul
+                return f"{op.tensors[name]}.flatten(1)" if view else op.tensors[name]
+            return self.texts.host(name)
+
+        printer = MatrixPrinter(text, _scalar_in(op), text, batched=False)
+        return single_lines(op, printer, self.host)
+
     def _new(self, op: New) -> str:
         a = op.args
         if op.fn in ("maximum", "minimum"):
@@ -291,6 +308,11 @@ class SinglePrinter:
         return f".{fn}{suffix}({', '.join(self.arg(x) for x in args)}{self.kwargs(kw)})"
 
 
+def _scalar_in(op: MatrixOp):
+    tensors = set(op.locals) | set(op.tensors)
+    return lambda expr: not any(s.name in tensors for s in expr.free_symbols)
+
+
 def _chainable(op: InPlace) -> bool:
     return op.fn not in ("maximum", "minimum")
 
@@ -314,7 +336,11 @@ class ReducePassPrinter(SinglePrinter):
     compiled_forms = False  # it runs under sharding only, never traced by torch.compile
 
     def statements(self, ops: list) -> list:
-        return [getattr(self, f"_{type(op).__name__}")(op) for op in ops]
+        out: list = []
+        for op in ops:
+            made = getattr(self, f"_{type(op).__name__}")(op)
+            out.extend(made if isinstance(made, list) else [made])
+        return out
 
     def _If(self, op: If) -> Block:
         return Block(f"if {self.host(op.cond)}:", self.statements(op.body), self.statements(op.orelse))
@@ -354,7 +380,7 @@ class ForeachPrinter(SinglePrinter):
             return "steps"
         if ir == NUMEL:
             return "numels"
-        if ir == NDIM:
+        if ir in (NDIM, ROWS, COLS):
             return f"[{self.texts.name(ir)} for param in params]"
         return plural(self.display[ir])
 
@@ -365,7 +391,7 @@ class ForeachPrinter(SinglePrinter):
                 continue
             if s.name == NUMEL:
                 pair = ("numel", "numels")
-            elif s.name == NDIM:
+            elif s.name in (NDIM, ROWS, COLS):
                 pair = ("param", "params")
             elif s.name == STEP:
                 pair = ("step", "steps")
@@ -390,7 +416,7 @@ class ForeachPrinter(SinglePrinter):
     def statements(self, ops: list) -> list:
         out: list = []
         pending: list[Reduce] = []  # reductions not yet combined across shards
-        ops = list(ops)
+        ops = matrix_runs(list(ops))
         for k, op in enumerate(ops):
             if pending and self._reads(op, pending):
                 hoisted = self._hoistable(ops, k)
@@ -412,6 +438,44 @@ class ForeachPrinter(SinglePrinter):
 
     def reduced(self, target: str) -> str:
         return plural(target)
+
+    def _MatrixRun(self, run: MatrixRun) -> list:
+        """Per group of same-shaped tensors; a per-tensor host value a block reads splits
+        the groups too (a group reads it from its first tensor)."""
+        keys = list(
+            dict.fromkeys(
+                self.list_of(s.name)
+                for op in run.ops
+                for s in op.block.operands
+                if self.p.kinds.get(s.name, "uniform") in ("host", "scalar") and s.name not in (ROWS, COLS)
+            )
+        )
+        printers, made, stacks = [], {}, {}
+        for op in run.ops:
+            for ir in op.tensors:  # an operand two blocks read is stacked once, by the first
+                op.stacked[ir] = stacks.setdefault(ir, op.stacked[ir])
+            printers.append(self._matrix_printer(op, dict(made)))
+            made[op.ir] = op.locals[op.block.result]
+        order = [v.name for v in self.p.values]
+        end = order.index(run.ops[-1].ir)
+        kept = {op.ir for op in run.ops if self.p.last_use.get(op.ir, end + 1) > end}  # read after the run
+        return batched_lines(run.ops, printers, printers[0].host, keys, kept)
+
+    def _matrix_printer(self, op: MatrixOp, made: dict) -> MatrixPrinter:
+        def text(name: str) -> str:
+            if name in op.locals:
+                return op.locals[name]
+            if name in made:  # an earlier block of the run made it, stacked
+                return made[name]
+            if name in op.tensors:
+                return op.stacked[name]
+            if name in (ROWS, COLS):
+                return shape_text(name, batched=True)
+            if self.p.kinds.get(name, "uniform") in ("host", "scalar"):
+                return f"{self.list_of(name)}[idx[0]]"
+            return self.texts.host(name)
+
+        return MatrixPrinter(text, _scalar_in(op), text, batched=True)
 
     def _read_combined(self, reduces: list[Reduce]) -> Block:
         """A batch of a split group reads the reductions the group combined (`combined`);
@@ -537,6 +601,8 @@ class _FirstTexts(_Texts):
     def host(self, ir: str) -> str:
         if ir in (NUMEL, NDIM):
             return "numels[0]" if ir == NUMEL else "params[0].ndim"
+        if ir in (ROWS, COLS):
+            return shape_text(ir, batched=False).replace("param", "params[0]")
         if ir == STEP:
             return "steps[0]"
         if self.p.kinds.get(ir, "uniform") in PER_TENSOR:
@@ -669,4 +735,6 @@ def elementwise(program) -> bool:
     several views of it."""
     if program.reductions("tensor") or any(st.scope == "tensor" for st in program.states):
         return False
-    return not any(s.name in (NUMEL, NDIM) for v in program.values for s in v.expr.free_symbols)
+    if any(v.matrix is not None for v in program.values):
+        return False  # a matrix block reads the whole tensor
+    return not any(s.name in (NUMEL, NDIM, ROWS, COLS) for v in program.values for s in v.expr.free_symbols)

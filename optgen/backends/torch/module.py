@@ -15,6 +15,7 @@ from ... import catalog
 from ...errors import CompileError
 from ...expr import GRAD, NUMEL, PARAM
 from ...lower import lower
+from ...matrix import fused_refusal
 from ...spec import Spec, StateDecl
 from .. import format_python
 from . import config, names
@@ -154,6 +155,7 @@ def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, comp
         "option_keys": list(zip(public.options, spec.options)),
         "per_group_step": spec.step_count == "per_group",
         "parity": spec.parity,
+        "fused_refusal": fused_refusal(public),
         **_class_context(public, spec, variants, globals_),
         **mode_context(public, spec),
         **bodies,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import sympy
 
 from ...lower import lower
-from ...spec import Assign, If, Spec, StateDecl
+from ...spec import Assign, If, Repeat, Spec, StateDecl
 from .prepare import plural
 
 PLACEHOLDER = "optgen_placeholder_"
@@ -196,6 +196,8 @@ def _renamer(names: dict[str, str]) -> Callable:
 def _statement(st, rename, name):
     if isinstance(st, Assign):
         return dataclasses.replace(st, target=name(st.target), expr=rename(st.expr))
+    if isinstance(st, Repeat):
+        return dataclasses.replace(st, count=rename(st.count), body=[_statement(s, rename, name) for s in st.body])
     return dataclasses.replace(
         st,
         cond=_condition(st.cond, name),

@@ -101,6 +101,6 @@ def tensor_op_count(ops: list) -> int:
     for op in ops:
         if isinstance(op, If):
             n += max(tensor_op_count(op.body), tensor_op_count(op.orelse))
-        elif isinstance(op, (New, InPlace, Eval, Reduce)):
-            n += 1
+        elif isinstance(op, (New, InPlace, Eval, Reduce)) or hasattr(op, "block"):
+            n += 1  # `block`: a matrix block (matrix_ops.MatrixOp)
     return n

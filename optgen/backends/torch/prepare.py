@@ -22,6 +22,7 @@ import sympy
 
 from ...expr import GRAD, NDIM, NUMEL, PARAM, STEP
 from ...ir import Program, Value
+from ...matrix import COLS, ROWS
 
 PER_TENSOR = ("host", "scalar", "device", "element")
 SCALAR_KINDS = ("uniform", "host", "scalar")
@@ -75,7 +76,7 @@ class Prepared:
 
 
 def prepare(program: Program) -> Prepared:
-    values = [Value(v.name, v.expr, v.scope, v.var, v.loc, v.reduce, v.over, v.phase) for v in program.values]
+    values = [Value(v.name, v.expr, v.scope, v.var, v.loc, v.reduce, v.over, v.phase, v.matrix) for v in program.values]
     globals_ = _take_global_reductions(values)
     values = _dce(program, values)
     values = _norms(values)
@@ -167,6 +168,7 @@ def _kinds(program: Program, values: list[Value], globals_: list[GlobalReduction
 def _kinds_given(program: Program, values, globals_, scalar_states) -> dict[str, str]:
     kinds = {n: "uniform" for n in program.hyper_names}
     kinds.update({STEP: "host", NUMEL: "host", NDIM: "host", PARAM: "element", GRAD: "element"})
+    kinds.update({ROWS: "host", COLS: "host"})
     kinds.update({name: "element" for name in program.input_names})
     for s in program.states:
         kinds[s.name] = "element" if s.scope == "element" else "scalar" if s.name in scalar_states else "device"
@@ -203,6 +205,8 @@ def _absorb(p: Prepared) -> dict[str, sympy.Expr]:
         users = uses.get(v.name, [])
         if len(users) != 1 or p.kinds[p.values[users[0]].name] != "element" or p.values[users[0]].is_reduction:
             continue
+        if v.matrix is not None or p.values[users[0]].matrix is not None:
+            continue  # a matrix block reads its operands by name and is computed whole
         reads = {p.var_of.get(s.name, s.name) for s in v.expr.free_symbols}
         between = p.values[i + 1 : users[0]]
         if any(w.var in reads for w in between):

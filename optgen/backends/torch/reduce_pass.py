@@ -46,6 +46,8 @@ def reduce_passes(p: Prepared, main: Schedule, taken: set[str]) -> list[ReducePa
     `main`), each reading the combined results of the earlier ones; they stop at a phase
     with a reduction under a per-tensor branch (its list would not line up with the
     tensors): that phase and later ones are combined tensor by tensor."""
+    if any(v.matrix is not None for v in p.values):
+        return []  # a matrix block needs whole tensors: sharded parameters are refused
     reductions = [v for v in p.values if v.is_reduction and v.over == "tensor"]
     lists = {v.name: plural(main.display[v.name]) for v in reductions}
     group = [v.name for v in p.values if p.kinds[v.name] in _GROUP_KINDS]

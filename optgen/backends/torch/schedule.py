@@ -18,6 +18,7 @@ that saves a pass, as torch.optim does.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -25,6 +26,8 @@ import sympy
 
 from ...errors import CompileError
 from ...expr import GRAD, PARAM
+from ...matrix import PARAM_SHAPE
+from .matrix_ops import MatrixOp
 from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T, tensor_op_count
 from .prepare import Prepared, inline, plural, tidy_names
 
@@ -125,6 +128,9 @@ class Scheduler:
         kind = self.p.kinds[v.name]
         expr = self._fold_denominator_scales(inline(self.p, v.expr))
         self.value_expr = expr
+        if v.matrix is not None:
+            self._matrix_value(v)
+            return
         if v.is_reduction:
             source = self.operand(v.expr)
             name = self._temp_name(v)
@@ -151,6 +157,36 @@ class Scheduler:
             name = self._new_name(self.base[v.name])
             self._fresh_value(name, expr, kind)
         self._bind(v.name, name, owned=self.st.owned.get(name, False), buffers=self.st.buffers.get(name))
+
+    def _matrix_value(self, v) -> None:
+        """A matrix block: run whole on its operands into a new tensor (matrix_ops.py)."""
+        block = v.matrix
+        name = self._new_name(self.base[v.name])
+        by_name = self.p.program.by_name
+        tensors, views, scalars = {}, set(), set()
+        for s in block.operands:
+            kind = self.p.kinds.get(s.name, "uniform")
+            if kind not in ("element", "device"):
+                continue
+            tensors[s.name] = self.st.display[s.name]
+            source = by_name.get(s.name)
+            if kind == "device":
+                scalars.add(s.name)
+            elif source is None or source.matrix is None or source.matrix.shape == PARAM_SHAPE:
+                views.add(s.name)
+        # the for-loop path computes the result under the value's own name (a loop updates it)
+        local = {n: self._new_name(re.sub(r"_[0-9]+$", "", n)) for n in block.locals - {block.result}}
+        local[block.result] = name if not self.foreach else self._new_name(re.sub(r"_[0-9]+$", "", block.result))
+        stacked = {ir: self._new_name(f"{text}_stack") for ir, text in tensors.items()} if self.foreach else {}
+        stacked["__out__"] = plural(name)
+        result_shaped = block.shape == PARAM_SHAPE
+        self.emit(MatrixOp(name, block, tensors, views, local, stacked, scalars, result_shaped, v.name))
+        if self.foreach:  # unstacked from a new stack: its own storage
+            self._fresh_buffer(name)
+            self._bind(v.name, name)
+        else:  # may be a view of an operand (X.flatten(1).mT, or no iteration at all): never updated in place
+            shared = set().union(*(self.st.buffers.get(t, {f"home:{t}"}) for t in tensors.values()))
+            self._bind(v.name, name, owned=False, buffers=shared)
 
     def _fresh_value(self, name: str, expr, kind: str) -> None:
         if kind == "element":
