@@ -45,6 +45,7 @@ class Entry:
     reference: str  # "module:Class"
     kwargs: dict  # constructor keywords shared by both sides (beyond params and foreach)
     reference_foreach: bool = True  # the reference's faster path on CPU
+    matrices_only: bool = False  # the 2-D tensors of the list only (torch.optim.Muon refuses others)
 
     @property
     def label(self) -> str:
@@ -69,6 +70,8 @@ ALGORITHMS: dict[str, Entry] = {
     "Lion": Entry("pytorch_optimizer:Lion", {}, reference_foreach=False),
     "Lamb": Entry("pytorch_optimizer:Lamb", {}, reference_foreach=False),
     "AdaBound": Entry("pytorch_optimizer:AdaBound", {}, reference_foreach=False),
+    # torch.optim.Muon has no foreach path (foreach=True raises), so it runs its loop
+    "Muon": Entry("torch.optim:Muon", {}, reference_foreach=False, matrices_only=True),
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -230,6 +233,8 @@ def bench_one(target: Target, cfg, params, grads) -> Row:
     name, ours_cls, ref_cls, entry = target.name, target.ours, target.reference, target.entry
     if cfg.reference_path != "fastest":
         entry = dataclasses.replace(entry, reference_foreach=cfg.reference_path == "foreach")
+    if entry.matrices_only:
+        params, grads = zip(*[(p, g) for p, g in zip(params, grads) if p.ndim == 2])
     if ours_cls is None:  # --self-check: the reference, on its own path, against itself
         ours = Side(ref_cls, params, grads, entry.kwargs, entry.reference_foreach)
     else:
