@@ -129,3 +129,55 @@ NDIM_SYMBOL = symbol(NDIM, integer=True, nonnegative=True)
 
 def reductions_in(expr: sympy.Expr) -> set:
     return {a for a in sympy.preorder_traversal(expr) if isinstance(a, REDUCTIONS)}
+
+
+# --------------------------------------------------------------------------- axis reductions
+class AxisReduction(sympy.Function):
+    """A reduction over trailing axes of one tensor, keepdim: `mean(x, axis=-1)` is
+    AxisMean(x, (-1,)). The result has size 1 along the axes (optgen/shapes.py) and
+    broadcasts back against element values. Never a number (see _Reduction)."""
+
+    nargs = 2
+    is_real = True
+    is_number = False
+    spelling = ""
+    torch_fn = ""
+
+    @property
+    def axes(self) -> frozenset:
+        return frozenset(int(a) for a in self.args[1])
+
+
+class AxisSum(AxisReduction):
+    spelling = "sum"
+    torch_fn = "sum"
+
+
+class AxisMean(AxisReduction):
+    spelling = "mean"
+    torch_fn = "mean"
+
+
+class AxisMax(AxisReduction):
+    spelling = "amax"
+    torch_fn = "amax"
+
+
+class AxisMin(AxisReduction):
+    spelling = "amin"
+    torch_fn = "amin"
+
+
+class AxisNorm(AxisReduction):
+    """The 2-norm over the axes: sqrt of the sum of squares (torch.linalg.vector_norm)."""
+
+    is_nonnegative = True
+    spelling = "norm"
+    torch_fn = "norm"
+
+
+AXIS_REDUCTIONS = {"sum": AxisSum, "mean": AxisMean, "amax": AxisMax, "amin": AxisMin, "norm": AxisNorm}
+
+
+def axis_reductions_in(expr: sympy.Basic) -> list:
+    return [a for a in sympy.preorder_traversal(expr) if isinstance(a, AxisReduction)]

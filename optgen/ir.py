@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from .errors import Loc
+from .shapes import SCALAR, Shape
 from .spec import Spec, StateDecl
 
 SCOPES = ("host", "global", "tensor", "element")
@@ -44,6 +45,9 @@ class Value:
     reduce: str | None = None
     over: str | None = None
     phase: int = 0
+    # the ranks of the tensors this value is computed for (an `if ndim(param) ...` body), None: all
+    guard: frozenset | None = None
+    shape: Shape = SCALAR  # its shape class (optgen/shapes.py), set once the program is lowered
 
     @property
     def symbol(self) -> sympy.Symbol:
@@ -90,6 +94,13 @@ class Program:
 
     def values_of_scope(self, *scopes: str) -> list[Value]:
         return [v for v in self.values if v.scope in scopes]
+
+    @property
+    def has_axes(self) -> bool:
+        """Whether any value is reduced over axes or computed for some ranks only."""
+        return any(v.shape.is_reduced or v.guard is not None for v in self.values) or any(
+            s.axes or s.ranks is not None for s in self.states
+        )
 
     def reductions(self, over: str | None = None) -> list[Value]:
         return [v for v in self.values if v.is_reduction and (over is None or v.over == over)]

@@ -32,7 +32,8 @@ from .expr import (
 )
 from .facts import SignFacts
 from .ir import SCOPE_RANK, Program, Value, wider
-from .spec import Assign, If, Spec, holds
+from .shapes import RankTracker, infer_shapes
+from .spec import Assign, If, Spec, TensorIf, holds
 
 _REDUCE_OP = {**TENSOR_REDUCTIONS, GlobalSum: "sum"}
 
@@ -76,6 +77,7 @@ def _lower(spec: Spec, opts: dict[str, bool], optimize: bool) -> Program:
     _dce(program)
     _check_global_reductions(program)
     _number_phases(program)
+    infer_shapes(program)
     return program
 
 
@@ -142,17 +144,35 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
     errors: list[SpecError] = []
     broken: set[str] = set()  # targets of lines with an error: their uses are not errors too
 
+    ranks = RankTracker(spec, states, scopes)
+
+    def join(var: str, expr, loc) -> Value:
+        """The value of `var` after an `if ndim(param) ...:` that assigns it differently."""
+        all_scopes = _all_scopes(scopes, values)
+        value = Value(namer.fresh(var), expr, _value_scope(expr, var, all_scopes, scopes), var, loc)
+        values.append(value)
+        return value
+
     def run(block):
         for stmt in block:
             if isinstance(stmt, If):
                 run(stmt.body if holds(stmt.cond, opts) else stmt.orelse)
                 continue
+            if isinstance(stmt, TensorIf):
+                ranks.branch(stmt, env, run, join)
+                continue
             try:
+                ranks.check(stmt, env, values)
                 _ssa_assign(stmt, env, values, scopes, namer, inactive, broken)
+                ranks.defined(values[-1])
             except SpecError as exc:
                 errors.append(exc)
                 broken.add(stmt.target)
 
+    try:
+        ranks.check_states()
+    except SpecError as exc:
+        errors.append(exc)
     run(spec.update)
     if errors:
         raise SpecErrors.of(errors)
@@ -273,12 +293,21 @@ def _extract_reductions(program: Program) -> None:
                 continue  # the same call, met twice: already a value
             arg = call.args[0]
             if not arg.is_Symbol:
-                arg_value = Value(namer.fresh(f"{v.var}_arg"), arg, "element", "", v.loc)
+                arg_value = Value(namer.fresh(f"{v.var}_arg"), arg, "element", "", v.loc, guard=v.guard)
                 out.append(arg_value)
                 arg = arg_value.symbol
             op = _REDUCE_OP[type(call)]
             over = "global" if isinstance(call, GlobalSum) else "tensor"
-            red = Value(namer.fresh(_reduction_name(op, over, arg.name)), arg, over, "", v.loc, reduce=op, over=over)
+            red = Value(
+                namer.fresh(_reduction_name(op, over, arg.name)),
+                arg,
+                over,
+                "",
+                v.loc,
+                reduce=op,
+                over=over,
+                guard=v.guard,
+            )
             out.append(red)
             replacements[call] = red.symbol
         if replacements:
@@ -327,8 +356,9 @@ class _Hoister:
         self.program = program
         self.namer = _Namer(set(program.input_scopes) | {v.name for v in program.values} | set(program.spec.symbols))
         self.scopes = _all_scopes(program.input_scopes, program.values)
-        self.made: dict[sympy.Expr, Value] = {}
+        self.made: dict[tuple, Value] = {}
         self.pending: list[Value] = []
+        self.guard = None  # that of the value being lifted: what it hoists is computed as it is
 
     def scope(self, e) -> str:
         return _scope(e, self.scopes)
@@ -390,11 +420,12 @@ class _Hoister:
     def hoisted(self, e, scope: str, name: str | None = None):
         if self.trivial(e):
             return e
-        if e in self.made:
-            return self.made[e].symbol
+        guard = None if scope == "host" else self.guard  # a host float is safe for every tensor
+        if (e, guard) in self.made:
+            return self.made[(e, guard)].symbol
         inner = e.func(*[self.lift(a, scope) for a in e.args])
-        value = Value(self.namer.fresh(name or _name_for(e)), inner, scope, "")
-        self.made[e] = value
+        value = Value(self.namer.fresh(name or _name_for(e)), inner, scope, "", guard=guard)
+        self.made[(e, guard)] = value
         self.scopes[value.name] = scope
         self.pending.append(value)
         return value.symbol
@@ -443,6 +474,7 @@ def _hoist(program: Program) -> None:
     out = []
     for v in program.values:
         if v.scope != "host" and not v.is_reduction:
+            hoister.guard = v.guard
             v.expr = hoister.lift(v.expr, v.scope)
             for made in hoister.pending:
                 made.loc = made.loc or v.loc
@@ -558,12 +590,19 @@ def _apply_monotone(program: Program, red: Value, outer, inner, flips: bool) -> 
             if inner.is_Symbol:
                 arg_sym = inner
             else:
-                arg = Value(namer.fresh(f"{red.name}_arg"), inner, "element", "", red.loc)
+                arg = Value(namer.fresh(f"{red.name}_arg"), inner, "element", "", red.loc, guard=red.guard)
                 new_values.append(arg)
                 arg_sym = arg.symbol
             op = _flip(red.reduce) if flips else red.reduce
             inner_red = Value(
-                namer.fresh(f"{op}_{arg_sym.name}"), arg_sym, "tensor", "", red.loc, reduce=op, over="tensor"
+                namer.fresh(f"{op}_{arg_sym.name}"),
+                arg_sym,
+                "tensor",
+                "",
+                red.loc,
+                reduce=op,
+                over="tensor",
+                guard=red.guard,
             )
             new_values.append(inner_red)
             red.expr = outer.xreplace({_X: inner_red.symbol})
@@ -602,7 +641,7 @@ def _dedupe(program: Program) -> None:
     outputs = set(program.outputs.values())
     for v in program.values:
         v.expr = v.expr.xreplace({s: mapping[s.name] for s in v.expr.free_symbols if s.name in mapping})
-        key = (v.expr, v.reduce, v.over)
+        key = (v.expr, v.reduce, v.over, v.guard)
         if key in seen and v.name not in outputs and v.var == "":
             mapping[v.name] = seen[key].symbol
             continue

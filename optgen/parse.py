@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sympy
 
-from . import catalog, limits
+from . import catalog, limits, shapes
 from .errors import Loc, SpecError, SpecErrors
 from .expr import (
     ELEMENTWISE_FUNCS,
@@ -30,6 +30,7 @@ from .expr import (
     STEP,
     STEP_SYMBOL,
     TENSOR_SHAPE_FUNCS,
+    AXIS_REDUCTIONS,
     GlobalSum,
     ReduceMax,
     ReduceMin,
@@ -37,7 +38,7 @@ from .expr import (
     name_problem,
     symbol,
 )
-from .spec import Assign, Hyperparameter, If, InputDecl, Interval, Option, Spec, StateDecl
+from .spec import Assign, Hyperparameter, If, InputDecl, Interval, Option, Spec, StateDecl, TensorIf
 from .texcheck import tex_problem
 from .yamlpos import Node, load_yaml, scalar_text_origin
 
@@ -62,7 +63,7 @@ TOP_KEYS = {
 STEP_COUNTS = ("per_tensor", "per_group")  # `step:` how `step` is counted
 HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc", "tensor"}
 TENSOR_RULES = ("accept", "not_with_foreach")  # a hyperparameter given as a 1-element tensor
-STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc"}
+STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc", "shape", "ndim"}
 INPUT_KEYS = {"tex", "doc"}
 OPTION_KEYS = {"default", "doc"}
 MAX_SOURCE = 200_000
@@ -485,6 +486,8 @@ class ExprConverter:
             known = ", ".join(sorted(FUNCTIONS))
             hint = did_you_mean(name, FUNCTIONS)
             raise self.error(node.func, f"unknown function `{name}`{hint or '; expected one of: ' + known}")
+        if node.keywords and name in AXIS_REDUCTIONS and name in REDUCTION_FUNCS:
+            return self._axis_reduction(node, name)
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
             raise self.error(node, f"{name}() takes positional arguments only")
         lo, hi = ELEMENTWISE_FUNCS.get(name) or (
@@ -511,6 +514,46 @@ class ExprConverter:
         if name in REDUCTION_FUNCS and not args[0].free_symbols:
             raise self.error(node, f"{name}() of a constant: a reduction takes a per-element value")
         return _FUNC_BUILDERS[name](*args)
+
+    def _axis_reduction(self, node: ast.Call, name: str):
+        """`mean(x, axis=-1)`, `sum(x, axis=(-2, -1))`: a keepdim reduction over trailing axes
+        (optgen/shapes.py). Axes count from the end (negative): one spec serves tensors of
+        every rank, and torch.optim.Adafactor factors the last two dims of each."""
+        if len(node.args) != 1 or any(isinstance(a, ast.Starred) for a in node.args):
+            raise self.error(node, f"{name}(x, axis=...) takes one positional argument")
+        if len(node.keywords) != 1 or node.keywords[0].arg != "axis":
+            raise self.error(node, f"{name}() takes one keyword, `axis=`")
+        axis_node = node.keywords[0].value
+        items = axis_node.elts if isinstance(axis_node, ast.Tuple) else [axis_node]
+        axes = []
+        for item in items:
+            value = _literal_int(item)
+            if value is None or value >= 0 or value < -MAX_AXIS:
+                raise self.error(
+                    item, f"an axis is a negative integer from -1 (the last dim) to -{MAX_AXIS}, counted from the end"
+                )
+            if value in axes:
+                raise self.error(item, f"axis {value} is given twice")
+            axes.append(value)
+        if not axes:
+            raise self.error(axis_node, "axis=() reduces nothing; give at least one axis")
+        arg = self.convert(node.args[0])
+        if not arg.free_symbols:
+            raise self.error(node, f"{name}() of a constant: a reduction takes a per-element value")
+        return AXIS_REDUCTIONS[name](arg, sympy.Tuple(*sorted(axes)))
+
+
+def _literal_int(node: ast.AST) -> int | None:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _literal_int(node.operand)
+        return None if inner is None else -inner
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.value
+    return None
+
+
+MAX_AXIS = 8
+_RANK_RELATIONS = {">=": sympy.Ge, "<=": sympy.Le, "==": sympy.Eq, ">": sympy.Gt, "<": sympy.Lt}
 
 
 def _short(expr) -> str:
@@ -705,6 +748,9 @@ class UpdateParser:
                     loc, f"augmented operator {_OPS.get(type(stmt.op), '?')}= is not allowed; expected += -= *= /="
                 )
             out.append(Assign(stmt.target.id, op(current, rhs), loc, loc))
+        elif isinstance(stmt, ast.If) and _is_rank_test(stmt.test):
+            cond = self.rank_condition(stmt.test)
+            out.append(TensorIf(cond, self._block(stmt.body), self._block(stmt.orelse), loc))
         elif isinstance(stmt, ast.If):
             cond = None
             with self.errors.each():
@@ -719,6 +765,24 @@ class UpdateParser:
                 loc,
                 f"{_statement_name(stmt)} is not allowed in the update; expected `name = expression` or `if option:`",
             )
+
+    def rank_condition(self, node: ast.AST):
+        """`ndim(param) >= 2` (comparisons of ndim(param) with integers, and/or/not): a
+        per-tensor rule, checked to be one (optgen/shapes.py)."""
+        cond = self.expr.convert(node, condition=True)
+        try:
+            ranks = shapes.guard_of(cond)
+        except ValueError:
+            raise SpecError(
+                self.source.loc(node.lineno, node.col_offset),
+                "a per-tensor `if` compares ndim(param) with integers (`if ndim(param) >= 2:`)",
+            ) from None
+        if not ranks or ranks == shapes.ALL_RANKS:
+            raise SpecError(
+                self.source.loc(node.lineno, node.col_offset),
+                f"this condition is {'never' if not ranks else 'always'} true; drop the `if`",
+            )
+        return cond
 
     def condition(self, node: ast.AST):
         loc = self.source.loc(node.lineno, node.col_offset)
@@ -735,6 +799,11 @@ class UpdateParser:
         if isinstance(node, ast.BoolOp):
             return ("and" if isinstance(node.op, ast.And) else "or", [self.condition(v) for v in node.values])
         raise SpecError(loc, "an `if` condition must be an option, or not/and/or of options")
+
+
+def _is_rank_test(node: ast.AST) -> bool:
+    """An `if` condition that reads ndim(...): a per-tensor rule, not an option test."""
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "ndim" for n in ast.walk(node))
 
 
 def _statement_name(stmt: ast.stmt) -> str:
@@ -771,7 +840,7 @@ TEXT_FIELDS = {
 def _assigned(statements: list) -> set[str]:
     out = set()
     for stmt in statements:
-        if isinstance(stmt, If):
+        if isinstance(stmt, (If, TensorIf)):
             out |= _assigned(stmt.body) | _assigned(stmt.orelse)
         else:
             out.add(stmt.target)
@@ -1144,7 +1213,45 @@ class SpecBuilder:
             if not state_key.isidentifier():
                 raise SpecError(fields["key"].loc, f"state key {state_key!r} is not an identifier")
         self.tex_field(fields.get("tex"), key)
-        return StateDecl(key, init, scope, loc, state_key, self.tex.get(key), when)
+        axes, ranks = self.state_shape(key, fields, scope)
+        return StateDecl(key, init, scope, loc, state_key, self.tex.get(key), when, axes, ranks)
+
+    def state_shape(self, key: str, fields: dict[str, Node], scope: str) -> tuple[frozenset, frozenset | None]:
+        """`shape: {reduce: [-1]}` (the reduced trailing axes, keepdim) and `ndim: ">= 2"` (the
+        ranks of the tensors that have the state); see optgen/shapes.py."""
+        axes: set[int] = set()
+        if "shape" in fields:
+            node = fields["shape"]
+            if not isinstance(node.value, dict) or set(node.value) != {"reduce"}:
+                raise SpecError(node.loc, f"shape of `{key}`: expected {{reduce: [axis, ...]}}")
+            items = node.value["reduce"]
+            if not isinstance(items.value, list) or not items.value:
+                raise SpecError(items.loc, f"shape of `{key}`: `reduce` takes a list of negative axes, e.g. [-1]")
+            for item in items.value:
+                value = item.value
+                if isinstance(value, bool) or not isinstance(value, int) or not -MAX_AXIS <= value < 0 or value in axes:
+                    raise SpecError(item.loc, f"shape of `{key}`: an axis is a distinct integer from -1 to -{MAX_AXIS}")
+                axes.add(value)
+            if scope != "element":
+                raise SpecError(node.loc, f"state `{key}` is per tensor (scope: tensor) and cannot have a shape")
+        ranks = None
+        if "ndim" in fields:
+            node = fields["ndim"]
+            text = _expect(node, str, 'a comparison such as ">= 2"')
+            match = re.fullmatch(r"\s*(>=|<=|==|>|<)\s*(\d)\s*", text)
+            if match is None:
+                raise SpecError(node.loc, f'ndim of `{key}`: expected a comparison with a digit, such as ">= 2"')
+            cond = _RANK_RELATIONS[match.group(1)](NDIM_SYMBOL, int(match.group(2)))
+            ranks = shapes.guard_of(cond)
+            if not ranks:
+                raise SpecError(node.loc, f"ndim of `{key}`: no tensor has ndim {text}")
+        if axes and (ranks or shapes.ALL_RANKS) & set(range(shapes.min_rank(axes))):
+            raise SpecError(
+                fields["shape"].loc,
+                f"state `{key}` is reduced over axis {shapes.format_axes(axes)}, which a tensor of fewer than "
+                f'{shapes.min_rank(axes)} dims lacks; declare `ndim: ">= {shapes.min_rank(axes)}"`',
+            )
+        return frozenset(axes), ranks
 
     def point_expr(self, node: Node, states: set[str]) -> sympy.Expr:
         """`gradient_at`: the point where the gradient is taken, from param, states and

@@ -103,6 +103,8 @@ class StateDecl:
     key: str  # key in the optimizer's state dict
     tex: str | None = None
     when: Condition | None = None
+    axes: frozenset = frozenset()  # `shape: {reduce: [-1]}`: the reduced trailing axes (shapes.py)
+    ranks: frozenset | None = None  # `ndim: ">= 2"`: the ranks of the tensors that have it (None: all)
 
 
 @dataclass
@@ -138,7 +140,18 @@ class If:
     loc: Loc
 
 
-Statement = Assign | If
+@dataclass
+class TensorIf:
+    """`if ndim(param) >= 2:` a per-tensor rule: the body runs for the tensors whose rank
+    satisfies `cond` (a condition on ndim), `orelse` for the others (optgen/shapes.py)."""
+
+    cond: object  # a SymPy condition on ndim(param)
+    body: list
+    orelse: list
+    loc: Loc
+
+
+Statement = Assign | If | TensorIf
 
 
 @dataclass
