@@ -132,7 +132,7 @@ def reductions_in(expr: sympy.Expr) -> set:
 
 
 # --------------------------------------------------------------------------- axis reductions
-class AxisReduction(sympy.Function):
+class AxisReductionBase(sympy.Function):
     """A reduction over trailing axes of one tensor, keepdim: `mean(x, axis=-1)` is
     AxisMean(x, (-1,)). The result has size 1 along the axes (optgen/shapes.py) and
     broadcasts back against element values. Never a number (see _Reduction)."""
@@ -148,27 +148,27 @@ class AxisReduction(sympy.Function):
         return frozenset(int(a) for a in self.args[1])
 
 
-class AxisSum(AxisReduction):
+class AxisSum(AxisReductionBase):
     spelling = "sum"
     torch_fn = "sum"
 
 
-class AxisMean(AxisReduction):
+class AxisMean(AxisReductionBase):
     spelling = "mean"
     torch_fn = "mean"
 
 
-class AxisMax(AxisReduction):
+class AxisMax(AxisReductionBase):
     spelling = "amax"
     torch_fn = "amax"
 
 
-class AxisMin(AxisReduction):
+class AxisMin(AxisReductionBase):
     spelling = "amin"
     torch_fn = "amin"
 
 
-class AxisNorm(AxisReduction):
+class AxisNorm(AxisReductionBase):
     """The 2-norm over the axes: sqrt of the sum of squares (torch.linalg.vector_norm)."""
 
     is_nonnegative = True
@@ -176,6 +176,7 @@ class AxisNorm(AxisReduction):
     torch_fn = "norm"
 
 
+AxisReduction = AxisReductionBase  # (SymPy's printers dispatch to `_print_AxisReductionBase`)
 AXIS_REDUCTIONS = {"sum": AxisSum, "mean": AxisMean, "amax": AxisMax, "amin": AxisMin, "norm": AxisNorm}
 
 

@@ -20,6 +20,7 @@ import sympy
 from . import catalog, limits, shapes
 from .errors import Loc, SpecError, SpecErrors
 from .expr import (
+    AXIS_REDUCTIONS,
     ELEMENTWISE_FUNCS,
     FUNCTIONS,
     GRAD,
@@ -30,7 +31,6 @@ from .expr import (
     STEP,
     STEP_SYMBOL,
     TENSOR_SHAPE_FUNCS,
-    AXIS_REDUCTIONS,
     GlobalSum,
     ReduceMax,
     ReduceMin,

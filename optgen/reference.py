@@ -17,9 +17,9 @@ import numpy as np
 import sympy
 
 from .expr import GRAD, NDIM, NUMEL, PARAM, STEP, AxisReduction
-from .shapes import ALL_RANKS, MAX_RANK
 from .ir import Program
 from .lower import lower
+from .shapes import ALL_RANKS, MAX_RANK
 from .spec import Spec
 
 Env = dict[str, Any]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from ...expr import GRAD, NDIM, NUMEL, PARAM, STEP
-from ...spec import Assign, If, Spec, holds
+from ...spec import Assign, If, Spec, TensorIf, holds
 from . import config
 from .printer import ALL_PARAMS, OptgenLatexPrinter, decimal
 from .symbols import GRAD_TEX, PARAM_TEX, STEP_TEX, default_tex, escape_name, with_index
@@ -22,6 +22,8 @@ def option_tex(name: str) -> str:
 
 
 def condition_tex(cond) -> str:
+    if isinstance(cond, sympy.Basic):  # a per-tensor rule on ndim(param) (optgen/shapes.py)
+        return rank_condition_tex(cond)
     if isinstance(cond, str):
         return option_tex(cond)
     op, arg = cond
@@ -29,6 +31,11 @@ def condition_tex(cond) -> str:
         return r"\textbf{not}\ " + condition_tex(arg)
     parts = [condition_tex(c) if isinstance(c, str) or c[0] == "not" else rf"({condition_tex(c)})" for c in arg]
     return rf"\ \textbf{{{op}}}\ ".join(parts)
+
+
+def rank_condition_tex(cond) -> str:
+    """`if ndim(param) >= 2:` as \\dim(\theta) \\geq 2."""
+    return OptgenLatexPrinter({NDIM: rf"\dim({PARAM_TEX})"}, set()).doprint(cond)
 
 
 def symbol_tex(spec: Spec, name: str) -> str:
@@ -153,7 +160,12 @@ def complete_branches(spec: Spec, statements: list) -> list:
         return If(stmt.cond, ensure(body, need), orelse, stmt.loc)
 
     def complete(stmts: list) -> list:
-        return [complete_if(s, set()) if isinstance(s, If) else s for s in stmts]
+        out = []
+        for s in stmts:
+            if isinstance(s, TensorIf):
+                s = TensorIf(s.cond, complete(s.body), complete(s.orelse), s.loc)
+            out.append(complete_if(s, set()) if isinstance(s, If) else s)
+        return out
 
     return complete(statements)
 
@@ -191,6 +203,8 @@ def specialise(statements: list, options: dict[str, bool]) -> list[Assign]:
     for stmt in statements:
         if isinstance(stmt, Assign):
             out.append(stmt)
+        elif isinstance(stmt, TensorIf):  # a per-tensor rule: both sides stay
+            out.append(TensorIf(stmt.cond, specialise(stmt.body, options), specialise(stmt.orelse, options), stmt.loc))
         else:
             out += specialise(stmt.body if holds(stmt.cond, options) else stmt.orelse, options)
     return out

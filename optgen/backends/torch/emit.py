@@ -667,6 +667,6 @@ def elementwise(program) -> bool:
     """Whether each element's update reads only its own elements and host scalars (no
     per-tensor reduction, per-tensor state, numel or ndim): then a tensor may be updated as
     several views of it."""
-    if program.reductions("tensor") or any(st.scope == "tensor" for st in program.states):
+    if program.reductions("tensor") or any(st.scope == "tensor" for st in program.states) or program.has_axes:
         return False
     return not any(s.name in (NUMEL, NDIM) for v in program.values for s in v.expr.free_symbols)

@@ -13,14 +13,15 @@ from sympy.logic.boolalg import simplify_logic
 
 from ... import catalog
 from ...errors import CompileError
-from ...expr import GRAD, NUMEL, PARAM
+from ...expr import GRAD, NDIM, NUMEL, PARAM
 from ...lower import lower
+from ...shapes import guard_condition
 from ...spec import Spec, StateDecl
 from .. import format_python
 from . import config, names
 from .emit import elementwise, multi_body, single_body
 from .prepare import Prepared, plural, prepare
-from .printer import TensorPrinter, host_printer, number
+from .printer import HostPrinter, TensorPrinter, host_printer, number
 from .reduce_pass import reduce_passes
 from .schedule import Scheduler
 from .statements import merge_variants, render
@@ -465,6 +466,10 @@ def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
             make = f"torch.full((), {value}, dtype=p.dtype, device=p.device)"
         else:
             make = f"torch.tensor({value}, dtype={_scalar_state_dtype(spec, s)})"
+    elif s.axes and init == 0:  # keepdim: size 1 along the reduced axes (p[..., :1] for axis -1)
+        make = f"torch.zeros_like({_reduced_view(s.axes)}, dtype={_STATE_DTYPE})"
+    elif s.axes:
+        make = f"torch.full_like({_reduced_view(s.axes)}, {host_printer(text).doprint(init)}, dtype={_STATE_DTYPE})"
     elif init == 0:
         make = f"torch.zeros_like(p, dtype={_STATE_DTYPE}, memory_format=torch.preserve_format)"
     elif not names & {PARAM, GRAD, *spec.inputs}:
@@ -482,12 +487,21 @@ def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
         f'    state["{s.key}"] = {make}',
         f'{plural(s.name)}.append(state["{s.key}"])',
     ]
+    if s.ranks is not None:  # `ndim: ">= 2"`: only these tensors have it (None in the list)
+        cond = HostPrinter(lambda n: "p.ndim" if n == NDIM else n).doprint(guard_condition(s.ranks))
+        lines = [f"if {cond}:"] + ["    " + line for line in lines] + ["else:", f"    {plural(s.name)}.append(None)"]
     if s.when is not None:
         public = {o: opt.public for o, opt in spec.options.items()}
         lines = [f"if {_condition(s.when, lambda o: f'group[{public[o]!r}]'.replace(chr(39), chr(34)))}:"] + [
             "    " + line for line in lines
         ]
     return "\n".join(" " * 12 + line for line in lines)
+
+
+def _reduced_view(axes) -> str:
+    """`p[..., :1]` (axis -1), `p[..., :1, :]` (axis -2): a view of p with size 1 along `axes`."""
+    index = [":1" if -k in axes else ":" for k in range(max(-a for a in axes), 0, -1)]
+    return f"p[..., {', '.join(index)}]"
 
 
 def _condition(cond, spell) -> str:

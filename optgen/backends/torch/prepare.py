@@ -15,6 +15,7 @@ on the CPU, read with .item()) when its update needs no reduction, a device tens
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -75,7 +76,7 @@ class Prepared:
 
 
 def prepare(program: Program) -> Prepared:
-    values = [Value(v.name, v.expr, v.scope, v.var, v.loc, v.reduce, v.over, v.phase) for v in program.values]
+    values = [dataclasses.replace(v) for v in program.values]
     globals_ = _take_global_reductions(values)
     values = _dce(program, values)
     values = _norms(values)

@@ -25,6 +25,7 @@ import sympy
 
 from ...errors import CompileError
 from ...expr import GRAD, PARAM
+from ...shapes import guard_condition
 from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T, tensor_op_count
 from .prepare import Prepared, inline, plural, tidy_names
 
@@ -87,7 +88,7 @@ class Scheduler:
             elif kind == "device_uniform":
                 group.append(Eval(self._host_name(v), v.expr))
             elif v.name not in self.p.absorbed:
-                self._value(v)
+                self._guarded_value(v)
         self.index = len(self.p.values)
         for chain in self.p.chains:
             holder = self.st.display[self.st.current[chain]]
@@ -120,6 +121,22 @@ class Scheduler:
             last.kw = {"min": (last.kw | op.kw)["min"], "max": (last.kw | op.kw)["max"]}
             return
         self.out.append(op)
+
+    def _guarded_value(self, v) -> None:
+        """A value of an `if ndim(param) ...:` body runs for those tensors only: its ops go
+        under a per-tensor `if` (the foreach path splits its batches on it)."""
+        if v.guard is None:
+            self._value(v)
+            return
+        mark = len(self.out)
+        self._value(v)
+        body, self.out = self.out[mark:], self.out[:mark]
+        if not body:
+            return
+        cond = guard_condition(v.guard)
+        if cond not in self.branch_conditions:
+            self.branch_conditions.append(cond)
+        self.emit(If(cond, body, [], True))
 
     def _value(self, v) -> None:
         kind = self.p.kinds[v.name]
