@@ -21,6 +21,7 @@ import sympy
 from .errors import Loc, SpecError
 from .facts import SignFacts
 from .ir import Program
+from .shapes import fused_refusal
 from .spec import If, Spec, condition_names
 
 
@@ -120,9 +121,14 @@ def _check_backends(spec: Spec, report: Report) -> None:
     generated Python is compiled to bytecode (a syntax error there is a bug in optgen)."""
     from . import backends
 
+    refusal = fused_refusal(spec)
+    if refusal and spec.gradient_at is None:
+        report.add(spec.loc, f"no fused path (fused=True raises ValueError): {refusal}", "warning")
     for backend in backends.available():
         if backend.NAME in ("torch", "triton") and spec.gradient_at is not None:
             continue  # a paper form, for proofs only: build never compiles it
+        if backend.NAME == "triton" and refusal:
+            continue
         if backend.NAME == "torch":
             from .backends.torch.module import render_module
 

@@ -302,3 +302,38 @@ def infer_shapes(program) -> None:
             if v.shape.is_scalar:
                 v.shape = ELEMENT  # an element-scope value is a tensor, even of scalars only
         shapes[v.name] = v.shape
+
+
+def fused_refusal(spec) -> str | None:
+    """Why the fused path (C++ kernels on CPU, Triton on GPUs) does not compile `spec`, or
+    None: its kernels are elementwise passes with per-tensor reductions between them, and
+    do not run axis reductions or per-tensor rank rules yet. fused=True is then a ValueError
+    at construction and `optgen check` a warning, never a silent fallback."""
+    uses = []
+    if any(s.axes for s in spec.state.values()):
+        uses.append("states reduced over axes")
+    if _statements_use(spec.update, lambda st: _is_rank_rule(st)):
+        uses.append("`if ndim(param) ...:` rules")
+    if _statements_use(spec.update, lambda st: hasattr(st, "expr") and st.expr.has(AxisReduction)):
+        uses.append("axis reductions (mean(x, axis=...))")
+    if not uses:
+        return None
+    return (
+        f"{spec.name} uses {', '.join(uses)}, which the fused kernels do not run; use foreach=True "
+        "(or the for-loop) instead of fused=True"
+    )
+
+
+def _is_rank_rule(stmt) -> bool:
+    from .spec import TensorIf
+
+    return isinstance(stmt, TensorIf)
+
+
+def _statements_use(statements, test) -> bool:
+    for st in statements:
+        if test(st):
+            return True
+        if hasattr(st, "body") and (_statements_use(st.body, test) or _statements_use(st.orelse, test)):
+            return True
+    return False

@@ -20,7 +20,7 @@ from ..expr import GRAD, PARAM, STEP
 from ..ir import Program
 from ..limits import MAX_INLINED
 from ..lower import lower
-from ..spec import If, Interval, Spec, holds
+from ..spec import If, Interval, Spec, TensorIf, holds
 from . import numeric as N
 from .bounds import bounds, is_positive, state_invariants
 from .sides import hyper_table
@@ -89,6 +89,13 @@ def _divisions(spec: Spec, options: dict[str, bool]):
         for stmt in block:
             if isinstance(stmt, If):
                 yield from run(stmt.body if holds(stmt.cond, options) else stmt.orelse)
+                continue
+            if isinstance(stmt, TensorIf):  # a per-tensor rule: each side's divisions
+                saved = dict(env), dict(sizes)
+                yield from run(stmt.body)
+                env.clear(), sizes.clear()
+                env.update(saved[0]), sizes.update(saved[1])
+                yield from run(stmt.orelse)
                 continue
             inlined = {s: env[s.name] for s in stmt.expr.free_symbols if s.name in env}
             for base in _denominators(stmt.expr):

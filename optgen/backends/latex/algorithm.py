@@ -135,6 +135,8 @@ def _written(statements: list, stateful: set[str], definitely: bool) -> set[str]
     for stmt in statements:
         if isinstance(stmt, Assign):
             out |= {stmt.target} & stateful
+        elif isinstance(stmt, TensorIf):  # a state of some tensors only is not completed
+            continue
         else:
             body, orelse = (_written(b, stateful, definitely) for b in (stmt.body, stmt.orelse))
             out |= (body & orelse) if definitely else (body | orelse)
@@ -333,16 +335,30 @@ def aligned(lines: list[str], indent: str = "    ", env: str = "aligned") -> str
 def equation_rows(spec: Spec, options: dict[str, bool] | None = None) -> list[tuple[str, str]]:
     """(lhs, rhs) pairs of the update specialised to `options` (default: the spec's defaults)."""
     options = spec.default_options() if options is None else options
-    statements = specialise(spec.update, options)
+    statements = _flatten_rank_rules(specialise(spec.update, options))
     counts: dict[str, int] = {}
-    for stmt in statements:
+    for stmt, _ in statements:
         counts[stmt.target] = counts.get(stmt.target, 0) + 1
     namer = Namer(spec, equations=True, last_writes=counts)
     rows = [(namer.names[GRAD], gradient_tex(spec, namer))]
-    for stmt in statements:
+    for stmt, when in statements:
         value = namer.expr(stmt.expr, first=stmt.target)
-        rows.append((namer.write(stmt.target, stmt.expr), value))
+        rows.append((namer.write(stmt.target, stmt.expr), value + (rf" \quad \text{{if }} {when}" if when else "")))
     return rows
+
+
+def _flatten_rank_rules(statements: list, when: str = "") -> list[tuple[Assign, str]]:
+    """The equations of a per-tensor rule (`if ndim(param) >= 2:`), each marked with the
+    tensors it holds for."""
+    out: list[tuple[Assign, str]] = []
+    for stmt in statements:
+        if isinstance(stmt, TensorIf):
+            cond = rank_condition_tex(stmt.cond)
+            out += _flatten_rank_rules(stmt.body, cond)
+            out += _flatten_rank_rules(stmt.orelse, rank_condition_tex(sympy.Not(stmt.cond)))
+        else:
+            out.append((stmt, when))
+    return out
 
 
 def align_env(spec: Spec, options: dict[str, bool] | None = None) -> str:

@@ -15,7 +15,7 @@ from ... import catalog
 from ...errors import CompileError
 from ...expr import GRAD, NDIM, NUMEL, PARAM
 from ...lower import lower
-from ...shapes import guard_condition
+from ...shapes import fused_refusal, guard_condition
 from ...spec import Spec, StateDecl
 from .. import format_python
 from . import config, names
@@ -169,6 +169,7 @@ def _class_context(public: Spec, spec: Spec, variants: list[Variant], globals_) 
         "ctor_keys": [k for k, h in spec.hyperparameters.items() if h.captured is None]
         + [o.public for o in spec.options.values()],
         "validation": _validation(spec, public),
+        "fused_refusal": fused_refusal(public),
         "captured": [f'param_group.setdefault("{k}", param_group["{src}"])' for k, src in captured.items()],
         "captured_setstate": [f'group.setdefault("{k}", group["{src}"])' for k, src in captured.items()],
         "init_uses_grad": any(GRAD in {x.name for x in s.init.free_symbols} for s in spec.state.values()),
