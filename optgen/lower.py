@@ -162,7 +162,7 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
                 ranks.branch(stmt, env, run, join)
                 continue
             try:
-                ranks.check(stmt, env, values)
+                ranks.check(stmt, env, values, broken)
                 _ssa_assign(stmt, env, values, scopes, namer, inactive, broken)
                 ranks.defined(values[-1])
             except SpecError as exc:

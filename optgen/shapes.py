@@ -122,9 +122,10 @@ def guard_text(guard: Guard) -> str:
 
 
 # --------------------------------------------------------------------------- inference
-def shape_of(expr: sympy.Basic, shapes: dict[str, Shape], loc: Loc | None, guard: Guard = ALL_RANKS) -> Shape:
+def shape_of(expr: sympy.Basic, shapes: dict[str, Shape], loc: Loc | None, guard: Guard | None = ALL_RANKS) -> Shape:
     """The shape class of `expr`, from the shapes of the names it reads; an axis reduction
-    that cannot be right is a SpecError at `loc`."""
+    that cannot be right is a SpecError at `loc` (on a tensor of a rank in `guard` that lacks
+    its axes: None skips that check)."""
     if expr.is_Symbol:
         return shapes.get(expr.name, SCALAR)
     if expr.is_Atom:
@@ -137,12 +138,6 @@ def shape_of(expr: sympy.Basic, shapes: dict[str, Shape], loc: Loc | None, guard
             out = broadcast(out, shape_of(piece.expr, shapes, loc, guard))
             out = broadcast(out, shape_of(piece.cond, shapes, loc, guard))
         return out
-    if isinstance(expr, sympy.Mul) and NUMEL_SYMBOL**-1 in expr.args:
-        for a in expr.args:
-            if type(a).__name__ == "ReduceSum" and shape_of(a.args[0], shapes, loc, guard).is_reduced:
-                raise SpecError(
-                    loc, "mean(x) of a reduced value divides by numel(param); reduce its axes: mean(x, axis=...)"
-                )
     out = SCALAR
     for a in expr.args:
         out = broadcast(out, shape_of(a, shapes, loc, guard))
@@ -165,7 +160,7 @@ def _axis_reduction_shape(expr, shapes, loc, guard) -> Shape:
             f"({arg.describe()})",
         )
     need = min_rank(axes | arg.axes)
-    short = sorted(r for r in guard if r < need)
+    short = sorted(r for r in (guard or ()) if r < need)  # guard None: shapes only, no rank check
     if short:
         raise SpecError(
             loc,
@@ -212,12 +207,16 @@ class RankTracker:
                     s.loc, f"state `{s.name}` is reduced over axis {format_axes(s.axes)}: its init must be a number"
                 )
 
-    def check(self, stmt, env: dict, values) -> None:
+    def check(self, stmt, env: dict, values, broken=frozenset()) -> None:
         """Before `stmt` is converted: what it reads exists for every tensor it runs for, and
-        its value has the shape its target keeps."""
+        its value has the shape its target keeps. `broken`: variables whose line had an error
+        (reading them is not a second one)."""
         from .expr import GRAD, PARAM
 
+        if {s.name for s in stmt.expr.free_symbols} & set(broken):
+            return
         expr = stmt.expr.xreplace({s: env[s.name] for s in stmt.expr.free_symbols if s.name in env})
+        _check_full_means(expr, self.shapes, stmt.loc)
         for sym in sorted(expr.free_symbols, key=lambda s: s.name):
             have = self.avail.get(sym.name, ALL_RANKS)
             if not self.guard <= have:
@@ -275,6 +274,20 @@ class RankTracker:
                 value = join(var, sympy.Piecewise((a, stmt.cond), (b, True)), stmt.loc)
                 self.defined(value)
                 env[var] = value.symbol
+
+
+def _check_full_means(expr, shapes: dict[str, Shape], loc) -> None:
+    """mean(x) is sum(x) / numel(param): of a reduced x (fewer elements than param) it is
+    wrong, so a line that divides by numel(param) may not sum a reduced value whole."""
+    if NUMEL_SYMBOL not in expr.free_symbols:
+        return
+    for a in sympy.preorder_traversal(expr):
+        if isinstance(a, REDUCTIONS) and type(a).__name__ == "ReduceSum":
+            if shape_of(a.args[0], shapes, loc, None).is_reduced:
+                raise SpecError(
+                    loc,
+                    "mean(x) of a reduced value divides by numel(param); reduce its axes instead: mean(x, axis=...)",
+                )
 
 
 def _var_of(name: str, values) -> str:

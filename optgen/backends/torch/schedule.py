@@ -25,7 +25,7 @@ import sympy
 
 from ...errors import CompileError
 from ...expr import GRAD, PARAM
-from ...shapes import guard_condition
+from ...shapes import ELEMENT, SCALAR, Shape, guard_condition, shape_of
 from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T, tensor_op_count
 from .prepare import Prepared, inline, plural, tidy_names
 
@@ -73,6 +73,7 @@ class Scheduler:
             self.st.display[name] = name
         self.st.current = {c: c for c in p.chains}
         self.zero_tables = self._zero_tables()
+        self.shapes = _shapes(p)
 
     # ------------------------------------------------------------------ driver
     def run(self) -> Schedule:
@@ -122,6 +123,25 @@ class Scheduler:
             return
         self.out.append(op)
 
+    def _partial_version(self, v) -> bool:
+        """A version of param (or of a state) computed for some ranks only, which a
+        where(ndim(param) ..., a, b) joins afterwards: a temporary, not an in-place update."""
+        if v.guard is None:
+            return False
+        states = {s.name: s for s in self.p.program.states}
+        ranks = states[v.var].ranks if v.var in states else None
+        return ranks is None or not ranks <= v.guard
+
+    def _mixes_shapes(self, expr) -> bool:
+        """Whether expr combines tensors of different shape classes (a row vector and a
+        matrix): in-place primitives cannot grow their output, so it is one expression."""
+        if not self.shapes:
+            return False
+        result = shape_of(expr, self.shapes, None, None)
+        return any(
+            not self.shapes.get(s.name, SCALAR).is_scalar and self.shapes[s.name] != result for s in expr.free_symbols
+        )
+
     def _guarded_value(self, v) -> None:
         """A value of an `if ndim(param) ...:` body runs for those tensors only: its ops go
         under a per-tensor `if` (the foreach path splits its batches on it)."""
@@ -148,7 +168,7 @@ class Scheduler:
             self.emit(Reduce(name, v.reduce, source))
             self._bind(v.name, name)
             return
-        if v.var in self.p.chains:
+        if v.var in self.p.chains and not self._partial_version(v):
             self._chain_value(v, v.var, expr)
             return
         if kind == "scalar":
@@ -427,7 +447,7 @@ class Scheduler:
         if xs is None or not expr.has(xs):
             self.assign(holder, expr)
             return
-        if self._conflicts(holder, x, expr):
+        if self._conflicts(holder, x, expr) or self._mixes_shapes(expr):
             self.via_temp(holder, expr)
             return
         start, outer = self.snapshot(), self.out
@@ -599,6 +619,10 @@ class Scheduler:
             return
         if self.p.is_scalar(expr):
             self.emit(New(name, "full_like", (T(self.st.display[PARAM]), S(expr))))
+            self._fresh_buffer(name)
+            return
+        if self._mixes_shapes(expr):
+            self.emit(Eval(name, expr))
             self._fresh_buffer(name)
             return
         if top and self._reuse(name, expr):
@@ -904,3 +928,15 @@ def _merge_branches(last, op) -> bool:
     else:
         return False
     return True
+
+
+def _shapes(p: Prepared) -> dict:
+    """IR name -> shape class, when the program has axis structure (else empty: nothing to
+    check, and the schedule of an elementwise program is unchanged)."""
+    program = p.program
+    if not program.has_axes:
+        return {}
+    shapes = {name: ELEMENT for name, scope in program.input_scopes.items() if scope == "element"}
+    shapes.update({s.name: Shape(frozenset(s.axes)) for s in program.states if s.scope == "element"})
+    shapes.update({v.name: v.shape for v in p.values})
+    return shapes
