@@ -282,12 +282,11 @@ def _check_full_means(expr, shapes: dict[str, Shape], loc) -> None:
     if NUMEL_SYMBOL not in expr.free_symbols:
         return
     for a in sympy.preorder_traversal(expr):
-        if isinstance(a, REDUCTIONS) and type(a).__name__ == "ReduceSum":
-            if shape_of(a.args[0], shapes, loc, None).is_reduced:
-                raise SpecError(
-                    loc,
-                    "mean(x) of a reduced value divides by numel(param); reduce its axes instead: mean(x, axis=...)",
-                )
+        reduced = isinstance(a, REDUCTIONS) and shape_of(a.args[0], shapes, loc, None).is_reduced
+        if reduced and type(a).__name__ == "ReduceSum":
+            raise SpecError(
+                loc, "mean(x) of a reduced value divides by numel(param); reduce its axes instead: mean(x, axis=...)"
+            )
 
 
 def _var_of(name: str, values) -> str:

@@ -343,8 +343,10 @@ def test_simple_spec_lowers_with_shapes():
             "v = grad**2\n",
             "v = grad**2 + mean(grad, axis=-2)\n",
             "18:7",
-            "mean(..., axis=-2) needs tensors of at least 2 dims, but this line runs for ndim(param) = 0 too; "
-            "put it under `if ndim(param) >= 2:`",
+            (
+                "mean(..., axis=-2) needs tensors of at least 2 dims, but this line runs for ndim(param) = 0 too; "
+                "put it under `if ndim(param) >= 2:`"
+            ),
         ),
         (
             "v = grad**2\n",
