@@ -170,7 +170,7 @@ def _check_defaults(spec: Spec, report: Report) -> None:
                 report.add(h.loc, f"`{key}` is captured from `{h.captured}`, which is not a scalar hyperparameter")
             continue
         for name, value in zip(h.names, h.default):
-            if not h.range.contains(value):
+            if value is not None and not h.range.contains(value):  # None: `none: dtype_eps`
                 report.add(h.loc, f"default of `{name}` ({value:g}) is outside its range {h.range}")
 
 

@@ -61,7 +61,7 @@ TOP_KEYS = {
     "step",
 }
 STEP_COUNTS = ("per_tensor", "per_group")  # `step:` how `step` is counted
-HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc", "tensor"}
+HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc", "tensor", "none"}
 TENSOR_RULES = ("accept", "not_with_foreach")  # a hyperparameter given as a 1-element tensor
 STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc", "shape", "ndim"}
 INPUT_KEYS = {"tex", "doc"}
@@ -1022,6 +1022,16 @@ class SpecBuilder:
             if isinstance(n, str) and n not in self.symbols:
                 self.symbols[n] = symbol(n)
 
+    def default_component(self, node: Node, key: str, fields: dict[str, Node]) -> float | None:
+        """A default value; null (None) where `none: dtype_eps` says what None means: the
+        machine epsilon of the parameters' dtype, resolved at each step (torch.optim.Adafactor's
+        eps1=None)."""
+        if node.value is None and "none" in fields:
+            if fields["none"].value != "dtype_eps":
+                raise SpecError(fields["none"].loc, f"`none` of `{key}`: the one meaning of None is `dtype_eps`")
+            return None
+        return _number(node, f"a component of `{key}`")
+
     def hyperparameter(self, key: str, loc: Loc, fields: dict[str, Node]) -> Hyperparameter:
         _check_name(key, loc, "bad hyperparameter name")
         interval = parse_range(fields["range"]) if "range" in fields else Interval(-math.inf, math.inf, True, True)
@@ -1039,9 +1049,9 @@ class SpecBuilder:
             if isinstance(default.value, list):
                 if "names" not in fields:
                     raise SpecError(default.loc, f"tuple hyperparameter `{key}` needs `names` for its components")
-                defaults = [_number(d, f"a component of `{key}`") for d in default.value]
+                defaults = [self.default_component(d, key, fields) for d in default.value]
             else:
-                defaults = [_number(default, f"the default of `{key}`")]
+                defaults = [self.default_component(default, key, fields)]
             names = [key]
             if "names" in fields:
                 names_node = fields["names"]
@@ -1080,6 +1090,7 @@ class SpecBuilder:
             captured,
             _text(fields.get("doc"), "text"),
             self.tensor_rule(key, fields, captured is None and "names" not in fields),
+            none="dtype_eps" if None in defaults else None,
         )
 
     def tensor_rule(self, key: str, fields: dict[str, Node], scalar_keyword: bool) -> str:

@@ -289,11 +289,9 @@ class Reference:
         env: Env = {}
         for key, h in self.spec.hyperparameters.items():
             value = group[key]
-            if h.is_tuple:
-                for name, v in zip(h.names, value):
-                    env[name] = np.float64(v)
-            else:
-                env[h.names[0]] = np.float64(value)
+            values = value if h.is_tuple else (value,)
+            for name, v in zip(h.names, values):  # None: `none: dtype_eps`, float64's here
+                env[name] = np.float64(np.finfo(np.float64).eps if v is None else v)
         return env
 
     def _env(self, i: int, grad: np.ndarray, inputs: dict[str, list]) -> tuple[Env, CompiledProgram]:

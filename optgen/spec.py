@@ -45,6 +45,9 @@ class Hyperparameter:
     # a 1-element tensor value: "accept" (read as its value where a Python number is needed)
     # or "not_with_foreach" (torch.optim.Adam's lr: a ValueError with foreach=True)
     tensor: str = "accept"
+    # `none: dtype_eps`: a component may default to None (YAML null), which means the machine
+    # epsilon of the parameters' dtype (torch.optim.Adafactor's eps1=None)
+    none: str | None = None
 
     # set on a copy whose scalar `names` were renamed for generated code (keeps the kind)
     tuple_key: bool | None = None

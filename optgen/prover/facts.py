@@ -151,7 +151,8 @@ def _hyper_settings(spec: Spec) -> list[tuple[str, dict[str, float]]]:
     defaults = {}
     for name, (h, i) in spec.scalar_hypers.items():
         source = spec.hyperparameters[h.captured] if h.captured else h
-        defaults[name] = float(source.default[0 if h.captured else i])
+        value = source.default[0 if h.captured else i]
+        defaults[name] = float(np.finfo(np.float64).eps if value is None else value)  # `none: dtype_eps`
     settings = [("default hyperparameters", defaults)]
     for name, (h, _) in spec.scalar_hypers.items():
         for end, is_open in ((h.range.lo, h.range.lo_open), (h.range.hi, h.range.hi_open)):

@@ -217,7 +217,7 @@ def default_tex_value(spec: Spec, hyper) -> str:
     if hyper.captured:
         source = spec.scalar_hypers.get(hyper.captured)
         return (symbol_tex(spec, hyper.captured) if source else escape_name(hyper.captured)) + r"\text{ at creation}"
-    values = [decimal(v) for v in hyper.default]
+    values = [decimal(v) if v is not None else r"\epsilon_{\mathrm{dtype}}" for v in hyper.default]
     return values[0] if len(values) == 1 else "(" + ", ".join(values) + ")"
 
 

@@ -178,7 +178,7 @@ def _class_context(public: Spec, spec: Spec, variants: list[Variant], globals_) 
         "restore_reads_param": any("p.dtype" in line for line in _scalar_state_restore(spec, device_states)),
         "uses_state_dtype": any(s.scope != "tensor" for s in spec.state.values()),
         "splits_large": any(elementwise(v.prepared.program) for v in variants),
-        "unpack": [f'{", ".join(h.names)} = group["{k}"]' for k, h in spec.hyperparameters.items() if h.is_tuple],
+        "unpack": _unpack(spec),
         "call_kwargs": _call_kwargs(spec, globals_),
         # scalar constructor keywords that may be 1-element tensors (torch.optim's tensor lr)
         "tensor_keys": [k for k, h in spec.hyperparameters.items() if h.captured is None and not h.is_tuple],
@@ -346,14 +346,31 @@ def _input_doc(d) -> str:
     return textwrap.indent(_arg(f"{d.public} (dict)", text), "    ")
 
 
+def _unpack(spec: Spec) -> list[str]:
+    """Tuple hyperparameters into their names; a None component (`none: dtype_eps`) becomes
+    the machine epsilon of the group's first parameter's dtype, as torch.optim.Adafactor's
+    eps1=None does."""
+    lines = []
+    for k, h in spec.hyperparameters.items():
+        if h.is_tuple:
+            lines.append(f'{", ".join(h.names)} = group["{k}"]')
+        for name, value in zip(h.names, h.default):
+            if h.none is not None and value is None:
+                if not h.is_tuple:
+                    lines.append(f'{name} = group["{k}"]')
+                lines += [f"if {name} is None and params:", f"    {name} = torch.finfo(params[0].dtype).eps"]
+    return lines
+
+
 def _type_of(h) -> str:
-    return f"tuple[{', '.join(['float'] * len(h.names))}]" if h.is_tuple else "float"
+    kinds = ["float | None" if d is None else "float" for d in h.default]
+    return f"tuple[{', '.join(kinds)}]" if h.is_tuple else kinds[0]
 
 
 def _default(h) -> str:
     if h.is_tuple:
-        return "(" + ", ".join(number(x) for x in h.default) + ")"
-    return number(h.default[0])
+        return "(" + ", ".join("None" if x is None else number(x) for x in h.default) + ")"
+    return "None" if h.default[0] is None else number(h.default[0])
 
 
 def _hyper_doc(spec: Spec, h) -> str:
@@ -384,6 +401,8 @@ def _validation(spec: Spec, public: Spec) -> list[str]:
             test = _range_test(name, h.range)
             if test is None:
                 continue
+            if h.none is not None and h.default[i] is None:
+                test = f"({name} is None or {test})"
             label = f"{label} ({key}[{i}])" if h.is_tuple else label
             lines.append(f"if not {test}:")
             lines += _raise(f'f"Invalid {label}: {{{name}!r}}', f'(expected a value in {h.range})"')
