@@ -307,6 +307,15 @@ def adafactor(
             x.item() if torch.is_tensor(x) else x
             for x in (lr, beta2_decay, eps1, eps2, d, weight_decay)
         )
+    if fused:
+        raise ValueError(
+            "Adafactor uses states reduced over axes, `if ndim(param) ...:` rules, axis reductions (mean(x, axis=...)), which the fused kernels do not run; use foreach=True (or the for-loop) instead of fused=True"
+        )
+    if any(_is_dtensor(param) for param in params):
+        # a reduction over axes needs each tensor whole, where a shard holds some of its rows
+        raise ValueError(
+            "Adafactor reduces over axes: DTensor (FSDP2) parameters are not supported"
+        )
     # before taking local shards: a DTensor's numel is the whole tensor's
     numels = [param.numel() for param in params]
     shard_groups = None if fused else _shard_groups(params)
