@@ -17,8 +17,8 @@ from cpp_harness import Harness, _cpu_kernels, needs_compiler, option_settings, 
 
 import optgen
 from optgen import catalog
-from optgen.shapes import fused_refusal
 from optgen.backends.cpp import config, runtime
+from optgen.shapes import fused_refusal
 
 pytestmark = needs_compiler
 

@@ -20,9 +20,9 @@ from test_triton_harness import DEVICE, Harness, option_settings, run
 
 import optgen
 from optgen import catalog
-from optgen.shapes import fused_refusal
 from optgen.backends.triton import runtime
 from optgen.errors import CompileError
+from optgen.shapes import fused_refusal
 
 SHAPES = [(3, 5), (7,), (1,)]
 STEPS = 20
