@@ -1022,7 +1022,7 @@ class SpecBuilder:
             if isinstance(n, str) and n not in self.symbols:
                 self.symbols[n] = symbol(n)
 
-    def default_component(self, node: Node, key: str, fields: dict[str, Node]) -> float | None:
+    def default_component(self, node: Node, key: str, fields: dict[str, Node], what: str) -> float | None:
         """A default value; null (None) where `none: dtype_eps` says what None means: the
         machine epsilon of the parameters' dtype, resolved at each step (torch.optim.Adafactor's
         eps1=None)."""
@@ -1030,7 +1030,7 @@ class SpecBuilder:
             if fields["none"].value != "dtype_eps":
                 raise SpecError(fields["none"].loc, f"`none` of `{key}`: the one meaning of None is `dtype_eps`")
             return None
-        return _number(node, f"a component of `{key}`")
+        return _number(node, what)
 
     def hyperparameter(self, key: str, loc: Loc, fields: dict[str, Node]) -> Hyperparameter:
         _check_name(key, loc, "bad hyperparameter name")
@@ -1049,9 +1049,9 @@ class SpecBuilder:
             if isinstance(default.value, list):
                 if "names" not in fields:
                     raise SpecError(default.loc, f"tuple hyperparameter `{key}` needs `names` for its components")
-                defaults = [self.default_component(d, key, fields) for d in default.value]
+                defaults = [self.default_component(d, key, fields, f"a component of `{key}`") for d in default.value]
             else:
-                defaults = [self.default_component(default, key, fields)]
+                defaults = [self.default_component(default, key, fields, f"the default of `{key}`")]
             names = [key]
             if "names" in fields:
                 names_node = fields["names"]
