@@ -38,8 +38,9 @@ REDUCTIONS = (ReduceSum, ReduceMin, ReduceMax, GlobalSum)
 
 # Built-in inputs and their scopes.
 PARAM, GRAD, STEP, NUMEL, NDIM = "param", "grad", "step", "numel", "ndim"
+ROWS, COLS = "rows", "cols"  # rows(param) = size(-2), cols(param) = size(-1) (optgen/shapes.py)
 BUILTIN_INPUTS = (PARAM, GRAD, STEP)
-TENSOR_SHAPE_FUNCS = {"numel": NUMEL, "ndim": NDIM}  # numel(param), ndim(param)
+TENSOR_SHAPE_FUNCS = {"numel": NUMEL, "ndim": NDIM, "rows": ROWS, "cols": COLS}  # numel(param), ...
 
 # name -> (min args, max args)
 ELEMENTWISE_FUNCS = {
@@ -87,6 +88,8 @@ RESERVED = {
     "lambda",
     "numel",
     "ndim",
+    "rows",
+    "cols",
     "differentiable",
     "capturable",
     "has_sparse_grad",
@@ -125,6 +128,11 @@ def symbol(name: str, **assumptions) -> sympy.Symbol:
 STEP_SYMBOL = symbol(STEP, integer=True, positive=True)
 NUMEL_SYMBOL = symbol(NUMEL, integer=True, positive=True)
 NDIM_SYMBOL = symbol(NDIM, integer=True, nonnegative=True)
+ROWS_SYMBOL = symbol(ROWS, integer=True, positive=True)
+COLS_SYMBOL = symbol(COLS, integer=True, positive=True)
+# rows(param) is size(-2) of a tensor of 2 or more dims, else 1; cols(param) is size(-1), 1 for
+# a 0-d tensor: a vector is one row (the N-D rule of optgen/shapes.py)
+SIZE_RANKS = {ROWS: 2, COLS: 1}
 
 
 def reductions_in(expr: sympy.Expr) -> set:

@@ -21,11 +21,13 @@ import sympy
 
 from .errors import CompileError, SpecError, SpecErrors
 from .expr import (
+    COLS,
     GRAD,
     NDIM,
     NUMEL,
     PARAM,
     REDUCTIONS,
+    ROWS,
     STEP,
     TENSOR_REDUCTIONS,
     GlobalSum,
@@ -110,6 +112,7 @@ class _Namer:
 def _input_scopes(spec: Spec, opts: dict[str, bool]) -> dict[str, str]:
     scopes = {n: "host" for n in spec.scalar_hypers}
     scopes.update({STEP: "host", PARAM: "element", GRAD: "element", NUMEL: "tensor", NDIM: "tensor"})
+    scopes.update({ROWS: "tensor", COLS: "tensor"})
     scopes.update({name: "element" for name in spec.inputs})
     for s in spec.active_states(opts):
         scopes[s.name] = s.scope

@@ -21,6 +21,7 @@ from . import catalog, limits, shapes
 from .errors import Loc, SpecError, SpecErrors
 from .expr import (
     AXIS_REDUCTIONS,
+    COLS_SYMBOL,
     ELEMENTWISE_FUNCS,
     FUNCTIONS,
     GRAD,
@@ -28,6 +29,7 @@ from .expr import (
     NUMEL_SYMBOL,
     PARAM,
     REDUCTION_FUNCS,
+    ROWS_SYMBOL,
     STEP,
     STEP_SYMBOL,
     TENSOR_SHAPE_FUNCS,
@@ -359,7 +361,7 @@ class ExprConverter:
         self.options = options
         self.context = context
         # values that are not host scalars: operands `%` and `//` refuse
-        self.tensor_names = {PARAM, GRAD, NUMEL_SYMBOL.name, NDIM_SYMBOL.name}
+        self.tensor_names = {PARAM, GRAD, NUMEL_SYMBOL.name, NDIM_SYMBOL.name, ROWS_SYMBOL.name, COLS_SYMBOL.name}
 
     def loc(self, node: ast.AST) -> Loc:
         return self.source.loc(getattr(node, "lineno", 1), getattr(node, "col_offset", 0))
@@ -499,7 +501,7 @@ class ExprConverter:
             arg = node.args[0]
             if not (isinstance(arg, ast.Name) and arg.id in (PARAM, GRAD)):
                 raise self.error(arg, f"{name}() takes `param` (the tensor whose {name} it is)")
-            return NUMEL_SYMBOL if name == "numel" else NDIM_SYMBOL
+            return {"numel": NUMEL_SYMBOL, "ndim": NDIM_SYMBOL, "rows": ROWS_SYMBOL, "cols": COLS_SYMBOL}[name]
         if name == "where":
             cond = self.convert(node.args[0], condition=True)
             a, b = self.convert(node.args[1]), self.convert(node.args[2])

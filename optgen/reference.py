@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import sympy
 
-from .expr import GRAD, NDIM, NUMEL, PARAM, STEP, AxisReduction
+from .expr import GRAD, NDIM, NUMEL, PARAM, SIZE_RANKS, STEP, AxisReduction
 from .ir import Program
 from .lower import lower
 from .shapes import ALL_RANKS, MAX_RANK
@@ -303,6 +303,8 @@ class Reference:
             g = -g
         env = self._hyper_env(group)
         env.update({PARAM: param, GRAD: g, NUMEL: np.float64(param.size), NDIM: np.float64(param.ndim)})
+        for name, rank in SIZE_RANKS.items():  # rows(param), cols(param): 1 without the dim
+            env[name] = np.float64(param.shape[-rank] if param.ndim >= rank else 1)
         for name, values in inputs.items():
             if values[i] is None:
                 raise ValueError(f"step() input `{name}` is missing for parameter {i}, which has a gradient")

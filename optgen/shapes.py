@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import sympy
 
 from .errors import Loc, SpecError
-from .expr import NDIM_SYMBOL, NUMEL_SYMBOL, REDUCTIONS, AxisReduction
+from .expr import NDIM_SYMBOL, NUMEL_SYMBOL, REDUCTIONS, SIZE_RANKS, AxisReduction
 
 MAX_RANK = 8  # ranks above this behave like MAX_RANK for the conditions (ndim >= k, k <= 8)
 
@@ -328,12 +328,22 @@ def fused_refusal(spec) -> str | None:
         uses.append("`if ndim(param) ...:` rules")
     if _statements_use(spec.update, lambda st: hasattr(st, "expr") and st.expr.has(AxisReduction)):
         uses.append("axis reductions (mean(x, axis=...))")
+    sizes = {s.name for s in _symbols_of(spec.update)} & set(SIZE_RANKS)
+    if sizes:
+        uses.append(" and ".join(f"{n}(param)" for n in sorted(sizes)))
     if not uses:
         return None
     return (
         f"{spec.name} uses {', '.join(uses)}, which the fused kernels do not run; use foreach=True "
         "(or the for-loop) instead of fused=True"
     )
+
+
+def _symbols_of(statements) -> set:
+    out = set()
+    for st in statements:
+        out |= st.expr.free_symbols if hasattr(st, "expr") else _symbols_of(st.body) | _symbols_of(st.orelse)
+    return out
 
 
 def _is_rank_rule(stmt) -> bool:

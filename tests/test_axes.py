@@ -182,9 +182,9 @@ ROW_NORMALISED = HEAD.format(name="RowNorm") + textwrap.dedent(
     """\
     update: |
       if ndim(param) >= 2:
-          u = grad / (norm(grad, axis=-1) / sqrt(numel(param)) + eps)
+          u = grad / (norm(grad, axis=-1) / sqrt(cols(param)) + eps)
       else:
-          u = grad / (norm(grad) + eps)
+          u = grad / (norm(grad) / sqrt(rows(param) * cols(param)) + eps)
       param = param - lr * u
     """
 )
@@ -214,7 +214,7 @@ COLUMN_MAX = HEAD.format(name="ColumnMax") + textwrap.dedent(
       if ndim(param) >= 2:
           col_max = maximum(beta * col_max, amax(abs(grad), axis=-2))
           fibre_sq = beta * fibre_sq + (1 - beta) * mean(grad**2, axis=(-2, -1))
-          step_dir = grad / (col_max + eps) / sqrt(fibre_sq + sum(col_max, axis=-1) / numel(param))
+          step_dir = grad / (col_max + eps) / sqrt(fibre_sq + sum(col_max, axis=-1) / (rows(param) * cols(param)))
       else:
           vec_sq = beta * vec_sq + (1 - beta) * grad**2
           step_dir = grad / (sqrt(vec_sq) + eps)
@@ -259,7 +259,8 @@ def test_synthetic_specs_move_the_parameters_differently_by_rank():
     g = np.array([[3.0, 4.0], [0.3, 0.4]])
     ref = _reference_run(spec, [np.zeros((2, 2))], [[g]], lr=1.0, eps=1e-12)
     rows = np.linalg.norm(ref.params[0], axis=-1)
-    np.testing.assert_allclose(rows, [2.0, 2.0], rtol=1e-9)  # sqrt(numel) / |row| * |row|
+    np.testing.assert_allclose(rows, [np.sqrt(2), np.sqrt(2)], rtol=1e-9)  # each row at unit RMS: sqrt(cols)
+    np.testing.assert_allclose(np.abs(ref.params[0][0]), [0.6 * np.sqrt(2), 0.8 * np.sqrt(2)])
 
 
 def test_column_max_state_is_reduced_over_rows():

@@ -16,7 +16,7 @@ import numpy as np
 import sympy
 
 from ..check import Finding, inline
-from ..expr import GRAD, PARAM, STEP
+from ..expr import GRAD, PARAM, SIZE_RANKS, STEP, AxisReduction
 from ..ir import Program
 from ..limits import MAX_INLINED
 from ..lower import lower
@@ -125,6 +125,8 @@ def _denominators(expr: sympy.Expr) -> list[sympy.Expr]:
 
 def _zero_witness(spec: Spec, program: Program, denominator: sympy.Expr) -> str | None:
     """A first-step input at which the denominator is exactly 0, described, or None."""
+    if denominator.has(AxisReduction) or {s.name for s in denominator.free_symbols} & set(SIZE_RANKS):
+        return None  # the samples are flat rows of elements, without a tensor's axes
     settings = _hyper_settings(spec)
     given = (0.0, 1.0) if spec.inputs else (0.0,)  # every step() input at once (`hessian`)
     points = list(itertools.product((0.0, 1.0), (0.0, 1.0), given, range(len(settings))))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from ...expr import GRAD, NDIM, NUMEL, PARAM, STEP
+from ...expr import COLS, GRAD, NDIM, NUMEL, PARAM, ROWS, STEP
 from ...spec import Assign, If, Spec, TensorIf, holds
 from . import config
 from .printer import ALL_PARAMS, OptgenLatexPrinter, decimal
@@ -74,6 +74,8 @@ class Namer:
                 STEP: STEP_TEX,
                 NUMEL: rf"\operatorname{{numel}}({PARAM_TEX})",
                 NDIM: rf"\operatorname{{ndim}}({PARAM_TEX})",
+                ROWS: rf"\operatorname{{rows}}({PARAM_TEX})",
+                COLS: rf"\operatorname{{cols}}({PARAM_TEX})",
             }
         )
         # an input of step() is given anew at every step, as the gradient is: h_t

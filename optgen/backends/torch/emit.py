@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import sympy
 
-from ...expr import NDIM, NUMEL, STEP
+from ...expr import NDIM, NUMEL, SIZE_RANKS, STEP
 from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T
 from .prepare import PER_TENSOR, Prepared, plural
 from .printer import TensorPrinter, compiled_host_printer, host_printer
@@ -33,6 +33,8 @@ class _Texts:
             return "numel"  # the whole tensor's (numels[i]): a shard's own numel is less
         if ir == NDIM:
             return "param.ndim"
+        if ir in SIZE_RANKS:  # rows(param), cols(param): 1 without the dim
+            return f"(param.size({-SIZE_RANKS[ir]}) if param.ndim >= {SIZE_RANKS[ir]} else 1)"
         name = self.display.get(ir, ir)
         return self.rename.get(name, name)
 
@@ -354,7 +356,7 @@ class ForeachPrinter(SinglePrinter):
             return "steps"
         if ir == NUMEL:
             return "numels"
-        if ir == NDIM:
+        if ir == NDIM or ir in SIZE_RANKS:
             return f"[{self.texts.name(ir)} for param in params]"
         return plural(self.display[ir])
 
@@ -365,7 +367,7 @@ class ForeachPrinter(SinglePrinter):
                 continue
             if s.name == NUMEL:
                 pair = ("numel", "numels")
-            elif s.name == NDIM:
+            elif s.name == NDIM or s.name in SIZE_RANKS:
                 pair = ("param", "params")
             elif s.name == STEP:
                 pair = ("step", "steps")
@@ -535,6 +537,8 @@ class _FirstTexts(_Texts):
         super().__init__(p, sched)
 
     def host(self, ir: str) -> str:
+        if ir in SIZE_RANKS:
+            return f"(params[0].size({-SIZE_RANKS[ir]}) if params[0].ndim >= {SIZE_RANKS[ir]} else 1)"
         if ir in (NUMEL, NDIM):
             return "numels[0]" if ir == NUMEL else "params[0].ndim"
         if ir == STEP:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from ...expr import GRAD, NDIM, NUMEL, PARAM, STEP
+from ...expr import GRAD, NDIM, NUMEL, PARAM, SIZE_RANKS, STEP
 from ...ir import Program, Value
 
 PER_TENSOR = ("host", "scalar", "device", "element")
@@ -168,6 +168,7 @@ def _kinds(program: Program, values: list[Value], globals_: list[GlobalReduction
 def _kinds_given(program: Program, values, globals_, scalar_states) -> dict[str, str]:
     kinds = {n: "uniform" for n in program.hyper_names}
     kinds.update({STEP: "host", NUMEL: "host", NDIM: "host", PARAM: "element", GRAD: "element"})
+    kinds.update({name: "host" for name in SIZE_RANKS})  # rows(param), cols(param)
     kinds.update({name: "element" for name in program.input_names})
     for s in program.states:
         kinds[s.name] = "element" if s.scope == "element" else "scalar" if s.name in scalar_states else "device"
