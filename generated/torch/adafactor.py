@@ -423,12 +423,12 @@ def _single_tensor_adafactor(
         numel = numels[i]
         step = _get_value(step_t, param)
         one_minus_beta2 = step**beta2_decay
-        rho = min(lr, step**-0.5)
+        relative_step = min(lr, step**-0.5)
         if shard_groups is None:
             param_norm = torch.linalg.vector_norm(param)
         else:
             param_norm = param_norms[i]
-        alpha = rho * torch.clamp(param_norm / numel**0.5, min=eps2)
+        step_scale = relative_step * torch.clamp(param_norm / numel**0.5, min=eps2)
         if weight_decay != 0:
             param.mul_(1 - lr * weight_decay)
         if param.ndim >= 2:
@@ -458,7 +458,7 @@ def _single_tensor_adafactor(
             update_norm = torch.linalg.vector_norm(update)
         else:
             update_norm = update_norms[i]
-        coef = alpha / torch.clamp(update_norm / (d * numel**0.5), min=1)
+        coef = step_scale / torch.clamp(update_norm / (d * numel**0.5), min=1)
         param.addcmul_(update, coef, value=-1)
 
 
@@ -491,7 +491,7 @@ def _multi_tensor_adafactor(
     steps = [step_t.item() + 1 for step_t in state_steps]
     eps1_sq = eps1**2
     one_minus_beta2_list = [step**beta2_decay for step in steps]
-    rhos = [min(lr, step**-0.5) for step in steps]
+    relative_steps = [min(lr, step**-0.5) for step in steps]
     # one foreach call per device, dtype, CPU chunk and side of each host-side branch
     keys = [
         (param.device, param.dtype, chunk, param.ndim >= 2, param.ndim <= 1)
@@ -571,9 +571,9 @@ def _multi_tensor_adafactor(
             _all_reduce_partials(shard_groups, norms=[param_norms])
     else:
         param_norms = [values[0] for values in combined]
-    alphas = torch._foreach_div(param_norms, [numel**0.5 for numel in numels])
-    torch._foreach_clamp_min_(alphas, eps2)
-    torch._foreach_mul_(alphas, rhos)
+    step_scales = torch._foreach_div(param_norms, [numel**0.5 for numel in numels])
+    torch._foreach_clamp_min_(step_scales, eps2)
+    torch._foreach_mul_(step_scales, relative_steps)
     if weight_decay != 0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
     if params[0].ndim >= 2:
@@ -617,8 +617,8 @@ def _multi_tensor_adafactor(
         update_norms = [values[1] for values in combined]
     denom_1_list = torch._foreach_div(update_norms, [d * numel**0.5 for numel in numels])
     torch._foreach_clamp_min_(denom_1_list, 1)
-    torch._foreach_div_(alphas, denom_1_list)
-    coefs = alphas
+    torch._foreach_div_(step_scales, denom_1_list)
+    coefs = step_scales
     torch._foreach_addcmul_(params, updates, coefs, value=-1)
 
 
