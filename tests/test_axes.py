@@ -392,3 +392,17 @@ def test_malformed_shapes_are_located_parse_errors(old, new, where, message):
     assert old in SIMPLE
     text = _load_error(SIMPLE.replace(old, new, 1))
     assert f"s.yaml:{where}:" in text and message in text, text
+
+
+# --------------------------------------------------------------------------- LaTeX
+def test_latex_prints_axis_means_and_rank_rules():
+    from optgen.backends.latex.algorithm import box_lines, equation_rows
+
+    spec = optgen.load("adafactor")
+    box = "\n".join(box_lines(spec))
+    assert r"\textbf{if}\ \dim(\theta) \geq 2" in box
+    assert r"R_{t} \leftarrow \hat\beta_{2} \left(- R_{t-1} + \operatorname{mean}_{j} g_{t}^{2}\right) + R_{t-1}" in box
+    assert r"\operatorname{mean}_{i} g_{t}^{2}" in box  # the column mean: over the rows i
+    equations = dict(equation_rows(spec))
+    assert equations[r"\mathrm{var\_estimate}"] == r"V_{t} \quad \text{if } \dim(\theta) < 2"
+    assert r"\mathrm{update}" in equations and r"{\mathrm{var\_estimate}}'" not in "".join(equations.values())

@@ -36,11 +36,11 @@ class Adafactor(Optimizer):
            &\hspace{5mm}\alpha_t \leftarrow \rho_t \max\left(\epsilon_2, \frac{\left\lVert \theta_{t-1} \right\rVert}{\sqrt{\operatorname{numel}(\theta)}}\right) \\
            &\hspace{5mm}\theta_{t} \leftarrow \left(1 - \gamma \lambda\right) \theta_{t-1} \\
            &\hspace{5mm}\textbf{if}\ \dim(\theta) \geq 2 \\
-           &\hspace{10mm}R_{t} \leftarrow \hat\beta_{2} \left(- R_{0} + \operatorname{mean}_{j} g_{t}^{2}\right) + R_{0} \\
-           &\hspace{10mm}C_{t} \leftarrow C_{0} + \hat\beta_{2} \left(- C_{0} + \operatorname{mean}_{i} g_{t}^{2}\right) \\
+           &\hspace{10mm}R_{t} \leftarrow \hat\beta_{2} \left(- R_{t-1} + \operatorname{mean}_{j} g_{t}^{2}\right) + R_{t-1} \\
+           &\hspace{10mm}C_{t} \leftarrow C_{t-1} + \hat\beta_{2} \left(- C_{t-1} + \operatorname{mean}_{i} g_{t}^{2}\right) \\
            &\hspace{10mm}\mathrm{var\_estimate} \leftarrow \frac{C_{t} R_{t}}{\max\left(\epsilon_1, \operatorname{mean}_{i} R_{t}\right)} \\
            &\hspace{5mm}\textbf{else} \\
-           &\hspace{10mm}V_{t} \leftarrow \hat\beta_{2} \left(- V_{0} + g_{t}^{2}\right) + V_{0} \\
+           &\hspace{10mm}V_{t} \leftarrow \hat\beta_{2} \left(- V_{t-1} + g_{t}^{2}\right) + V_{t-1} \\
            &\hspace{10mm}\mathrm{var\_estimate} \leftarrow V_{t} \\
            &\hspace{5mm}\mathrm{update} \leftarrow \frac{g_{t}}{\sqrt{\max\left(\epsilon_1^{2}, \mathrm{var\_estimate}\right)}} \\
            &\hspace{5mm}\theta_{t} \leftarrow \theta_{t} - \frac{\alpha_t \cdot \mathrm{update}}{\max\left(1, \frac{\left\lVert \mathrm{update} \right\rVert}{d \sqrt{\operatorname{numel}(\theta)}}\right)} \\

@@ -137,8 +137,9 @@ def _written(statements: list, stateful: set[str], definitely: bool) -> set[str]
     for stmt in statements:
         if isinstance(stmt, Assign):
             out |= {stmt.target} & stateful
-        elif isinstance(stmt, TensorIf):  # a state of some tensors only is not completed
-            continue
+        elif isinstance(stmt, TensorIf):  # a state of some tensors only: written, never completed
+            if not definitely:
+                out |= _written(stmt.body, stateful, False) | _written(stmt.orelse, stateful, False)
         else:
             body, orelse = (_written(b, stateful, definitely) for b in (stmt.body, stmt.orelse))
             out |= (body & orelse) if definitely else (body | orelse)
@@ -337,30 +338,38 @@ def aligned(lines: list[str], indent: str = "    ", env: str = "aligned") -> str
 def equation_rows(spec: Spec, options: dict[str, bool] | None = None) -> list[tuple[str, str]]:
     """(lhs, rhs) pairs of the update specialised to `options` (default: the spec's defaults)."""
     options = spec.default_options() if options is None else options
-    statements = _flatten_rank_rules(specialise(spec.update, options))
+    statements = specialise(spec.update, options)
+    namer = Namer(spec, equations=True, last_writes=_write_counts(statements))
+    return [(namer.names[GRAD], gradient_tex(spec, namer)), *_equations(namer, statements, "")]
+
+
+def _write_counts(statements: list) -> dict[str, int]:
+    """How often each name is assigned; the two sides of a per-tensor rule are alternatives."""
     counts: dict[str, int] = {}
-    for stmt, _ in statements:
-        counts[stmt.target] = counts.get(stmt.target, 0) + 1
-    namer = Namer(spec, equations=True, last_writes=counts)
-    rows = [(namer.names[GRAD], gradient_tex(spec, namer))]
-    for stmt, when in statements:
+    for stmt in statements:
+        if isinstance(stmt, TensorIf):
+            sides = [_write_counts(stmt.body), _write_counts(stmt.orelse)]
+            for name in set(sides[0]) | set(sides[1]):
+                counts[name] = counts.get(name, 0) + max(side.get(name, 0) for side in sides)
+        else:
+            counts[stmt.target] = counts.get(stmt.target, 0) + 1
+    return counts
+
+
+def _equations(namer: Namer, statements: list, when: str) -> list[tuple[str, str]]:
+    """Each side of a per-tensor rule (`if ndim(param) >= 2:`) marked with the tensors it
+    holds for, both read from the values before the rule."""
+    rows = []
+    for stmt in statements:
+        if isinstance(stmt, TensorIf):
+            body, other = namer.copy(), namer.copy()
+            rows += _equations(body, stmt.body, rank_condition_tex(stmt.cond))
+            rows += _equations(other, stmt.orelse, rank_condition_tex(sympy.Not(stmt.cond)))
+            namer.merge(body, other)
+            continue
         value = namer.expr(stmt.expr, first=stmt.target)
         rows.append((namer.write(stmt.target, stmt.expr), value + (rf" \quad \text{{if }} {when}" if when else "")))
     return rows
-
-
-def _flatten_rank_rules(statements: list, when: str = "") -> list[tuple[Assign, str]]:
-    """The equations of a per-tensor rule (`if ndim(param) >= 2:`), each marked with the
-    tensors it holds for."""
-    out: list[tuple[Assign, str]] = []
-    for stmt in statements:
-        if isinstance(stmt, TensorIf):
-            cond = rank_condition_tex(stmt.cond)
-            out += _flatten_rank_rules(stmt.body, cond)
-            out += _flatten_rank_rules(stmt.orelse, rank_condition_tex(sympy.Not(stmt.cond)))
-        else:
-            out.append((stmt, when))
-    return out
 
 
 def align_env(spec: Spec, options: dict[str, bool] | None = None) -> str:
