@@ -318,14 +318,6 @@ def adafactor(
         )
     # before taking local shards: a DTensor's numel is the whole tensor's
     numels = [param.numel() for param in params]
-    shard_groups = None if fused else _shard_groups(params)
-    if shard_groups is not None:
-        # FSDP2's DTensor parameters: the update runs on this rank's shards, and each
-        # per-tensor reduction combines the shards' partial results over the shard group
-        params, grads, row_vars, col_vars, variances = (
-            _local_shards(tensors, params)
-            for tensors in (params, grads, row_vars, col_vars, variances)
-        )
     if fused:
         func = _fused_adafactor
     elif foreach:
@@ -347,7 +339,6 @@ def adafactor(
         weight_decay=weight_decay,
         maximize=maximize,
         numels=numels,
-        shard_groups=shard_groups,
     )
 
 
@@ -367,52 +358,11 @@ def _single_tensor_adafactor(
     weight_decay: float,
     maximize: bool,
     numels: list[int],
-    shard_groups: list | None = None,
 ) -> None:
-    """The for-loop implementation: one tensor at a time. With `shard_groups` (local shards of
-    DTensor parameters), a first loop computes every tensor's reductions of its shard from
-    the unchanged param and states, and one all-reduce per kind of reduction combines them
-    over the shard groups before the update loop reads them."""
+    """The for-loop implementation: one tensor at a time."""
     if not params:
         return
     eps1_sq = eps1**2
-    if shard_groups is not None:
-        # the local partials of every tensor's reductions before any update
-        param_norms, update_norms = [], []
-        for i, param in enumerate(params):
-            grad = grads[i] if not maximize else -grads[i]
-            row_var = row_vars[i]
-            col_var = col_vars[i]
-            variance = variances[i]
-            step = state_steps[i].item() + 1
-            one_minus_beta2 = step**beta2_decay
-            param_norms.append(torch.linalg.vector_norm(param))
-            if param.ndim >= 2:
-                row_var_1 = row_var + one_minus_beta2 * (
-                    torch.mean(grad**2, dim=-1, keepdim=True) - row_var
-                )
-                col_var_1 = col_var + one_minus_beta2 * (
-                    torch.mean(grad**2, dim=-2, keepdim=True) - col_var
-                )
-            if param.ndim <= 1:
-                scratch = grad.square()
-                scratch.sub_(variance)
-                variance_1 = variance.add(scratch, alpha=one_minus_beta2)
-            if param.ndim >= 2:
-                update = grad / torch.sqrt(
-                    torch.clamp(
-                        col_var_1
-                        * row_var_1
-                        / torch.clamp(torch.mean(row_var_1, dim=-2, keepdim=True), min=eps1),
-                        min=eps1_sq,
-                    )
-                )
-            else:
-                denom = variance_1.clamp(min=eps1_sq)
-                denom.sqrt_()
-                update = grad.div(denom)
-            update_norms.append(torch.linalg.vector_norm(update))
-        _all_reduce_partials(shard_groups, norms=[param_norms, update_norms])
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
         row_var = row_vars[i]
@@ -424,22 +374,17 @@ def _single_tensor_adafactor(
         step = _get_value(step_t, param)
         one_minus_beta2 = step**beta2_decay
         relative_step = min(lr, step**-0.5)
-        if shard_groups is None:
-            param_norm = torch.linalg.vector_norm(param)
-        else:
-            param_norm = param_norms[i]
+        param_norm = torch.linalg.vector_norm(param)
         step_scale = relative_step * torch.clamp(param_norm / numel**0.5, min=eps2)
         if weight_decay != 0:
             param.mul_(1 - lr * weight_decay)
         if param.ndim >= 2:
-            new_row_var = row_var + one_minus_beta2 * (
-                torch.mean(grad**2, dim=-1, keepdim=True) - row_var
-            )
-            row_var.copy_(new_row_var)
-            new_col_var = col_var + one_minus_beta2 * (
-                torch.mean(grad**2, dim=-2, keepdim=True) - col_var
-            )
-            col_var.copy_(new_col_var)
+            row_var.mul_(1 - one_minus_beta2)
+            scratch = torch.mean(grad**2, dim=-1, keepdim=True)
+            row_var.add_(scratch, alpha=one_minus_beta2)
+            col_var.mul_(1 - one_minus_beta2)
+            scratch_1 = torch.mean(grad**2, dim=-2, keepdim=True)
+            col_var.add_(scratch_1, alpha=one_minus_beta2)
         if param.ndim <= 1:
             variance.mul_(1 - one_minus_beta2).addcmul_(grad, grad, value=one_minus_beta2)
         if param.ndim >= 2:
@@ -454,10 +399,7 @@ def _single_tensor_adafactor(
         else:
             denom = variance.clamp(min=eps1_sq).sqrt_()
             update = grad.div(denom)
-        if shard_groups is None:
-            update_norm = torch.linalg.vector_norm(update)
-        else:
-            update_norm = update_norms[i]
+        update_norm = torch.linalg.vector_norm(update)
         coef = step_scale / torch.clamp(update_norm / (d * numel**0.5), min=1)
         param.addcmul_(update, coef, value=-1)
 
@@ -478,14 +420,8 @@ def _multi_tensor_adafactor(
     weight_decay: float,
     maximize: bool,
     numels: list[int],
-    shard_groups: list | None = None,
-    combined: list | None = None,
 ) -> None:
-    """The foreach implementation: torch._foreach_* kernels over all tensors at once. With
-    `shard_groups` (local shards of DTensor parameters), the reductions are all-reduced
-    together: one collective per kind of reduction where the update first reads them. A
-    group split into batches (a per-tensor host-side branch) combines them once before the
-    split, as the for-loop's first loop does, and each batch reads them from `combined`."""
+    """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
         return
     steps = [step_t.item() + 1 for step_t in state_steps]
@@ -494,59 +430,12 @@ def _multi_tensor_adafactor(
     relative_steps = [min(lr, step**-0.5) for step in steps]
     # one foreach call per device, dtype, CPU chunk and side of each host-side branch
     keys = [
-        (param.device, param.dtype, chunk, param.ndim >= 2, param.ndim <= 1)
-        for param, chunk in zip(params, _cpu_chunks(params, shard_groups is not None))
+        (param.device, param.dtype, chunk, param.ndim >= 2)
+        for param, chunk in zip(params, _cpu_chunks(params))
     ]
     if len(set(keys)) > 1:
-        if shard_groups is not None:
-            # combined once for the group: one collective per kind, not one per batch
-            param_norms, update_norms = [], []
-            for i, param in enumerate(params):
-                grad = grads[i] if not maximize else -grads[i]
-                row_var = row_vars[i]
-                col_var = col_vars[i]
-                variance = variances[i]
-                step = state_steps[i].item() + 1
-                one_minus_beta2 = step**beta2_decay
-                param_norms.append(torch.linalg.vector_norm(param))
-                if param.ndim >= 2:
-                    row_var_1 = row_var + one_minus_beta2 * (
-                        torch.mean(grad**2, dim=-1, keepdim=True) - row_var
-                    )
-                    col_var_1 = col_var + one_minus_beta2 * (
-                        torch.mean(grad**2, dim=-2, keepdim=True) - col_var
-                    )
-                if param.ndim <= 1:
-                    scratch = grad.square()
-                    scratch.sub_(variance)
-                    variance_1 = variance.add(scratch, alpha=one_minus_beta2)
-                if param.ndim >= 2:
-                    update = grad / torch.sqrt(
-                        torch.clamp(
-                            col_var_1
-                            * row_var_1
-                            / torch.clamp(torch.mean(row_var_1, dim=-2, keepdim=True), min=eps1),
-                            min=eps1_sq,
-                        )
-                    )
-                else:
-                    denom = variance_1.clamp(min=eps1_sq)
-                    denom.sqrt_()
-                    update = grad.div(denom)
-                update_norms.append(torch.linalg.vector_norm(update))
-            _all_reduce_partials(shard_groups, norms=[param_norms, update_norms])
-            combined = list(zip(param_norms, update_norms))
-        for *batch, batch_numels, batch_shard_groups, batch_combined in _batches(
-            keys,
-            params,
-            grads,
-            row_vars,
-            col_vars,
-            variances,
-            state_steps,
-            numels,
-            shard_groups,
-            combined,
+        for *batch, batch_numels in _batches(
+            keys, params, grads, row_vars, col_vars, variances, state_steps, numels
         ):
             _multi_tensor_adafactor(
                 *batch,
@@ -558,35 +447,30 @@ def _multi_tensor_adafactor(
                 weight_decay=weight_decay,
                 maximize=maximize,
                 numels=batch_numels,
-                shard_groups=batch_shard_groups,
-                combined=batch_combined,
             )
         return
     torch._foreach_add_(state_steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)
-    if combined is None:
-        param_norms = torch._foreach_norm(params)
-        if shard_groups is not None:
-            _all_reduce_partials(shard_groups, norms=[param_norms])
-    else:
-        param_norms = [values[0] for values in combined]
+    param_norms = torch._foreach_norm(params)
     step_scales = torch._foreach_div(param_norms, [numel**0.5 for numel in numels])
     torch._foreach_clamp_min_(step_scales, eps2)
     torch._foreach_mul_(step_scales, relative_steps)
     if weight_decay != 0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
     if params[0].ndim >= 2:
-        new_row_vars = [
-            row_var + one_minus_beta2 * (torch.mean(grad**2, dim=-1, keepdim=True) - row_var)
-            for grad, one_minus_beta2, row_var in zip(grads, one_minus_beta2_list, row_vars)
-        ]
-        torch._foreach_copy_(row_vars, new_row_vars)
-        new_col_vars = [
-            col_var + one_minus_beta2 * (torch.mean(grad**2, dim=-2, keepdim=True) - col_var)
-            for col_var, grad, one_minus_beta2 in zip(col_vars, grads, one_minus_beta2_list)
-        ]
-        torch._foreach_copy_(col_vars, new_col_vars)
+        torch._foreach_mul_(
+            row_vars, [1 - one_minus_beta2 for one_minus_beta2 in one_minus_beta2_list]
+        )
+        scratches = [torch.mean(grad**2, dim=-1, keepdim=True) for grad in grads]
+        scaled_scratches = torch._foreach_mul(scratches, one_minus_beta2_list)
+        torch._foreach_add_(row_vars, scaled_scratches)
+        torch._foreach_mul_(
+            col_vars, [1 - one_minus_beta2 for one_minus_beta2 in one_minus_beta2_list]
+        )
+        scratch_1_list = [torch.mean(grad**2, dim=-2, keepdim=True) for grad in grads]
+        scaled_scratch_1_list = torch._foreach_mul(scratch_1_list, one_minus_beta2_list)
+        torch._foreach_add_(col_vars, scaled_scratch_1_list)
     if params[0].ndim <= 1:
         torch._foreach_mul_(
             variances, [1 - one_minus_beta2 for one_minus_beta2 in one_minus_beta2_list]
@@ -609,12 +493,7 @@ def _multi_tensor_adafactor(
         denoms = torch._foreach_clamp_min(variances, eps1_sq)
         torch._foreach_sqrt_(denoms)
         updates = torch._foreach_div(grads, denoms)
-    if combined is None:
-        update_norms = torch._foreach_norm(updates)
-        if shard_groups is not None:
-            _all_reduce_partials(shard_groups, norms=[update_norms])
-    else:
-        update_norms = [values[1] for values in combined]
+    update_norms = torch._foreach_norm(updates)
     denom_1_list = torch._foreach_div(update_norms, [d * numel**0.5 for numel in numels])
     torch._foreach_clamp_min_(denom_1_list, 1)
     torch._foreach_div_(step_scales, denom_1_list)
@@ -639,7 +518,6 @@ def _fused_adafactor(
     weight_decay: float,
     maximize: bool,
     numels: list[int],
-    shard_groups: list | None = None,
 ) -> None:
     """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
     its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
@@ -691,15 +569,11 @@ def _get_value(x: Tensor, param: Tensor):
     return x.item()
 
 
-def _cpu_chunks(params: list[Tensor], sharded: bool = False) -> list[int]:
+def _cpu_chunks(params: list[Tensor]) -> list[int]:
     """A chunk number per tensor: on CPU, runs of consecutive tensors of about
     _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
     the whole list streams every tensor through memory once per op; chunk by chunk, the
-    tensors stay in cache from one op to the next. Local shards (`sharded`) are one chunk:
-    their sizes differ between ranks, and every rank must run the same batches (each batch
-    all-reduces its reductions once)."""
-    if sharded:
-        return [0] * len(params)
+    tensors stay in cache from one op to the next."""
     chunks, chunk, size = [], 0, 0
     for param in params:
         nbytes = param.numel() * param.element_size()
@@ -740,47 +614,3 @@ def _local_shards(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
             tensor = tensor.to_local()
         out.append(tensor)
     return out
-
-
-def _shard_group(param: Tensor):
-    """The process group over which a DTensor parameter is sharded (the ranks holding its
-    shards); None for a tensor this rank holds whole (a plain or a replicated one)."""
-    if not _is_dtensor(param):
-        return None
-    if any(placement.is_partial() for placement in param.placements):
-        raise ValueError("a parameter with a Partial placement has no value to update")
-    dims = [dim for dim, placement in enumerate(param.placements) if placement.is_shard()]
-    if len(dims) > 1:
-        raise NotImplementedError("parameters sharded over more than one mesh dimension")
-    return param.device_mesh.get_group(dims[0]) if dims else None
-
-
-def _shard_groups(params: list[Tensor]) -> list | None:
-    """None when no parameter is a DTensor; else each parameter's _shard_group."""
-    if not any(_is_dtensor(param) for param in params):
-        return None
-    return [_shard_group(param) for param in params]
-
-
-def _all_reduce_partials(groups: list, *, sums=(), norms=(), mins=(), maxs=()) -> None:
-    """Make per-tensor reductions of local shards those of the whole tensors, in place: each
-    argument a list of columns, a column one 0-d partial result per tensor (aligned with
-    `groups`, each tensor's _shard_group; None: a whole tensor, already complete). One
-    all_reduce per process group and kind of reduction: sums and norms (as squares) add,
-    mins and maxs take the extreme. An empty shard's partial is its reduction's identity."""
-    for op, columns, first_norm in (
-        (torch.distributed.ReduceOp.SUM, [*sums, *norms], len(sums)),
-        (torch.distributed.ReduceOp.MIN, mins, len(mins)),
-        (torch.distributed.ReduceOp.MAX, maxs, len(maxs)),
-    ):
-        for group in dict.fromkeys(group for group in groups if group is not None):
-            rows = [i for i, g in enumerate(groups) if g is group]
-            partials = [
-                (c >= first_norm, column[i]) for c, column in enumerate(columns) for i in rows
-            ]
-            if not partials:
-                continue
-            combined = torch.stack([value.square() if norm else value for norm, value in partials])
-            torch.distributed.all_reduce(combined, op=op, group=group)
-            for (norm, value), total in zip(partials, combined):
-                value.copy_(total.sqrt() if norm else total)

@@ -61,6 +61,8 @@ class SinglePrinter:
         self.tensor_printer = TensorPrinter(self.texts.name, p.is_scalar, self.texts.host)
         self.traced: set[str] = set()  # host values that are tensors under torch.compile
         self.defined = {"param", "grad", *(s.name for s in p.program.states)}  # bound so far
+        # a spec that reduces over axes refuses sharded (DTensor) tensors: nothing to combine
+        self.shardable = not p.program.has_axes
 
     def is_traced(self, expr) -> bool:
         """Whether `expr` is a 0-d tensor under torch.compile: it reads the step count, a
@@ -112,7 +114,7 @@ class SinglePrinter:
             if isinstance(op, (HostAssign, New, Eval, Alias, Reduce)):
                 self.defined.add(op.name if isinstance(op, HostAssign) else op.target)
             chain = op.target if isinstance(op, New) or (isinstance(op, InPlace) and _chainable(op)) else None
-            if isinstance(op, Reduce):
+            if isinstance(op, Reduce) and self.shardable:
                 pending.append(op)
         if pending:
             out.append(self._combine(pending))
@@ -406,7 +408,7 @@ class ForeachPrinter(SinglePrinter):
                 continue
             lines = getattr(self, f"_{type(op).__name__}")(op)
             out.extend(lines if isinstance(lines, list) else [lines])
-            if isinstance(op, Reduce):
+            if isinstance(op, Reduce) and self.shardable:
                 pending.append(op)
         if pending:
             out.append(self._combine(pending))

@@ -575,7 +575,10 @@ def _uses_numel(variants: list[Variant]) -> bool:
 
 
 def _shard_reductions(variants: list[Variant]) -> bool:
-    """Whether the update reduces per tensor: then a sharded tensor's reductions are combined."""
+    """Whether the update reduces per tensor: then a sharded tensor's reductions are combined
+    (a spec that reduces over axes refuses sharded tensors instead)."""
+    if any(v.prepared.program.has_axes for v in variants):
+        return False
     return any(v.prepared.program.reductions("tensor") for v in variants)
 
 

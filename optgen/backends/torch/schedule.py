@@ -24,8 +24,8 @@ from functools import partial
 import sympy
 
 from ...errors import CompileError
-from ...expr import GRAD, PARAM
-from ...shapes import ELEMENT, SCALAR, Shape, guard_condition, shape_of
+from ...expr import GRAD, PARAM, axis_reductions_in
+from ...shapes import ALL_RANKS, ELEMENT, SCALAR, Shape, guard_condition, shape_of
 from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T, tensor_op_count
 from .prepare import Prepared, inline, plural, tidy_names
 
@@ -137,10 +137,13 @@ class Scheduler:
         matrix): in-place primitives cannot grow their output, so it is one expression."""
         if not self.shapes:
             return False
-        result = shape_of(expr, self.shapes, None, None)
-        return any(
-            not self.shapes.get(s.name, SCALAR).is_scalar and self.shapes[s.name] != result for s in expr.free_symbols
-        )
+        shapes, operands = dict(self.shapes), {}
+        for i, reduction in enumerate(axis_reductions_in(expr)):  # an operand of its own shape
+            operand = sympy.Symbol(f"_axis_reduction_{i}", real=True)
+            shapes[operand.name], operands[reduction] = shape_of(reduction, self.shapes, None, None), operand
+        expr = expr.xreplace(operands)
+        result = shape_of(expr, shapes, None, None)
+        return any(not shapes.get(s.name, SCALAR).is_scalar and shapes[s.name] != result for s in expr.free_symbols)
 
     def _guarded_value(self, v) -> None:
         """A value of an `if ndim(param) ...:` body runs for those tensors only: its ops go
@@ -154,7 +157,8 @@ class Scheduler:
         if not body:
             return
         cond = guard_condition(v.guard)
-        if cond not in self.branch_conditions:
+        other = guard_condition(ALL_RANKS - v.guard)  # the same split of a foreach group
+        if cond not in self.branch_conditions and other not in self.branch_conditions:
             self.branch_conditions.append(cond)
         self.emit(If(cond, body, [], True))
 
