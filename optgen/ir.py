@@ -7,6 +7,10 @@ Scopes (ordered): host < global < tensor < element.
   tensor   one scalar per parameter tensor: a reduction or a `scope: tensor` state
   element  one value per element: param, grad, element states
 
+Shapes (optgen/shapes.py): each value also has a shape class, a per-tensor scalar, element
+(like param) or reduced over trailing axes (keepdim, `mean(x, axis=-1)`), and a guard: the
+ranks of the tensors it is computed for (the body of an `if ndim(param) >= 2:`).
+
 Phases: a per-tensor reduction needs every element of its argument before any element
 that depends on it can be computed, so it ends a phase. Phase 0 values need no per-tensor
 reduction; a value of phase k depends on reductions of phase k-1 at most. Kernels run one
