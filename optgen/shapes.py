@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import sympy
 
 from .errors import Loc, SpecError
-from .expr import NDIM_SYMBOL, NUMEL_SYMBOL, REDUCTIONS, SIZE_RANKS, AxisReduction
+from .expr import GRAD, NDIM_SYMBOL, NUMEL_SYMBOL, PARAM, REDUCTIONS, SIZE_RANKS, AxisReduction, ReduceSum
+from .spec import TensorIf
 
 MAX_RANK = 8  # ranks above this behave like MAX_RANK for the conditions (ndim >= k, k <= 8)
 
@@ -171,8 +172,8 @@ def _axis_reduction_shape(expr, shapes, loc, guard) -> Shape:
 
 
 def check_assignment(target: str, value: Shape, declared: Shape, loc: Loc) -> None:
-    """A state (or param) keeps its declared shape: its new value must have it exactly (a
-    per-tensor scalar broadcast into it is refused too: it would be a wasted tensor)."""
+    """A state (or param) keeps its declared shape: a new value of a shape class must have
+    exactly that one (a per-tensor scalar, which fills it, is not checked here)."""
     if value == declared:
         return
     what = "`param`" if target == "param" else f"state `{target}`"
@@ -186,8 +187,6 @@ class RankTracker:
     `if ndim(param) ...:`. Every mistake is a SpecError at its line."""
 
     def __init__(self, spec, states, scopes: dict[str, str]):
-        from .expr import GRAD, PARAM
-
         self.guard: Guard = ALL_RANKS
         self.states = {s.name: s for s in states}
         self.shapes: dict[str, Shape] = {n: SCALAR for n in scopes}
@@ -211,8 +210,6 @@ class RankTracker:
         """Before `stmt` is converted: what it reads exists for every tensor it runs for, and
         its value has the shape its target keeps. `broken`: variables whose line had an error
         (reading them is not a second one)."""
-        from .expr import GRAD, PARAM
-
         if {s.name for s in stmt.expr.free_symbols} & set(broken):
             return
         expr = stmt.expr.xreplace({s: env[s.name] for s in stmt.expr.free_symbols if s.name in env})
@@ -282,8 +279,7 @@ def _check_full_means(expr, shapes: dict[str, Shape], loc) -> None:
     if NUMEL_SYMBOL not in expr.free_symbols:
         return
     for a in sympy.preorder_traversal(expr):
-        reduced = isinstance(a, REDUCTIONS) and shape_of(a.args[0], shapes, loc, None).is_reduced
-        if reduced and type(a).__name__ == "ReduceSum":
+        if isinstance(a, ReduceSum) and shape_of(a.args[0], shapes, loc, None).is_reduced:
             raise SpecError(
                 loc, "mean(x) of a reduced value divides by numel(param); reduce its axes instead: mean(x, axis=...)"
             )
@@ -347,8 +343,6 @@ def _symbols_of(statements) -> set:
 
 
 def _is_rank_rule(stmt) -> bool:
-    from .spec import TensorIf
-
     return isinstance(stmt, TensorIf)
 
 
