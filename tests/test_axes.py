@@ -406,3 +406,23 @@ def test_latex_prints_axis_means_and_rank_rules():
     equations = dict(equation_rows(spec))
     assert equations[r"\mathrm{var\_estimate}"] == r"V_{t} \quad \text{if } \dim(\theta) < 2"
     assert r"\mathrm{update}" in equations and r"{\mathrm{var\_estimate}}'" not in "".join(equations.values())
+
+
+def test_check_from_the_command_line_warns_about_the_fused_path(tmp_path):
+    """`optgen check` passes an axis spec (exit 0) with the fused path's refusal as a warning,
+    and a shape mismatch fails it (exit 2) at its file:line:col."""
+    import subprocess
+    import sys
+
+    good = subprocess.run(
+        [sys.executable, "-m", "optgen.cli", "check", "adafactor"], capture_output=True, text=True, check=False
+    )
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "warning: no fused path (fused=True raises ValueError): Adafactor uses" in good.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SIMPLE.replace("mean(grad**2, axis=-1)", "grad**2", 1))
+    result = subprocess.run(
+        [sys.executable, "-m", "optgen.cli", "check", str(bad)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{bad}:14:7: error: state `row_var` is reduced over axis -1" in result.stdout
