@@ -222,7 +222,26 @@ COLUMN_MAX = HEAD.format(name="ColumnMax") + textwrap.dedent(
     """
 )
 
-SYNTHETIC = {"row_normalised": ROW_NORMALISED, "amax_scaled": AMAX_SCALED, "column_max": COLUMN_MAX}
+# a state every tensor has, updated by a rank rule on one side only (matrices take a row-mean
+# EMA broadcast back over the row; vectors keep it), and read by both sides afterwards
+PARTIAL_STATE = HEAD.format(name="PartialState") + textwrap.dedent(
+    """\
+    state:
+      avg: {init: 0}
+    update: |
+      if ndim(param) >= 2:
+          avg = beta * avg + (1 - beta) * mean(abs(grad), axis=-1)
+          grad = grad - mean(grad, axis=(-2, -1))
+      param = param - lr * grad / (avg + eps)
+    """
+)
+
+SYNTHETIC = {
+    "row_normalised": ROW_NORMALISED,
+    "amax_scaled": AMAX_SCALED,
+    "column_max": COLUMN_MAX,
+    "partial_state": PARTIAL_STATE,
+}
 
 
 def _reference_run(spec, init, grads, **hypers):
