@@ -420,8 +420,10 @@ def test_latex_prints_axis_means_and_rank_rules():
     spec = optgen.load("adafactor")
     box = "\n".join(box_lines(spec))
     assert r"\textbf{if}\ \dim(\theta) \geq 2" in box
-    assert r"R_{t} \leftarrow \hat\beta_{2} \left(- R_{t-1} + \operatorname{mean}_{j} g_{t}^{2}\right) + R_{t-1}" in box
-    assert r"\operatorname{mean}_{i} g_{t}^{2}" in box  # the column mean: over the rows i
+    # the row mean of g^2 as torch computes it, the squared norm along j over cols(theta)
+    row = r"\frac{\left\lVert g_{t} \right\rVert_{j}^{2}}{\operatorname{cols}(\theta)}"
+    assert rf"R_{{t}} \leftarrow \hat\beta_{{2}} \left(- R_{{t-1}} + {row}\right) + R_{{t-1}}" in box
+    assert r"\operatorname{mean}_{i} R_{t}" in box  # the column mean: over the rows i
     equations = dict(equation_rows(spec))
     assert equations[r"\mathrm{var\_estimate}"] == r"V_{t} \quad \text{if } \dim(\theta) < 2"
     assert r"\mathrm{update}" in equations and r"{\mathrm{var\_estimate}}'" not in "".join(equations.values())

@@ -36,8 +36,8 @@ class Adafactor(Optimizer):
            &\hspace{5mm}\alpha_t \leftarrow \rho_t \max\left(\epsilon_2, \frac{\left\lVert \theta_{t-1} \right\rVert}{\sqrt{\operatorname{numel}(\theta)}}\right) \\
            &\hspace{5mm}\theta_{t} \leftarrow \left(1 - \gamma \lambda\right) \theta_{t-1} \\
            &\hspace{5mm}\textbf{if}\ \dim(\theta) \geq 2 \\
-           &\hspace{10mm}R_{t} \leftarrow \hat\beta_{2} \left(- R_{t-1} + \operatorname{mean}_{j} g_{t}^{2}\right) + R_{t-1} \\
-           &\hspace{10mm}C_{t} \leftarrow C_{t-1} + \hat\beta_{2} \left(- C_{t-1} + \operatorname{mean}_{i} g_{t}^{2}\right) \\
+           &\hspace{10mm}R_{t} \leftarrow \hat\beta_{2} \left(- R_{t-1} + \frac{\left\lVert g_{t} \right\rVert_{j}^{2}}{\operatorname{cols}(\theta)}\right) + R_{t-1} \\
+           &\hspace{10mm}C_{t} \leftarrow C_{t-1} + \hat\beta_{2} \left(- C_{t-1} + \frac{\left\lVert g_{t} \right\rVert_{i}^{2}}{\operatorname{rows}(\theta)}\right) \\
            &\hspace{10mm}\mathrm{var\_estimate} \leftarrow \frac{C_{t} R_{t}}{\max\left(\epsilon_1, \operatorname{mean}_{i} R_{t}\right)} \\
            &\hspace{5mm}\textbf{else} \\
            &\hspace{10mm}V_{t} \leftarrow \hat\beta_{2} \left(- V_{t-1} + g_{t}^{2}\right) + V_{t-1} \\
@@ -131,7 +131,7 @@ class Adafactor(Optimizer):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
         if param_group["fused"]:
             raise ValueError(
-                "Adafactor uses states reduced over axes, `if ndim(param) ...:` rules, axis reductions (mean(x, axis=...)), which the fused kernels do not run; use foreach=True (or the for-loop) instead of fused=True"
+                "Adafactor uses states reduced over axes, `if ndim(param) ...:` rules, axis reductions (mean(x, axis=...)), cols(param) and rows(param), which the fused kernels do not run; use foreach=True (or the for-loop) instead of fused=True"
             )
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
@@ -309,7 +309,7 @@ def adafactor(
         )
     if fused:
         raise ValueError(
-            "Adafactor uses states reduced over axes, `if ndim(param) ...:` rules, axis reductions (mean(x, axis=...)), which the fused kernels do not run; use foreach=True (or the for-loop) instead of fused=True"
+            "Adafactor uses states reduced over axes, `if ndim(param) ...:` rules, axis reductions (mean(x, axis=...)), cols(param) and rows(param), which the fused kernels do not run; use foreach=True (or the for-loop) instead of fused=True"
         )
     if any(_is_dtensor(param) for param in params):
         # a reduction over axes needs each tensor whole, where a shard holds some of its rows
@@ -380,11 +380,17 @@ def _single_tensor_adafactor(
             param.mul_(1 - lr * weight_decay)
         if param.ndim >= 2:
             row_var.mul_(1 - one_minus_beta2)
-            scratch = torch.mean(grad**2, dim=-1, keepdim=True)
-            row_var.add_(scratch, alpha=one_minus_beta2)
+            scratch = torch.linalg.vector_norm(grad, dim=-1, keepdim=True)
+            row_var.addcmul_(
+                scratch, scratch, value=one_minus_beta2 / (param.size(-1) if param.ndim >= 1 else 1)
+            )
             col_var.mul_(1 - one_minus_beta2)
-            scratch_1 = torch.mean(grad**2, dim=-2, keepdim=True)
-            col_var.add_(scratch_1, alpha=one_minus_beta2)
+            scratch_1 = torch.linalg.vector_norm(grad, dim=-2, keepdim=True)
+            col_var.addcmul_(
+                scratch_1,
+                scratch_1,
+                value=one_minus_beta2 / (param.size(-2) if param.ndim >= 2 else 1),
+            )
         if param.ndim <= 1:
             variance.mul_(1 - one_minus_beta2).addcmul_(grad, grad, value=one_minus_beta2)
         if param.ndim >= 2:
@@ -462,15 +468,29 @@ def _multi_tensor_adafactor(
         torch._foreach_mul_(
             row_vars, [1 - one_minus_beta2 for one_minus_beta2 in one_minus_beta2_list]
         )
-        scratches = [torch.mean(grad**2, dim=-1, keepdim=True) for grad in grads]
-        scaled_scratches = torch._foreach_mul(scratches, one_minus_beta2_list)
-        torch._foreach_add_(row_vars, scaled_scratches)
+        scratches = [torch.linalg.vector_norm(grad, dim=-1, keepdim=True) for grad in grads]
+        torch._foreach_addcmul_(
+            row_vars,
+            scratches,
+            scratches,
+            [
+                one_minus_beta2 / (param.size(-1) if param.ndim >= 1 else 1)
+                for param, one_minus_beta2 in zip(params, one_minus_beta2_list)
+            ],
+        )
         torch._foreach_mul_(
             col_vars, [1 - one_minus_beta2 for one_minus_beta2 in one_minus_beta2_list]
         )
-        scratch_1_list = [torch.mean(grad**2, dim=-2, keepdim=True) for grad in grads]
-        scaled_scratch_1_list = torch._foreach_mul(scratch_1_list, one_minus_beta2_list)
-        torch._foreach_add_(col_vars, scaled_scratch_1_list)
+        scratch_1_list = [torch.linalg.vector_norm(grad, dim=-2, keepdim=True) for grad in grads]
+        torch._foreach_addcmul_(
+            col_vars,
+            scratch_1_list,
+            scratch_1_list,
+            [
+                one_minus_beta2 / (param.size(-2) if param.ndim >= 2 else 1)
+                for one_minus_beta2, param in zip(one_minus_beta2_list, params)
+            ],
+        )
     if params[0].ndim <= 1:
         torch._foreach_mul_(
             variances, [1 - one_minus_beta2 for one_minus_beta2 in one_minus_beta2_list]
