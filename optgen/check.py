@@ -122,11 +122,14 @@ def _check_backends(spec: Spec, report: Report) -> None:
     """Render every backend a build renders, without formatting or importing the result:
     generated Python is compiled to bytecode (a syntax error there is a bug in optgen)."""
     from . import backends
-    from .matrix import fused_refusal, matrix_location
+    from .fused_support import fused_refusal
+    from .matrix import matrix_location
 
     refusal = fused_refusal(spec)
-    if refusal:  # said once, as a warning: fused=True raises ValueError with this message
-        report.add(matrix_location(spec), f"fused path: {refusal}", "warning")
+    if refusal and spec.gradient_at is None:  # said once: fused=True raises ValueError with it
+        report.add(
+            matrix_location(spec) or spec.loc, f"no fused path (fused=True raises ValueError): {refusal}", "warning"
+        )
     for backend in backends.available():
         if backend.NAME in ("torch", "triton") and spec.gradient_at is not None:
             continue  # a paper form, for proofs only: build never compiles it
@@ -173,7 +176,7 @@ def _check_defaults(spec: Spec, report: Report) -> None:
                 report.add(h.loc, f"`{key}` is captured from `{h.captured}`, which is not a scalar hyperparameter")
             continue
         for name, value in zip(h.names, h.default):
-            if not h.range.contains(value):
+            if value is not None and not h.range.contains(value):  # None: `none: dtype_eps`
                 report.add(h.loc, f"default of `{name}` ({value:g}) is outside its range {h.range}")
 
 

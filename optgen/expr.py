@@ -38,8 +38,9 @@ REDUCTIONS = (ReduceSum, ReduceMin, ReduceMax, GlobalSum)
 
 # Built-in inputs and their scopes.
 PARAM, GRAD, STEP, NUMEL, NDIM = "param", "grad", "step", "numel", "ndim"
+ROWS, COLS = "rows", "cols"  # rows(param) = size(-2), cols(param) = size(-1) (optgen/shapes.py)
 BUILTIN_INPUTS = (PARAM, GRAD, STEP)
-TENSOR_SHAPE_FUNCS = {"numel": NUMEL, "ndim": NDIM}  # numel(param), ndim(param)
+TENSOR_SHAPE_FUNCS = {"numel": NUMEL, "ndim": NDIM, "rows": ROWS, "cols": COLS}  # numel(param), ...
 
 # name -> (min args, max args)
 ELEMENTWISE_FUNCS = {
@@ -89,6 +90,8 @@ RESERVED = {
     "lambda",
     "numel",
     "ndim",
+    "rows",
+    "cols",
     "differentiable",
     "capturable",
     "has_sparse_grad",
@@ -127,7 +130,65 @@ def symbol(name: str, **assumptions) -> sympy.Symbol:
 STEP_SYMBOL = symbol(STEP, integer=True, positive=True)
 NUMEL_SYMBOL = symbol(NUMEL, integer=True, positive=True)
 NDIM_SYMBOL = symbol(NDIM, integer=True, nonnegative=True)
+ROWS_SYMBOL = symbol(ROWS, integer=True, positive=True)
+COLS_SYMBOL = symbol(COLS, integer=True, positive=True)
+# rows(param) is size(-2) of a tensor of 2 or more dims, else 1; cols(param) is size(-1), 1 for
+# a 0-d tensor: a vector is one row (the N-D rule of optgen/shapes.py)
+SIZE_RANKS = {ROWS: 2, COLS: 1}
 
 
 def reductions_in(expr: sympy.Expr) -> set:
     return {a for a in sympy.preorder_traversal(expr) if isinstance(a, REDUCTIONS)}
+
+
+# --------------------------------------------------------------------------- axis reductions
+class AxisReductionBase(sympy.Function):
+    """A reduction over trailing axes of one tensor, keepdim: `mean(x, axis=-1)` is
+    AxisMean(x, (-1,)). The result has size 1 along the axes (optgen/shapes.py) and
+    broadcasts back against element values. Never a number (see _Reduction)."""
+
+    nargs = 2
+    is_real = True
+    is_number = False
+    spelling = ""
+    torch_fn = ""
+
+    @property
+    def axes(self) -> frozenset:
+        return frozenset(int(a) for a in self.args[1])
+
+
+class AxisSum(AxisReductionBase):
+    spelling = "sum"
+    torch_fn = "sum"
+
+
+class AxisMean(AxisReductionBase):
+    spelling = "mean"
+    torch_fn = "mean"
+
+
+class AxisMax(AxisReductionBase):
+    spelling = "amax"
+    torch_fn = "amax"
+
+
+class AxisMin(AxisReductionBase):
+    spelling = "amin"
+    torch_fn = "amin"
+
+
+class AxisNorm(AxisReductionBase):
+    """The 2-norm over the axes: sqrt of the sum of squares (torch.linalg.vector_norm)."""
+
+    is_nonnegative = True
+    spelling = "norm"
+    torch_fn = "norm"
+
+
+AxisReduction = AxisReductionBase  # (SymPy's printers dispatch to `_print_AxisReductionBase`)
+AXIS_REDUCTIONS = {"sum": AxisSum, "mean": AxisMean, "amax": AxisMax, "amin": AxisMin, "norm": AxisNorm}
+
+
+def axis_reductions_in(expr: sympy.Basic) -> list:
+    return [a for a in sympy.preorder_traversal(expr) if isinstance(a, AxisReduction)]

@@ -7,6 +7,10 @@ Scopes (ordered): host < global < tensor < element.
   tensor   one scalar per parameter tensor: a reduction or a `scope: tensor` state
   element  one value per element: param, grad, element states
 
+Shapes (optgen/shapes.py): each value also has a shape class, a per-tensor scalar, element
+(like param) or reduced over trailing axes (keepdim, `mean(x, axis=-1)`), and a guard: the
+ranks of the tensors it is computed for (the body of an `if ndim(param) >= 2:`).
+
 Phases: a per-tensor reduction needs every element of its argument before any element
 that depends on it can be computed, so it ends a phase. Phase 0 values need no per-tensor
 reduction; a value of phase k depends on reductions of phase k-1 at most. Kernels run one
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from .errors import Loc
+from .shapes import SCALAR, Shape
 from .spec import Spec, StateDecl
 
 SCOPES = ("host", "global", "tensor", "element")
@@ -47,6 +52,9 @@ class Value:
     # a matrix value (optgen/matrix.py): a MatrixBlock that the backends run whole; `expr` is
     # then MatrixInputs(operands...)
     matrix: object | None = None
+    # the ranks of the tensors this value is computed for (an `if ndim(param) ...` body), None: all
+    guard: frozenset | None = None
+    shape: Shape = SCALAR  # its shape class (optgen/shapes.py), set once the program is lowered
 
     @property
     def symbol(self) -> sympy.Symbol:
@@ -93,6 +101,13 @@ class Program:
 
     def values_of_scope(self, *scopes: str) -> list[Value]:
         return [v for v in self.values if v.scope in scopes]
+
+    @property
+    def has_axes(self) -> bool:
+        """Whether any value is reduced over axes or computed for some ranks only."""
+        return any(v.shape.is_reduced or v.guard is not None for v in self.values) or any(
+            s.axes or s.ranks is not None for s in self.states
+        )
 
     def reductions(self, over: str | None = None) -> list[Value]:
         return [v for v in self.values if v.is_reduction and (over is None or v.over == over)]

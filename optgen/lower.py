@@ -21,20 +21,23 @@ import sympy
 
 from .errors import CompileError, SpecError, SpecErrors
 from .expr import (
+    COLS,
     GRAD,
     NDIM,
     NUMEL,
     PARAM,
     REDUCTIONS,
+    ROWS,
     STEP,
     TENSOR_REDUCTIONS,
     GlobalSum,
 )
 from .facts import SignFacts
 from .ir import SCOPE_RANK, Program, Value, wider
-from .matrix import COLS, ROWS, MatrixLowering
+from .matrix import MatrixLowering
 from .program_facts import value_facts
-from .spec import Assign, If, Repeat, Spec, holds
+from .shapes import RankTracker, infer_shapes
+from .spec import Assign, If, Repeat, Spec, TensorIf, holds
 
 _REDUCE_OP = {**TENSOR_REDUCTIONS, GlobalSum: "sum"}
 
@@ -78,6 +81,7 @@ def _lower(spec: Spec, opts: dict[str, bool], optimize: bool) -> Program:
     _dce(program)
     _check_global_reductions(program)
     _number_phases(program)
+    infer_shapes(program)
     return program
 
 
@@ -146,10 +150,22 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
     broken: set[str] = set()  # targets of lines with an error: their uses are not errors too
     mx = MatrixLowering(spec, _all_scopes(scopes, values))
 
+    ranks = RankTracker(spec, states, scopes)
+
+    def join(var: str, expr, loc) -> Value:
+        """The value of `var` after an `if ndim(param) ...:` that assigns it differently."""
+        all_scopes = _all_scopes(scopes, values)
+        value = Value(namer.fresh(var), expr, _value_scope(expr, var, all_scopes, scopes), var, loc)
+        values.append(value)
+        return value
+
     def run(block):
         for stmt in block:
             if isinstance(stmt, If):
                 run(stmt.body if holds(stmt.cond, opts) else stmt.orelse)
+                continue
+            if isinstance(stmt, TensorIf):
+                ranks.branch(stmt, env, run, join)
                 continue
             if isinstance(stmt, Repeat):
                 assigns = _specialised(stmt.body, opts)
@@ -160,11 +176,17 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
                     broken.update(a.target for a in assigns)
                 continue
             try:
+                ranks.check(stmt, env, values, broken)
                 _ssa_assign(stmt, env, values, scopes, namer, inactive, broken, mx)
+                ranks.defined(values[-1])
             except SpecError as exc:
                 errors.append(exc)
                 broken.add(stmt.target)
 
+    try:
+        ranks.check_states()
+    except SpecError as exc:
+        errors.append(exc)
     run(spec.update)
     if errors:
         raise SpecErrors.of(errors)
@@ -323,12 +345,21 @@ def _extract_reductions(program: Program) -> None:
                 continue  # the same call, met twice: already a value
             arg = call.args[0]
             if not arg.is_Symbol:
-                arg_value = Value(namer.fresh(f"{v.var}_arg"), arg, "element", "", v.loc)
+                arg_value = Value(namer.fresh(f"{v.var}_arg"), arg, "element", "", v.loc, guard=v.guard)
                 out.append(arg_value)
                 arg = arg_value.symbol
             op = _REDUCE_OP[type(call)]
             over = "global" if isinstance(call, GlobalSum) else "tensor"
-            red = Value(namer.fresh(_reduction_name(op, over, arg.name)), arg, over, "", v.loc, reduce=op, over=over)
+            red = Value(
+                namer.fresh(_reduction_name(op, over, arg.name)),
+                arg,
+                over,
+                "",
+                v.loc,
+                reduce=op,
+                over=over,
+                guard=v.guard,
+            )
             out.append(red)
             replacements[call] = red.symbol
         if replacements:
@@ -379,8 +410,9 @@ class _Hoister:
         self.program = program
         self.namer = _Namer(set(program.input_scopes) | {v.name for v in program.values} | set(program.spec.symbols))
         self.scopes = _all_scopes(program.input_scopes, program.values)
-        self.made: dict[sympy.Expr, Value] = {}
+        self.made: dict[tuple, Value] = {}
         self.pending: list[Value] = []
+        self.guard = None  # that of the value being lifted: what it hoists is computed as it is
 
     def scope(self, e) -> str:
         return _scope(e, self.scopes)
@@ -442,11 +474,12 @@ class _Hoister:
     def hoisted(self, e, scope: str, name: str | None = None):
         if self.trivial(e):
             return e
-        if e in self.made:
-            return self.made[e].symbol
+        guard = None if scope == "host" else self.guard  # a host float is safe for every tensor
+        if (e, guard) in self.made:
+            return self.made[(e, guard)].symbol
         inner = e.func(*[self.lift(a, scope) for a in e.args])
-        value = Value(self.namer.fresh(name or _name_for(e)), inner, scope, "")
-        self.made[e] = value
+        value = Value(self.namer.fresh(name or _name_for(e)), inner, scope, "", guard=guard)
+        self.made[(e, guard)] = value
         self.scopes[value.name] = scope
         self.pending.append(value)
         return value.symbol
@@ -495,6 +528,7 @@ def _hoist(program: Program) -> None:
     out = []
     for v in program.values:
         if v.scope != "host" and not v.is_reduction and v.matrix is None:
+            hoister.guard = v.guard
             v.expr = hoister.lift(v.expr, v.scope)
             for made in hoister.pending:
                 made.loc = made.loc or v.loc
@@ -610,12 +644,19 @@ def _apply_monotone(program: Program, red: Value, outer, inner, flips: bool) -> 
             if inner.is_Symbol:
                 arg_sym = inner
             else:
-                arg = Value(namer.fresh(f"{red.name}_arg"), inner, "element", "", red.loc)
+                arg = Value(namer.fresh(f"{red.name}_arg"), inner, "element", "", red.loc, guard=red.guard)
                 new_values.append(arg)
                 arg_sym = arg.symbol
             op = _flip(red.reduce) if flips else red.reduce
             inner_red = Value(
-                namer.fresh(f"{op}_{arg_sym.name}"), arg_sym, "tensor", "", red.loc, reduce=op, over="tensor"
+                namer.fresh(f"{op}_{arg_sym.name}"),
+                arg_sym,
+                "tensor",
+                "",
+                red.loc,
+                reduce=op,
+                over="tensor",
+                guard=red.guard,
             )
             new_values.append(inner_red)
             red.expr = outer.xreplace({_X: inner_red.symbol})
@@ -656,7 +697,7 @@ def _dedupe(program: Program) -> None:
             v.matrix.rename(mapping)
             kept.append(v)
             continue
-        key = (v.expr, v.reduce, v.over)
+        key = (v.expr, v.reduce, v.over, v.guard)
         if key in seen and v.name not in outputs and v.var == "":
             mapping[v.name] = seen[key].symbol
             continue

@@ -1,11 +1,10 @@
 """Matrix operations: `A @ B`, `transpose(A)` (`A.T`), the shape queries `rows`/`cols` and a
 bounded iteration (`for _ in range(k):`), for updates such as Muon's Newton-Schulz step.
 
-A matrix value is a 2-D view of a parameter-shaped value. The N-D rule, as Muon
-implementations apply it to conv weights: a tensor of shape (d0, d1, ..., dk) is viewed as
-the matrix (d0, d1 * ... * dk); `rows(param)` is d0 and `cols(param)` is numel / d0 (for a
-2-D tensor, size(-2) and size(-1)). A 0-d or 1-D parameter has no matrix view: a matrix
-operation on one is a ValueError at step time.
+A matrix value is a parameter-shaped value of a 2-D parameter, `rows(param)` x
+`cols(param)` (size(-2) and size(-1), the rule axis reductions use too). Matrix operations
+need a 2-D parameter, as torch.optim.Muon does: on any other a matrix operation is a
+ValueError at step time (reshape conv weights, or route them to an elementwise rule).
 
 Shapes are symbolic: the dimensions are `R` (rows) and `C` (cols), so a value is a scalar
 (None) or a pair such as ("R", "C") (the view of param), ("R", "R") (G @ G.T) or ("C", "R").
@@ -29,12 +28,9 @@ import numpy as np
 import sympy
 
 from .errors import Loc, SpecError
-from .expr import GlobalSum, ReduceMax, ReduceMin, ReduceSum, symbol
+from .expr import COLS, COLS_SYMBOL, ROWS, ROWS_SYMBOL, GlobalSum, ReduceMax, ReduceMin, ReduceSum, symbol
 from .limits import MAX_REPEAT
 
-ROWS, COLS = "rows", "cols"
-ROWS_SYMBOL = symbol(ROWS, integer=True, positive=True)
-COLS_SYMBOL = symbol(COLS, integer=True, positive=True)
 SHAPE_QUERIES = {ROWS: ROWS_SYMBOL, COLS: COLS_SYMBOL}
 MATRIX_FUNCS = {"matmul": 2, "transpose": 1, ROWS: 1, COLS: 1}
 
@@ -136,17 +132,17 @@ FUSED_REFUSAL = (
 
 def matrix_location(spec) -> Loc | None:
     """Where the spec first uses a matrix operation or a loop (None: it uses none)."""
-    from .spec import If, Repeat
+    from .spec import If, Repeat, TensorIf
 
     def walk(statements):
         for stmt in statements:
             if isinstance(stmt, Repeat):
                 return stmt.loc
-            if isinstance(stmt, If):
+            if isinstance(stmt, (If, TensorIf)):
                 found = walk(stmt.body) or walk(stmt.orelse)
                 if found:
                     return found
-            elif has_matrix_op(stmt.expr) or stmt.expr.has(ROWS_SYMBOL, COLS_SYMBOL):
+            elif has_matrix_op(stmt.expr):
                 return stmt.loc
         return None
 
@@ -155,13 +151,13 @@ def matrix_location(spec) -> Loc | None:
 
 def loop_counts(spec) -> set[str]:
     """The hyperparameters that count a loop's iterations (integers at run time)."""
-    from .spec import If, Repeat
+    from .spec import If, Repeat, TensorIf
 
     def walk(statements):
         for stmt in statements:
             if isinstance(stmt, Repeat):
                 yield from (s.name for s in stmt.count.free_symbols)
-            elif isinstance(stmt, If):
+            elif isinstance(stmt, (If, TensorIf)):
                 yield from walk(stmt.body)
                 yield from walk(stmt.orelse)
 
@@ -280,20 +276,18 @@ def check_count(count: sympy.Expr, hyper_ranges: dict, loc: Loc) -> None:
 
 # --------------------------------------------------------------------------- reference
 def matrix_view(x: np.ndarray, param: np.ndarray) -> np.ndarray:
-    """A parameter-shaped value as its matrix: (size(0), numel / size(0))."""
+    """A parameter-shaped value as its matrix (the value itself: the parameter is 2-D)."""
     if np.ndim(x) == 0 or np.shape(x) != np.shape(param):
         return x
-    if param.ndim < 2:
-        raise ValueError(
-            f"a matrix operation needs a parameter with at least 2 dimensions; got shape {tuple(param.shape)}"
-        )
-    return np.reshape(x, (param.shape[0], -1))
+    if param.ndim != 2:
+        raise ValueError(f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}")
+    return x
 
 
 def shape_env(param: np.ndarray) -> dict:
-    """rows(param) and cols(param) by the N-D rule (a 0-d parameter is one 1x1 matrix)."""
-    rows = param.shape[0] if param.ndim else 1
-    return {ROWS: np.float64(rows), COLS: np.float64(param.size // max(rows, 1))}
+    """rows(param) = size(-2) and cols(param) = size(-1), 1 without the dim."""
+    sizes = (1, 1, *param.shape)
+    return {ROWS: np.float64(sizes[-2]), COLS: np.float64(sizes[-1])}
 
 
 def run_block_numpy(block: MatrixBlock, compile_expr, env: dict, param_name: str = "param") -> np.ndarray:

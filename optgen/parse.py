@@ -17,9 +17,11 @@ from pathlib import Path
 
 import sympy
 
-from . import catalog, limits
+from . import catalog, limits, shapes
 from .errors import Loc, SpecError, SpecErrors
 from .expr import (
+    AXIS_REDUCTIONS,
+    COLS_SYMBOL,
     ELEMENTWISE_FUNCS,
     FUNCTIONS,
     GRAD,
@@ -28,6 +30,7 @@ from .expr import (
     NUMEL_SYMBOL,
     PARAM,
     REDUCTION_FUNCS,
+    ROWS_SYMBOL,
     STEP,
     STEP_SYMBOL,
     TENSOR_SHAPE_FUNCS,
@@ -40,7 +43,7 @@ from .expr import (
 )
 from .matrix import SHAPE_QUERIES, MatrixProduct, Transposed
 from .modes import parse_modes
-from .spec import Assign, Hyperparameter, If, InputDecl, Interval, Option, Repeat, Spec, StateDecl
+from .spec import Assign, Hyperparameter, If, InputDecl, Interval, Option, Repeat, Spec, StateDecl, TensorIf
 from .texcheck import tex_problem
 from .yamlpos import Node, load_yaml, scalar_text_origin
 
@@ -64,9 +67,9 @@ TOP_KEYS = {
     "modes",
 }
 STEP_COUNTS = ("per_tensor", "per_group")  # `step:` how `step` is counted
-HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc", "tensor"}
+HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc", "tensor", "none"}
 TENSOR_RULES = ("accept", "not_with_foreach")  # a hyperparameter given as a 1-element tensor
-STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc"}
+STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc", "shape", "ndim"}
 INPUT_KEYS = {"tex", "doc"}
 OPTION_KEYS = {"default", "doc"}
 MAX_SOURCE = 200_000
@@ -362,7 +365,7 @@ class ExprConverter:
         self.options = options
         self.context = context
         # values that are not host scalars: operands `%` and `//` refuse
-        self.tensor_names = {PARAM, GRAD, NUMEL_SYMBOL.name, NDIM_SYMBOL.name}
+        self.tensor_names = {PARAM, GRAD, NUMEL_SYMBOL.name, NDIM_SYMBOL.name, ROWS_SYMBOL.name, COLS_SYMBOL.name}
 
     def loc(self, node: ast.AST) -> Loc:
         return self.source.loc(getattr(node, "lineno", 1), getattr(node, "col_offset", 0))
@@ -512,6 +515,8 @@ class ExprConverter:
             known = ", ".join(sorted(FUNCTIONS))
             hint = did_you_mean(name, FUNCTIONS)
             raise self.error(node.func, f"unknown function `{name}`{hint or '; expected one of: ' + known}")
+        if node.keywords and name in AXIS_REDUCTIONS and name in REDUCTION_FUNCS:
+            return self._axis_reduction(node, name)
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
             raise self.error(node, f"{name}() takes positional arguments only")
         lo, hi = ELEMENTWISE_FUNCS.get(name) or (
@@ -523,7 +528,7 @@ class ExprConverter:
             arg = node.args[0]
             if not (isinstance(arg, ast.Name) and arg.id in (PARAM, GRAD)):
                 raise self.error(arg, f"{name}() takes `param` (the tensor whose {name} it is)")
-            return NUMEL_SYMBOL if name == "numel" else NDIM_SYMBOL
+            return {"numel": NUMEL_SYMBOL, "ndim": NDIM_SYMBOL, "rows": ROWS_SYMBOL, "cols": COLS_SYMBOL}[name]
         if name == "where":
             cond = self.convert(node.args[0], condition=True)
             a, b = self.convert(node.args[1]), self.convert(node.args[2])
@@ -538,6 +543,46 @@ class ExprConverter:
         if name in REDUCTION_FUNCS and not args[0].free_symbols:
             raise self.error(node, f"{name}() of a constant: a reduction takes a per-element value")
         return _FUNC_BUILDERS[name](*args)
+
+    def _axis_reduction(self, node: ast.Call, name: str):
+        """`mean(x, axis=-1)`, `sum(x, axis=(-2, -1))`: a keepdim reduction over trailing axes
+        (optgen/shapes.py). Axes count from the end (negative): one spec serves tensors of
+        every rank, and torch.optim.Adafactor factors the last two dims of each."""
+        if len(node.args) != 1 or any(isinstance(a, ast.Starred) for a in node.args):
+            raise self.error(node, f"{name}(x, axis=...) takes one positional argument")
+        if len(node.keywords) != 1 or node.keywords[0].arg != "axis":
+            raise self.error(node, f"{name}() takes one keyword, `axis=`")
+        axis_node = node.keywords[0].value
+        items = axis_node.elts if isinstance(axis_node, ast.Tuple) else [axis_node]
+        axes = []
+        for item in items:
+            value = _literal_int(item)
+            if value is None or value >= 0 or value < -MAX_AXIS:
+                raise self.error(
+                    item, f"an axis is a negative integer from -1 (the last dim) to -{MAX_AXIS}, counted from the end"
+                )
+            if value in axes:
+                raise self.error(item, f"axis {value} is given twice")
+            axes.append(value)
+        if not axes:
+            raise self.error(axis_node, "axis=() reduces nothing; give at least one axis")
+        arg = self.convert(node.args[0])
+        if not arg.free_symbols:
+            raise self.error(node, f"{name}() of a constant: a reduction takes a per-element value")
+        return AXIS_REDUCTIONS[name](arg, sympy.Tuple(*sorted(axes)))
+
+
+def _literal_int(node: ast.AST) -> int | None:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = _literal_int(node.operand)
+        return None if inner is None else -inner
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.value
+    return None
+
+
+MAX_AXIS = 8
+_RANK_RELATIONS = {">=": sympy.Ge, "<=": sympy.Le, "==": sympy.Eq, ">": sympy.Gt, "<": sympy.Lt}
 
 
 def _short(expr) -> str:
@@ -734,6 +779,9 @@ class UpdateParser:
                     loc, f"augmented operator {_OPS.get(type(stmt.op), '?')}= is not allowed; expected += -= *= /="
                 )
             out.append(Assign(stmt.target.id, op(current, rhs), loc, loc))
+        elif isinstance(stmt, ast.If) and _is_rank_test(stmt.test):
+            cond = self.rank_condition(stmt.test)
+            out.append(TensorIf(cond, self._block(stmt.body), self._block(stmt.orelse), loc))
         elif isinstance(stmt, ast.If):
             cond = None
             with self.errors.each():
@@ -770,6 +818,24 @@ class UpdateParser:
                 raise SpecError(inner.loc, "loops do not nest")
         return Repeat(count, body, loc)
 
+    def rank_condition(self, node: ast.AST):
+        """`ndim(param) >= 2` (comparisons of ndim(param) with integers, and/or/not): a
+        per-tensor rule, checked to be one (optgen/shapes.py)."""
+        cond = self.expr.convert(node, condition=True)
+        try:
+            ranks = shapes.guard_of(cond)
+        except ValueError:
+            raise SpecError(
+                self.source.loc(node.lineno, node.col_offset),
+                "a per-tensor `if` compares ndim(param) with integers (`if ndim(param) >= 2:`)",
+            ) from None
+        if not ranks or ranks == shapes.ALL_RANKS:
+            raise SpecError(
+                self.source.loc(node.lineno, node.col_offset),
+                f"this condition is {'never' if not ranks else 'always'} true; drop the `if`",
+            )
+        return cond
+
     def condition(self, node: ast.AST):
         loc = self.source.loc(node.lineno, node.col_offset)
         if isinstance(node, ast.Name):
@@ -785,6 +851,11 @@ class UpdateParser:
         if isinstance(node, ast.BoolOp):
             return ("and" if isinstance(node.op, ast.And) else "or", [self.condition(v) for v in node.values])
         raise SpecError(loc, "an `if` condition must be an option, or not/and/or of options")
+
+
+def _is_rank_test(node: ast.AST) -> bool:
+    """An `if` condition that reads ndim(...): a per-tensor rule, not an option test."""
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "ndim" for n in ast.walk(node))
 
 
 def _statement_name(stmt: ast.stmt) -> str:
@@ -821,7 +892,7 @@ TEXT_FIELDS = {
 def _assigned(statements: list) -> set[str]:
     out = set()
     for stmt in statements:
-        if isinstance(stmt, If):
+        if isinstance(stmt, (If, TensorIf)):
             out |= _assigned(stmt.body) | _assigned(stmt.orelse)
         elif isinstance(stmt, Repeat):
             out |= _assigned(stmt.body)
@@ -1010,6 +1081,16 @@ class SpecBuilder:
             if isinstance(n, str) and n not in self.symbols:
                 self.symbols[n] = symbol(n)
 
+    def default_component(self, node: Node, key: str, fields: dict[str, Node], what: str) -> float | None:
+        """A default value; null (None) where `none: dtype_eps` says what None means: the
+        machine epsilon of the parameters' dtype, resolved at each step (torch.optim.Adafactor's
+        eps1=None)."""
+        if node.value is None and "none" in fields:
+            if fields["none"].value != "dtype_eps":
+                raise SpecError(fields["none"].loc, f"`none` of `{key}`: the one meaning of None is `dtype_eps`")
+            return None
+        return _number(node, what)
+
     def hyperparameter(self, key: str, loc: Loc, fields: dict[str, Node]) -> Hyperparameter:
         _check_name(key, loc, "bad hyperparameter name")
         interval = parse_range(fields["range"]) if "range" in fields else Interval(-math.inf, math.inf, True, True)
@@ -1027,9 +1108,9 @@ class SpecBuilder:
             if isinstance(default.value, list):
                 if "names" not in fields:
                     raise SpecError(default.loc, f"tuple hyperparameter `{key}` needs `names` for its components")
-                defaults = [_number(d, f"a component of `{key}`") for d in default.value]
+                defaults = [self.default_component(d, key, fields, f"a component of `{key}`") for d in default.value]
             else:
-                defaults = [_number(default, f"the default of `{key}`")]
+                defaults = [self.default_component(default, key, fields, f"the default of `{key}`")]
             names = [key]
             if "names" in fields:
                 names_node = fields["names"]
@@ -1068,6 +1149,7 @@ class SpecBuilder:
             captured,
             _text(fields.get("doc"), "text"),
             self.tensor_rule(key, fields, captured is None and "names" not in fields),
+            none="dtype_eps" if None in defaults else None,
         )
 
     def tensor_rule(self, key: str, fields: dict[str, Node], scalar_keyword: bool) -> str:
@@ -1201,7 +1283,45 @@ class SpecBuilder:
             if not state_key.isidentifier():
                 raise SpecError(fields["key"].loc, f"state key {state_key!r} is not an identifier")
         self.tex_field(fields.get("tex"), key)
-        return StateDecl(key, init, scope, loc, state_key, self.tex.get(key), when)
+        axes, ranks = self.state_shape(key, fields, scope)
+        return StateDecl(key, init, scope, loc, state_key, self.tex.get(key), when, axes, ranks)
+
+    def state_shape(self, key: str, fields: dict[str, Node], scope: str) -> tuple[frozenset, frozenset | None]:
+        """`shape: {reduce: [-1]}` (the reduced trailing axes, keepdim) and `ndim: ">= 2"` (the
+        ranks of the tensors that have the state); see optgen/shapes.py."""
+        axes: set[int] = set()
+        if "shape" in fields:
+            node = fields["shape"]
+            if not isinstance(node.value, dict) or set(node.value) != {"reduce"}:
+                raise SpecError(node.loc, f"shape of `{key}`: expected {{reduce: [axis, ...]}}")
+            items = node.value["reduce"]
+            if not isinstance(items.value, list) or not items.value:
+                raise SpecError(items.loc, f"shape of `{key}`: `reduce` takes a list of negative axes, e.g. [-1]")
+            for item in items.value:
+                value = item.value
+                if isinstance(value, bool) or not isinstance(value, int) or not -MAX_AXIS <= value < 0 or value in axes:
+                    raise SpecError(item.loc, f"shape of `{key}`: an axis is a distinct integer from -1 to -{MAX_AXIS}")
+                axes.add(value)
+            if scope != "element":
+                raise SpecError(node.loc, f"state `{key}` is per tensor (scope: tensor) and cannot have a shape")
+        ranks = None
+        if "ndim" in fields:
+            node = fields["ndim"]
+            text = _expect(node, str, 'a comparison such as ">= 2"')
+            match = re.fullmatch(r"\s*(>=|<=|==|>|<)\s*(\d)\s*", text)
+            if match is None:
+                raise SpecError(node.loc, f'ndim of `{key}`: expected a comparison with a digit, such as ">= 2"')
+            cond = _RANK_RELATIONS[match.group(1)](NDIM_SYMBOL, int(match.group(2)))
+            ranks = shapes.guard_of(cond)
+            if not ranks:
+                raise SpecError(node.loc, f"ndim of `{key}`: no tensor has ndim {text}")
+        if axes and (ranks or shapes.ALL_RANKS) & set(range(shapes.min_rank(axes))):
+            raise SpecError(
+                fields["shape"].loc,
+                f"state `{key}` is reduced over axis {shapes.format_axes(axes)}, which a tensor of fewer than "
+                f'{shapes.min_rank(axes)} dims lacks; declare `ndim: ">= {shapes.min_rank(axes)}"`',
+            )
+        return frozenset(axes), ranks
 
     def point_expr(self, node: Node, states: set[str]) -> sympy.Expr:
         """`gradient_at`: the point where the gradient is taken, from param, states and

@@ -17,9 +17,10 @@ import numpy as np
 import sympy
 
 from . import matrix
-from .expr import GRAD, NDIM, NUMEL, PARAM, STEP
+from .expr import GRAD, NDIM, NUMEL, PARAM, SIZE_RANKS, STEP, AxisReduction
 from .ir import Program
 from .lower import lower
+from .shapes import ALL_RANKS, MAX_RANK
 from .spec import Spec
 
 Env = dict[str, Any]
@@ -163,17 +164,46 @@ _HANDLERS.update(matrix.numpy_handlers(compile_expr))
 _REDUCE = {"sum": np.sum, "min": np.min, "max": np.max}
 
 
+def _axis_reduction(e):
+    """mean(x, axis=-1) and the like: keepdim, over trailing axes (optgen/shapes.py)."""
+    arg, axes = compile_expr(e.args[0]), tuple(sorted(e.axes))
+    fn = {"sum": np.sum, "mean": np.mean, "amax": np.max, "amin": np.min}.get(e.spelling)
+    if fn is None:  # norm
+        return lambda env: np.sqrt(np.sum(np.square(_full(arg(env), env)), axis=axes, keepdims=True))
+    return lambda env: fn(_full(arg(env), env), axis=axes, keepdims=True)
+
+
+def _full(value, env: Env) -> np.ndarray:
+    """An axis reduction's argument broadcast to the parameter's shape (`mean(2 * v, ...)`
+    of a reduced v reduces over a size-1 axis, which the checker refuses; a scalar factor
+    broadcasts)."""
+    return np.broadcast_to(value, np.broadcast_shapes(np.shape(value), np.shape(env[PARAM])))
+
+
+_HANDLERS[AxisReduction] = _axis_reduction
+
+
+def _state_init(s, value, param: np.ndarray):
+    """A state's first value: per tensor, element-shaped, or reduced over its axes (keepdim)."""
+    if s.scope != "element":
+        return np.float64(value)
+    shape = list(param.shape)
+    for axis in s.axes:
+        shape[axis] = 1
+    return np.full(shape, value, dtype=np.float64)
+
+
 # --------------------------------------------------------------------------- programs
 @dataclass
 class CompiledProgram:
     program: Program
-    steps: list[tuple[str, Fn, str | None, str | None]]  # (name, fn, reduce op, over)
+    steps: list[tuple]  # (name, fn, reduce op, over, guard: the ranks it is computed for)
     inits: dict[str, Fn]
     global_needs: set[str]  # values needed by the global reductions
 
     @classmethod
     def build(cls, program: Program) -> CompiledProgram:
-        steps = [(v.name, _value_fn(v), v.reduce, v.over) for v in program.values]
+        steps = [(v.name, _value_fn(v), v.reduce, v.over, v.guard) for v in program.values]
         inits = {s.name: compile_expr(s.init) for s in program.states}
         needs: set[str] = set()
         by_name = program.by_name
@@ -186,8 +216,11 @@ class CompiledProgram:
         return cls(program, steps, inits, needs)
 
     def run(self, env: Env, only: set[str] | None = None) -> Env:
-        for name, fn, op, over in self.steps:
+        rank = min(int(env[NDIM]), MAX_RANK)
+        for name, fn, op, over, guard in self.steps:
             if only is not None and name not in only:
+                continue
+            if rank not in (guard or ALL_RANKS):  # an `if ndim(param) ...:` body of other tensors
                 continue
             if op is None:
                 env[name] = fn(env)
@@ -291,11 +324,9 @@ class Reference:
         env: Env = {}
         for key, h in self.spec.hyperparameters.items():
             value = group[key]
-            if h.is_tuple:
-                for name, v in zip(h.names, value):
-                    env[name] = np.float64(v)
-            else:
-                env[h.names[0]] = np.float64(value)
+            values = value if h.is_tuple else (value,)
+            for name, v in zip(h.names, values):  # None: `none: dtype_eps`, float64's here
+                env[name] = np.float64(np.finfo(np.float64).eps if v is None else v)
         return env
 
     def _env(self, i: int, grad: np.ndarray, inputs: dict[str, list]) -> tuple[Env, CompiledProgram]:
@@ -307,7 +338,8 @@ class Reference:
             g = -g
         env = self._hyper_env(group)
         env.update({PARAM: param, GRAD: g, NUMEL: np.float64(param.size), NDIM: np.float64(param.ndim)})
-        env.update(matrix.shape_env(param))
+        for name, rank in SIZE_RANKS.items():  # rows(param), cols(param): 1 without the dim
+            env[name] = np.float64(param.shape[-rank] if param.ndim >= rank else 1)
         for name, values in inputs.items():
             if values[i] is None:
                 raise ValueError(f"step() input `{name}` is missing for parameter {i}, which has a gradient")
@@ -316,13 +348,14 @@ class Reference:
         if not state:
             state["step"] = 0
             for s in compiled.program.states:
-                value = compiled.inits[s.name](env)
-                state[s.key] = np.full_like(param, value) if s.scope == "element" else np.float64(value)
+                if min(param.ndim, MAX_RANK) in (s.ranks or ALL_RANKS):  # `ndim: ">= 2"`: matrices only
+                    state[s.key] = _state_init(s, compiled.inits[s.name](env), param)
         if self.spec.step_count == "per_group":  # the group's count, this step() included
             state["step"] = self._group_steps[self._group_of[i]]
         env[STEP] = np.float64(state["step"] + 1)
         for s in compiled.program.states:
-            env[s.name] = state[s.key]
+            if s.key in state:
+                env[s.name] = state[s.key]
         return env, compiled
 
     def step(self, grads: list[np.ndarray | None], **inputs: list[np.ndarray | None]) -> None:
@@ -361,8 +394,10 @@ class Reference:
         new_param = np.broadcast_to(env[program.outputs[PARAM]], self.params[i].shape)
         self.params[i][...] = new_param
         for s in program.states:
+            if s.key not in state:
+                continue
             value = env[program.outputs[s.name]]
             if s.scope == "element":
-                state[s.key] = np.array(np.broadcast_to(value, self.params[i].shape), dtype=np.float64)
+                state[s.key] = np.array(np.broadcast_to(value, np.shape(state[s.key])), dtype=np.float64)
             else:
                 state[s.key] = np.float64(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .ir import Program, Value
 from .matrix import describe_block
+from .shapes import format_axes, guard_text
 
 
 def _line(v: Value) -> str:
@@ -13,7 +14,14 @@ def _line(v: Value) -> str:
     origin = f"    # {v.var}" if v.var and v.var != v.name else ""
     if v.matrix is not None:
         return f"{v.name} = {describe_block(v.matrix)}{origin}"
-    return f"{v.name} = {v.expr}{origin}"
+    notes = ([v.shape.describe()] if v.shape.is_reduced else []) + ([guard_text(v.guard)] if v.guard else [])
+    return f"{v.name} = {v.expr}{origin}" + (f"    [{'; '.join(notes)}]" if notes else "")
+
+
+def _state(s) -> str:
+    shape = [f"reduced over axis {format_axes(s.axes)}"] if s.axes else []
+    shape += [f"for {guard_text(s.ranks)}"] if s.ranks is not None else []
+    return f"{s.name} [{', '.join([s.scope, *shape, f'init {s.init}'])}]"
 
 
 def show(program: Program) -> str:
@@ -23,7 +31,7 @@ def show(program: Program) -> str:
     hypers = ", ".join(program.hyper_names)
     given = "".join(f", {name}" for name in program.input_names)  # the spec's step() inputs
     out.append(f"inputs: param, grad{given}, step; hyperparameters: {hypers}")
-    states = ", ".join(f"{s.name} [{s.scope}, init {s.init}]" for s in program.states) or "none"
+    states = ", ".join(_state(s) for s in program.states) or "none"
     out.append(f"state: {states}")
     host = program.values_of_scope("host")
     if host:

@@ -45,6 +45,9 @@ class Hyperparameter:
     # a 1-element tensor value: "accept" (read as its value where a Python number is needed)
     # or "not_with_foreach" (torch.optim.Adam's lr: a ValueError with foreach=True)
     tensor: str = "accept"
+    # `none: dtype_eps`: a component may default to None (YAML null), which means the machine
+    # epsilon of the parameters' dtype (torch.optim.Adafactor's eps1=None)
+    none: str | None = None
 
     # set on a copy whose scalar `names` were renamed for generated code (keeps the kind)
     tuple_key: bool | None = None
@@ -103,6 +106,8 @@ class StateDecl:
     key: str  # key in the optimizer's state dict
     tex: str | None = None
     when: Condition | None = None
+    axes: frozenset = frozenset()  # `shape: {reduce: [-1]}`: the reduced trailing axes (shapes.py)
+    ranks: frozenset | None = None  # `ndim: ">= 2"`: the ranks of the tensors that have it (None: all)
 
 
 @dataclass
@@ -148,7 +153,18 @@ class Repeat:
     loc: Loc
 
 
-Statement = Assign | If | Repeat
+@dataclass
+class TensorIf:
+    """`if ndim(param) >= 2:` a per-tensor rule: the body runs for the tensors whose rank
+    satisfies `cond` (a condition on ndim), `orelse` for the others (optgen/shapes.py)."""
+
+    cond: object  # a SymPy condition on ndim(param)
+    body: list
+    orelse: list
+    loc: Loc
+
+
+Statement = Assign | If | Repeat | TensorIf
 
 
 @dataclass

@@ -18,7 +18,7 @@ from cpp_harness import _cpu_kernels, needs_compiler  # noqa: F401
 import optgen
 from optgen import catalog
 from optgen.backends.cpp import runtime
-from optgen.matrix import fused_refusal
+from optgen.fused_support import fused_refusal
 
 optimizers = pytest.importorskip("optgen.optimizers", reason="the torch backend is not built")
 pytestmark = needs_compiler
@@ -53,6 +53,7 @@ def _run(cls, flag, start, grads, dtype=torch.float32, **kwargs):
     return params, opt
 
 
+# the classes the fused path runs (the others refuse fused=True: tests/test_matrix.py, test_axes.py)
 @pytest.mark.parametrize("name", FUSED)
 def test_fused_cpu_matches_foreach(name, monkeypatch):
     """10 steps, lr changing: the C++ kernels (really: the runtime is called) against foreach."""

@@ -142,7 +142,7 @@ def _sharded_names() -> list[str]:
     (DTensor) parameters (tests/test_matrix.py)."""
     import optgen
     from optgen import optimizers
-    from optgen.matrix import fused_refusal
+    from optgen.fused_support import fused_refusal
 
     return [n for n in optimizers.__all__ if not fused_refusal(optgen.load(n.lower()))]
 

@@ -174,12 +174,27 @@ MUON_GROUPS = (
     {"lr": 0.01, "weight_decay": 0.05, "momentum": 0.95, "ns_steps": 3},
 )
 MUON_SHAPES = [[(4, 3), (3, 5)], [(6, 2), (3, 5)]]
+# eps1=None in group 0: the machine epsilon of the parameters' dtype (float64 here, as the
+# Reference's); a 2-D tensor takes the factored branch, a 1-D one the full variance.
+ADAFACTOR_GROUPS = (
+    {"lr": 0.05, "beta2_decay": -0.8, "eps": (None, 1e-3), "d": 1.0, "weight_decay": 0.1},
+    {"lr": 0.02, "beta2_decay": -0.6, "eps": (1e-12, 1e-2), "d": 1.5, "weight_decay": 0.05},
+)
 
 CASES = [
     # torch.optim
     Case("sgd-momentum-dampening", "sgd", to.SGD, SGD_GROUPS),
     Case("sgd-nesterov", "sgd", to.SGD, SGD_NESTEROV_GROUPS, {"nesterov": True, "momentum": 0.9}),
     Case("adam", "adam", to.Adam, _adam_groups()),
+    Case("adafactor", "adafactor", to.Adafactor, ADAFACTOR_GROUPS),
+    Case(
+        "adafactor-maximize-skipped_grads",
+        "adafactor",
+        to.Adafactor,
+        ADAFACTOR_GROUPS,
+        {"maximize": True},
+        skip_every=3,
+    ),
     Case("adam-amsgrad", "adam", to.Adam, _adam_groups(), {"amsgrad": True}),
     # torch.optim counts steps per tensor: a parameter without a gradient is skipped entirely.
     Case("adam-amsgrad-skipped_grads", "adam", to.Adam, _adam_groups(), {"amsgrad": True}, skip_every=3),

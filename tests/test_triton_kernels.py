@@ -22,11 +22,11 @@ import optgen
 from optgen import catalog
 from optgen.backends.triton import runtime
 from optgen.errors import CompileError
-from optgen.matrix import fused_refusal
+from optgen.fused_support import fused_refusal
 
 SHAPES = [(3, 5), (7,), (1,)]
 STEPS = 20
-# specs the fused path refuses (matrix operations: tests/test_matrix.py checks the refusal)
+# the specs the fused path runs (the others refuse fused=True: tests/test_matrix.py, test_axes.py)
 FUSED = [name for name in catalog.names() if not fused_refusal(optgen.load(name))]
 CASES = [(name, options) for name in FUSED for options in option_settings(optgen.load(name))]
 

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 import optgen
-from optgen.matrix import fused_refusal
+from optgen.fused_support import fused_refusal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_triton_harness import DEVICE, RTOL
+
+import optgen
 
 optimizers = pytest.importorskip("optgen.optimizers", reason="the torch backend is not built")
 
@@ -37,6 +39,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return diff / scale if scale else diff
 
 
+# the classes the fused path runs (the others refuse fused=True: tests/test_matrix.py, test_axes.py)
 @pytest.mark.parametrize("name", FUSED)
 def test_fused_matches_foreach(name):
     cls = getattr(optimizers, name)

@@ -307,6 +307,13 @@ def muon(
             x.item() if torch.is_tensor(x) else x
             for x in (lr, weight_decay, momentum, ns_a, ns_b, ns_c, eps, ns_steps)
         )
+    if fused:
+        raise ValueError(
+            "Muon uses matrix operations (@, transpose or a loop), which the fused kernels do not run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
+        )
+    if any(_is_dtensor(param) for param in params):
+        # a reduction over axes needs each tensor whole, where a shard holds some of its rows
+        raise ValueError("Muon reduces over axes: DTensor (FSDP2) parameters are not supported")
     if any(_is_dtensor(param) for param in params):
         raise ValueError(
             "Muon uses matrix operations, which need whole tensors: sharded (DTensor) parameters are not supported"
@@ -373,9 +380,25 @@ def _single_tensor_muon(
         step_t = state_steps[i]
         step_t += 1
         if match_rms_adamw:
-            adjusted_lr = lr * max(param[0].numel(), param.size(0)) ** 0.5 / 5
+            adjusted_lr = (
+                lr
+                * max(
+                    (param.size(-1) if param.ndim >= 1 else 1),
+                    (param.size(-2) if param.ndim >= 2 else 1),
+                )
+                ** 0.5
+                / 5
+            )
         else:
-            adjusted_lr = lr * max(1, param.size(0) / param[0].numel()) ** 0.5
+            adjusted_lr = (
+                lr
+                * max(
+                    1,
+                    (param.size(-2) if param.ndim >= 2 else 1)
+                    / (param.size(-1) if param.ndim >= 1 else 1),
+                )
+                ** 0.5
+            )
         momentum_buffer.lerp_(grad, 1 - momentum)
         if nesterov:
             update = grad.lerp(momentum_buffer, momentum)
@@ -394,11 +417,16 @@ def _single_tensor_muon(
         else:
             coef = torch.clamp(momentum_buffer_norm, min=eps)
             X = momentum_buffer.div(coef)
-        if param.ndim < 2:
+        if param.ndim != 2:
             raise ValueError(
-                f"a matrix operation needs a parameter with at least 2 dimensions; got shape {tuple(param.shape)}"
+                f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
             )
-        X_1 = X.flatten(1).mT if param[0].numel() < param.size(0) else X.flatten(1)
+        X_1 = (
+            X.mT
+            if (param.size(-1) if param.ndim >= 1 else 1)
+            < (param.size(-2) if param.ndim >= 2 else 1)
+            else X
+        )
         X_2 = X_1
         if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
             raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
@@ -406,7 +434,12 @@ def _single_tensor_muon(
             A = X_2 @ X_2.mT
             B = torch.addmm(A, A, A, beta=ns_b, alpha=ns_c)
             X_2 = torch.addmm(X_2, B, X_2, beta=ns_a)
-        X_3 = X_2.mT if param[0].numel() < param.size(0) else X_2
+        X_3 = (
+            X_2.mT
+            if (param.size(-1) if param.ndim >= 1 else 1)
+            < (param.size(-2) if param.ndim >= 2 else 1)
+            else X_2
+        )
         X_3 = X_3.reshape_as(param)
         param.mul_(1 - lr * weight_decay).add_(X_3, alpha=-adjusted_lr)
 
@@ -462,9 +495,27 @@ def _multi_tensor_muon(
             )
         return
     if match_rms_adamw:
-        adjusted_lrs = [lr * max(param[0].numel(), param.size(0)) ** 0.5 / 5 for param in params]
+        adjusted_lrs = [
+            lr
+            * max(
+                (param.size(-1) if param.ndim >= 1 else 1),
+                (param.size(-2) if param.ndim >= 2 else 1),
+            )
+            ** 0.5
+            / 5
+            for param in params
+        ]
     else:
-        adjusted_lrs = [lr * max(1, param.size(0) / param[0].numel()) ** 0.5 for param in params]
+        adjusted_lrs = [
+            lr
+            * max(
+                1,
+                (param.size(-2) if param.ndim >= 2 else 1)
+                / (param.size(-1) if param.ndim >= 1 else 1),
+            )
+            ** 0.5
+            for param in params
+        ]
     torch._foreach_add_(state_steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)
@@ -488,17 +539,17 @@ def _multi_tensor_muon(
         X_list = torch._foreach_div(momentum_buffers, coefs)
     # tensors of one shape are stacked: each matmul is one batched matmul for all of them
     for param in params:
-        if param.ndim < 2:
+        if param.ndim != 2:
             raise ValueError(
-                f"a matrix operation needs a parameter with at least 2 dimensions; got shape {tuple(param.shape)}"
+                f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
             )
     X_5_list = [None] * len(params)
     groups = {}
     for i in range(len(params)):
         groups.setdefault((params[i].shape,), []).append(i)
     for idx in groups.values():
-        X_stack = torch.stack([X_list[i].flatten(1) for i in idx])
-        X_2 = X_stack.mT if params[idx[0]][0].numel() < params[idx[0]].size(0) else X_stack
+        X_stack = torch.stack([X_list[i] for i in idx])
+        X_2 = X_stack.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_stack
         X_4 = X_2
         if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
             raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
@@ -506,7 +557,7 @@ def _multi_tensor_muon(
             A = X_4 @ X_4.mT
             B = torch.baddbmm(A, A, A, beta=ns_b, alpha=ns_c)
             X_4 = torch.baddbmm(X_4, B, X_4, beta=ns_a)
-        X_6 = X_4.mT if params[idx[0]][0].numel() < params[idx[0]].size(0) else X_4
+        X_6 = X_4.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_4
         for j, i in enumerate(idx):
             X_5_list[i] = X_6[j].reshape_as(params[i])
     torch._foreach_mul_(params, 1 - lr * weight_decay)

@@ -16,13 +16,13 @@ import numpy as np
 import sympy
 
 from ..check import Finding
-from ..expr import GRAD, PARAM, STEP
+from ..expr import GRAD, PARAM, SIZE_RANKS, STEP, AxisReduction
 from ..ir import Program
 from ..limits import MAX_INLINED
 from ..lower import lower
 from ..matrix import has_matrix_op
 from ..program_facts import inline
-from ..spec import If, Interval, Repeat, Spec, holds
+from ..spec import If, Interval, Repeat, Spec, TensorIf, holds
 from . import numeric as N
 from .bounds import bounds, is_positive, state_invariants
 from .sides import hyper_table
@@ -92,6 +92,13 @@ def _divisions(spec: Spec, options: dict[str, bool]):
             if isinstance(stmt, If):
                 yield from run(stmt.body if holds(stmt.cond, options) else stmt.orelse)
                 continue
+            if isinstance(stmt, TensorIf):  # a per-tensor rule: each side's divisions
+                saved = dict(env), dict(sizes)
+                yield from run(stmt.body)
+                env.clear(), sizes.clear()
+                env.update(saved[0]), sizes.update(saved[1])
+                yield from run(stmt.orelse)
+                continue
             if isinstance(stmt, Repeat) or has_matrix_op(stmt.expr):
                 # a loop's values and a matrix product are not reasoned about: unknown here
                 for target in {a.target for a in _assigns(stmt)}:
@@ -126,6 +133,8 @@ def _denominators(expr: sympy.Expr) -> list[sympy.Expr]:
 
 def _zero_witness(spec: Spec, program: Program, denominator: sympy.Expr) -> str | None:
     """A first-step input at which the denominator is exactly 0, described, or None."""
+    if denominator.has(AxisReduction) or {s.name for s in denominator.free_symbols} & set(SIZE_RANKS):
+        return None  # the samples are flat rows of elements, without a tensor's axes
     settings = _hyper_settings(spec)
     given = (0.0, 1.0) if spec.inputs else (0.0,)  # every step() input at once (`hessian`)
     points = list(itertools.product((0.0, 1.0), (0.0, 1.0), given, range(len(settings))))
@@ -152,7 +161,8 @@ def _hyper_settings(spec: Spec) -> list[tuple[str, dict[str, float]]]:
     defaults = {}
     for name, (h, i) in spec.scalar_hypers.items():
         source = spec.hyperparameters[h.captured] if h.captured else h
-        defaults[name] = float(source.default[0 if h.captured else i])
+        value = source.default[0 if h.captured else i]
+        defaults[name] = float(np.finfo(np.float64).eps if value is None else value)  # `none: dtype_eps`
     settings = [("default hyperparameters", defaults)]
     for name, (h, _) in spec.scalar_hypers.items():
         for end, is_open in ((h.range.lo, h.range.lo_open), (h.range.hi, h.range.hi_open)):

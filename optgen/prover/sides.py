@@ -19,6 +19,7 @@ from ..expr import GRAD, NDIM_SYMBOL, NUMEL_SYMBOL, PARAM, STEP, STEP_SYMBOL, sy
 from ..lower import lower, resolve_options
 from ..matrix import matrix_location
 from ..program_facts import inline
+from ..shapes import fused_refusal
 from ..spec import If, Interval, Spec, holds
 from . import bounds as B
 from .source import Text, expr_from
@@ -89,6 +90,9 @@ def build_side(spec: Spec, tag: str, options: dict[str, bool], hypers: dict[str,
             f"{spec.name} uses matrix operations (@, transpose, rows/cols or a loop): the prover does not "
             "reason about them, so it makes no claim about this spec",
         )
+    refusal = axis_refusal(spec)
+    if refusal:
+        raise SpecError(spec.loc, refusal)
     program = program or lower(spec, options)
     side = Side(spec, tag, program.options, hypers)
     side.inputs[PARAM] = symbol(f"{tag}.{PARAM}")
@@ -109,6 +113,9 @@ def symbolic_values(
     execution of the spec's statements). A name in `opaque` is bound to the given symbol
     where it is assigned, so later values read it as an unknown."""
     env: dict[str, sympy.Expr] = {}
+    refusal = axis_refusal(spec)
+    if refusal:
+        raise SpecError(spec.loc, refusal)
 
     def run(block):
         for stmt in block:
@@ -185,3 +192,15 @@ def resolve_side_options(spec: Spec, given: dict[str, Text], loc: Loc | None) ->
             raise SpecError(getattr(value, "loc", loc), f"option `{name}` takes true or false")
         options[name] = raw
     return resolve_options(spec, options)
+
+
+def axis_refusal(spec: Spec) -> str | None:
+    """The prover's obligations are over one element and per-tensor reductions: a spec with
+    axis reductions or per-tensor rank rules (optgen/shapes.py) gets no verdict at all,
+    never one proven by sampling."""
+    if fused_refusal(spec) is None:
+        return None
+    return (
+        f"{spec.name} uses axis reductions or `if ndim(param) ...:` rules: the prover does not reason "
+        "about shapes yet, so it makes no claim about this spec"
+    )

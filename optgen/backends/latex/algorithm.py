@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from ...expr import GRAD, NDIM, NUMEL, PARAM, STEP
-from ...matrix import COLS, ROWS
-from ...spec import Assign, If, Repeat, Spec, holds
+from ...expr import COLS, GRAD, NDIM, NUMEL, PARAM, ROWS, STEP
+from ...spec import Assign, If, Repeat, Spec, TensorIf, holds
 from . import config
 from .printer import ALL_PARAMS, OptgenLatexPrinter, decimal
 from .symbols import GRAD_TEX, PARAM_TEX, STEP_TEX, default_tex, escape_name, with_index
@@ -23,6 +22,8 @@ def option_tex(name: str) -> str:
 
 
 def condition_tex(cond) -> str:
+    if isinstance(cond, sympy.Basic):  # a per-tensor rule on ndim(param) (optgen/shapes.py)
+        return rank_condition_tex(cond)
     if isinstance(cond, str):
         return option_tex(cond)
     op, arg = cond
@@ -30,6 +31,11 @@ def condition_tex(cond) -> str:
         return r"\textbf{not}\ " + condition_tex(arg)
     parts = [condition_tex(c) if isinstance(c, str) or c[0] == "not" else rf"({condition_tex(c)})" for c in arg]
     return rf"\ \textbf{{{op}}}\ ".join(parts)
+
+
+def rank_condition_tex(cond) -> str:
+    """`if ndim(param) >= 2:` as \\dim(\theta) \\geq 2."""
+    return OptgenLatexPrinter({NDIM: rf"\dim({PARAM_TEX})"}, set()).doprint(cond)
 
 
 def symbol_tex(spec: Spec, name: str) -> str:
@@ -133,6 +139,9 @@ def _written(statements: list, stateful: set[str], definitely: bool) -> set[str]
             out |= {stmt.target} & stateful
         elif isinstance(stmt, Repeat):
             out |= set() if definitely else _written(stmt.body, stateful, definitely)
+        elif isinstance(stmt, TensorIf):  # a state of some tensors only: written, never completed
+            if not definitely:
+                out |= _written(stmt.body, stateful, False) | _written(stmt.orelse, stateful, False)
         else:
             body, orelse = (_written(b, stateful, definitely) for b in (stmt.body, stmt.orelse))
             out |= (body & orelse) if definitely else (body | orelse)
@@ -158,7 +167,12 @@ def complete_branches(spec: Spec, statements: list) -> list:
         return If(stmt.cond, ensure(body, need), orelse, stmt.loc)
 
     def complete(stmts: list) -> list:
-        return [complete_if(s, set()) if isinstance(s, If) else s for s in stmts]
+        out = []
+        for s in stmts:
+            if isinstance(s, TensorIf):
+                s = TensorIf(s.cond, complete(s.body), complete(s.orelse), s.loc)
+            out.append(complete_if(s, set()) if isinstance(s, If) else s)
+        return out
 
     return complete(statements)
 
@@ -202,6 +216,8 @@ def specialise(statements: list, options: dict[str, bool]) -> list[Assign]:
             out.append(stmt)
         elif isinstance(stmt, Repeat):  # the equations list a loop's body once
             out += specialise(stmt.body, options)
+        elif isinstance(stmt, TensorIf):  # a per-tensor rule: both sides stay
+            out.append(TensorIf(stmt.cond, specialise(stmt.body, options), specialise(stmt.orelse, options), stmt.loc))
         else:
             out += specialise(stmt.body if holds(stmt.cond, options) else stmt.orelse, options)
     return out
@@ -212,7 +228,7 @@ def default_tex_value(spec: Spec, hyper) -> str:
     if hyper.captured:
         source = spec.scalar_hypers.get(hyper.captured)
         return (symbol_tex(spec, hyper.captured) if source else escape_name(hyper.captured)) + r"\text{ at creation}"
-    values = [decimal(v) for v in hyper.default]
+    values = [decimal(v) if v is not None else r"\epsilon_{\mathrm{dtype}}" for v in hyper.default]
     return values[0] if len(values) == 1 else "(" + ", ".join(values) + ")"
 
 
@@ -337,14 +353,36 @@ def equation_rows(spec: Spec, options: dict[str, bool] | None = None) -> list[tu
     """(lhs, rhs) pairs of the update specialised to `options` (default: the spec's defaults)."""
     options = spec.default_options() if options is None else options
     statements = specialise(spec.update, options)
+    namer = Namer(spec, equations=True, last_writes=_write_counts(statements))
+    return [(namer.names[GRAD], gradient_tex(spec, namer)), *_equations(namer, statements, "")]
+
+
+def _write_counts(statements: list) -> dict[str, int]:
+    """How often each name is assigned; the two sides of a per-tensor rule are alternatives."""
     counts: dict[str, int] = {}
     for stmt in statements:
-        counts[stmt.target] = counts.get(stmt.target, 0) + 1
-    namer = Namer(spec, equations=True, last_writes=counts)
-    rows = [(namer.names[GRAD], gradient_tex(spec, namer))]
+        if isinstance(stmt, TensorIf):
+            sides = [_write_counts(stmt.body), _write_counts(stmt.orelse)]
+            for name in set(sides[0]) | set(sides[1]):
+                counts[name] = counts.get(name, 0) + max(side.get(name, 0) for side in sides)
+        else:
+            counts[stmt.target] = counts.get(stmt.target, 0) + 1
+    return counts
+
+
+def _equations(namer: Namer, statements: list, when: str) -> list[tuple[str, str]]:
+    """Each side of a per-tensor rule (`if ndim(param) >= 2:`) marked with the tensors it
+    holds for, both read from the values before the rule."""
+    rows = []
     for stmt in statements:
+        if isinstance(stmt, TensorIf):
+            body, other = namer.copy(), namer.copy()
+            rows += _equations(body, stmt.body, rank_condition_tex(stmt.cond))
+            rows += _equations(other, stmt.orelse, rank_condition_tex(sympy.Not(stmt.cond)))
+            namer.merge(body, other)
+            continue
         value = namer.expr(stmt.expr, first=stmt.target)
-        rows.append((namer.write(stmt.target, stmt.expr), value))
+        rows.append((namer.write(stmt.target, stmt.expr), value + (rf" \quad \text{{if }} {when}" if when else "")))
     return rows
 
 

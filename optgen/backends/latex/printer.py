@@ -187,6 +187,21 @@ class OptgenLatexPrinter(LatexPrinter):
         text = self.parenthesize(expr.args[0], PRECEDENCE["Pow"], strict=True) + r"^{\top}"
         return rf"\left({text}\right)^{{{exp}}}" if exp else text
 
+    def _print_AxisReductionBase(self, expr, exp=None):
+        """mean(x, axis=-1) as `mean_j x`: the trailing axes are the indices ..., k, i, j
+        (j runs along the last dim, i along the one before: a matrix G_{ij})."""
+        index = ",".join(_AXIS_INDEX.get(a, f"d_{{{-a}}}") for a in sorted(expr.axes))
+        op = {
+            "sum": rf"\sum_{{{index}}}",
+            "mean": rf"\operatorname{{mean}}_{{{index}}}",
+            "amax": rf"\max_{{{index}}}",
+            "amin": rf"\min_{{{index}}}",
+        }.get(expr.spelling)
+        if op is None:  # norm
+            tex = rf"\left\lVert {self._print(expr.args[0])} \right\rVert_{{{index}}}"
+            return rf"{tex}^{{{exp}}}" if exp else tex
+        return self._reduction(op, expr, exp)
+
     def _print_Piecewise(self, expr):
         rows = []
         for value, cond in expr.args:
@@ -206,3 +221,6 @@ class OptgenLatexPrinter(LatexPrinter):
     def _print_sign(self, expr, exp=None):
         tex = rf"\operatorname{{sign}}\left({self._print(expr.args[0])}\right)"
         return f"{tex}^{{{exp}}}" if exp else tex
+
+
+_AXIS_INDEX = {-1: "j", -2: "i", -3: "k", -4: "l"}

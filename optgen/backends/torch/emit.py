@@ -9,8 +9,7 @@ from dataclasses import replace
 
 import sympy
 
-from ...expr import NDIM, NUMEL, STEP
-from ...matrix import COLS, ROWS
+from ...expr import COLS, NDIM, NUMEL, ROWS, SIZE_RANKS, STEP
 from .matrix_ops import MatrixOp, MatrixPrinter, MatrixRun, batched_lines, matrix_runs, shape_text, single_lines
 from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T
 from .prepare import PER_TENSOR, Prepared, plural
@@ -35,8 +34,8 @@ class _Texts:
             return "numel"  # the whole tensor's (numels[i]): a shard's own numel is less
         if ir == NDIM:
             return "param.ndim"
-        if ir in (ROWS, COLS):
-            return shape_text(ir, batched=False)
+        if ir in SIZE_RANKS:  # rows(param), cols(param): 1 without the dim
+            return f"(param.size({-SIZE_RANKS[ir]}) if param.ndim >= {SIZE_RANKS[ir]} else 1)"
         name = self.display.get(ir, ir)
         return self.rename.get(name, name)
 
@@ -63,6 +62,8 @@ class SinglePrinter:
         self.tensor_printer = TensorPrinter(self.texts.name, p.is_scalar, self.texts.host)
         self.traced: set[str] = set()  # host values that are tensors under torch.compile
         self.defined = {"param", "grad", *(s.name for s in p.program.states)}  # bound so far
+        # a spec that reduces over axes refuses sharded (DTensor) tensors: nothing to combine
+        self.shardable = not p.program.has_axes
 
     def is_traced(self, expr) -> bool:
         """Whether `expr` is a 0-d tensor under torch.compile: it reads the step count, a
@@ -115,7 +116,7 @@ class SinglePrinter:
             if isinstance(op, (HostAssign, New, Eval, Alias, Reduce, MatrixOp)):
                 self.defined.add(op.name if isinstance(op, HostAssign) else op.target)
             chain = op.target if isinstance(op, New) or (isinstance(op, InPlace) and _chainable(op)) else None
-            if isinstance(op, Reduce):
+            if isinstance(op, Reduce) and self.shardable:
                 pending.append(op)
         if pending:
             out.append(self._combine(pending))
@@ -268,8 +269,7 @@ class SinglePrinter:
             if name in op.locals:
                 return op.locals[name]
             if name in op.tensors:
-                view = name in op.views and op.block.has_matmul
-                return f"{op.tensors[name]}.flatten(1)" if view else op.tensors[name]
+                return op.tensors[name]
             return self.texts.host(name)
 
         printer = MatrixPrinter(text, _scalar_in(op), text, batched=False)
@@ -380,7 +380,7 @@ class ForeachPrinter(SinglePrinter):
             return "steps"
         if ir == NUMEL:
             return "numels"
-        if ir in (NDIM, ROWS, COLS):
+        if ir == NDIM or ir in SIZE_RANKS:
             return f"[{self.texts.name(ir)} for param in params]"
         return plural(self.display[ir])
 
@@ -391,7 +391,7 @@ class ForeachPrinter(SinglePrinter):
                 continue
             if s.name == NUMEL:
                 pair = ("numel", "numels")
-            elif s.name in (NDIM, ROWS, COLS):
+            elif s.name == NDIM or s.name in SIZE_RANKS:
                 pair = ("param", "params")
             elif s.name == STEP:
                 pair = ("step", "steps")
@@ -430,7 +430,7 @@ class ForeachPrinter(SinglePrinter):
                 continue
             lines = getattr(self, f"_{type(op).__name__}")(op)
             out.extend(lines if isinstance(lines, list) else [lines])
-            if isinstance(op, Reduce):
+            if isinstance(op, Reduce) and self.shardable:
                 pending.append(op)
         if pending:
             out.append(self._combine(pending))
@@ -599,10 +599,10 @@ class _FirstTexts(_Texts):
         super().__init__(p, sched)
 
     def host(self, ir: str) -> str:
+        if ir in SIZE_RANKS:
+            return f"(params[0].size({-SIZE_RANKS[ir]}) if params[0].ndim >= {SIZE_RANKS[ir]} else 1)"
         if ir in (NUMEL, NDIM):
             return "numels[0]" if ir == NUMEL else "params[0].ndim"
-        if ir in (ROWS, COLS):
-            return shape_text(ir, batched=False).replace("param", "params[0]")
         if ir == STEP:
             return "steps[0]"
         if self.p.kinds.get(ir, "uniform") in PER_TENSOR:
@@ -733,7 +733,7 @@ def elementwise(program) -> bool:
     """Whether each element's update reads only its own elements and host scalars (no
     per-tensor reduction, per-tensor state, numel or ndim): then a tensor may be updated as
     several views of it."""
-    if program.reductions("tensor") or any(st.scope == "tensor" for st in program.states):
+    if program.reductions("tensor") or any(st.scope == "tensor" for st in program.states) or program.has_axes:
         return False
     if any(v.matrix is not None for v in program.values):
         return False  # a matrix block reads the whole tensor

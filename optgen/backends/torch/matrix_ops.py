@@ -1,7 +1,6 @@
 """Matrix blocks (optgen/matrix.py) in the torch paths.
 
-The for-loop path runs a block on each parameter's matrix view (`x.flatten(1)`: the N-D
-rule); `beta * M + alpha * P @ Q` is one torch.addmm, as torch.optim.Muon writes its
+The for-loop path runs a block on each (2-D) parameter; `beta * M + alpha * P @ Q` is one torch.addmm, as torch.optim.Muon writes its
 Newton-Schulz step. The foreach path groups the tensors by shape, stacks each group
 (torch.stack) and runs the block once per group, so a matmul is one torch.bmm (baddbmm) for
 all of them rather than one small matmul per tensor.
@@ -144,7 +143,7 @@ def count_check(count, host) -> list:
     ]
 
 
-_NDIM_MESSAGE = "a matrix operation needs a parameter with at least 2 dimensions; got shape"
+_NDIM_MESSAGE = "a matrix operation needs a 2-D parameter; got shape"
 
 
 def single_lines(op: MatrixOp, printer: MatrixPrinter, host) -> list:
@@ -153,7 +152,7 @@ def single_lines(op: MatrixOp, printer: MatrixPrinter, host) -> list:
     lines: list = []
     if op.views and block.has_matmul:
         lines.append(
-            Block("if param.ndim < 2:", [Line(f'raise ValueError(f"{_NDIM_MESSAGE} {{tuple(param.shape)}}")')])
+            Block("if param.ndim != 2:", [Line(f'raise ValueError(f"{_NDIM_MESSAGE} {{tuple(param.shape)}}")')])
         )
     body = [(op.locals[n], e) for n, e in block.body]
     for local, source in block.init.items():
@@ -184,7 +183,7 @@ def batched_lines(ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys
     lines: list = [Line("# tensors of one shape are stacked: each matmul is one batched matmul for all of them")]
     if any(op.views and op.block.has_matmul for op in ops):
         check = f'raise ValueError(f"{_NDIM_MESSAGE} {{tuple(param.shape)}}")'
-        lines.append(Block("for param in params:", [Block("if param.ndim < 2:", [Line(check)])]))
+        lines.append(Block("for param in params:", [Block("if param.ndim != 2:", [Line(check)])]))
     lines += [Line(f"{op.stacked['__out__']} = [None] * len(params)") for op in ops if op.ir in kept]
     lines += [
         Line("groups = {}"),
@@ -202,9 +201,8 @@ def batched_lines(ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys
             if ir in made or ir in stacked:
                 continue
             stacked.add(ir)
-            view = ".flatten(1)" if ir in op.views and block.has_matmul else ""
             shape = ".view(-1, 1, 1)" if ir in op.scalars else ""
-            inner.append(Line(f"{op.stacked[ir]} = torch.stack([{plural(name)}[i]{view} for i in idx]){shape}"))
+            inner.append(Line(f"{op.stacked[ir]} = torch.stack([{plural(name)}[i] for i in idx]){shape}"))
         for local, source in block.init.items():
             inner.append(Line(f"{op.locals[local]} = {printer.doprint(source)}"))
         loop = [Line(f"{op.locals[n]} = {printer.top(e)}") for n, e in block.body]
@@ -247,10 +245,6 @@ class MatrixRun:
 
 
 def shape_text(name: str, batched: bool) -> str | None:
-    """rows(param) / cols(param) by the N-D rule: size(0) and numel / size(0)."""
+    """rows(param) and cols(param) of a (2-D) parameter."""
     param = "params[idx[0]]" if batched else "param"
-    if name == ROWS:
-        return f"{param}.size(0)"
-    if name == COLS:
-        return f"{param}[0].numel()"
-    return None
+    return {ROWS: f"{param}.size(-2)", COLS: f"{param}.size(-1)"}.get(name)

@@ -13,16 +13,17 @@ from sympy.logic.boolalg import simplify_logic
 
 from ... import catalog
 from ...errors import CompileError
-from ...expr import GRAD, NUMEL, PARAM
+from ...expr import GRAD, NDIM, NUMEL, PARAM
+from ...fused_support import fused_refusal
 from ...lower import lower
-from ...matrix import fused_refusal
+from ...shapes import guard_condition
 from ...spec import Spec, StateDecl
 from .. import format_python
 from . import config, names
 from .emit import elementwise, multi_body, single_body
 from .modes import mode_context, mode_docstring
 from .prepare import Prepared, plural, prepare
-from .printer import TensorPrinter, host_printer, number
+from .printer import HostPrinter, TensorPrinter, host_printer, number
 from .reduce_pass import reduce_passes
 from .schedule import Scheduler
 from .statements import merge_variants, render
@@ -172,6 +173,7 @@ def _class_context(public: Spec, spec: Spec, variants: list[Variant], globals_) 
         "ctor_keys": [k for k, h in spec.hyperparameters.items() if h.captured is None]
         + [o.public for o in spec.options.values()],
         "validation": _validation(spec, public),
+        "fused_refusal": fused_refusal(public),
         "captured": [f'param_group.setdefault("{k}", param_group["{src}"])' for k, src in captured.items()],
         "captured_setstate": [f'group.setdefault("{k}", group["{src}"])' for k, src in captured.items()],
         "init_uses_grad": any(GRAD in {x.name for x in s.init.free_symbols} for s in spec.state.values()),
@@ -180,7 +182,7 @@ def _class_context(public: Spec, spec: Spec, variants: list[Variant], globals_) 
         "restore_reads_param": any("p.dtype" in line for line in _scalar_state_restore(spec, device_states)),
         "uses_state_dtype": any(s.scope != "tensor" for s in spec.state.values()),
         "splits_large": any(elementwise(v.prepared.program) for v in variants),
-        "unpack": [f'{", ".join(h.names)} = group["{k}"]' for k, h in spec.hyperparameters.items() if h.is_tuple],
+        "unpack": _unpack(spec),
         "call_kwargs": _call_kwargs(spec, globals_),
         # scalar constructor keywords that may be 1-element tensors (torch.optim's tensor lr)
         "tensor_keys": [k for k, h in spec.hyperparameters.items() if h.captured is None and not h.is_tuple],
@@ -350,14 +352,31 @@ def _input_doc(d) -> str:
     return textwrap.indent(_arg(f"{d.public} (dict)", text), "    ")
 
 
+def _unpack(spec: Spec) -> list[str]:
+    """Tuple hyperparameters into their names; a None component (`none: dtype_eps`) becomes
+    the machine epsilon of the group's first parameter's dtype, as torch.optim.Adafactor's
+    eps1=None does."""
+    lines = []
+    for k, h in spec.hyperparameters.items():
+        if h.is_tuple:
+            lines.append(f'{", ".join(h.names)} = group["{k}"]')
+        for name, value in zip(h.names, h.default):
+            if h.none is not None and value is None:
+                if not h.is_tuple:
+                    lines.append(f'{name} = group["{k}"]')
+                lines += [f"if {name} is None and params:", f"    {name} = torch.finfo(params[0].dtype).eps"]
+    return lines
+
+
 def _type_of(h) -> str:
-    return f"tuple[{', '.join(['float'] * len(h.names))}]" if h.is_tuple else "float"
+    kinds = ["float | None" if d is None else "float" for d in h.default]
+    return f"tuple[{', '.join(kinds)}]" if h.is_tuple else kinds[0]
 
 
 def _default(h) -> str:
     if h.is_tuple:
-        return "(" + ", ".join(number(x) for x in h.default) + ")"
-    return number(h.default[0])
+        return "(" + ", ".join("None" if x is None else number(x) for x in h.default) + ")"
+    return "None" if h.default[0] is None else number(h.default[0])
 
 
 def _hyper_doc(spec: Spec, h) -> str:
@@ -388,6 +407,8 @@ def _validation(spec: Spec, public: Spec) -> list[str]:
             test = _range_test(name, h.range)
             if test is None:
                 continue
+            if h.none is not None and h.default[i] is None:
+                test = f"({name} is None or {test})"
             label = f"{label} ({key}[{i}])" if h.is_tuple else label
             lines.append(f"if not {test}:")
             lines += _raise(f'f"Invalid {label}: {{{name}!r}}', f'(expected a value in {h.range})"')
@@ -471,6 +492,10 @@ def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
             make = f"torch.full((), {value}, dtype=p.dtype, device=p.device)"
         else:
             make = f"torch.tensor({value}, dtype={_scalar_state_dtype(spec, s)})"
+    elif s.axes and init == 0:  # keepdim: size 1 along the reduced axes (p[..., :1] for axis -1)
+        make = f"torch.zeros_like({_reduced_view(s.axes)}, dtype={_STATE_DTYPE})"
+    elif s.axes:
+        make = f"torch.full_like({_reduced_view(s.axes)}, {host_printer(text).doprint(init)}, dtype={_STATE_DTYPE})"
     elif init == 0:
         make = f"torch.zeros_like(p, dtype={_STATE_DTYPE}, memory_format=torch.preserve_format)"
     elif not names & {PARAM, GRAD, *spec.inputs}:
@@ -488,12 +513,21 @@ def _state_init(spec: Spec, s: StateDecl, device_states: set[str]) -> str:
         f'    state["{s.key}"] = {make}',
         f'{plural(s.name)}.append(state["{s.key}"])',
     ]
+    if s.ranks is not None:  # `ndim: ">= 2"`: only these tensors have it (None in the list)
+        cond = HostPrinter(lambda n: "p.ndim" if n == NDIM else n).doprint(guard_condition(s.ranks))
+        lines = [f"if {cond}:"] + ["    " + line for line in lines] + ["else:", f"    {plural(s.name)}.append(None)"]
     if s.when is not None:
         public = {o: opt.public for o, opt in spec.options.items()}
         lines = [f"if {_condition(s.when, lambda o: f'group[{public[o]!r}]'.replace(chr(39), chr(34)))}:"] + [
             "    " + line for line in lines
         ]
     return "\n".join(" " * 12 + line for line in lines)
+
+
+def _reduced_view(axes) -> str:
+    """`p[..., :1]` (axis -1), `p[..., :1, :]` (axis -2): a view of p with size 1 along `axes`."""
+    index = [":1" if -k in axes else ":" for k in range(max(-a for a in axes), 0, -1)]
+    return f"p[..., {', '.join(index)}]"
 
 
 def _condition(cond, spell) -> str:
@@ -547,7 +581,10 @@ def _uses_numel(variants: list[Variant]) -> bool:
 
 
 def _shard_reductions(variants: list[Variant]) -> bool:
-    """Whether the update reduces per tensor: then a sharded tensor's reductions are combined."""
+    """Whether the update reduces per tensor: then a sharded tensor's reductions are combined
+    (a spec that reduces over axes refuses sharded tensors instead)."""
+    if any(v.prepared.program.has_axes for v in variants):
+        return False
     return any(v.prepared.program.reductions("tensor") for v in variants)
 
 

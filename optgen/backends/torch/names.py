@@ -22,7 +22,7 @@ from collections.abc import Callable
 import sympy
 
 from ...lower import lower
-from ...spec import Assign, If, Repeat, Spec, StateDecl
+from ...spec import Assign, If, Repeat, Spec, TensorIf
 from .prepare import plural
 
 PLACEHOLDER = "optgen_placeholder_"
@@ -45,7 +45,7 @@ def _assigned(statements) -> list[str]:
     for st in statements:
         if isinstance(st, Assign):
             out.append(st.target)
-        elif isinstance(st, If):
+        elif isinstance(st, (If, TensorIf)):
             out += _assigned(st.body) + _assigned(st.orelse)
     return out
 
@@ -148,14 +148,12 @@ def renamed(spec: Spec, names: dict[str, str], public: bool = True) -> Spec:
         for o, opt in spec.options.items()
     }
     states = {
-        name(s): StateDecl(
-            name(s),
-            rename(d.init),
-            d.scope,
-            d.loc,
-            d.key if public else name(s),
-            d.tex,
-            _condition(d.when, name),
+        name(s): dataclasses.replace(
+            d,
+            name=name(s),
+            init=rename(d.init),
+            key=d.key if public else name(s),
+            when=_condition(d.when, name),
         )
         for s, d in spec.state.items()
     }
@@ -200,7 +198,7 @@ def _statement(st, rename, name):
         return dataclasses.replace(st, count=rename(st.count), body=[_statement(s, rename, name) for s in st.body])
     return dataclasses.replace(
         st,
-        cond=_condition(st.cond, name),
+        cond=rename(st.cond) if isinstance(st, TensorIf) else _condition(st.cond, name),
         body=[_statement(s, rename, name) for s in st.body],
         orelse=[_statement(s, rename, name) for s in st.orelse],
     )

@@ -15,14 +15,14 @@ on the CPU, read with .item()) when its update needs no reduction, a device tens
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
 import sympy
 
-from ...expr import GRAD, NDIM, NUMEL, PARAM, STEP
+from ...expr import GRAD, NDIM, NUMEL, PARAM, SIZE_RANKS, STEP
 from ...ir import Program, Value
-from ...matrix import COLS, ROWS
 
 PER_TENSOR = ("host", "scalar", "device", "element")
 SCALAR_KINDS = ("uniform", "host", "scalar")
@@ -76,7 +76,7 @@ class Prepared:
 
 
 def prepare(program: Program) -> Prepared:
-    values = [Value(v.name, v.expr, v.scope, v.var, v.loc, v.reduce, v.over, v.phase, v.matrix) for v in program.values]
+    values = [dataclasses.replace(v) for v in program.values]
     globals_ = _take_global_reductions(values)
     values = _dce(program, values)
     values = _norms(values)
@@ -168,7 +168,7 @@ def _kinds(program: Program, values: list[Value], globals_: list[GlobalReduction
 def _kinds_given(program: Program, values, globals_, scalar_states) -> dict[str, str]:
     kinds = {n: "uniform" for n in program.hyper_names}
     kinds.update({STEP: "host", NUMEL: "host", NDIM: "host", PARAM: "element", GRAD: "element"})
-    kinds.update({ROWS: "host", COLS: "host"})
+    kinds.update({name: "host" for name in SIZE_RANKS})  # rows(param), cols(param)
     kinds.update({name: "element" for name in program.input_names})
     for s in program.states:
         kinds[s.name] = "element" if s.scope == "element" else "scalar" if s.name in scalar_states else "device"

@@ -204,6 +204,15 @@ class TensorPrinter(_Base):
     def _print_Abs(self, expr):
         return f"torch.abs({self._print(expr.args[0])})"
 
+    def _print_AxisReductionBase(self, expr):
+        """mean(x, axis=-1): keepdim, so that the result broadcasts back (optgen/shapes.py)."""
+        axes = sorted(expr.axes)
+        dim = str(axes[0]) if len(axes) == 1 else "(" + ", ".join(map(str, axes)) + ")"
+        arg = self._print(expr.args[0])
+        if expr.spelling == "norm":
+            return f"torch.linalg.vector_norm({arg}, dim={dim}, keepdim=True)"
+        return f"torch.{expr.torch_fn}({arg}, dim={dim}, keepdim=True)"
+
     def _print_sign(self, expr):
         return f"torch.sign({self._print(expr.args[0])})"
 

@@ -25,8 +25,9 @@ from functools import partial
 import sympy
 
 from ...errors import CompileError
-from ...expr import GRAD, PARAM
+from ...expr import GRAD, PARAM, axis_reductions_in
 from ...matrix import PARAM_SHAPE
+from ...shapes import ALL_RANKS, ELEMENT, SCALAR, Shape, guard_condition, shape_of
 from .matrix_ops import MatrixOp
 from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T, tensor_op_count
 from .prepare import Prepared, inline, plural, tidy_names
@@ -75,6 +76,7 @@ class Scheduler:
             self.st.display[name] = name
         self.st.current = {c: c for c in p.chains}
         self.zero_tables = self._zero_tables()
+        self.shapes = _shapes(p)
 
     # ------------------------------------------------------------------ driver
     def run(self) -> Schedule:
@@ -90,7 +92,7 @@ class Scheduler:
             elif kind == "device_uniform":
                 group.append(Eval(self._host_name(v), v.expr))
             elif v.name not in self.p.absorbed:
-                self._value(v)
+                self._guarded_value(v)
         self.index = len(self.p.values)
         for chain in self.p.chains:
             holder = self.st.display[self.st.current[chain]]
@@ -124,6 +126,45 @@ class Scheduler:
             return
         self.out.append(op)
 
+    def _partial_version(self, v) -> bool:
+        """A version of param (or of a state) computed for some ranks only, which a
+        where(ndim(param) ..., a, b) joins afterwards: a temporary, not an in-place update."""
+        if v.guard is None:
+            return False
+        states = {s.name: s for s in self.p.program.states}
+        ranks = states[v.var].ranks if v.var in states else None
+        return ranks is None or not ranks <= v.guard
+
+    def _mixes_shapes(self, expr) -> bool:
+        """Whether expr combines tensors of different shape classes (a row vector and a
+        matrix): in-place primitives cannot grow their output, so it is one expression."""
+        if not self.shapes:
+            return False
+        shapes, operands = dict(self.shapes), {}
+        for i, reduction in enumerate(axis_reductions_in(expr)):  # an operand of its own shape
+            operand = sympy.Symbol(f"_axis_reduction_{i}", real=True)
+            shapes[operand.name], operands[reduction] = shape_of(reduction, self.shapes, None, None), operand
+        expr = expr.xreplace(operands)
+        result = shape_of(expr, shapes, None, None)
+        return any(not shapes.get(s.name, SCALAR).is_scalar and shapes[s.name] != result for s in expr.free_symbols)
+
+    def _guarded_value(self, v) -> None:
+        """A value of an `if ndim(param) ...:` body runs for those tensors only: its ops go
+        under a per-tensor `if` (the foreach path splits its batches on it)."""
+        if v.guard is None:
+            self._value(v)
+            return
+        mark = len(self.out)
+        self._value(v)
+        body, self.out = self.out[mark:], self.out[:mark]
+        if not body:
+            return
+        cond = guard_condition(v.guard)
+        other = guard_condition(ALL_RANKS - v.guard)  # the same split of a foreach group
+        if cond not in self.branch_conditions and other not in self.branch_conditions:
+            self.branch_conditions.append(cond)
+        self.emit(If(cond, body, [], True))
+
     def _value(self, v) -> None:
         kind = self.p.kinds[v.name]
         expr = self._fold_denominator_scales(inline(self.p, v.expr))
@@ -137,7 +178,7 @@ class Scheduler:
             self.emit(Reduce(name, v.reduce, source))
             self._bind(v.name, name)
             return
-        if v.var in self.p.chains:
+        if v.var in self.p.chains and not self._partial_version(v):
             self._chain_value(v, v.var, expr)
             return
         if kind == "scalar":
@@ -446,7 +487,7 @@ class Scheduler:
         if xs is None or not expr.has(xs):
             self.assign(holder, expr)
             return
-        if self._conflicts(holder, x, expr):
+        if self._conflicts(holder, x, expr) or self._mixes_shapes(expr):
             self.via_temp(holder, expr)
             return
         start, outer = self.snapshot(), self.out
@@ -618,6 +659,10 @@ class Scheduler:
             return
         if self.p.is_scalar(expr):
             self.emit(New(name, "full_like", (T(self.st.display[PARAM]), S(expr))))
+            self._fresh_buffer(name)
+            return
+        if self._mixes_shapes(expr):
+            self.emit(Eval(name, expr))
             self._fresh_buffer(name)
             return
         if top and self._reuse(name, expr):
@@ -923,3 +968,15 @@ def _merge_branches(last, op) -> bool:
     else:
         return False
     return True
+
+
+def _shapes(p: Prepared) -> dict:
+    """IR name -> shape class, when the program has axis structure (else empty: nothing to
+    check, and the schedule of an elementwise program is unchanged)."""
+    program = p.program
+    if not program.has_axes:
+        return {}
+    shapes = {name: ELEMENT for name, scope in program.input_scopes.items() if scope == "element"}
+    shapes.update({s.name: Shape(frozenset(s.axes)) for s in program.states if s.scope == "element"})
+    shapes.update({v.name: v.shape for v in p.values})
+    return shapes

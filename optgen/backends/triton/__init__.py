@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import jinja2
 
 from ... import catalog
-from ...matrix import fused_refusal
+from ...fused_support import fused_refusal
 from ...spec import Assign, If, Spec
 from .. import format_python
 from ..torch import names
