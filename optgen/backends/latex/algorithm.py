@@ -197,7 +197,7 @@ def loop_row(spec: Spec, namer: Namer, stmt: Repeat, depth: int) -> Row:
     function = namer.loops.function(stmt, count)
     namer.definitions.append(_definition(spec, namer, stmt, var, function, count))
     argument = namer.names[var]
-    return Row(depth, target=namer.write(var, spec.symbols[var]), value=rf"{function}\left({argument}\right)")
+    return Row(depth, target=namer.write(var, spec.symbols[var]), value=f"{function}({argument})")
 
 
 def _definition(spec: Spec, namer: Namer, stmt: Repeat, var: str, function: str, count: str) -> Definition:
@@ -207,7 +207,7 @@ def _definition(spec: Spec, namer: Namer, stmt: Repeat, var: str, function: str,
     inner.equations, inner.definitions = False, []
     inner.names[var] = symbol_tex(spec, var)
     inner.tensors.add(var)
-    lhs = rf"{function}\left({inner.names[var]}\right)"
+    lhs = f"{function}({inner.names[var]})"
     parts = inlined(stmt.body, var) if all(isinstance(s, Assign) for s in stmt.body) else None
     if parts is None:
         return Definition(lhs, rf"\text{{: }}{count}\text{{ times}}", update_rows(spec, inner, stmt.body, 1))
