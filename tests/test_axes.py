@@ -424,7 +424,7 @@ def test_latex_prints_axis_means_and_rank_rules():
     row = r"\frac{\left\lVert g_{t} \right\rVert_{j}^{2}}{\operatorname{cols}(\theta)}"
     assert rf"R_{{t}} \leftarrow \hat\beta_{{2}} \left(- R_{{t-1}} + {row}\right) + R_{{t-1}}" in box
     assert r"\operatorname{mean}_{i} R_{t}" in box  # the column mean: over the rows i
-    equations = dict(equation_rows(spec))
+    equations = dict(equation_rows(spec)[0])  # (rows, loop definitions)
     assert equations[r"\mathrm{var\_estimate}"] == r"V_{t} \quad \text{if } \dim(\theta) < 2"
     assert r"\mathrm{update}" in equations and r"{\mathrm{var\_estimate}}'" not in "".join(equations.values())
 

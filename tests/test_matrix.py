@@ -401,7 +401,7 @@ def test_prover_refuses_matrix_specs():
 
 def test_latex_prints_products_transposes_and_the_loop():
     tex = optgen.latex(optgen.load("muon"))
-    assert r"\textbf{repeat}" in tex and r"\textbf{times}" in tex
+    assert r"O \leftarrow \mathrm{NS}_{k}(O)" in tex and r"\text{ times }" in tex  # tests/test_latex_loops.py
     assert r"^{\top}" in tex and r"\operatorname{rows}" in tex
 
 

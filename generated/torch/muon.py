@@ -39,10 +39,7 @@ class Muon(Optimizer):
            &\hspace{10mm}\tilde{B} \leftarrow B_{t} \\
            &\hspace{5mm}O \leftarrow \frac{\tilde{B}}{\max\left(\epsilon, \left\lVert \tilde{B} \right\rVert\right)} \\
            &\hspace{5mm}O \leftarrow \begin{cases} \displaystyle O^{\top} & \text{if } \operatorname{cols}(\theta) < \operatorname{rows}(\theta) \\ \displaystyle O & \text{otherwise} \end{cases} \\
-           &\hspace{5mm}\textbf{repeat}\ k\ \textbf{times} \\
-           &\hspace{10mm}A \leftarrow O\,O^{\top} \\
-           &\hspace{10mm}M \leftarrow b A + c A\,A \\
-           &\hspace{10mm}O \leftarrow a O + M\,O \\
+           &\hspace{5mm}O \leftarrow \mathrm{NS}_{k}(O) \\
            &\hspace{5mm}O \leftarrow \begin{cases} \displaystyle O^{\top} & \text{if } \operatorname{cols}(\theta) < \operatorname{rows}(\theta) \\ \displaystyle O & \text{otherwise} \end{cases} \\
            &\hspace{5mm}\textbf{if}\ \textit{match\_rms\_adamw} \\
            &\hspace{10mm}\gamma_t \leftarrow 0.2 \gamma \sqrt{\max\left(\operatorname{cols}(\theta), \operatorname{rows}(\theta)\right)} \\
@@ -51,6 +48,7 @@ class Muon(Optimizer):
            &\hspace{5mm}\theta_{t} \leftarrow \left(1 - \gamma \lambda\right) \theta_{t-1} - \gamma_t O \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
+           &\textit{where } \mathrm{NS}_{k}(O)\text{: }k\text{ times }O \leftarrow a O + \left(b A + c A^{2}\right)\,O,\ \text{with }A = O\,O^{\top} \\
            &\textit{where } \textstyle\sum_i,\ \min_i,\ \max_i,\ \lVert\cdot\rVert\text{: over the elements of one parameter tensor} \\
            &\rule{110mm}{0.4pt} \\
        \end{aligned}

@@ -11,6 +11,7 @@ import sympy
 from ...expr import COLS, GRAD, NDIM, NUMEL, PARAM, ROWS, STEP
 from ...spec import Assign, If, Repeat, Spec, TensorIf, holds
 from . import config
+from .loops import LoopNames, carried, inlined
 from .printer import ALL_PARAMS, OptgenLatexPrinter, decimal
 from .symbols import GRAD_TEX, PARAM_TEX, STEP_TEX, default_tex, escape_name, with_index
 
@@ -58,8 +59,11 @@ class Namer:
     writes: dict[str, int] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
     tensors: set[str] = field(default_factory=set)
+    loops: LoopNames | None = None
+    definitions: list[Definition] = field(default_factory=list)  # shared by copies: one per loop
 
     def __post_init__(self):
+        self.loops = self.loops or LoopNames.of(self.spec)
         spec = self.spec
         for name in spec.scalar_hypers:
             self.names[name] = symbol_tex(spec, name)
@@ -83,7 +87,7 @@ class Namer:
         self.tensors = set(spec.state) | set(spec.inputs) | {PARAM, GRAD}
 
     def copy(self) -> Namer:
-        other = Namer(self.spec, self.equations, self.last_writes)
+        other = Namer(self.spec, self.equations, self.last_writes, loops=self.loops, definitions=self.definitions)
         other.writes, other.names, other.tensors = dict(self.writes), dict(self.names), set(self.tensors)
         return other
 
@@ -183,13 +187,52 @@ def update_rows(spec: Spec, namer: Namer, statements: list, depth: int = 0) -> l
         if isinstance(stmt, Assign):
             value = namer.expr(stmt.expr, first=stmt.target)
             rows.append(Row(depth, target=namer.write(stmt.target, stmt.expr), value=value))
-        elif isinstance(stmt, Repeat):  # a bounded loop, as a paper's algorithm writes it
-            count = namer.expr(stmt.count)
-            rows.append(Row(depth, "repeat", rf"{count}\ \textbf{{times}}"))
-            rows += update_rows(spec, namer, stmt.body, depth + 1)
+        elif isinstance(stmt, Repeat):
+            rows.append(loop_row(spec, namer, stmt, depth))
         else:
             rows += _if_rows(spec, namer, stmt, depth)
     return rows
+
+
+@dataclass
+class Definition:
+    """A loop's function, defined once below the algorithm: `lhs` is NS_k(O), `rhs` what it
+    does; `rows` the body when it cannot be one line (an `if` in it, a name assigned twice)."""
+
+    lhs: str
+    rhs: str
+    rows: list[Row] = field(default_factory=list)
+
+
+def loop_row(spec: Spec, namer: Namer, stmt: Repeat, depth: int) -> Row:
+    """`O <- NS_k(O)` for the loop, its function defined (once) in `namer.definitions`."""
+    var = carried(stmt.body, namer.names)
+    count = namer.expr(stmt.count)
+    function = namer.loops.function(stmt, count)
+    namer.definitions.append(_definition(spec, namer, stmt, var, function, count))
+    argument = namer.names[var]
+    return Row(depth, target=namer.write(var, spec.symbols[var]), value=f"{function}({argument})")
+
+
+def _definition(spec: Spec, namer: Namer, stmt: Repeat, var: str, function: str, count: str) -> Definition:
+    """The loop's body read with the names outside it as they are at the loop, the carried
+    value by its own symbol (the function's argument) and the temporaries by theirs."""
+    inner = namer.copy()
+    inner.equations, inner.definitions = False, []
+    inner.names[var] = symbol_tex(spec, var)
+    inner.tensors.add(var)
+    lhs = f"{function}({inner.names[var]})"
+    parts = inlined(stmt.body, var) if all(isinstance(s, Assign) for s in stmt.body) else None
+    if parts is None:
+        return Definition(lhs, rf"\text{{: }}{count}\text{{ times}}", update_rows(spec, inner, stmt.body, 1))
+    clauses = []
+    for name, expr in parts[0]:
+        value = inner.expr(expr, first=name)
+        clauses.append(f"{inner.write(name, expr)} = {value}")
+    rhs = rf"\text{{: }}{count}\text{{ times }}{inner.names[var]} \leftarrow {inner.expr(parts[1], first=var)}"
+    if clauses:
+        rhs += r",\ \text{with }" + r",\ ".join(clauses)
+    return Definition(lhs, rhs)
 
 
 def _if_rows(spec: Spec, namer: Namer, stmt: If, depth: int, head: str = "if") -> list[Row]:
@@ -208,14 +251,14 @@ def _if_rows(spec: Spec, namer: Namer, stmt: If, depth: int, head: str = "if") -
     return rows
 
 
-def specialise(statements: list, options: dict[str, bool]) -> list[Assign]:
-    """The assignments that run under `options`, in order."""
-    out: list[Assign] = []
+def specialise(statements: list, options: dict[str, bool]) -> list[Assign | Repeat]:
+    """The assignments and loops (their bodies specialised too) that run under `options`."""
+    out: list[Assign | Repeat] = []
     for stmt in statements:
         if isinstance(stmt, Assign):
             out.append(stmt)
-        elif isinstance(stmt, Repeat):  # the equations list a loop's body once
-            out += specialise(stmt.body, options)
+        elif isinstance(stmt, Repeat):
+            out.append(Repeat(stmt.count, specialise(stmt.body, options), stmt.loc))
         elif isinstance(stmt, TensorIf):  # a per-tensor rule: both sides stay
             out.append(TensorIf(stmt.cond, specialise(stmt.body, options), specialise(stmt.orelse, options), stmt.loc))
         else:
@@ -315,6 +358,18 @@ def _labelled(label: str, items: list[str], per_line: int) -> list[str]:
     return lines
 
 
+def _indent(depth: int) -> str:
+    return rf"\hspace{{{config.INDENT_MM * (depth + 1)}mm}}"
+
+
+def row_line(row: Row) -> str:
+    if row.head == "else":
+        return _indent(row.depth) + r"\textbf{else}"
+    if row.head:
+        return _indent(row.depth) + rf"\textbf{{{row.head}}}\ {row.cond}"
+    return _indent(row.depth) + rf"{row.target} \leftarrow {row.value}"
+
+
 def box_lines(spec: Spec) -> list[str]:
     """The lines of the algorithm box, each to be placed after `&` in an aligned environment."""
     rule = rf"\rule{{{config.RULE_WIDTH}}}{{0.4pt}}"
@@ -325,18 +380,14 @@ def box_lines(spec: Spec) -> list[str]:
         lines += _labelled("options", option_items(spec), config.ITEMS_PER_LINE)
     lines += _labelled("initialize", init_items(spec), config.ITEMS_PER_LINE)
     lines += [rule, r"\textbf{for}\ t = 1, 2, \ldots\ \textbf{do}"]
-    indent = lambda depth: rf"\hspace{{{config.INDENT_MM * (depth + 1)}mm}}"
-    lines.append(indent(0) + rf"{namer.names[GRAD]} \leftarrow {gradient_tex(spec, namer)}")
-    for row in update_rows(spec, namer, complete_branches(spec, spec.update)):
-        if row.head == "else":
-            lines.append(indent(row.depth) + r"\textbf{else}")
-        elif row.head:
-            lines.append(indent(row.depth) + rf"\textbf{{{row.head}}}\ {row.cond}")
-        else:
-            lines.append(indent(row.depth) + rf"{row.target} \leftarrow {row.value}")
+    lines.append(_indent(0) + rf"{namer.names[GRAD]} \leftarrow {gradient_tex(spec, namer)}")
+    lines += [row_line(row) for row in update_rows(spec, namer, complete_branches(spec, spec.update))]
     lines += [rule, rf"\textbf{{return}}\ {with_index(PARAM_TEX, CURRENT)}"]
     if spec.modes is not None:
         lines += [rule, *mode_lines(spec)]
+    for definition in namer.definitions:
+        lines.append(rf"\textit{{where }} {definition.lhs}{definition.rhs}")
+        lines += [row_line(row) for row in definition.rows]
     lines += [rf"\textit{{where }} {note}" for note in legend(spec)]
     lines.append(rule)
     return lines
@@ -349,45 +400,66 @@ def aligned(lines: list[str], indent: str = "    ", env: str = "aligned") -> str
     return f"{indent}\\begin{{{env}}}\n{body}{indent}\\end{{{env}}}"
 
 
-def equation_rows(spec: Spec, options: dict[str, bool] | None = None) -> list[tuple[str, str]]:
-    """(lhs, rhs) pairs of the update specialised to `options` (default: the spec's defaults)."""
+def equation_rows(spec: Spec, options: dict[str, bool] | None = None) -> tuple[list[tuple[str, str]], list[Definition]]:
+    """(lhs, rhs) pairs of the update specialised to `options` (default: the spec's defaults),
+    and the definitions of its loops' functions."""
     options = spec.default_options() if options is None else options
     statements = specialise(spec.update, options)
     namer = Namer(spec, equations=True, last_writes=_write_counts(statements))
-    return [(namer.names[GRAD], gradient_tex(spec, namer)), *_equations(namer, statements, "")]
+    rows = [(namer.names[GRAD], gradient_tex(spec, namer)), *_equations(spec, namer, statements, "")]
+    return rows, namer.definitions
 
 
 def _write_counts(statements: list) -> dict[str, int]:
-    """How often each name is assigned; the two sides of a per-tensor rule are alternatives."""
+    """How often each name is assigned (a loop assigns its carried value); the two sides of
+    a per-tensor rule are alternatives."""
     counts: dict[str, int] = {}
-    for stmt in statements:
+    for i, stmt in enumerate(statements):
         if isinstance(stmt, TensorIf):
             sides = [_write_counts(stmt.body), _write_counts(stmt.orelse)]
             for name in set(sides[0]) | set(sides[1]):
                 counts[name] = counts.get(name, 0) + max(side.get(name, 0) for side in sides)
-        else:
-            counts[stmt.target] = counts.get(stmt.target, 0) + 1
+            continue
+        target = carried(stmt.body, _assigned_before(statements, i)) if isinstance(stmt, Repeat) else stmt.target
+        counts[target] = counts.get(target, 0) + 1
     return counts
 
 
-def _equations(namer: Namer, statements: list, when: str) -> list[tuple[str, str]]:
+def _assigned_before(statements: list, index: int) -> set[str]:
+    """The names assigned before statement `index` (a loop's carried value is one of them)."""
+    return {s.target for s in statements[:index] if isinstance(s, Assign)}
+
+
+def _equations(spec: Spec, namer: Namer, statements: list, when: str) -> list[tuple[str, str]]:
     """Each side of a per-tensor rule (`if ndim(param) >= 2:`) marked with the tensors it
-    holds for, both read from the values before the rule."""
+    holds for, both read from the values before the rule; a loop as one application."""
     rows = []
+    suffix = rf" \quad \text{{if }} {when}" if when else ""
     for stmt in statements:
         if isinstance(stmt, TensorIf):
             body, other = namer.copy(), namer.copy()
-            rows += _equations(body, stmt.body, rank_condition_tex(stmt.cond))
-            rows += _equations(other, stmt.orelse, rank_condition_tex(sympy.Not(stmt.cond)))
+            rows += _equations(spec, body, stmt.body, rank_condition_tex(stmt.cond))
+            rows += _equations(spec, other, stmt.orelse, rank_condition_tex(sympy.Not(stmt.cond)))
             namer.merge(body, other)
-            continue
-        value = namer.expr(stmt.expr, first=stmt.target)
-        rows.append((namer.write(stmt.target, stmt.expr), value + (rf" \quad \text{{if }} {when}" if when else "")))
+        elif isinstance(stmt, Repeat):
+            row = loop_row(spec, namer, stmt, 0)
+            rows.append((row.target, row.value + suffix))
+        else:
+            value = namer.expr(stmt.expr, first=stmt.target)
+            rows.append((namer.write(stmt.target, stmt.expr), value + suffix))
     return rows
 
 
 def align_env(spec: Spec, options: dict[str, bool] | None = None) -> str:
-    body = " \\\\\n".join(f"  {lhs} &= {rhs}" for lhs, rhs in equation_rows(spec, options))
+    """The equations; a loop's function is defined below them, after "where"."""
+    rows, definitions = equation_rows(spec, options)
+    body = " \\\\\n".join(f"  {lhs} &= {rhs}" for lhs, rhs in rows)
+    lines = []
+    for definition in definitions:
+        lines.append(f"  {definition.lhs} &{definition.rhs}")
+        lines += [f"  &{row_line(row)}" for row in definition.rows]
+    if lines:  # \intertext follows the row's \\ and starts the next one
+        body += " \\\\\n\\intertext{where}\n" + " \\\\\n".join(lines)
     return f"\\begin{{align*}}\n{body}\n\\end{{align*}}"
 
 

@@ -178,7 +178,10 @@ class OptgenLatexPrinter(LatexPrinter):
             scalars += [f for f in parts if not any(x.name in self.tensors for x in f.free_symbols)]
             rest = [f for f in parts if any(x.name in self.tensors for x in f.free_symbols)]
             factors.append(sympy.Mul(*rest) if rest else arg)
-        text = r"\,".join(self.parenthesize(a, PRECEDENCE["Mul"], strict=False) for a in factors)
+        if len(factors) == 2 and factors[0] == factors[1]:  # A @ A is A^2
+            text = self.parenthesize(factors[0], PRECEDENCE["Pow"], strict=True) + "^{2}"
+        else:
+            text = r"\,".join(self.parenthesize(a, PRECEDENCE["Mul"], strict=False) for a in factors)
         if scalars:
             text = self._print(sympy.Mul(*scalars)) + " " + text
         return rf"\left({text}\right)^{{{exp}}}" if exp else text
