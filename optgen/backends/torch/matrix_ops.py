@@ -73,6 +73,9 @@ class MatrixPrinter(TensorPrinter):
         inner = self._print(arg) if arg.is_Symbol or isinstance(arg, MatrixProduct) else f"({self._print(arg)})"
         return f"{inner}.mT"
 
+    def _print_BFloat16(self, expr):
+        return f"{self._operand(expr.args[0])}.bfloat16()"
+
     def _print_ReduceSum(self, expr):
         return f"{self._operand(expr.args[0])}.sum({_DIMS})"
 
@@ -166,6 +169,8 @@ def single_lines(op: MatrixOp, printer: MatrixPrinter, host) -> list:
         lines.append(Block(f"for _ in range({_count_text(block.count, host)}):", loop))
     result = op.locals[block.result]
     end = f"{result}.reshape_as(param)" if op.result_param_shaped and block.has_matmul else result
+    if block.promote:  # read outside the blocks: back to the parameter's dtype
+        end += ".to(param.dtype)"
     if end != op.target:
         lines.append(Line(f"{op.target} = {end}"))
     return lines
@@ -217,6 +222,7 @@ def batched_lines(ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys
         if op.ir not in kept:
             continue
         shaped = ".reshape_as(params[i])" if op.result_param_shaped and block.has_matmul else ""
+        shaped += ".to(params[i].dtype)" if block.promote else ""
         unstack.append(Line(f"{op.stacked['__out__']}[i] = {op.locals[block.result]}[j]{shaped}"))
     inner.append(Block("for j, i in enumerate(idx):", unstack))
     lines.append(Block("for idx in groups.values():", inner))
