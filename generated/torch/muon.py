@@ -547,11 +547,13 @@ def _multi_tensor_muon(
     for idx in groups.values():
         if bf16_newton_schulz:
             if nesterov:
-                update_stack = torch.stack([updates[i].flatten(1) for i in idx])
-                X_1 = update_stack.bfloat16()
+                update_stack = torch.stack([updates[i].flatten(1).bfloat16() for i in idx])
+                X_1 = update_stack
             else:
-                momentum_buffer_stack = torch.stack([momentum_buffers[i].flatten(1) for i in idx])
-                X_1 = momentum_buffer_stack.bfloat16()
+                momentum_buffer_stack = torch.stack(
+                    [momentum_buffers[i].flatten(1).bfloat16() for i in idx]
+                )
+                X_1 = momentum_buffer_stack
             X_3 = X_1 / torch.clamp(
                 torch.linalg.vector_norm(X_1, dim=(-2, -1), keepdim=True), min=eps
             )

@@ -16,7 +16,7 @@ from sympy.printing.precedence import PRECEDENCE
 
 from ...expr import ReduceSum
 from ...limits import MAX_REPEAT
-from ...matrix import COLS, ROWS, MatrixProduct, Transposed
+from ...matrix import COLS, ROWS, BFloat16, MatrixProduct, Transposed
 from .prepare import plural
 from .printer import TensorPrinter
 from .statements import Block, Line
@@ -200,6 +200,7 @@ def batched_lines(ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys
     inner: list = []
     made: set[str] = set()
     stacked: set[str] = set()  # operands stacked once for the whole run
+    rounded = _read_only_rounded(ops)
     unstack: list = []
     for op, printer in zip(ops, printers):
         block = op.block
@@ -208,11 +209,13 @@ def batched_lines(ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys
                 continue
             stacked.add(ir)
             view = ".flatten(1)" if ir in op.views and block.has_matmul else ""
+            view += ".bfloat16()" if ir in rounded else ""
             shape = ".view(-1, 1, 1)" if ir in op.scalars else ""
             inner.append(Line(f"{op.stacked[ir]} = torch.stack([{plural(name)}[i]{view} for i in idx]){shape}"))
         for local, source in block.init.items():
             inner.append(Line(f"{op.locals[local]} = {printer.doprint(source)}"))
-        loop = [Line(f"{op.locals[n]} = {printer.top(e)}") for n, e in block.body]
+        unround = {BFloat16(s): s for s in block.operands if s.name in rounded}
+        loop = [Line(f"{op.locals[n]} = {printer.top(e.xreplace(unround))}") for n, e in block.body]
         if block.count is None:
             inner += loop
         else:
@@ -227,6 +230,19 @@ def batched_lines(ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys
     inner.append(Block("for j, i in enumerate(idx):", unstack))
     lines.append(Block("for idx in groups.values():", inner))
     return lines
+
+
+def _read_only_rounded(ops: list[MatrixOp]) -> set[str]:
+    """Operands that the run's blocks read only as bfloat16(x): stacked in bfloat16 at once
+    (converting each tensor, then stacking half the bytes, rather than a float32 stack)."""
+    out: set[str] = set()
+    for ir in {ir for op in ops for ir in op.tensors}:
+        symbols = [s for op in ops for s in op.block.operands if s.name == ir]
+        exprs = [e for op in ops for _, e in op.block.body] + [v for op in ops for v in op.block.init.values()]
+        hidden = sympy.Dummy()
+        if all(not e.xreplace({BFloat16(s): hidden for s in symbols}).has(*symbols) for e in exprs):
+            out.add(ir)
+    return out
 
 
 def matrix_runs(ops: list) -> list:
