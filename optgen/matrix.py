@@ -462,6 +462,8 @@ class MatrixLowering:
 
     def statement(self, name: str, expr: sympy.Expr, loc: Loc, var: str = "") -> MatrixBlock:
         shape = infer_shape(expr, self.table(s.name for s in expr.free_symbols), loc)
+        if shape is None and expr.has(BFloat16):
+            raise SpecError(loc, "bfloat16() gives a tensor here; round in one statement and reduce it in the next")
         _refuse_scalar(shape, loc)
         if (var == "param" or var in self.spec.state) and shape != PARAM_SHAPE:
             raise SpecError(loc, f"`{var}` is shaped like the parameter, but this is {_fmt(shape)}")

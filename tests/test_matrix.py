@@ -403,6 +403,11 @@ ERRORS = [
     ("  U = bfloat16(lr) * grad\n  param = param - U", "bfloat16: `lr` is a scalar", (11, 3)),
     ("  U = bfloat16(grad, 2)\n  param = param - U", "bfloat16() takes 1 positional argument", (11, 7)),
     (
+        "  n = norm(bfloat16(grad))\n  param = param - lr * n * grad",
+        "round in one statement and reduce it in the next",
+        (11, 3),
+    ),
+    (
         "  U = grad\n  for _ in range(3):\n      U = U.T\n  param = param - lr * U",
         "the loop changes the shape of `U`: a rows×cols matrix becomes a cols×rows",
         (12, 3),
