@@ -278,10 +278,12 @@ def _ssa_assign(stmt: Assign, env, values, scopes, namer, inactive, broken=froze
             raise SpecError(
                 stmt.loc, f"`{sign}` takes host values (hyperparameters, step, numbers); here it reads a tensor value"
             )
-    if mx is not None and mx.is_matrix(expr):
+    if mx is not None and mx.is_matrix(expr, stmt.target, stmt.loc):
         block = mx.statement(name, expr, stmt.loc, stmt.target)
         value = Value(name, block.inputs_expr(), "element", stmt.target, stmt.loc, matrix=block)
     else:
+        if mx is not None:
+            mx.promote(expr)
         value = Value(
             name, expr, _value_scope(expr, stmt.target, _all_scopes(scopes, values), scopes), stmt.target, stmt.loc
         )

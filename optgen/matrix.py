@@ -32,7 +32,7 @@ from .expr import COLS, COLS_SYMBOL, ROWS, ROWS_SYMBOL, GlobalSum, ReduceMax, Re
 from .limits import MAX_REPEAT
 
 SHAPE_QUERIES = {ROWS: ROWS_SYMBOL, COLS: COLS_SYMBOL}
-MATRIX_FUNCS = {"matmul": 2, "transpose": 1, ROWS: 1, COLS: 1}
+MATRIX_FUNCS = {"matmul": 2, "transpose": 1, ROWS: 1, COLS: 1, "bfloat16": 1}
 
 Shape = tuple[str, str] | None
 PARAM_SHAPE: Shape = ("R", "C")
@@ -60,6 +60,15 @@ class Transposed(sympy.Function):
         return None
 
 
+class BFloat16(sympy.Function):
+    """bfloat16(X): X rounded to bfloat16; the torch paths carry on in bfloat16 (as torch
+    does after X.bfloat16()) until the value leaves the matrix blocks (see `MatrixLowering`)."""
+
+    nargs = 1
+    is_real = True
+    is_number = False
+
+
 class MatrixInputs(sympy.Function):
     """The operands of a matrix block, as the expression of its IR value."""
 
@@ -74,6 +83,21 @@ def has_matrix_op(expr: sympy.Basic) -> bool:
     return expr.has(*MATRIX_OPS)
 
 
+def uses_matrix_view(expr: sympy.Basic) -> bool:
+    """A matmul, a transpose or a bfloat16(): its operands are read as matrix views."""
+    return expr.has(*MATRIX_OPS, BFloat16)
+
+
+def round_bfloat16(x) -> np.ndarray:
+    """float64 values rounded to bfloat16 (round to nearest, ties to even, on the float32 bit
+    pattern, as torch's .bfloat16()), returned as float64."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    out = rounded.astype(np.uint32).view(np.float32).astype(np.float64)
+    nan = np.isnan(np.asarray(x, dtype=np.float64))
+    return np.where(nan, np.nan, out) if nan.any() else out
+
+
 @dataclass
 class MatrixBlock:
     """A small program over matrices, run whole for each parameter tensor.
@@ -84,6 +108,9 @@ class MatrixBlock:
     count  None: the body runs once; else the number of iterations (an integer constant or
            an integer hyperparameter of range within [0, MAX_REPEAT])
     result the local holding the block's value; `shape` its shape class
+    bf16   the result is bfloat16 (it rounds with bfloat16() or reads a bfloat16 value)
+    promote the torch paths convert the result back to the parameter's dtype at the end of
+           the block (a statement outside the matrix blocks reads it)
     """
 
     init: dict[str, sympy.Symbol]
@@ -92,6 +119,8 @@ class MatrixBlock:
     shape: Shape
     count: sympy.Expr | None = None
     locs: list[Loc] = field(default_factory=list)
+    bf16: bool = False
+    promote: bool = False
 
     @property
     def locals(self) -> set[str]:
@@ -121,11 +150,12 @@ class MatrixBlock:
 
     @property
     def has_matmul(self) -> bool:
-        return any(has_matrix_op(e) for _, e in self.body)
+        """Reads its operands as matrix views (a matmul, transpose or bfloat16())."""
+        return any(uses_matrix_view(e) for _, e in self.body)
 
 
 FUSED_REFUSAL = (
-    "{name} uses matrix operations (@, transpose or a loop), which the fused kernels do not "
+    "{name} uses matrix operations (@, transpose, bfloat16() or a loop), which the fused kernels do not "
     "run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
 )
 
@@ -142,7 +172,7 @@ def matrix_location(spec) -> Loc | None:
                 found = walk(stmt.body) or walk(stmt.orelse)
                 if found:
                     return found
-            elif has_matrix_op(stmt.expr):
+            elif uses_matrix_view(stmt.expr):
                 return stmt.loc
         return None
 
@@ -207,6 +237,11 @@ def infer_shape(expr: sympy.Basic, shapes: dict[str, Shape], loc: Loc) -> Shape:
                 f"matmul: inner dimensions do not match: {_fmt(a)} @ {_fmt(b)} (in `{expr.args[0]} @ {expr.args[1]}`)",
             )
         return (a[0], b[1])
+    if isinstance(expr, BFloat16):
+        a = infer_shape(expr.args[0], shapes, loc)
+        if a is None:
+            raise SpecError(loc, f"bfloat16: `{expr.args[0]}` is a scalar; bfloat16() rounds a tensor value")
+        return a
     if isinstance(expr, Transposed):
         a = infer_shape(expr.args[0], shapes, loc)
         if a is None:
@@ -349,6 +384,7 @@ def numpy_handlers(compile_expr) -> dict:
     return {
         MatrixProduct: binary(np.matmul),
         Transposed: unary(lambda x: np.swapaxes(x, -1, -2)),
+        BFloat16: unary(round_bfloat16),
         ReduceSum: unary(lambda x: np.float64(np.sum(x))),
         ReduceMin: unary(lambda x: np.float64(np.min(x))),
         ReduceMax: unary(lambda x: np.float64(np.max(x))),
@@ -359,13 +395,21 @@ def numpy_handlers(compile_expr) -> dict:
 class MatrixLowering:
     """Builds the matrix values of one program while the lowering converts it to SSA:
     `statement` for an assignment that uses a matrix operation (or reads a value that is not
-    shaped like the parameter), `loop` for a `for _ in range(k):` block."""
+    shaped like the parameter, or a bfloat16 value), `loop` for a `for _ in range(k):` block.
+
+    Precision: bfloat16(X) is X rounded to bfloat16. A block's value is bfloat16 when it
+    calls bfloat16() or reads a bfloat16 value, and reads no other matrix or per-element value
+    (one in the parameter's dtype promotes it back, as torch's type promotion does); numbers
+    (hyperparameters, per-tensor values such as a norm) leave it bfloat16. A statement that reads a bfloat16 value is a matrix block,
+    unless it assigns `param` or a state: there (the value is stored) the block that made it
+    converts it back to the parameter's dtype at its end (`promote`)."""
 
     def __init__(self, spec, scopes: dict[str, str]):
         self.spec = spec
         self.scopes = scopes  # IR name -> scope (inputs, and values as they are made)
         self.shapes: dict[str, Shape] = {}  # matrix values -> their shape class
         self.loop_locals: dict[str, Loc] = {}  # a loop's temporaries -> the loop
+        self.blocks: dict[str, MatrixBlock] = {}  # bfloat16 values -> the block making them
 
     def shape_of(self, name: str) -> Shape:
         if name in self.shapes:
@@ -375,18 +419,57 @@ class MatrixLowering:
     def table(self, names) -> dict[str, Shape]:
         return {n: self.shape_of(n) for n in names}
 
-    def is_matrix(self, expr: sympy.Expr) -> bool:
+    def is_matrix(self, expr: sympy.Expr, var: str = "", loc: Loc | None = None) -> bool:
+        if expr.has(BFloat16):
+            return True
+        stored = var == "param" or var in self.spec.state
+        if not stored and self.reads_bf16(expr):
+            # a per-tensor number computed from a bfloat16 value is not a matrix
+            return infer_shape(expr, self.table(s.name for s in expr.free_symbols), loc) is not None
         return has_matrix_op(expr) or any(
             s.name in self.shapes and self.shapes[s.name] != PARAM_SHAPE for s in expr.free_symbols
         )
 
+    def reads_bf16(self, expr: sympy.Expr) -> bool:
+        return any(s.name in self.blocks for s in expr.free_symbols)
+
+    def promote(self, expr: sympy.Expr) -> None:
+        """A statement outside the blocks reads these bfloat16 values: back to the parameter's dtype."""
+        for s in expr.free_symbols:
+            if s.name in self.blocks:
+                self.blocks[s.name].promote = True
+
+    def _bf16(self, expr: sympy.Expr, bf16: set[str], shapes: dict | None = None) -> bool | None:
+        """True: bfloat16; False: a tensor in the parameter's dtype; None: a number (a
+        hyperparameter or a per-tensor value, which leaves a bfloat16 tensor bfloat16)."""
+        if isinstance(expr, BFloat16):
+            return True
+        if expr.is_Symbol:
+            if expr.name in bf16:
+                return True
+            shape = shapes[expr.name] if shapes and expr.name in shapes else self.shape_of(expr.name)
+            return False if shape is not None else None
+        kinds = [self._bf16(a, bf16, shapes) for a in expr.args if isinstance(a, sympy.Basic)]
+        if False in kinds:
+            return False
+        return True if True in kinds else None
+
     def statement(self, name: str, expr: sympy.Expr, loc: Loc, var: str = "") -> MatrixBlock:
         shape = infer_shape(expr, self.table(s.name for s in expr.free_symbols), loc)
+        if shape is None and expr.has(BFloat16):
+            raise SpecError(loc, "bfloat16() gives a tensor here; round in one statement and reduce it in the next")
         _refuse_scalar(shape, loc)
         if (var == "param" or var in self.spec.state) and shape != PARAM_SHAPE:
             raise SpecError(loc, f"`{var}` is shaped like the parameter, but this is {_fmt(shape)}")
         self.shapes[name] = shape
-        return MatrixBlock({}, [(name, expr)], name, shape, locs=[loc])
+        block = MatrixBlock({}, [(name, expr)], name, shape, locs=[loc])
+        self._made_bf16(name, block, self._bf16(expr, set(self.blocks)) is True)
+        return block
+
+    def _made_bf16(self, name: str, block: MatrixBlock, bf16: bool) -> None:
+        block.bf16 = bf16
+        if bf16:
+            self.blocks[name] = block
 
     def loop(self, stmt, env: dict, fresh, assigns: list, loc: Loc) -> tuple[str, MatrixBlock]:
         """`assigns`: the loop's assignments (options already chosen). Returns the variable
@@ -418,22 +501,29 @@ class MatrixLowering:
         shapes = {sym.name: self.shape_of(sym.name) for sym in outer.values()}
         shapes[local[var].name] = self.shape_of(env[var].name)
         body = []
+        bf16 = set(self.blocks) | ({local[var].name} if env[var].name in self.blocks else set())
         for a in assigns:
             subs = {s: local.get(s.name, outer.get(s.name)) for s in a.expr.free_symbols}
             subs = {s: t for s, t in subs.items() if t is not None}
             expr = a.expr.xreplace(subs)
             shapes[local[a.target].name] = infer_shape(expr, shapes, a.loc)
             body.append((local[a.target].name, expr))
+            if self._bf16(expr, bf16, shapes) is True:
+                bf16.add(local[a.target].name)
+            else:
+                bf16.discard(local[a.target].name)
         start, end = self.shape_of(env[var].name), shapes[local[var].name]
         if start != end:
             raise SpecError(loc, f"the loop changes the shape of `{var}`: {_fmt(start)} becomes {_fmt(end)}")
         _refuse_scalar(end, loc)
         count = stmt.count.xreplace({s: outer[s.name] for s in stmt.count.free_symbols if s.name in outer})
         block = MatrixBlock({local[var].name: env[var]}, body, local[var].name, end, count, [a.loc for a in assigns])
+        block.bf16 = local[var].name in bf16
         return var, block
 
     def made(self, name: str, block: MatrixBlock) -> None:
         self.shapes[name] = block.shape
+        self._made_bf16(name, block, block.bf16)
 
 
 def _refuse_scalar(shape: Shape, loc: Loc) -> None:

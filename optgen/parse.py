@@ -41,7 +41,7 @@ from .expr import (
     name_problem,
     symbol,
 )
-from .matrix import SHAPE_QUERIES, MatrixProduct, Transposed
+from .matrix import SHAPE_QUERIES, BFloat16, MatrixProduct, Transposed
 from .modes import parse_modes
 from .spec import Assign, Hyperparameter, If, InputDecl, Interval, Option, Repeat, Spec, StateDecl, TensorIf
 from .texcheck import tex_problem
@@ -465,7 +465,7 @@ class ExprConverter:
         return Transposed(self.convert(node.value))
 
     def _matrix_call(self, node: ast.Call, name: str):
-        """matmul(A, B), transpose(A) and the shape queries rows(param), cols(param)."""
+        """matmul(A, B), transpose(A), bfloat16(A) and the shape queries rows(param), cols(param)."""
         arity = {"matmul": 2, "transpose": 1}.get(name, 1)
         if node.keywords or len(node.args) != arity:
             raise self.error(node, f"{name}() takes {arity} positional argument{'s' if arity > 1 else ''}")
@@ -475,6 +475,8 @@ class ExprConverter:
                 raise self.error(arg, f"{name}() takes `param` (the tensor whose matrix view it measures)")
             return SHAPE_QUERIES[name]
         args = [self.convert(a) for a in node.args]
+        if name == "bfloat16":
+            return BFloat16(*args)
         return MatrixProduct(*args) if name == "matmul" else Transposed(*args)
 
     def _UnaryOp(self, node: ast.UnaryOp, condition: bool):

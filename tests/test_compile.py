@@ -126,6 +126,12 @@ def _assert_close(got, want, rtol):
         torch.testing.assert_close(g, w, rtol=rtol, atol=rtol)
 
 
+def _in_bfloat16(name: str, options: dict) -> bool:
+    """Muon's default runs Newton-Schulz in bfloat16: the traced graph's kernels may round one
+    element to the other side (measured: 2e-7 relative after the lr), not 1e-12."""
+    return "bf16_newton_schulz" in optgen.load(name).options and options.get("bf16_newton_schulz", True)
+
+
 @pytest.mark.parametrize("name, path, options", CASES)
 def test_compiled_step_compiles_once(name, path, options, float64_default):
     tensor_lr = _tensor_lr_allowed(name, path)
@@ -135,7 +141,7 @@ def test_compiled_step_compiles_once(name, path, options, float64_default):
     assert counter.frame_count == 1, f"{counter.frame_count} compilations in {STEPS} steps"
     assert _unique_graphs() == 1
     assert _graph_breaks() == 0
-    _assert_close(got, want, 1e-12)
+    _assert_close(got, want, 1e-5 if _in_bfloat16(name, options) else 1e-12)
     if tensor_lr:  # the scheduler did change the lr the compiled steps read
         assert opt.param_groups[0]["lr"].item() == pytest.approx(opt.defaults["lr"] / (1 + STEPS), rel=1e-12)
 

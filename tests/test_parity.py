@@ -181,6 +181,15 @@ ADAFACTOR_GROUPS = (
     {"lr": 0.02, "beta2_decay": -0.6, "eps": (1e-12, 1e-2), "d": 1.5, "weight_decay": 0.05},
 )
 
+MUON_IN_DTYPE = {"bf16_newton_schulz": False}  # ours in the parameter's dtype, as the reference
+
+
+def _muon_in_input_dtype(groups, bf16_newton_schulz: bool, **shared):
+    """torch.optim.Muon with Newton-Schulz in the input dtype (ours: bf16_newton_schulz=False)."""
+    assert not bf16_newton_schulz
+    return muon_in_input_dtype()(groups, **shared)
+
+
 CASES = [
     # torch.optim
     Case("sgd-momentum-dampening", "sgd", to.SGD, SGD_GROUPS),
@@ -299,8 +308,15 @@ CASES = [
         skip_every=2,
     ),
     # Newton-Schulz in the input dtype (torch's runs in bfloat16): tests/test_matrix.py
-    Case("muon", "muon", muon_in_input_dtype(), MUON_GROUPS, shapes=MUON_SHAPES),
-    Case("muon-no-nesterov", "muon", muon_in_input_dtype(), MUON_GROUPS, {"nesterov": False}, shapes=MUON_SHAPES),
+    Case("muon", "muon", _muon_in_input_dtype, MUON_GROUPS, MUON_IN_DTYPE, shapes=MUON_SHAPES),
+    Case(
+        "muon-no-nesterov",
+        "muon",
+        _muon_in_input_dtype,
+        MUON_GROUPS,
+        {**MUON_IN_DTYPE, "nesterov": False},
+        shapes=MUON_SHAPES,
+    ),
     # no public implementation: the independent oracle
     Case("setadam", "setadam", SETAdam, _adam_groups()),
     Case("setadam-decoupled_weight_decay", "setadam", SETAdam, _adam_groups(), {"decoupled_weight_decay": True}),
@@ -452,8 +468,8 @@ NOT_MODELLED = {
     "muon": {"adjust_lr_fn"},
 }
 # inherited from adam.yaml, torch's AdamW has no such keyword; Muon's adjust_lr_fn (a string)
-# is the option match_rms_adamw
-EXTRA = {"adamw": {"decoupled_weight_decay"}, "muon": {"match_rms_adamw"}}
+# is the option match_rms_adamw, and torch always runs Newton-Schulz in bfloat16
+EXTRA = {"adamw": {"decoupled_weight_decay"}, "muon": {"match_rms_adamw", "bf16_newton_schulz"}}
 NOT_KEYWORDS = {"self", "params", "foreach", "maximize", "capturable", "differentiable", "fused"}
 
 

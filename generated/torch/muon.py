@@ -27,7 +27,7 @@ class Muon(Optimizer):
            &\textbf{input}: \gamma = 0.001 \text{ (lr)},\ \lambda = 0.1 \text{ (weight\_decay)},\ \mu = 0.95 \text{ (momentum)}, \\
            &\hspace{13mm}(a, b, c) = (3.4445, -4.775, 2.0315) \text{ (ns\_coefficients)},\ \epsilon = 10^{-7} \text{ (eps)},\ k = 5 \text{ (ns\_steps)}, \\
            &\hspace{13mm}\theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
-           &\textbf{options}: \textit{nesterov} = \text{true},\ \textit{match\_rms\_adamw} = \text{false} \\
+           &\textbf{options}: \textit{nesterov} = \text{true},\ \textit{match\_rms\_adamw} = \text{false},\ \textit{bf16\_newton\_schulz} = \text{true} \\
            &\textbf{initialize}: B_{0} \leftarrow 0 \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{for}\ t = 1, 2, \ldots\ \textbf{do} \\
@@ -37,7 +37,10 @@ class Muon(Optimizer):
            &\hspace{10mm}\tilde{B} \leftarrow \left(1 - \mu\right) g_{t} + \mu B_{t} \\
            &\hspace{5mm}\textbf{else} \\
            &\hspace{10mm}\tilde{B} \leftarrow B_{t} \\
-           &\hspace{5mm}O \leftarrow \frac{\tilde{B}}{\max\left(\epsilon, \left\lVert \tilde{B} \right\rVert\right)} \\
+           &\hspace{5mm}O \leftarrow \tilde{B} \\
+           &\hspace{5mm}\textbf{if}\ \textit{bf16\_newton\_schulz} \\
+           &\hspace{10mm}O \leftarrow \mathrm{bf16}\left(O\right) \\
+           &\hspace{5mm}O \leftarrow \frac{O}{\max\left(\epsilon, \left\lVert O \right\rVert\right)} \\
            &\hspace{5mm}O \leftarrow \begin{cases} \displaystyle O^{\top} & \text{if } \operatorname{cols}(\theta) < \operatorname{rows}(\theta) \\ \displaystyle O & \text{otherwise} \end{cases} \\
            &\hspace{5mm}O \leftarrow \mathrm{NS}_{k}(O) \\
            &\hspace{5mm}O \leftarrow \begin{cases} \displaystyle O^{\top} & \text{if } \operatorname{cols}(\theta) < \operatorname{rows}(\theta) \\ \displaystyle O & \text{otherwise} \end{cases} \\
@@ -67,6 +70,9 @@ class Muon(Optimizer):
             (default: True).
         match_rms_adamw (bool, optional): scale the step by 0.2 sqrt(max(rows, cols)) (torch's
             adjust_lr_fn='match_rms_adamw') (default: False).
+        bf16_newton_schulz (bool, optional): run the normalisation and the Newton-Schulz
+            iteration in bfloat16, as torch.optim.Muon does (false: in the parameter's dtype)
+            (default: True).
         maximize (bool, optional): maximize the objective instead of minimizing it (default:
             False).
         foreach (bool, optional): update each group's tensors with torch._foreach_* kernels;
@@ -90,10 +96,10 @@ class Muon(Optimizer):
     iterations X <- a X + (b A + c A^2) X with A = X X^T, on the short side of the matrix (a
     tall matrix is transposed first and back after, as torch does). torch's keyword
     adjust_lr_fn (None / "original" / "match_rms_adamw") is the option match_rms_adamw
-    (false: "original", sqrt(max(1, rows / cols)); true: 0.2 sqrt(max(rows, cols))). torch
-    computes the iteration in bfloat16; optgen in the parameter's dtype. A parameter with
-    fewer than 2 dimensions is a ValueError at step time; an N-D one is viewed as the matrix
-    (size(0), numel / size(0)), where torch.optim.Muon accepts only 2-D parameters.
+    (false: "original", sqrt(max(1, rows / cols)); true: 0.2 sqrt(max(rows, cols))). With
+    bf16_newton_schulz (the default, torch's behaviour) the normalisation and the iteration
+    run in bfloat16, as torch's; false runs them in the parameter's dtype. A parameter that
+    is not 2-D is a ValueError at step time, as in torch.optim.Muon.
 
     Paper: Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024;
     Liu et al., "Muon is Scalable for LLM Training", arXiv:2502.16982, 2025.
@@ -112,6 +118,7 @@ class Muon(Optimizer):
         ns_steps: float = 5.0,
         nesterov: bool = True,
         match_rms_adamw: bool = False,
+        bf16_newton_schulz: bool = True,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
@@ -130,6 +137,7 @@ class Muon(Optimizer):
             "ns_steps": ns_steps,
             "nesterov": nesterov,
             "match_rms_adamw": match_rms_adamw,
+            "bf16_newton_schulz": bf16_newton_schulz,
             "maximize": maximize,
             "foreach": foreach,
             "fused": fused,
@@ -147,7 +155,7 @@ class Muon(Optimizer):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
         if param_group["fused"]:
             raise ValueError(
-                "Muon uses matrix operations (@, transpose or a loop), which the fused kernels do not run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
+                "Muon uses matrix operations (@, transpose, bfloat16() or a loop), which the fused kernels do not run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
             )
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
@@ -259,6 +267,7 @@ class Muon(Optimizer):
                 ns_steps=group["ns_steps"],
                 nesterov=group["nesterov"],
                 match_rms_adamw=group["match_rms_adamw"],
+                bf16_newton_schulz=group["bf16_newton_schulz"],
                 maximize=group["maximize"],
                 foreach=group["foreach"],
                 fused=group["fused"],
@@ -282,6 +291,7 @@ def muon(
     ns_steps: float,
     nesterov: bool,
     match_rms_adamw: bool,
+    bf16_newton_schulz: bool,
     maximize: bool,
     foreach: bool | None = None,
     fused: bool | None = None,
@@ -307,7 +317,7 @@ def muon(
         )
     if fused:
         raise ValueError(
-            "Muon uses matrix operations (@, transpose or a loop), which the fused kernels do not run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
+            "Muon uses matrix operations (@, transpose, bfloat16() or a loop), which the fused kernels do not run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
         )
     if any(_is_dtensor(param) for param in params):
         # a reduction over axes needs each tensor whole, where a shard holds some of its rows
@@ -344,6 +354,7 @@ def muon(
         ns_steps=ns_steps,
         nesterov=nesterov,
         match_rms_adamw=match_rms_adamw,
+        bf16_newton_schulz=bf16_newton_schulz,
         maximize=maximize,
         shard_groups=shard_groups,
     )
@@ -365,6 +376,7 @@ def _single_tensor_muon(
     ns_steps: float,
     nesterov: bool,
     match_rms_adamw: bool,
+    bf16_newton_schulz: bool,
     maximize: bool,
     shard_groups: list | None = None,
 ) -> None:
@@ -400,46 +412,84 @@ def _single_tensor_muon(
         momentum_buffer.lerp_(grad, 1 - momentum)
         if nesterov:
             update = grad.lerp(momentum_buffer, momentum)
-            update_norm = torch.linalg.vector_norm(update)
-        else:
-            momentum_buffer_norm = torch.linalg.vector_norm(momentum_buffer)
-        if shard_groups is not None:
+        if bf16_newton_schulz:
+            if param.ndim != 2:
+                raise ValueError(
+                    f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
+                )
             if nesterov:
-                _all_reduce_partials([shard_groups[i]], norms=[[update_norm]])
+                X = update.bfloat16()
             else:
-                _all_reduce_partials([shard_groups[i]], norms=[[momentum_buffer_norm]])
-        if nesterov:
-            coef = torch.clamp(update_norm, min=eps)
-            update.div_(coef)
-            X = update
+                X = momentum_buffer.bfloat16()
+            X = X.reshape_as(param)
+            X_1 = X / torch.clamp(torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True), min=eps)
         else:
-            coef = torch.clamp(momentum_buffer_norm, min=eps)
-            X = momentum_buffer.div(coef)
+            if nesterov:
+                update_norm = torch.linalg.vector_norm(update)
+            else:
+                momentum_buffer_norm = torch.linalg.vector_norm(momentum_buffer)
+            if shard_groups is not None:
+                if nesterov:
+                    _all_reduce_partials([shard_groups[i]], norms=[[update_norm]])
+                else:
+                    _all_reduce_partials([shard_groups[i]], norms=[[momentum_buffer_norm]])
+            if nesterov:
+                coef = torch.clamp(update_norm, min=eps)
+                update.div_(coef)
+                X = update
+            else:
+                coef = torch.clamp(momentum_buffer_norm, min=eps)
+                X = momentum_buffer.div(coef)
         if param.ndim != 2:
             raise ValueError(
                 f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
             )
-        X_1 = (
-            X.mT
-            if (param.size(-1) if param.ndim >= 1 else 1)
-            < (param.size(-2) if param.ndim >= 2 else 1)
-            else X
-        )
-        X_2 = X_1
+        if bf16_newton_schulz:
+            X_2 = (
+                X_1.mT
+                if (param.size(-1) if param.ndim >= 1 else 1)
+                < (param.size(-2) if param.ndim >= 2 else 1)
+                else X_1
+            )
+            X_3 = X_2
+        else:
+            X_1 = (
+                X.mT
+                if (param.size(-1) if param.ndim >= 1 else 1)
+                < (param.size(-2) if param.ndim >= 2 else 1)
+                else X
+            )
+            X_2 = X_1
         if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
             raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
         for _ in range(int(ns_steps)):
-            A = X_2 @ X_2.mT
+            if bf16_newton_schulz:
+                A = X_3 @ X_3.mT
+            else:
+                A = X_2 @ X_2.mT
             B = torch.addmm(A, A, A, beta=ns_b, alpha=ns_c)
-            X_2 = torch.addmm(X_2, B, X_2, beta=ns_a)
-        X_3 = (
-            X_2.mT
-            if (param.size(-1) if param.ndim >= 1 else 1)
-            < (param.size(-2) if param.ndim >= 2 else 1)
-            else X_2
-        )
-        X_3 = X_3.reshape_as(param)
-        param.mul_(1 - lr * weight_decay).add_(X_3, alpha=-adjusted_lr)
+            if bf16_newton_schulz:
+                X_3 = torch.addmm(X_3, B, X_3, beta=ns_a)
+            else:
+                X_2 = torch.addmm(X_2, B, X_2, beta=ns_a)
+        if bf16_newton_schulz:
+            X_4 = (
+                X_3.mT
+                if (param.size(-1) if param.ndim >= 1 else 1)
+                < (param.size(-2) if param.ndim >= 2 else 1)
+                else X_3
+            )
+            X_4 = X_4.reshape_as(param).to(param.dtype)
+            param.mul_(1 - lr * weight_decay).add_(X_4, alpha=-adjusted_lr)
+        else:
+            X_3 = (
+                X_2.mT
+                if (param.size(-1) if param.ndim >= 1 else 1)
+                < (param.size(-2) if param.ndim >= 2 else 1)
+                else X_2
+            )
+            X_3 = X_3.reshape_as(param)
+            param.mul_(1 - lr * weight_decay).add_(X_3, alpha=-adjusted_lr)
 
 
 def _multi_tensor_muon(
@@ -458,6 +508,7 @@ def _multi_tensor_muon(
     ns_steps: float,
     nesterov: bool,
     match_rms_adamw: bool,
+    bf16_newton_schulz: bool,
     maximize: bool,
     shard_groups: list | None = None,
 ) -> None:
@@ -488,6 +539,7 @@ def _multi_tensor_muon(
                 ns_steps=ns_steps,
                 nesterov=nesterov,
                 match_rms_adamw=match_rms_adamw,
+                bf16_newton_schulz=bf16_newton_schulz,
                 maximize=maximize,
                 shard_groups=batch_shard_groups,
             )
@@ -520,47 +572,85 @@ def _multi_tensor_muon(
     torch._foreach_lerp_(momentum_buffers, grads, 1 - momentum)
     if nesterov:
         updates = torch._foreach_lerp(grads, momentum_buffers, momentum)
-        update_norms = torch._foreach_norm(updates)
-    else:
-        momentum_buffer_norms = torch._foreach_norm(momentum_buffers)
-    if shard_groups is not None:
+    if not bf16_newton_schulz:
         if nesterov:
-            _all_reduce_partials(shard_groups, norms=[update_norms])
+            update_norms = torch._foreach_norm(updates)
         else:
-            _all_reduce_partials(shard_groups, norms=[momentum_buffer_norms])
-    if nesterov:
-        coefs = torch._foreach_clamp_min(update_norms, eps)
-        torch._foreach_div_(updates, coefs)
-        X_list = updates
-    else:
-        coefs = torch._foreach_clamp_min(momentum_buffer_norms, eps)
-        X_list = torch._foreach_div(momentum_buffers, coefs)
+            momentum_buffer_norms = torch._foreach_norm(momentum_buffers)
+        if shard_groups is not None:
+            if nesterov:
+                _all_reduce_partials(shard_groups, norms=[update_norms])
+            else:
+                _all_reduce_partials(shard_groups, norms=[momentum_buffer_norms])
+        if nesterov:
+            coefs = torch._foreach_clamp_min(update_norms, eps)
+            torch._foreach_div_(updates, coefs)
+            X_list = updates
+        else:
+            coefs = torch._foreach_clamp_min(momentum_buffer_norms, eps)
+            X_list = torch._foreach_div(momentum_buffers, coefs)
     # tensors of one shape are stacked: each matmul is one batched matmul for all of them
     for param in params:
         if param.ndim != 2:
             raise ValueError(
                 f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
             )
-    X_5_list = [None] * len(params)
+    if bf16_newton_schulz:
+        X_8_list = [None] * len(params)
+    else:
+        X_5_list = [None] * len(params)
     groups = {}
     for i in range(len(params)):
         groups.setdefault((params[i].shape,), []).append(i)
     for idx in groups.values():
-        X_stack = torch.stack([X_list[i] for i in idx])
-        X_2 = X_stack.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_stack
-        X_4 = X_2
+        if bf16_newton_schulz:
+            if nesterov:
+                update_stack = torch.stack([updates[i].bfloat16() for i in idx])
+                X_1 = update_stack
+            else:
+                momentum_buffer_stack = torch.stack([momentum_buffers[i].bfloat16() for i in idx])
+                X_1 = momentum_buffer_stack
+            X_3 = X_1 / torch.clamp(
+                torch.linalg.vector_norm(X_1, dim=(-2, -1), keepdim=True), min=eps
+            )
+            X_5 = X_3.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_3
+            X_7 = X_5
+        else:
+            X_stack = torch.stack([X_list[i] for i in idx])
+            X_2 = X_stack.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_stack
+            X_4 = X_2
         if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
             raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
         for _ in range(int(ns_steps)):
-            A = X_4 @ X_4.mT
+            if bf16_newton_schulz:
+                A = X_7 @ X_7.mT
+            else:
+                A = X_4 @ X_4.mT
             B = torch.baddbmm(A, A, A, beta=ns_b, alpha=ns_c)
-            X_4 = torch.baddbmm(X_4, B, X_4, beta=ns_a)
-        X_6 = X_4.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_4
+            if bf16_newton_schulz:
+                X_7 = torch.baddbmm(X_7, B, X_7, beta=ns_a)
+            else:
+                X_4 = torch.baddbmm(X_4, B, X_4, beta=ns_a)
+        if bf16_newton_schulz:
+            X_9 = X_7.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_7
+        else:
+            X_6 = X_4.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_4
         for j, i in enumerate(idx):
-            X_5_list[i] = X_6[j].reshape_as(params[i])
+            if bf16_newton_schulz:
+                X_8_list[i] = X_9[j].reshape_as(params[i]).to(params[i].dtype)
+            else:
+                X_5_list[i] = X_6[j].reshape_as(params[i])
     torch._foreach_mul_(params, 1 - lr * weight_decay)
-    scaled_X_5_list = torch._foreach_mul(X_5_list, [-adjusted_lr for adjusted_lr in adjusted_lrs])
-    torch._foreach_add_(params, scaled_X_5_list)
+    if bf16_newton_schulz:
+        scaled_X_8_list = torch._foreach_mul(
+            X_8_list, [-adjusted_lr for adjusted_lr in adjusted_lrs]
+        )
+        torch._foreach_add_(params, scaled_X_8_list)
+    else:
+        scaled_X_5_list = torch._foreach_mul(
+            X_5_list, [-adjusted_lr for adjusted_lr in adjusted_lrs]
+        )
+        torch._foreach_add_(params, scaled_X_5_list)
 
 
 @torch.compiler.disable
@@ -580,6 +670,7 @@ def _fused_muon(
     ns_steps: float,
     nesterov: bool,
     match_rms_adamw: bool,
+    bf16_newton_schulz: bool,
     maximize: bool,
     shard_groups: list | None = None,
 ) -> None:
@@ -619,6 +710,7 @@ def _fused_muon(
         options={
             "nesterov": nesterov,
             "match_rms_adamw": match_rms_adamw,
+            "bf16_newton_schulz": bf16_newton_schulz,
         },
         global_values={},
         maximize=maximize,

@@ -20,7 +20,7 @@ from ..expr import GRAD, PARAM, SIZE_RANKS, STEP, AxisReduction
 from ..ir import Program
 from ..limits import MAX_INLINED
 from ..lower import lower
-from ..matrix import has_matrix_op
+from ..matrix import uses_matrix_view
 from ..program_facts import inline
 from ..spec import If, Interval, Repeat, Spec, TensorIf, holds
 from . import numeric as N
@@ -99,7 +99,7 @@ def _divisions(spec: Spec, options: dict[str, bool]):
                 env.update(saved[0]), sizes.update(saved[1])
                 yield from run(stmt.orelse)
                 continue
-            if isinstance(stmt, Repeat) or has_matrix_op(stmt.expr):
+            if isinstance(stmt, Repeat) or uses_matrix_view(stmt.expr):
                 # a loop's values and a matrix product are not reasoned about: unknown here
                 for target in {a.target for a in _assigns(stmt)}:
                     env.pop(target, None)

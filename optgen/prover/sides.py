@@ -87,7 +87,7 @@ def build_side(spec: Spec, tag: str, options: dict[str, bool], hypers: dict[str,
     if where is not None:
         raise SpecError(
             where,
-            f"{spec.name} uses matrix operations (@, transpose, rows/cols or a loop): the prover does not "
+            f"{spec.name} uses matrix operations (@, transpose, bfloat16(), rows/cols or a loop): the prover does not "
             "reason about them, so it makes no claim about this spec",
         )
     refusal = axis_refusal(spec)

@@ -186,6 +186,10 @@ class OptgenLatexPrinter(LatexPrinter):
             text = self._print(sympy.Mul(*scalars)) + " " + text
         return rf"\left({text}\right)^{{{exp}}}" if exp else text
 
+    def _print_BFloat16(self, expr, exp=None):
+        text = rf"\mathrm{{bf16}}\left({self._print(expr.args[0])}\right)"
+        return rf"\left({text}\right)^{{{exp}}}" if exp else text
+
     def _print_Transposed(self, expr, exp=None):
         text = self.parenthesize(expr.args[0], PRECEDENCE["Pow"], strict=True) + r"^{\top}"
         return rf"\left({text}\right)^{{{exp}}}" if exp else text

@@ -15,7 +15,7 @@ from sympy.printing.precedence import PRECEDENCE
 
 from ...expr import ReduceSum
 from ...limits import MAX_REPEAT
-from ...matrix import COLS, ROWS, MatrixProduct, Transposed
+from ...matrix import COLS, ROWS, BFloat16, MatrixProduct, Transposed
 from .prepare import plural
 from .printer import TensorPrinter
 from .statements import Block, Line
@@ -71,6 +71,9 @@ class MatrixPrinter(TensorPrinter):
         arg = expr.args[0]
         inner = self._print(arg) if arg.is_Symbol or isinstance(arg, MatrixProduct) else f"({self._print(arg)})"
         return f"{inner}.mT"
+
+    def _print_BFloat16(self, expr):
+        return f"{self._operand(expr.args[0])}.bfloat16()"
 
     def _print_ReduceSum(self, expr):
         return f"{self._operand(expr.args[0])}.sum({_DIMS})"
@@ -165,6 +168,8 @@ def single_lines(op: MatrixOp, printer: MatrixPrinter, host) -> list:
         lines.append(Block(f"for _ in range({_count_text(block.count, host)}):", loop))
     result = op.locals[block.result]
     end = f"{result}.reshape_as(param)" if op.result_param_shaped and block.has_matmul else result
+    if block.promote:  # read outside the blocks: back to the parameter's dtype
+        end += ".to(param.dtype)"
     if end != op.target:
         lines.append(Line(f"{op.target} = {end}"))
     return lines
@@ -194,6 +199,7 @@ def batched_lines(ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys
     inner: list = []
     made: set[str] = set()
     stacked: set[str] = set()  # operands stacked once for the whole run
+    rounded = _read_only_rounded(ops)
     unstack: list = []
     for op, printer in zip(ops, printers):
         block = op.block
@@ -201,11 +207,13 @@ def batched_lines(ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys
             if ir in made or ir in stacked:
                 continue
             stacked.add(ir)
+            view = ".bfloat16()" if ir in rounded else ""
             shape = ".view(-1, 1, 1)" if ir in op.scalars else ""
-            inner.append(Line(f"{op.stacked[ir]} = torch.stack([{plural(name)}[i] for i in idx]){shape}"))
+            inner.append(Line(f"{op.stacked[ir]} = torch.stack([{plural(name)}[i]{view} for i in idx]){shape}"))
         for local, source in block.init.items():
             inner.append(Line(f"{op.locals[local]} = {printer.doprint(source)}"))
-        loop = [Line(f"{op.locals[n]} = {printer.top(e)}") for n, e in block.body]
+        unround = {BFloat16(s): s for s in block.operands if s.name in rounded}
+        loop = [Line(f"{op.locals[n]} = {printer.top(e.xreplace(unround))}") for n, e in block.body]
         if block.count is None:
             inner += loop
         else:
@@ -215,10 +223,24 @@ def batched_lines(ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys
         if op.ir not in kept:
             continue
         shaped = ".reshape_as(params[i])" if op.result_param_shaped and block.has_matmul else ""
+        shaped += ".to(params[i].dtype)" if block.promote else ""
         unstack.append(Line(f"{op.stacked['__out__']}[i] = {op.locals[block.result]}[j]{shaped}"))
     inner.append(Block("for j, i in enumerate(idx):", unstack))
     lines.append(Block("for idx in groups.values():", inner))
     return lines
+
+
+def _read_only_rounded(ops: list[MatrixOp]) -> set[str]:
+    """Operands that the run's blocks read only as bfloat16(x): stacked in bfloat16 at once
+    (converting each tensor, then stacking half the bytes, rather than a float32 stack)."""
+    out: set[str] = set()
+    for ir in {ir for op in ops for ir in op.tensors}:
+        symbols = [s for op in ops for s in op.block.operands if s.name == ir]
+        exprs = [e for op in ops for _, e in op.block.body] + [v for op in ops for v in op.block.init.values()]
+        hidden = sympy.Dummy()
+        if all(not e.xreplace({BFloat16(s): hidden for s in symbols}).has(*symbols) for e in exprs):
+            out.add(ir)
+    return out
 
 
 def matrix_runs(ops: list) -> list:

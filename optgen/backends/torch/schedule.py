@@ -225,7 +225,7 @@ class Scheduler:
         if self.foreach:  # unstacked from a new stack: its own storage
             self._fresh_buffer(name)
             self._bind(v.name, name)
-        else:  # may be a view of an operand (X.flatten(1).mT, or no iteration at all): never updated in place
+        else:  # may be a view of an operand (X.mT, or no iteration at all): never updated in place
             shared = set().union(*(self.st.buffers.get(t, {f"home:{t}"}) for t in tensors.values()))
             self._bind(v.name, name, owned=False, buffers=shared)
 
