@@ -53,7 +53,7 @@ ELEMENTWISE_FUNCS = {
     "clamp": (3, 3),
     "where": (3, 3),
 }
-REDUCTION_FUNCS = {"sum": 1, "mean": 1, "norm": 1, "amin": 1, "amax": 1, "global_norm": 1}
+REDUCTION_FUNCS = {"sum": 1, "mean": 1, "norm": 1, "amin": 1, "amax": 1, "global_norm": 1, "global_sum": 1}
 FUNCTIONS = set(ELEMENTWISE_FUNCS) | set(REDUCTION_FUNCS) | set(TENSOR_SHAPE_FUNCS)
 
 # Names a spec may not take: what the Python backends cannot rename (constructor keywords,

@@ -2,8 +2,9 @@
 
 It walks each SymPy expression once to build a tree of closures (nothing is eval'ed), then
 runs the program for each parameter tensor in float64. Cross-parameter reductions
-(global_norm) are computed over every parameter with a gradient before any update, as the
-generated optimizers do."""
+(global_norm, global_sum) are computed over every parameter with a gradient, in every
+group, before any update, as the generated optimizers do. `scope: group` states live in
+the param group dicts (see group_state.py)."""
 
 from __future__ import annotations
 
@@ -171,7 +172,7 @@ class CompiledProgram:
     @classmethod
     def build(cls, program: Program) -> CompiledProgram:
         steps = [(v.name, compile_expr(v.expr), v.reduce, v.over) for v in program.values]
-        inits = {s.name: compile_expr(s.init) for s in program.states}
+        inits = {s.name: compile_expr(s.init) for s in program.states + program.group_states}
         needs: set[str] = set()
         by_name = program.by_name
         stack = [r.expr.name for r in program.reductions("global")]
@@ -287,6 +288,10 @@ class Reference:
         env[STEP] = np.float64(state["step"] + 1)
         for s in compiled.program.states:
             env[s.name] = state[s.key]
+        for s in compiled.program.group_states:  # kept in the group dict, as Prodigy's `d`
+            if s.key not in group:
+                group[s.key] = float(compiled.inits[s.name](env))
+            env[s.name] = np.float64(group[s.key])
         return env, compiled
 
     def step(self, grads: list[np.ndarray | None], **inputs: list[np.ndarray | None]) -> None:
@@ -312,10 +317,18 @@ class Reference:
             for _, env, compiled in live:
                 for name, part in compiled.global_partials(dict(env)).items():
                     totals[name] = totals.get(name, 0.0) + part
+            new_group_values: dict[int, dict[str, float]] = {}
             for i, env, compiled in live:
                 env.update({k: np.float64(v) for k, v in totals.items()})
                 compiled.run(env)
                 self._store(i, env, compiled.program)
+                program = compiled.program
+                new_group_values[self._group_of[i]] = {
+                    s.key: float(env[program.group_outputs[s.name]]) for s in program.group_states
+                }
+            # every tensor of a group read the group states' old values: store them last
+            for gi, new in new_group_values.items():
+                self.param_groups[gi].update(new)
 
     def _store(self, i: int, env: Env, program: Program) -> None:
         state = self.state[i]
