@@ -21,9 +21,10 @@ from . import config, names
 from .emit import elementwise, multi_body, single_body
 from .prepare import Prepared, plural, prepare
 from .printer import TensorPrinter, host_printer, number
+from . import cross
 from .reduce_pass import reduce_passes
 from .schedule import Scheduler
-from .statements import merge_variants, render
+from .statements import Line, merge_variants, render
 
 
 @dataclass
@@ -45,6 +46,10 @@ class GlobalFunction:
     local_kwargs: str
     helper_signature: str
     helper_body: str
+    # staged (reads states, group states or step): the lists the helper takes after params
+    # and grads, as the class and the functional pass them
+    helper_lists: str = ""
+    staged: bool = False
 
 
 def render_module(spec: Spec, stamp: str, compiled: bool = False, formatted: bool = True) -> str:
@@ -123,9 +128,11 @@ def format_source(text: str) -> str:
 def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, compiled: bool, taken) -> dict:
     """`spec` under its Python names; `public` as written (the docstring, the fused path's keys)."""
     fn = spec.module_name
-    lists = ["params", "grads"] + [plural(i) for i in spec.inputs] + [plural(s) for s in spec.state] + ["state_steps"]
+    lists = ["params", "grads"] + [plural(i) for i in spec.inputs]
+    lists += [plural(s.name) for s in cross.per_tensor_states(spec)] + ["state_steps"]
     globals_ = _globals(spec, variants)
-    kwargs = list(spec.scalar_hypers) + list(spec.options) + ["maximize"] + [g.name for g in globals_]
+    group_states = [s.name for s in cross.group_states(spec)]
+    kwargs = list(spec.scalar_hypers) + list(spec.options) + group_states + ["maximize"] + [g.name for g in globals_]
     bodies = _bodies(spec, variants, lists, kwargs, taken)
     return {
         "stamp": stamp,
@@ -143,7 +150,16 @@ def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, comp
         "tensor_reduce_fns": {v.reduce for var in variants for v in var.prepared.program.reductions("tensor")},
         "sharded_lists": lists[:-1],
         "forward_kwargs": [f"{k}={k}" for k in kwargs],
-        "states": [{"name": s, "list": plural(p)} for s, p in zip(public.state, spec.state)],
+        "states": [
+            {"name": s, "list": plural(p)} for s, p in zip(public.state, spec.state) if spec.state[p].scope != "group"
+        ],
+        "staged": any(g.staged for g in globals_),
+        "group_states": group_states,
+        "group_init": cross.group_init(spec, "param_group"),
+        "group_init_setstate": cross.group_init(spec, "group"),
+        # the functional returns a group's new group-state values (None: nothing to update)
+        "returns": "dict[str, float] | None" if group_states else "None",
+        "fused_refusal": _fused_refusal(spec, globals_),
         "inputs": [
             {"name": i, "key": d.public, "list": plural(i), "doc": _input_doc(d)} for i, d in spec.inputs.items()
         ],
@@ -170,11 +186,11 @@ def _class_context(public: Spec, spec: Spec, variants: list[Variant], globals_) 
         "validation": _validation(spec, public),
         "captured": [f'param_group.setdefault("{k}", param_group["{src}"])' for k, src in captured.items()],
         "captured_setstate": [f'group.setdefault("{k}", group["{src}"])' for k, src in captured.items()],
-        "init_uses_grad": any(GRAD in {x.name for x in s.init.free_symbols} for s in spec.state.values()),
-        "state_init": [_state_init(spec, s, device_states) for s in spec.state.values()],
+        "init_uses_grad": any(GRAD in {x.name for x in s.init.free_symbols} for s in cross.per_tensor_states(spec)),
+        "state_init": [_state_init(spec, s, device_states) for s in cross.per_tensor_states(spec)],
         "scalar_state_restore": _scalar_state_restore(spec, device_states),
         "restore_reads_param": any("p.dtype" in line for line in _scalar_state_restore(spec, device_states)),
-        "uses_state_dtype": any(s.scope != "tensor" for s in spec.state.values()),
+        "uses_state_dtype": any(s.scope == "element" for s in spec.state.values()),
         "splits_large": any(elementwise(v.prepared.program) for v in variants),
         "unpack": [f'{", ".join(h.names)} = group["{k}"]' for k, h in spec.hyperparameters.items() if h.is_tuple],
         "call_kwargs": _call_kwargs(spec, globals_),
@@ -206,8 +222,13 @@ def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[
     )
     singles, multis = [], []
     for v, schedule, multi_schedule, passes in planned:
-        singles.append((v.options, single_body(v.prepared, schedule, passes)))
-        multis.append((v.options, multi_body(v.prepared, multi_schedule, recurse, lists, extra, passes)))
+        single = single_body(v.prepared, schedule, passes)
+        multi = multi_body(v.prepared, multi_schedule, recurse, lists, extra, passes)
+        if v.prepared.program.group_states:  # the group's new values, for the optimizer to keep
+            single.append(Line(cross.returned(spec, schedule.display, v.prepared.program)))
+            multi.append(Line(cross.returned(spec, multi_schedule.display, v.prepared.program)))
+        singles.append((v.options, single))
+        multis.append((v.options, multi))
     options = list(spec.options)
     single_text = render(merge_variants(singles, options), 1)
     multi_text = render(merge_variants(multis, options), 1)
@@ -508,6 +529,7 @@ def _call_kwargs(spec: Spec, globals_) -> list[str]:
         for name in h.names:
             out.append(f"{name}={name}" if h.is_tuple else f'{name}=group["{key}"]')
     out += [f'{o}=group["{opt.public}"]' for o, opt in spec.options.items()]
+    out += [f'{s.name}=group["{s.key}"]' for s in cross.group_states(spec)]
     out.append('maximize=group["maximize"]')
     out += [f"{g.name}={g.name}" for g in globals_]
     return out
@@ -520,6 +542,7 @@ def _signature(spec: Spec, lists: list[str], globals_, per_tensor: list[str] = (
     lines.append("    *,")
     lines += [f"    {name}: float," for name in spec.scalar_hypers]
     lines += [f"    {name}: bool," for name in spec.options]
+    lines += [f"    {s.name}: float," for s in cross.group_states(spec)]
     lines.append("    maximize: bool,")
     lines += [f"    {g.name}: Tensor | None = None," for g in globals_]
     lines += [f"    {_PER_TENSOR_KEYWORDS[name]}," for name in per_tensor]
@@ -551,9 +574,12 @@ def _per_tensor_keywords(variants: list[Variant]) -> list[str]:
 
 # --------------------------------------------------------------------------- global reductions
 def _globals(spec: Spec, variants: list[Variant]) -> list[GlobalFunction]:
+    staged = _staged_globals(spec, variants)
     found: dict[str, tuple] = {}
     for v in variants:
         for g in v.prepared.globals:
+            if g.name in staged:
+                continue
             if g.name in found and found[g.name][0] != g.arg:
                 raise CompileError(spec.loc, f"the cross-parameter reduction {g.name} differs between option settings")
             found.setdefault(g.name, (g.arg, []))[1].append(v)
@@ -586,7 +612,75 @@ def _globals(spec: Spec, variants: list[Variant]) -> list[GlobalFunction]:
                 helper_body=_global_body(arg, even),
             )
         )
+    return out + list(staged.values())
+
+
+def _staged_globals(spec: Spec, variants: list[Variant]) -> dict[str, GlobalFunction]:
+    """The sums over all parameters that read states, group states or step (cross.py): the
+    argument may differ between option settings (the helper then takes those options)."""
+    found: dict[str, list] = {}
+    users: dict[str, list] = {}
+    for v in variants:
+        for g in v.prepared.globals:
+            if any(cross.is_staged(spec, w.arg) for w in v.prepared.globals if w.name == g.name):
+                arms = found.setdefault(g.name, [])
+                for arg, settings in arms:
+                    if arg == g.arg:
+                        settings.append(v.options)
+                        break
+                else:
+                    arms.append((g.arg, [v.options]))
+                users.setdefault(g.name, []).append(v)
+    out = {}
+    for name, arms in found.items():
+        args = [a for a, _ in arms]
+        conditions = cross.arms(arms, lambda c: c)
+        options = sorted({x.name for c, _ in conditions[:-1] for x in c.free_symbols})
+        scalars = cross.staged_scalars(spec, args) + options
+        even = all(_even_in_grad(a) for a in args)
+        kw = scalars + ([] if even else ["maximize"])
+        condition = _needed(name, users[name])
+        lists = cross.staged_lists(spec, args)
+        group_kw = [_group_value(spec, n) for n in scalars] + ([] if even else ['maximize=group["maximize"]'])
+        out[name] = GlobalFunction(
+            name=name,
+            helper=f"_partial_{name}",
+            doc=f"The sum of {args[0]}" if len(args) == 1 else f"The sum of {name}'s argument (by option setting)",
+            needed_group=_spell(condition, _group_text(spec)),
+            needed_local=_spell(condition, lambda o: o),
+            group_kwargs="".join(f", {k}" for k in group_kw),
+            local_kwargs="".join(f", {k}={k}" for k in kw),
+            helper_signature="".join(
+                [", *"]
+                + [f", {n}: bool" if n in spec.options else f", {n}: float" for n in scalars]
+                + ([] if even else [", maximize: bool"])
+            ),
+            helper_body=cross.staged_body(spec, [(_spell(c, lambda o: o), a) for c, a in conditions], even),
+            helper_lists=", ".join(lists[2:]),
+            staged=True,
+        )
     return out
+
+
+def _fused_refusal(spec: Spec, globals_) -> str:
+    """What the fused kernels do not run, for the ValueError of fused=True."""
+    parts = []
+    if cross.group_states(spec):
+        parts.append("group states (" + ", ".join(s.key for s in cross.group_states(spec)) + ")")
+    if any(g.staged for g in globals_):
+        parts.append("sums over all parameters of states")
+    return " and ".join(parts)
+
+
+def _group_value(spec: Spec, name: str) -> str:
+    """`name=group[...]`: a hyperparameter, option or group state as the class reads it."""
+    if name in spec.options:
+        return f'{name}=group["{spec.options[name].public}"]'
+    if name in spec.state:
+        return f'{name}=group["{spec.state[name].key}"]'
+    return f'{name}=group["{_hyper_key(spec, name)}"]' + (
+        f"[{_hyper_index(spec, name)}]" if spec.scalar_hypers[name][0].is_tuple else ""
+    )
 
 
 def _hyper_key(spec: Spec, name: str) -> str:

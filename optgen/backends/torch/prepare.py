@@ -110,7 +110,7 @@ def _expand(expr, by_name):
 
 
 def _dce(program: Program, values: list[Value]) -> list[Value]:
-    live = set(program.outputs.values())
+    live = set(program.outputs.values()) | set(program.group_outputs.values())
     for v in reversed(values):
         if v.name in live:
             live |= {s.name for s in v.expr.free_symbols}
@@ -166,6 +166,7 @@ def _kinds(program: Program, values: list[Value], globals_: list[GlobalReduction
 
 def _kinds_given(program: Program, values, globals_, scalar_states) -> dict[str, str]:
     kinds = {n: "uniform" for n in program.hyper_names}
+    kinds.update({s.name: "uniform" for s in program.group_states})  # a float from the group dict
     kinds.update({STEP: "host", NUMEL: "host", NDIM: "host", PARAM: "element", GRAD: "element"})
     kinds.update({name: "element" for name in program.input_names})
     for s in program.states:
@@ -229,7 +230,7 @@ def _last_uses(p: Prepared) -> dict[str, int]:
         for s in inline(p, v.expr).free_symbols:
             last[s.name] = i
     end = len(p.values)
-    for name in p.program.outputs.values():
+    for name in [*p.program.outputs.values(), *p.program.group_outputs.values()]:
         last[name] = end
     return last
 
