@@ -119,10 +119,14 @@ def _check_backends(spec: Spec, report: Report) -> None:
     """Render every backend a build renders, without formatting or importing the result:
     generated Python is compiled to bytecode (a syntax error there is a bug in optgen)."""
     from . import backends
+    from .group_state import fused_message, fused_unsupported
 
     for backend in backends.available():
         if backend.NAME in ("torch", "triton") and spec.gradient_at is not None:
             continue  # a paper form, for proofs only: build never compiles it
+        if backend.NAME in ("triton", "cpp") and fused_unsupported(spec):
+            report.add(spec.loc, f"{backend.NAME}: {fused_message(spec)}", "warning")
+            continue
         if backend.NAME == "torch":
             from .backends.torch.module import render_module
 

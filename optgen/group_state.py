@@ -83,3 +83,31 @@ def global_reads(program: Program) -> set[str]:
     for red in program.reductions("global"):
         out |= program.inputs_of(red.expr.name) & names
     return out
+
+
+def fused_unsupported(spec) -> str | None:
+    """Why the fused kernels (C++, Triton) do not run `spec`, or None: they take neither
+    group states nor sums over all parameters that read states. The optimizer refuses
+    fused=True with this reason; `optgen check` reports it as a warning; no kernels are built."""
+    from .lower import lower
+
+    cache = spec.__dict__.setdefault("_fused_unsupported", {})
+    if "reason" not in cache:
+        parts = []
+        programs = [lower(spec, combo) for combo in spec.option_combinations()]
+        group = sorted({s.name for p in programs for s in p.group_states})
+        if group:
+            parts.append(f"group states ({', '.join(group)})")
+        if any(global_reads(p) or _reads_step_or_inputs(p) for p in programs):
+            parts.append("sums over all parameters of states")
+        cache["reason"] = " and ".join(parts) or None
+    return cache["reason"]
+
+
+def _reads_step_or_inputs(program: Program) -> bool:
+    names = {"step", *program.input_names}
+    return any(program.inputs_of(red.expr.name) & names for red in program.reductions("global"))
+
+
+def fused_message(spec) -> str:
+    return f"the fused kernels (fused=True) do not run {spec.name}'s {fused_unsupported(spec)}: use foreach=True"

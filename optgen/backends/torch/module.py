@@ -17,11 +17,10 @@ from ...expr import GRAD, NUMEL, PARAM
 from ...lower import lower
 from ...spec import Spec, StateDecl
 from .. import format_python
-from . import config, names
+from . import config, cross, names
 from .emit import elementwise, multi_body, single_body
 from .prepare import Prepared, plural, prepare
 from .printer import TensorPrinter, host_printer, number
-from . import cross
 from .reduce_pass import reduce_passes
 from .schedule import Scheduler
 from .statements import Line, merge_variants, render
