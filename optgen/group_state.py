@@ -30,7 +30,11 @@ def split_group_states(states: list[StateDecl]) -> tuple[list[StateDecl], list[S
 
 
 def check_group_states(
-    group_states: list[StateDecl], by_name: dict[str, Value], outputs: dict[str, str], scopes: dict[str, str]
+    group_states: list[StateDecl],
+    by_name: dict[str, Value],
+    outputs: dict[str, str],
+    scopes: dict[str, str],
+    step_count: str = "per_tensor",
 ) -> None:
     from .lower import _scope
 
@@ -40,12 +44,33 @@ def check_group_states(
                 s.loc, f"state `{s.name}` is per param group (scope: group): its init may read only hyperparameters"
             )
         value = by_name.get(outputs[s.name])
+        if value is not None and step_count == "per_tensor" and _reads_step(value, by_name):
+            raise SpecError(
+                value.loc,
+                f"state `{s.name}` is per param group (scope: group), but its new value reads `step`, which "
+                "counts per tensor here: declare `step: per_group`, or read step inside the global_sum",
+            )
         if value is not None and SCOPE_RANK[value.scope] > SCOPE_RANK["global"]:
             raise SpecError(
                 value.loc,
                 f"state `{s.name}` is per param group (scope: group), but is assigned a per-{value.scope} value "
                 "(reduce it over all parameters with global_sum or global_norm)",
             )
+
+
+def _reads_step(value: Value, by_name: dict[str, Value]) -> bool:
+    stack, seen = [value], set()
+    while stack:
+        v = stack.pop()
+        if v.name in seen:
+            continue
+        seen.add(v.name)
+        for x in v.expr.free_symbols:
+            if x.name == "step":
+                return True
+            if x.name in by_name and not by_name[x.name].is_reduction:
+                stack.append(by_name[x.name])
+    return False
 
 
 def check_global_reduction(program: Program, red: Value) -> None:

@@ -170,7 +170,7 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
         outputs[s.name] = env[s.name].name
     _check_tensor_states(states, {v.name: v for v in values}, outputs, scopes)
     group_outputs = {s.name: env[s.name].name for s in group_states}
-    check_group_states(group_states, {v.name: v for v in values}, group_outputs, scopes)
+    check_group_states(group_states, {v.name: v for v in values}, group_outputs, scopes, spec.step_count)
     return Program(spec, opts, states, values, outputs, scopes, group_states=group_states, group_outputs=group_outputs)
 
 

@@ -108,3 +108,28 @@ def returned(spec: Spec, display: dict[str, str], program) -> str:
         value = display.get(program.group_outputs[s.name], program.group_outputs[s.name])
         items.append(f'"{s.key}": float({value})')
     return "return {" + ", ".join(items) + "}"
+
+
+def check_group_outputs(prepared) -> None:
+    """A group state's new value is one float for the group: what it reads must be the same
+    for every tensor of the group (hyperparameters, group states, cross-parameter sums),
+    not a per-tensor host value such as one computed from `step`."""
+    from ...errors import CompileError
+
+    by_name = {v.name: v for v in prepared.values}
+    program = prepared.program
+    for s in program.group_states:
+        stack, seen = [program.group_outputs[s.name]], set()
+        while stack:
+            name = stack.pop()
+            if name in seen or name not in by_name:
+                continue
+            seen.add(name)
+            if prepared.kinds.get(name) not in ("uniform", "device_uniform"):
+                raise CompileError(
+                    by_name[name].loc,
+                    f"the torch backend computes group state `{s.name}` once per param group, but its new "
+                    f"value reads `{by_name[name].var or name}`, which is computed per tensor (it reads `step`?): "
+                    "move the per-tensor part into the global_sum argument",
+                )
+            stack.extend(x.name for x in by_name[name].expr.free_symbols)

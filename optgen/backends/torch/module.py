@@ -224,6 +224,7 @@ def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[
         single = single_body(v.prepared, schedule, passes)
         multi = multi_body(v.prepared, multi_schedule, recurse, lists, extra, passes)
         if v.prepared.program.group_states:  # the group's new values, for the optimizer to keep
+            cross.check_group_outputs(v.prepared)
             single.append(Line(cross.returned(spec, schedule.display, v.prepared.program)))
             multi.append(Line(cross.returned(spec, multi_schedule.display, v.prepared.program)))
         singles.append((v.options, single))
