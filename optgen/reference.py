@@ -172,7 +172,7 @@ class CompiledProgram:
     @classmethod
     def build(cls, program: Program) -> CompiledProgram:
         steps = [(v.name, compile_expr(v.expr), v.reduce, v.over) for v in program.values]
-        inits = {s.name: compile_expr(s.init) for s in program.states + program.group_states}
+        inits = {s.name: compile_expr(s.init) for s in program.states}
         needs: set[str] = set()
         by_name = program.by_name
         stack = [r.expr.name for r in program.reductions("global")]
@@ -232,6 +232,8 @@ class Reference:
         self.state: list[dict] = [{} for _ in self.params]
         self._group_steps = [0] * len(self.param_groups)  # step() calls, for `step: per_group`
         self._compiled: dict[tuple, CompiledProgram] = {}
+        for group in self.param_groups:  # group states start when the group is made (Prodigy's d = d0)
+            self._init_group_states(group)
 
     def _fill(self, group: dict) -> dict:
         for key, h in self.spec.hyperparameters.items():
@@ -245,6 +247,12 @@ class Reference:
             group.setdefault(name, opt.default)
         group.setdefault("maximize", False)
         return group
+
+    def _init_group_states(self, group: dict) -> None:
+        program = self.compiled(group).program
+        env = self._hyper_env(group)
+        for s in program.group_states:
+            group.setdefault(s.key, float(compile_expr(s.init)(env)))
 
     def compiled(self, group: dict) -> CompiledProgram:
         options = {name: bool(group[name]) for name in self.spec.options}
@@ -288,9 +296,8 @@ class Reference:
         env[STEP] = np.float64(state["step"] + 1)
         for s in compiled.program.states:
             env[s.name] = state[s.key]
+        self._init_group_states(group)  # an option turned on since the group was made
         for s in compiled.program.group_states:  # kept in the group dict, as Prodigy's `d`
-            if s.key not in group:
-                group[s.key] = float(compiled.inits[s.name](env))
             env[s.name] = np.float64(group[s.key])
         return env, compiled
 

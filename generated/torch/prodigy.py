@@ -524,9 +524,7 @@ def prodigy(
             for tensors in (params, grads, p0_list, s_list, exp_avgs, exp_avg_sqs)
         )
     if fused:
-        raise ValueError(
-            "fused=True: the fused kernels do not run Prodigy's group states (d, d_max, d_numerator) and sums over all parameters of states; use foreach=True"
-        )
+        func = _fused_prodigy
     elif foreach:
         func = _multi_tensor_prodigy
     else:
@@ -821,6 +819,42 @@ def _multi_tensor_prodigy(
         ]
     torch._foreach_copy_(params, new_params)
     return {"d": float(d_1), "d_max": float(d_max_1), "d_numerator": float(d_numerator_1)}
+
+
+def _fused_prodigy(
+    params: list[Tensor],
+    grads: list[Tensor],
+    p0_list: list[Tensor],
+    s_list: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    d0: float,
+    d_coef: float,
+    growth_rate: float,
+    weight_decay: float,
+    eps: float,
+    weight_decouple: bool,
+    fixed_decay: bool,
+    bias_correction: bool,
+    safeguard_warmup: bool,
+    d: float,
+    d_max: float,
+    d_numerator: float,
+    maximize: bool,
+    global_sum_d_numerator_arg: Tensor | None = None,
+    global_sum_d_denom_arg: Tensor | None = None,
+) -> dict[str, float] | None:
+    """The fused implementation: not built for Prodigy, whose group states (d, d_max, d_numerator) and sums over all parameters of states the
+    kernels do not run (optgen.group_state.fused_unsupported)."""
+    raise ValueError(
+        "fused=True: the fused kernels do not run Prodigy's group states (d, d_max, d_numerator) and sums over all parameters of states; use foreach=True"
+    )
 
 
 def _get_value(x: Tensor, param: Tensor):
