@@ -374,3 +374,17 @@ def test_a_compiled_prodigy_step_gives_the_eager_numbers(prodigy, default_dtype)
     torch._dynamo.reset()
     for a, b in zip(*sides):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_group_state_reading_step_is_refused_by_the_torch_backend():
+    """With `step: per_group` the lowering accepts it (the Reference runs it), but the torch
+    backend computes a group state once per group, not per tensor: a located error."""
+    text = _spec(
+        "Bad",
+        "c: {scope: group, init: 0, tex: c}\n",
+        "c = c + step\nparam = param - lr * c * grad\n",
+        "step: per_group",
+    )
+    report = optgen.check(loads(text, "bad.yaml"))
+    assert not report.ok
+    assert any("once per param group" in f.message and "global_sum" in f.message for f in report.findings)
