@@ -388,3 +388,35 @@ def test_a_group_state_reading_step_is_refused_by_the_torch_backend():
     report = optgen.check(loads(text, "bad.yaml"))
     assert not report.ok
     assert any("once per param group" in f.message and "global_sum" in f.message for f in report.findings)
+
+
+INPUT_NORM = _spec(
+    "InputNorm",
+    "c: {init: 0, tex: c}\n",
+    """\
+    c = beta * c + (1 - beta) * abs(hessian)
+    param = param - lr * grad / (c + eps + abs(hessian)) / (1 + global_norm(hessian))
+    """,
+    "inputs: {hessian: {tex: 'h'}}",
+)
+
+
+@pytest.mark.parametrize("path", list(EAGER))
+def test_a_global_norm_of_an_input_matches_the_reference(path):
+    """A sum over all parameters of a step() input (not only grad) on both eager paths."""
+    spec = loads(INPUT_NORM, "InputNorm.yaml")
+    cls = optgen.compile(spec)
+    rng = np.random.default_rng(4)
+    start = [rng.standard_normal(s) for s in SHAPES]
+    params = [torch.tensor(p, requires_grad=True) for p in start]
+    opt = cls([{"params": params[:2]}, {"params": params[2:]}], **EAGER[path])
+    interp = Reference(spec, [{"params": start[:2]}, {"params": start[2:]}])
+    for _ in range(3):
+        grads = [rng.standard_normal(s) for s in SHAPES]
+        hessians = [rng.standard_normal(s) for s in SHAPES]
+        for p, g in zip(params, grads):
+            p.grad = torch.tensor(g)
+        opt.step(hessian={p: torch.tensor(h) for p, h in zip(params, hessians)})
+        interp.step(grads, hessian=hessians)
+    for got, want in zip(params, interp.params):
+        np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-11, atol=1e-13)

@@ -654,7 +654,9 @@ def _staged_globals(spec: Spec, variants: list[Variant]) -> dict[str, GlobalFunc
                 [", *"]
                 + [f", {n}: bool" if n in spec.options else f", {n}: float" for n in scalars]
                 + ([] if even else [", maximize: bool"])
-            ),
+            )
+            if kw
+            else "",
             helper_body=cross.staged_body(spec, [(_spell(c, lambda o: o), a) for c, a in conditions], even),
             helper_lists=", ".join(lists[2:]),
             staged=True,
