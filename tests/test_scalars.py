@@ -420,3 +420,11 @@ def test_a_global_norm_of_an_input_matches_the_reference(path):
         interp.step(grads, hessian=hessians)
     for got, want in zip(params, interp.params):
         np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-11, atol=1e-13)
+
+
+def test_the_prover_refuses_a_spec_with_group_states():
+    """No claim about a spec with group states is ever "proven" (the prover does not model
+    them): a located refusal."""
+    with pytest.raises(SpecError, match="does not reason about group states") as info:
+        optgen.prove(optgen.load("prodigy"), optgen.load("prodigy"))
+    assert info.value.loc.line == optgen.load("prodigy").state["d"].loc.line
