@@ -376,18 +376,27 @@ def test_a_compiled_prodigy_step_gives_the_eager_numbers(prodigy, default_dtype)
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
-def test_a_group_state_reading_step_is_refused_by_the_torch_backend():
-    """With `step: per_group` the lowering accepts it (the Reference runs it), but the torch
-    backend computes a group state once per group, not per tensor: a located error."""
+@pytest.mark.parametrize("path", list(EAGER))
+def test_a_group_state_reading_the_group_step_matches_the_reference(path):
+    """With `step: per_group` a group state may read `step` (the group's count, one value
+    for its tensors): a warmup that a group state accumulates, as schedule-free's
+    weight_sum does."""
     text = _spec(
-        "Bad",
-        "c: {scope: group, init: 0, tex: c}\n",
-        "c = c + step\nparam = param - lr * c * grad\n",
+        "Warmup",
+        "c: {scope: group, init: 0, tex: c}\nm: {init: 0, tex: m}\n",
+        """\
+        c = c + lr * minimum(1, step / 3)
+        m = beta * m + (1 - beta) * grad
+        param = param - c * m / (1 + step)
+        """,
         "step: per_group",
     )
-    report = optgen.check(loads(text, "bad.yaml"))
-    assert not report.ok
-    assert any("once per param group" in f.message and "global_sum" in f.message for f in report.findings)
+    spec = loads(text, "warmup.yaml")
+    assert optgen.check(spec).ok
+    params, interp, opt = _synthetic_run(spec, path, torch.float64)
+    for got, want in zip(params, interp.params):
+        np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-12, atol=1e-14)
+    assert opt.param_groups[0]["c"] == pytest.approx(0.1 * (1 / 3 + 2 / 3 + 1 + 1 + 1))
 
 
 INPUT_NORM = _spec(

@@ -591,11 +591,15 @@ def _single_tensor_prodigy(
     """The for-loop implementation: one tensor at a time."""
     if not params:
         return
+    if bias_correction:
+        step = _get_value(state_steps[0], params[0]) + 1  # the group's count
     decay3 = beta2**0.5 if beta3 < 0 else beta3
-    if not bias_correction:
+    if bias_correction:
+        d_lr = d * lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
+    else:
         d_lr = d * lr
-        if not safeguard_warmup:
-            d_d_lr_over_d0 = d * d_lr / d0
+    if not safeguard_warmup:
+        d_d_lr_over_d0 = d * d_lr / d0
     d_numerator_1 = global_sum_d_numerator_arg + d_numerator * decay3
     coef = d**2 * (1 - beta2)
     if safeguard_warmup:
@@ -615,11 +619,6 @@ def _single_tensor_prodigy(
         exp_avg_sq = exp_avg_sqs[i]
         step_t = state_steps[i]
         step_t += 1
-        if bias_correction:
-            step = _get_value(step_t, param)
-            d_lr = d * lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
-            if not safeguard_warmup:
-                d_d_lr_over_d0 = d * d_lr / d0
         exp_avg.mul_(beta1).add_(grad, alpha=d * (1 - beta1))
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=coef)
         if safeguard_warmup:
@@ -717,12 +716,14 @@ def _multi_tensor_prodigy(
             )
         return
     if bias_correction:
-        steps = [step_t.item() + 1 for step_t in state_steps]
+        step = state_steps[0].item() + 1  # the group's count
     decay3 = beta2**0.5 if beta3 < 0 else beta3
-    if not bias_correction:
+    if bias_correction:
+        d_lr = d * lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step)
+    else:
         d_lr = d * lr
-        if not safeguard_warmup:
-            d_d_lr_over_d0 = d * d_lr / d0
+    if not safeguard_warmup:
+        d_d_lr_over_d0 = d * d_lr / d0
     d_numerator_1 = global_sum_d_numerator_arg + d_numerator * decay3
     coef = d**2 * (1 - beta2)
     if safeguard_warmup:
@@ -734,10 +735,6 @@ def _multi_tensor_prodigy(
     d_max_1 = torch.where(global_sum_d_denom_arg > 0, torch.clamp(d_hat, min=d_max), d_max)
     d_1 = torch.where(global_sum_d_denom_arg > 0, torch.minimum(d_max_1, d_start * growth_rate), d)
     d_eps = d_1 * eps
-    if bias_correction:
-        d_lrs = [d * lr * (1 - beta2**step) ** 0.5 / (1 - beta1**step) for step in steps]
-        if not safeguard_warmup:
-            d_d_lr_over_d0_list = [d * d_lr / d0 for d_lr in d_lrs]
     torch._foreach_add_(state_steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)
@@ -748,47 +745,9 @@ def _multi_tensor_prodigy(
     torch._foreach_mul_(s_list, decay3)
     if safeguard_warmup:
         torch._foreach_add_(s_list, grads, alpha=coef_1)
-    elif bias_correction:
-        scaled_grads = torch._foreach_mul(grads, d_d_lr_over_d0_list)
-        torch._foreach_add_(s_list, scaled_grads)
     else:
         torch._foreach_add_(s_list, grads, alpha=d_d_lr_over_d0)
-    if bias_correction:
-        if weight_decouple:
-            if fixed_decay:
-                new_params = [
-                    torch.where(
-                        global_sum_d_denom_arg > 0,
-                        param * (1 - weight_decay)
-                        - d_lr * exp_avg / (d_eps + torch.sqrt(exp_avg_sq)),
-                        param,
-                    )
-                    for d_lr, exp_avg, exp_avg_sq, param in zip(
-                        d_lrs, exp_avgs, exp_avg_sqs, params
-                    )
-                ]
-            else:
-                new_params = [
-                    torch.where(
-                        global_sum_d_denom_arg > 0,
-                        param * (1 - d_lr * weight_decay)
-                        - d_lr * exp_avg / (d_eps + torch.sqrt(exp_avg_sq)),
-                        param,
-                    )
-                    for d_lr, exp_avg, exp_avg_sq, param in zip(
-                        d_lrs, exp_avgs, exp_avg_sqs, params
-                    )
-                ]
-        else:
-            new_params = [
-                torch.where(
-                    global_sum_d_denom_arg > 0,
-                    param - d_lr * exp_avg / (d_eps + torch.sqrt(exp_avg_sq)),
-                    param,
-                )
-                for d_lr, exp_avg, exp_avg_sq, param in zip(d_lrs, exp_avgs, exp_avg_sqs, params)
-            ]
-    elif weight_decouple:
+    if weight_decouple:
         if fixed_decay:
             new_params = [
                 torch.where(

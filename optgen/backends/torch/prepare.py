@@ -168,6 +168,8 @@ def _kinds_given(program: Program, values, globals_, scalar_states) -> dict[str,
     kinds = {n: "uniform" for n in program.hyper_names}
     kinds.update({s.name: "uniform" for s in program.group_states})  # a float from the group dict
     kinds.update({STEP: "host", NUMEL: "host", NDIM: "host", PARAM: "element", GRAD: "element"})
+    if program.group_states and program.spec.step_count == "per_group":
+        kinds[STEP] = "uniform"  # the group's count, the same for its tensors: group states may read it
     kinds.update({name: "element" for name in program.input_names})
     for s in program.states:
         kinds[s.name] = "element" if s.scope == "element" else "scalar" if s.name in scalar_states else "device"
