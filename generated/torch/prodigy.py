@@ -294,7 +294,7 @@ class Prodigy(Optimizer):
             group["step"] = torch.tensor(float(group["step"]), dtype=_get_scalar_dtype())
 
     def _global_sum_d_numerator_arg(self, prepared: list) -> Tensor | None:
-        """The sum of global_sum_d_numerator_arg's argument (by option setting) over every parameter with a gradient, in every param group and on
+        """The sum of global_sum_d_numerator_arg's argument (per option setting) over every parameter with a gradient, in every param group and on
         every rank that holds a part of them (see _sum_over_ranks), from the param and states
         before the step: computed before any group is updated. None when no group uses it,
         or when there is nothing to sum."""
@@ -320,7 +320,7 @@ class Prodigy(Optimizer):
         return _sum_over_ranks(partial_sums, self._process_group)
 
     def _global_sum_d_denom_arg(self, prepared: list) -> Tensor | None:
-        """The sum of global_sum_d_denom_arg's argument (by option setting) over every parameter with a gradient, in every param group and on
+        """The sum of global_sum_d_denom_arg's argument (per option setting) over every parameter with a gradient, in every param group and on
         every rank that holds a part of them (see _sum_over_ranks), from the param and states
         before the step: computed before any group is updated. None when no group uses it,
         or when there is nothing to sum."""
@@ -904,7 +904,9 @@ def _partial_global_sum_d_numerator_arg(
     bias_correction: bool,
     maximize: bool,
 ) -> Tensor:
-    """The sum of global_sum_d_numerator_arg's argument (by option setting) over `params`, from the param and states before the step."""
+    """The sum of global_sum_d_numerator_arg's argument (per option setting) over `params`.
+
+    From the param and states as they are before the step: it runs before any update."""
     if maximize:
         grads = torch._foreach_neg(grads)
     steps = [step_t.item() + 1 for step_t in state_steps]  # the step being taken
@@ -946,7 +948,9 @@ def _partial_global_sum_d_denom_arg(
     safeguard_warmup: bool,
     maximize: bool,
 ) -> Tensor:
-    """The sum of global_sum_d_denom_arg's argument (by option setting) over `params`, from the param and states before the step."""
+    """The sum of global_sum_d_denom_arg's argument (per option setting) over `params`.
+
+    From the param and states as they are before the step: it runs before any update."""
     if maximize:
         grads = torch._foreach_neg(grads)
     steps = [step_t.item() + 1 for step_t in state_steps]  # the step being taken

@@ -645,7 +645,7 @@ def _staged_globals(spec: Spec, variants: list[Variant]) -> dict[str, GlobalFunc
         out[name] = GlobalFunction(
             name=name,
             helper=f"_partial_{name}",
-            doc=f"The sum of {args[0]}" if len(args) == 1 else f"The sum of {name}'s argument (by option setting)",
+            doc=f"The sum of {args[0]}" if len(args) == 1 else f"The sum of {name}'s argument (per option setting)",
             needed_group=_spell(condition, _group_text(spec)),
             needed_local=_spell(condition, lambda o: o),
             group_kwargs="".join(f", {k}" for k in group_kw),
