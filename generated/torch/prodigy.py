@@ -30,7 +30,7 @@ class Prodigy(Optimizer):
            &\hspace{13mm}\lambda = 0 \text{ (weight\_decay)},\ \epsilon = 10^{-8} \text{ (eps)},\ \theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
            &\textbf{options}: \textit{weight\_decouple} = \text{true},\ \textit{fixed\_decay} = \text{false},\ \textit{bias\_correction} = \text{false}, \\
            &\hspace{13mm}\textit{safeguard\_warmup} = \text{false} \\
-           &\textbf{initialize}: x_{0,0} \leftarrow \theta_{0},\ s_{0} \leftarrow 0,\ m_{0} \leftarrow 0, \\
+           &\textbf{initialize}: x_{0} \leftarrow \theta_{0},\ s_{0} \leftarrow 0,\ m_{0} \leftarrow 0, \\
            &\hspace{13mm}v_{0} \leftarrow 0,\ d_{0} \leftarrow d_0,\ d_{\max,0} \leftarrow d_0, \\
            &\hspace{13mm}r_{0} \leftarrow 0 \\
            &\rule{110mm}{0.4pt} \\
@@ -41,7 +41,7 @@ class Prodigy(Optimizer):
            &\hspace{10mm}\eta \leftarrow \frac{\gamma \sqrt{1 - \beta_2^{t}} d_{t-1}}{1 - \beta_1^{t}} \\
            &\hspace{5mm}\textbf{else} \\
            &\hspace{10mm}\eta \leftarrow \gamma d_{t-1} \\
-           &\hspace{5mm}r_{t} \leftarrow \bar{\beta}_3 r_{t-1} + \sum_{\mathcal{P}} \sum_{i} \frac{\left(x_{0,0} - \theta_{t-1}\right) d_{t-1} \eta g_{t}}{d_0} \\
+           &\hspace{5mm}r_{t} \leftarrow \bar{\beta}_3 r_{t-1} + \sum_{\mathcal{P}} \sum_{i} \frac{\left(x_{0} - \theta_{t-1}\right) d_{t-1} \eta g_{t}}{d_0} \\
            &\hspace{5mm}m_{t} \leftarrow \beta_1 m_{t-1} + \left(1 - \beta_1\right) d_{t-1} g_{t} \\
            &\hspace{5mm}v_{t} \leftarrow \beta_2 v_{t-1} + \left(1 - \beta_2\right) d_{t-1}^{2} g_{t}^{2} \\
            &\hspace{5mm}\textbf{if}\ \textit{safeguard\_warmup} \\
