@@ -22,6 +22,11 @@ def show(program: Program) -> str:
     out.append(f"inputs: param, grad{given}, step; hyperparameters: {hypers}")
     states = ", ".join(f"{s.name} [{s.scope}, init {s.init}]" for s in program.states) or "none"
     out.append(f"state: {states}")
+    if program.group_states:  # one number per param group, in the group dict
+        groups = ", ".join(
+            f"{s.name} [init {s.init}, new {program.group_outputs[s.name]}]" for s in program.group_states
+        )
+        out.append(f"group states: {groups}")
     host = program.values_of_scope("host")
     if host:
         out.append("")
