@@ -18,6 +18,7 @@ from cpp_harness import _cpu_kernels, needs_compiler  # noqa: F401
 import optgen
 from optgen import catalog
 from optgen.backends.cpp import runtime
+from optgen.group_state import fused_unsupported
 
 optimizers = pytest.importorskip("optgen.optimizers", reason="the torch backend is not built")
 pytestmark = needs_compiler
@@ -49,7 +50,8 @@ def _run(cls, flag, start, grads, dtype=torch.float32, **kwargs):
     return params, opt
 
 
-@pytest.mark.parametrize("name", list(optimizers.__all__))
+# the catalog less what the fused kernels refuse (group states: Prodigy; test_scalars.py)
+@pytest.mark.parametrize("name", [n for n in optimizers.__all__ if not fused_unsupported(optgen.load(n.lower()))])
 def test_fused_cpu_matches_foreach(name, monkeypatch):
     """10 steps, lr changing: the C++ kernels (really: the runtime is called) against foreach."""
     cls = getattr(optimizers, name)
