@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_triton_harness import DEVICE, RTOL
 
 optimizers = pytest.importorskip("optgen.optimizers", reason="the torch backend is not built")
-import optgen  # noqa: E402
-from optgen.group_state import fused_unsupported  # noqa: E402
+import optgen
+from optgen.group_state import fused_unsupported
 
 # Keywords that make every term of an update run (each only where the class takes it).
 KEYWORDS = {"weight_decay": 0.05, "momentum": 0.9, "max_grad_norm": 0.5}
