@@ -159,7 +159,9 @@ def cases(dtypes=("float64", "float32")) -> list[Case]:
     triton = import_triton()
     out = []
     for dtype in dtypes:
-        for spec in sorted(optimizers.__all__):
+        # not Prodigy: its sums over all parameters read states, which DTensor parameters
+        # do not support yet (a NotImplementedError; see docs/spec-language.md)
+        for spec in sorted(set(optimizers.__all__) - {"Prodigy"}):
             extra = ["triton"] if spec in TRITON_SPECS and triton else []
             # not the fused path of what the fused kernels refuse (group states: Prodigy)
             refused = fused_unsupported(optgen.load(spec.lower()))

@@ -137,10 +137,15 @@ def worker(rank: int, port: int, path: str, names: list[str], folder: str) -> No
         dist.destroy_process_group()
 
 
+# sums over all parameters that read states take no DTensor parameters yet (a
+# NotImplementedError, tests/test_scalars.py): not checkpointed under FSDP2 here
+NOT_DTENSOR = {"Prodigy"}
+
+
 def _run(tmp_path, path: str) -> dict:
     from optgen import optimizers
 
-    names = list(optimizers.__all__)
+    names = [n for n in optimizers.__all__ if n not in NOT_DTENSOR]
     code = (
         "import sys, torch.multiprocessing as mp\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
@@ -159,7 +164,7 @@ def _run(tmp_path, path: str) -> dict:
 def _check(results: dict) -> None:
     from optgen import optimizers
 
-    assert sorted(results) == sorted(optimizers.__all__)
+    assert sorted(results) == sorted(set(optimizers.__all__) - NOT_DTENSOR)
     errors = {name: result["error"] for name, result in results.items() if "error" in result}
     assert not errors, errors
     for name, result in results.items():

@@ -300,6 +300,11 @@ class Prodigy(Optimizer):
         or when there is nothing to sum."""
         if not any(True for group, _ in prepared):
             return None
+        if any(_is_dtensor(p) for group, (params, *_) in prepared for p in params):
+            raise NotImplementedError(
+                "Prodigy: a sum over all parameters that reads states does not take DTensor (FSDP2) "
+                "parameters yet"
+            )
         partial_sums = []
         for group, (params, grads, p0_list, s_list, exp_avgs, exp_avg_sqs, state_steps) in prepared:
             if params:
@@ -326,6 +331,11 @@ class Prodigy(Optimizer):
         or when there is nothing to sum."""
         if not any(True for group, _ in prepared):
             return None
+        if any(_is_dtensor(p) for group, (params, *_) in prepared for p in params):
+            raise NotImplementedError(
+                "Prodigy: a sum over all parameters that reads states does not take DTensor (FSDP2) "
+                "parameters yet"
+            )
         partial_sums = []
         for group, (params, grads, p0_list, s_list, exp_avgs, exp_avg_sqs, state_steps) in prepared:
             if params:
