@@ -54,7 +54,7 @@ ELEMENTWISE_FUNCS = {
     "clamp": (3, 3),
     "where": (3, 3),
 }
-REDUCTION_FUNCS = {"sum": 1, "mean": 1, "norm": 1, "amin": 1, "amax": 1, "global_norm": 1}
+REDUCTION_FUNCS = {"sum": 1, "mean": 1, "norm": 1, "amin": 1, "amax": 1, "global_norm": 1, "global_sum": 1}
 # matrix operations, shape queries and the bfloat16() rounding (optgen/matrix.py)
 MATRIX_FUNC_NAMES = {"matmul": 2, "transpose": 1, "rows": 1, "cols": 1, "bfloat16": 1}
 FUNCTIONS = set(ELEMENTWISE_FUNCS) | set(REDUCTION_FUNCS) | set(TENSOR_SHAPE_FUNCS) | set(MATRIX_FUNC_NAMES)

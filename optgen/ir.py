@@ -2,7 +2,8 @@
 program of named values, each with a scope and a phase.
 
 Scopes (ordered): host < global < tensor < element.
-  host     hyperparameters and `step` only: Python floats, computed per tensor on the host
+  host     hyperparameters, `step` and `scope: group` states: Python floats, computed per
+           tensor on the host
   global   depends on a reduction across all parameters (global_norm)
   tensor   one scalar per parameter tensor: a reduction or a `scope: tensor` state
   element  one value per element: param, grad, element states
@@ -75,6 +76,10 @@ class Program:
     # (a state the update never assigns maps to its own name: its new value is its old one)
     input_scopes: dict[str, str]  # input symbol name -> scope
     notes: list[str] = field(default_factory=list)  # what the optimiser passes did, for `optgen show`
+    # `scope: group` states (one number per param group, kept in the group dict) and the value
+    # holding each one's new value; not in `states`/`outputs`, which are per tensor
+    group_states: list[StateDecl] = field(default_factory=list)
+    group_outputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:

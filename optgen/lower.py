@@ -19,7 +19,7 @@ import re
 
 import sympy
 
-from .errors import CompileError, SpecError, SpecErrors
+from .errors import SpecError, SpecErrors
 from .expr import (
     COLS,
     GRAD,
@@ -33,6 +33,7 @@ from .expr import (
     GlobalSum,
 )
 from .facts import SignFacts
+from .group_state import check_global_reduction, check_group_states, split_group_states
 from .ir import SCOPE_RANK, Program, Value, wider
 from .matrix import MatrixLowering
 from .program_facts import value_facts
@@ -67,6 +68,8 @@ def _copy(program: Program) -> Program:
         outputs=dict(program.outputs),
         input_scopes=dict(program.input_scopes),
         notes=list(program.notes),
+        group_states=list(program.group_states),
+        group_outputs=dict(program.group_outputs),
     )
 
 
@@ -117,7 +120,7 @@ def _input_scopes(spec: Spec, opts: dict[str, bool]) -> dict[str, str]:
     scopes.update({ROWS: "tensor", COLS: "tensor"})
     scopes.update({name: "element" for name in spec.inputs})
     for s in spec.active_states(opts):
-        scopes[s.name] = s.scope
+        scopes[s.name] = "host" if s.scope == "group" else s.scope
     return scopes
 
 
@@ -193,13 +196,16 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
     current = env.get(PARAM)
     if current is None or current == spec.symbols[PARAM]:
         raise SpecError(spec.loc, f"the update never assigns `param` (options: {_fmt_options(opts)})")
+    group_states, states = split_group_states(states)
     outputs = {PARAM: current.name}
     for s in states:
         # A state the update never assigns is a snapshot: set by its init at the first step,
         # only read afterwards. Its new value is its old one (Program.writes leaves it out).
         outputs[s.name] = env[s.name].name
     _check_tensor_states(states, {v.name: v for v in values}, outputs, scopes)
-    return Program(spec, opts, states, values, outputs, scopes)
+    group_outputs = {s.name: env[s.name].name for s in group_states}
+    check_group_states(group_states, {v.name: v for v in values}, group_outputs, scopes, spec.step_count)
+    return Program(spec, opts, states, values, outputs, scopes, group_states=group_states, group_outputs=group_outputs)
 
 
 def _check_tensor_states(states, by_name, outputs, scopes) -> None:
@@ -393,7 +399,7 @@ def _forward_copies(program: Program) -> None:
     """`a = b` (a plain renaming) is dropped and uses of a read b."""
     mapping = {}
     kept = []
-    outputs_by_value = {v: k for k, v in program.outputs.items()}
+    outputs_by_value = {v: k for k, v in {**program.outputs, **program.group_outputs}.items()}
     for v in program.values:
         expr = v.expr.xreplace({s: mapping[s.name] for s in v.expr.free_symbols if s.name in mapping})
         v.expr = expr
@@ -692,7 +698,7 @@ def _dedupe(program: Program) -> None:
     seen: dict = {}
     mapping = {}
     kept = []
-    outputs = set(program.outputs.values())
+    outputs = set(program.outputs.values()) | set(program.group_outputs.values())
     for v in program.values:
         v.expr = v.expr.xreplace({s: mapping[s.name] for s in v.expr.free_symbols if s.name in mapping})
         if v.matrix is not None:  # a block is its own computation: renamed, never merged
@@ -709,7 +715,7 @@ def _dedupe(program: Program) -> None:
 
 
 def _dce(program: Program) -> None:
-    live = set(program.outputs.values())
+    live = set(program.outputs.values()) | set(program.group_outputs.values())
     for v in reversed(program.values):
         if v.name in live:
             live |= {s.name for s in v.expr.free_symbols}
@@ -717,17 +723,10 @@ def _dce(program: Program) -> None:
 
 
 def _check_global_reductions(program: Program) -> None:
-    """Cross-parameter reductions run before any per-tensor work (every group's gradients are
-    needed first), so their arguments may use only param, grad and host values."""
-    states = {s.name for s in program.states} | set(program.input_names)  # the helpers get param and grad only
+    """Cross-parameter reductions run as one pass over every tensor of every group before any
+    tensor is updated: see group_state.check_global_reduction for what they may read."""
     for red in program.reductions("global"):
-        for name in sorted(program.inputs_of(red.expr.name)):
-            if program.input_scopes.get(name) == "tensor" or name in states:
-                raise CompileError(
-                    red.loc,
-                    f"global_norm(...) may use only param, grad and hyperparameters, not `{name}`: "
-                    "it is computed before any per-tensor work",
-                )
+        check_global_reduction(program, red)
 
 
 def _number_phases(program: Program) -> None:

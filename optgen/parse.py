@@ -654,6 +654,7 @@ _FUNC_BUILDERS = {
     "amin": ReduceMin,
     "amax": ReduceMax,
     "global_norm": lambda x: sympy.sqrt(GlobalSum(x**2)),
+    "global_sum": GlobalSum,
 }
 
 
@@ -1270,9 +1271,9 @@ class SpecBuilder:
             init = self.init_expr(fields["init"], key)
         scope = "element"
         if "scope" in fields:
-            scope = _expect(fields["scope"], str, "`element` or `tensor`")
-            if scope not in ("element", "tensor"):
-                raise SpecError(fields["scope"].loc, f"scope must be `element` or `tensor`, got {scope!r}")
+            scope = _expect(fields["scope"], str, "`element`, `tensor` or `group`")
+            if scope not in ("element", "tensor", "group"):
+                raise SpecError(fields["scope"].loc, f"scope must be `element`, `tensor` or `group`, got {scope!r}")
         when = None
         if "when" in fields:
             text = _expect(fields["when"], str, "an option, or `not option`")

@@ -2,8 +2,9 @@
 
 It walks each SymPy expression once to build a tree of closures (nothing is eval'ed), then
 runs the program for each parameter tensor in float64. Cross-parameter reductions
-(global_norm) are computed over every parameter with a gradient before any update, as the
-generated optimizers do."""
+(global_norm, global_sum) are computed over every parameter with a gradient, in every
+group, before any update, as the generated optimizers do. `scope: group` states live in
+the param group dicts (see group_state.py)."""
 
 from __future__ import annotations
 
@@ -274,6 +275,8 @@ class Reference:
         self.state: list[dict] = [{} for _ in self.params]
         self._group_steps = [0] * len(self.param_groups)  # step() calls, for `step: per_group`
         self._compiled: dict[tuple, CompiledProgram] = {}
+        for group in self.param_groups:  # group states start when the group is made (Prodigy's d = d0)
+            self._init_group_states(group)
 
     def _fill(self, group: dict) -> dict:
         for key, h in self.spec.hyperparameters.items():
@@ -312,6 +315,12 @@ class Reference:
                 env.update({s.name: self.state[i][s.key] for s in self.spec.state.values() if s.key in self.state[i]})
                 self.params[i][...] = np.broadcast_to(new_param(env), self.params[i].shape)
             group["train_mode"] = train_mode
+
+    def _init_group_states(self, group: dict) -> None:
+        program = self.compiled(group).program
+        env = self._hyper_env(group)
+        for s in program.group_states:
+            group.setdefault(s.key, float(compile_expr(s.init)(env)))
 
     def compiled(self, group: dict) -> CompiledProgram:
         options = {name: bool(group[name]) for name in self.spec.options}
@@ -356,6 +365,9 @@ class Reference:
         for s in compiled.program.states:
             if s.key in state:
                 env[s.name] = state[s.key]
+        self._init_group_states(group)  # an option turned on since the group was made
+        for s in compiled.program.group_states:  # kept in the group dict, as Prodigy's `d`
+            env[s.name] = np.float64(group[s.key])
         return env, compiled
 
     def step(self, grads: list[np.ndarray | None], **inputs: list[np.ndarray | None]) -> None:
@@ -383,10 +395,18 @@ class Reference:
             for _, env, compiled in live:
                 for name, part in compiled.global_partials(dict(env)).items():
                     totals[name] = totals.get(name, 0.0) + part
+            new_group_values: dict[int, dict[str, float]] = {}
             for i, env, compiled in live:
                 env.update({k: np.float64(v) for k, v in totals.items()})
                 compiled.run(env)
                 self._store(i, env, compiled.program)
+                program = compiled.program
+                new_group_values[self._group_of[i]] = {
+                    s.key: float(env[program.group_outputs[s.name]]) for s in program.group_states
+                }
+            # every tensor of a group read the group states' old values: store them last
+            for gi, new in new_group_values.items():
+                self.param_groups[gi].update(new)
 
     def _store(self, i: int, env: Env, program: Program) -> None:
         state = self.state[i]

@@ -33,6 +33,11 @@ def show(program: Program) -> str:
     out.append(f"inputs: param, grad{given}, step; hyperparameters: {hypers}")
     states = ", ".join(_state(s) for s in program.states) or "none"
     out.append(f"state: {states}")
+    if program.group_states:  # one number per param group, in the group dict
+        groups = ", ".join(
+            f"{s.name} [init {s.init}, new {program.group_outputs[s.name]}]" for s in program.group_states
+        )
+        out.append(f"group states: {groups}")
     host = program.values_of_scope("host")
     if host:
         out.append("")

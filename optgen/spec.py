@@ -101,7 +101,7 @@ def condition_names(cond: Condition) -> set[str]:
 class StateDecl:
     name: str
     init: sympy.Expr
-    scope: str  # "element" | "tensor"
+    scope: str  # "element" | "tensor" | "group" (one number per param group, see group_state.py)
     loc: Loc
     key: str  # key in the optimizer's state dict
     tex: str | None = None

@@ -33,7 +33,10 @@ from optgen.matrix import matrix_location
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
 
 STEPS = 10
-SPECS = catalog.names()
+# not Prodigy: its group states (d, d_max) are Python floats in the param group dict, as in
+# pytorch_optimizer, which dynamo specializes on (a recompilation per new value of d);
+# tests/test_scalars.py checks that a compiled Prodigy step gives the eager numbers
+SPECS = [name for name in catalog.names() if name != "prodigy"]
 MATRIX_CLASSES = {optgen.load(n).name for n in SPECS if matrix_location(optgen.load(n))}
 # hyperparameters that reach the interesting code (momentum, weight decay, a global clip)
 OVERRIDES = {"momentum": 0.9, "weight_decay": 0.01, "max_grad_norm": 1.0}

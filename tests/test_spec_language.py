@@ -375,7 +375,7 @@ def test_the_catalog_uses_one_symbol_per_role():
         assert not shared, (spec.name, shared)
     mixed = {name: specs for name, specs in by_name.items() if len(set(specs.values())) > 1}
     assert not mixed, mixed
-    assert set(by_name["lr"].values()) == {r"\gamma"} and len(by_name["lr"]) == 29
+    assert set(by_name["lr"].values()) == {r"\gamma"} and len(by_name["lr"]) == 30
     assert set(by_name["bias_correction1"].values()) == {"c_1"}
     assert by_name["rho_t"]["RAdam"] == by_name["n_sma"]["AdaBelief"] == r"\rho_t"
 

@@ -15,8 +15,6 @@ from optgen.fused_support import fused_refusal
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_triton_harness import DEVICE, RTOL
 
-import optgen
-
 optimizers = pytest.importorskip("optgen.optimizers", reason="the torch backend is not built")
 
 # Keywords that make every term of an update run (each only where the class takes it).

@@ -312,16 +312,12 @@ def adafactor(
             "Adafactor uses states reduced over axes, `if ndim(param) ...:` rules, axis reductions (mean(x, axis=...)), cols(param) and rows(param), which the fused kernels do not run; use foreach=True (or the for-loop) instead of fused=True"
         )
     if any(_is_dtensor(param) for param in params):
-        # a reduction over axes needs each tensor whole, where a shard holds some of its rows
+        # axis reductions and matrix operations need each tensor whole; a shard holds some of its rows
         raise ValueError(
-            "Adafactor reduces over axes: DTensor (FSDP2) parameters are not supported"
+            "Adafactor reduces over axes or tests ndim(param), which need whole tensors: sharded (DTensor) parameters are not supported"
         )
     # before taking local shards: a DTensor's numel is the whole tensor's
     numels = [param.numel() for param in params]
-    if any(_is_dtensor(param) for param in params):
-        raise ValueError(
-            "Adafactor uses matrix operations, which need whole tensors: sharded (DTensor) parameters are not supported"
-        )
     if fused:
         func = _fused_adafactor
     elif foreach:
@@ -525,7 +521,6 @@ def _multi_tensor_adafactor(
     torch._foreach_addcmul_(params, updates, coefs, value=-1)
 
 
-@torch.compiler.disable
 def _fused_adafactor(
     params: list[Tensor],
     grads: list[Tensor],
@@ -543,42 +538,10 @@ def _fused_adafactor(
     maximize: bool,
     numels: list[int],
 ) -> None:
-    """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
-    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
-    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
-    value): a compiled step calls it between graphs."""
-    if not params:
-        return
-    lr, beta2_decay, eps1, eps2, d, weight_decay = (
-        x.item() if torch.is_tensor(x) else x
-        for x in (lr, beta2_decay, eps1, eps2, d, weight_decay)
-    )
-    from optgen.backends.cpp.runtime import select  # the kernels load on first use
-
-    fused_step, register = select(params[0].device)
-    torch._foreach_add_(state_steps, 1)
-    states = {
-        "row_var": row_vars,
-        "col_var": col_vars,
-        "variance": variances,
-    }
-    fused_step(
-        "adafactor",
-        params=params,
-        grads=grads,
-        states={name: tensors for name, tensors in states.items() if tensors},
-        steps=[int(step_t.item()) for step_t in state_steps],
-        hyper={
-            "lr": lr,
-            "beta2_decay": beta2_decay,
-            "eps1": eps1,
-            "eps2": eps2,
-            "d": d,
-            "weight_decay": weight_decay,
-        },
-        options={},
-        global_values={},
-        maximize=maximize,
+    """The fused implementation: not built for Adafactor, which uses what the fused
+    kernels do not run (optgen/fused_support.py)."""
+    raise ValueError(
+        "Adafactor uses states reduced over axes, `if ndim(param) ...:` rules, axis reductions (mean(x, axis=...)), cols(param) and rows(param), which the fused kernels do not run; use foreach=True (or the for-loop) instead of fused=True"
     )
 
 

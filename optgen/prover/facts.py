@@ -33,8 +33,9 @@ def _facts(spec: Spec, options: dict[str, bool], program: Program | None) -> tup
     (by their spec names: one spec alone needs no renaming)."""
     program = program or lower(spec, options)
     table = hyper_table(spec, set(spec.scalar_hypers))
-    inits = {s.name: s.init for s in program.states}
-    updates = {s.name: inline(program, program.outputs[s.name]) for s in program.states}
+    inits = {s.name: s.init for s in program.states + program.group_states}
+    outputs = {**program.outputs, **program.group_outputs}  # group states: one number each, as a state
+    updates = {s.name: inline(program, outputs[s.name]) for s in program.states + program.group_states}
     return program, {**table, **state_invariants(inits, updates, table)}
 
 
@@ -145,7 +146,7 @@ def _zero_witness(spec: Spec, program: Program, denominator: sympy.Expr) -> str 
         env[name] = np.array([[h] * N.ELEMENTS for _, _, h, _ in points])
     for name in spec.scalar_hypers:
         env[name] = np.array([[settings[i][1][name]] for _, _, _, i in points])
-    for s in program.states:
+    for s in program.states + program.group_states:
         env[s.name] = N.evaluate(s.init, env)
     value = np.broadcast_to(N.compile_batch(denominator)(env), (len(points), N.ELEMENTS))
     hits = np.flatnonzero(np.any(value == 0, axis=1))

@@ -94,6 +94,13 @@ def build_side(spec: Spec, tag: str, options: dict[str, bool], hypers: dict[str,
     if refusal:
         raise SpecError(spec.loc, refusal)
     program = program or lower(spec, options)
+    if program.group_states:
+        first = program.group_states[0]
+        raise SpecError(
+            first.loc,
+            f"{spec.name} keeps the group state `{first.name}` (scope: group): the prover does not reason "
+            "about group states yet, so it makes no claim about this spec",
+        )
     side = Side(spec, tag, program.options, hypers)
     side.inputs[PARAM] = symbol(f"{tag}.{PARAM}")
     side.scopes[PARAM] = "element"

@@ -624,10 +624,12 @@ def single_body(p: Prepared, sched: Schedule, passes: list[ReducePass] = (), ind
     loop += [Line(f"step_t = state_steps[{index}]"), Line("step_t += 1")]
     if any(s.name == NUMEL for v in p.program.values for s in v.expr.free_symbols):
         loop.append(Line(f"numel = numels[{index}]"))
-    if sched.uses_step:
+    if sched.uses_step and p.kinds.get(STEP) != "uniform":
         loop.append(Line("step = _get_value(step_t, param)"))
     loop += printer.statements(sched.per_tensor_host) + printer.statements(sched.work)
     group = printer.statements(sched.group)
+    if p.kinds.get(STEP) == "uniform" and sched.uses_step:  # `step: per_group` with group states
+        group = [Line("step = _get_value(state_steps[0], params[0]) + 1  # the group's count"), *group]
     if group:  # the group's values may read a cross-parameter value that no tensor needed
         group = [Block("if not params:", [Line("return")]), *group]
     reduce_first = [Line("# the local partials of every tensor's reductions before any update")]
@@ -677,7 +679,9 @@ def multi_body(
     columns = [name for one in passes for name in one.lists] if precombine else []
     printer = ForeachPrinter(p, sched, {name: i for i, name in enumerate(columns)})
     host: list = []
-    if sched.uses_step:
+    if sched.uses_step and p.kinds.get(STEP) == "uniform":  # `step: per_group` with group states
+        host.append(Line("step = state_steps[0].item() + 1  # the group's count"))
+    elif sched.uses_step:
         host.append(Line("steps = [step_t.item() + 1 for step_t in state_steps]"))
     host += printer.statements(sched.group) + printer.statements(sched.per_tensor_host)
     conds = sched.branch_conditions

@@ -11,22 +11,23 @@ import jinja2
 import sympy
 from sympy.logic.boolalg import simplify_logic
 
-from ... import catalog
+from ... import catalog, shapes
 from ...errors import CompileError
 from ...expr import GRAD, NDIM, NUMEL, PARAM
 from ...fused_support import fused_refusal
 from ...lower import lower
+from ...matrix import matrix_location
 from ...shapes import guard_condition
 from ...spec import Spec, StateDecl
 from .. import format_python
-from . import config, names
+from . import config, cross, names
 from .emit import elementwise, multi_body, single_body
 from .modes import mode_context, mode_docstring
 from .prepare import Prepared, plural, prepare
 from .printer import HostPrinter, TensorPrinter, host_printer, number
 from .reduce_pass import reduce_passes
 from .schedule import Scheduler
-from .statements import merge_variants, render
+from .statements import Line, merge_variants, render
 
 
 @dataclass
@@ -48,6 +49,10 @@ class GlobalFunction:
     local_kwargs: str
     helper_signature: str
     helper_body: str
+    # staged (reads states, group states or step): the lists the helper takes after params
+    # and grads, as the class and the functional pass them
+    helper_lists: str = ""
+    staged: bool = False
 
 
 def render_module(spec: Spec, stamp: str, compiled: bool = False, formatted: bool = True) -> str:
@@ -126,9 +131,11 @@ def format_source(text: str) -> str:
 def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, compiled: bool, taken) -> dict:
     """`spec` under its Python names; `public` as written (the docstring, the fused path's keys)."""
     fn = spec.module_name
-    lists = ["params", "grads"] + [plural(i) for i in spec.inputs] + [plural(s) for s in spec.state] + ["state_steps"]
+    lists = ["params", "grads"] + [plural(i) for i in spec.inputs]
+    lists += [plural(s.name) for s in cross.per_tensor_states(spec)] + ["state_steps"]
     globals_ = _globals(spec, variants)
-    kwargs = list(spec.scalar_hypers) + list(spec.options) + ["maximize"] + [g.name for g in globals_]
+    group_states = [s.name for s in cross.group_states(spec)]
+    kwargs = list(spec.scalar_hypers) + list(spec.options) + group_states + ["maximize"] + [g.name for g in globals_]
     bodies = _bodies(spec, variants, lists, kwargs, taken)
     return {
         "stamp": stamp,
@@ -146,7 +153,15 @@ def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, comp
         "tensor_reduce_fns": {v.reduce for var in variants for v in var.prepared.program.reductions("tensor")},
         "sharded_lists": lists[:-1],
         "forward_kwargs": [f"{k}={k}" for k in kwargs],
-        "states": [{"name": s, "list": plural(p)} for s, p in zip(public.state, spec.state)],
+        "states": [
+            {"name": s, "list": plural(p)} for s, p in zip(public.state, spec.state) if spec.state[p].scope != "group"
+        ],
+        "staged": any(g.staged for g in globals_),
+        "group_states": group_states,
+        "group_init": cross.group_init(spec, "param_group"),
+        "group_init_setstate": cross.group_init(spec, "group"),
+        # the functional returns a group's new group-state values (None: nothing to update)
+        "returns": "dict[str, float] | None" if group_states else "None",
         "inputs": [
             {"name": i, "key": d.public, "list": plural(i), "doc": _input_doc(d)} for i, d in spec.inputs.items()
         ],
@@ -157,6 +172,7 @@ def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, comp
         "per_group_step": spec.step_count == "per_group",
         "parity": spec.parity,
         "fused_refusal": fused_refusal(public),
+        "whole_tensors": _whole_tensors(spec),
         **_class_context(public, spec, variants, globals_),
         **mode_context(public, spec),
         **bodies,
@@ -176,11 +192,11 @@ def _class_context(public: Spec, spec: Spec, variants: list[Variant], globals_) 
         "fused_refusal": fused_refusal(public),
         "captured": [f'param_group.setdefault("{k}", param_group["{src}"])' for k, src in captured.items()],
         "captured_setstate": [f'group.setdefault("{k}", group["{src}"])' for k, src in captured.items()],
-        "init_uses_grad": any(GRAD in {x.name for x in s.init.free_symbols} for s in spec.state.values()),
-        "state_init": [_state_init(spec, s, device_states) for s in spec.state.values()],
+        "init_uses_grad": any(GRAD in {x.name for x in s.init.free_symbols} for s in cross.per_tensor_states(spec)),
+        "state_init": [_state_init(spec, s, device_states) for s in cross.per_tensor_states(spec)],
         "scalar_state_restore": _scalar_state_restore(spec, device_states),
         "restore_reads_param": any("p.dtype" in line for line in _scalar_state_restore(spec, device_states)),
-        "uses_state_dtype": any(s.scope != "tensor" for s in spec.state.values()),
+        "uses_state_dtype": any(s.scope == "element" for s in spec.state.values()),
         "splits_large": any(elementwise(v.prepared.program) for v in variants),
         "unpack": _unpack(spec),
         "call_kwargs": _call_kwargs(spec, globals_),
@@ -212,8 +228,14 @@ def _bodies(spec: Spec, variants: list[Variant], lists: list[str], kwargs: list[
     )
     singles, multis = [], []
     for v, schedule, multi_schedule, passes in planned:
-        singles.append((v.options, single_body(v.prepared, schedule, passes)))
-        multis.append((v.options, multi_body(v.prepared, multi_schedule, recurse, lists, extra, passes)))
+        single = single_body(v.prepared, schedule, passes)
+        multi = multi_body(v.prepared, multi_schedule, recurse, lists, extra, passes)
+        if v.prepared.program.group_states:  # the group's new values, for the optimizer to keep
+            cross.check_group_outputs(v.prepared)
+            single.append(Line(cross.returned(spec, schedule.display, v.prepared.program)))
+            multi.append(Line(cross.returned(spec, multi_schedule.display, v.prepared.program)))
+        singles.append((v.options, single))
+        multis.append((v.options, multi))
     options = list(spec.options)
     single_text = render(merge_variants(singles, options), 1)
     multi_text = render(merge_variants(multis, options), 1)
@@ -548,6 +570,7 @@ def _call_kwargs(spec: Spec, globals_) -> list[str]:
         for name in h.names:
             out.append(f"{name}={name}" if h.is_tuple else f'{name}=group["{key}"]')
     out += [f'{o}=group["{opt.public}"]' for o, opt in spec.options.items()]
+    out += [f'{s.name}=group["{s.key}"]' for s in cross.group_states(spec)]
     out.append('maximize=group["maximize"]')
     out += [f"{g.name}={g.name}" for g in globals_]
     return out
@@ -560,6 +583,7 @@ def _signature(spec: Spec, lists: list[str], globals_, per_tensor: list[str] = (
     lines.append("    *,")
     lines += [f"    {name}: float," for name in spec.scalar_hypers]
     lines += [f"    {name}: bool," for name in spec.options]
+    lines += [f"    {s.name}: float," for s in cross.group_states(spec)]
     lines.append("    maximize: bool,")
     lines += [f"    {g.name}: Tensor | None = None," for g in globals_]
     lines += [f"    {_PER_TENSOR_KEYWORDS[name]}," for name in per_tensor]
@@ -594,9 +618,12 @@ def _per_tensor_keywords(variants: list[Variant]) -> list[str]:
 
 # --------------------------------------------------------------------------- global reductions
 def _globals(spec: Spec, variants: list[Variant]) -> list[GlobalFunction]:
+    staged = _staged_globals(spec, variants)
     found: dict[str, tuple] = {}
     for v in variants:
         for g in v.prepared.globals:
+            if g.name in staged:
+                continue
             if g.name in found and found[g.name][0] != g.arg:
                 raise CompileError(spec.loc, f"the cross-parameter reduction {g.name} differs between option settings")
             found.setdefault(g.name, (g.arg, []))[1].append(v)
@@ -629,7 +656,76 @@ def _globals(spec: Spec, variants: list[Variant]) -> list[GlobalFunction]:
                 helper_body=_global_body(arg, even),
             )
         )
+    return out + list(staged.values())
+
+
+def _staged_globals(spec: Spec, variants: list[Variant]) -> dict[str, GlobalFunction]:
+    """The sums over all parameters that read states, group states or step (cross.py): the
+    argument may differ between option settings (the helper then takes those options)."""
+    found: dict[str, list] = {}
+    users: dict[str, list] = {}
+    for v in variants:
+        for g in v.prepared.globals:
+            if any(cross.is_staged(spec, w.arg) for w in v.prepared.globals if w.name == g.name):
+                arms = found.setdefault(g.name, [])
+                for arg, settings in arms:
+                    if arg == g.arg:
+                        settings.append(v.options)
+                        break
+                else:
+                    arms.append((g.arg, [v.options]))
+                users.setdefault(g.name, []).append(v)
+    out = {}
+    for name, arms in found.items():
+        args = [a for a, _ in arms]
+        conditions = cross.arms(arms, lambda c: c)
+        options = sorted({x.name for c, _ in conditions[:-1] for x in c.free_symbols})
+        scalars = cross.staged_scalars(spec, args) + options
+        even = all(_even_in_grad(a) for a in args)
+        kw = scalars + ([] if even else ["maximize"])
+        condition = _needed(name, users[name])
+        lists = cross.staged_lists(spec, args)
+        group_kw = [_group_value(spec, n) for n in scalars] + ([] if even else ['maximize=group["maximize"]'])
+        out[name] = GlobalFunction(
+            name=name,
+            helper=f"_partial_{name}",
+            doc=f"The sum of {args[0]}" if len(args) == 1 else f"The sum of {name}'s argument (per option setting)",
+            needed_group=_spell(condition, _group_text(spec)),
+            needed_local=_spell(condition, lambda o: o),
+            group_kwargs="".join(f", {k}" for k in group_kw),
+            local_kwargs="".join(f", {k}={k}" for k in kw),
+            helper_signature="".join(
+                [", *"]
+                + [f", {n}: bool" if n in spec.options else f", {n}: float" for n in scalars]
+                + ([] if even else [", maximize: bool"])
+            )
+            if kw
+            else "",
+            helper_body=cross.staged_body(spec, [(_spell(c, lambda o: o), a) for c, a in conditions], even),
+            helper_lists=", ".join(lists[2:]),
+            staged=True,
+        )
     return out
+
+
+def _whole_tensors(spec: Spec) -> str:
+    """What makes each tensor's update need the whole tensor ("" when a shard can run it)."""
+    if matrix_location(spec) is not None:
+        return "uses matrix operations, which need whole tensors"
+    if shapes.fused_refusal(spec):
+        return "reduces over axes or tests ndim(param), which need whole tensors"
+    return ""
+
+
+def _group_value(spec: Spec, name: str) -> str:
+    """`name=group[...]`: a hyperparameter, option or group state as the class reads it."""
+    if name in spec.options:
+        return f'{name}=group["{spec.options[name].public}"]'
+    if name in spec.state:
+        return f'{name}=group["{spec.state[name].key}"]'
+    return f'{name}=group["{_hyper_key(spec, name)}"]' + (
+        f"[{_hyper_index(spec, name)}]" if spec.scalar_hypers[name][0].is_tuple else ""
+    )
 
 
 def _hyper_key(spec: Spec, name: str) -> str:

@@ -111,7 +111,7 @@ def _expand(expr, by_name):
 
 
 def _dce(program: Program, values: list[Value]) -> list[Value]:
-    live = set(program.outputs.values())
+    live = set(program.outputs.values()) | set(program.group_outputs.values())
     for v in reversed(values):
         if v.name in live:
             live |= {s.name for s in v.expr.free_symbols}
@@ -167,8 +167,11 @@ def _kinds(program: Program, values: list[Value], globals_: list[GlobalReduction
 
 def _kinds_given(program: Program, values, globals_, scalar_states) -> dict[str, str]:
     kinds = {n: "uniform" for n in program.hyper_names}
+    kinds.update({s.name: "uniform" for s in program.group_states})  # a float from the group dict
     kinds.update({STEP: "host", NUMEL: "host", NDIM: "host", PARAM: "element", GRAD: "element"})
     kinds.update({name: "host" for name in SIZE_RANKS})  # rows(param), cols(param)
+    if program.group_states and program.spec.step_count == "per_group":
+        kinds[STEP] = "uniform"  # the group's count, the same for its tensors: group states may read it
     kinds.update({name: "element" for name in program.input_names})
     for s in program.states:
         kinds[s.name] = "element" if s.scope == "element" else "scalar" if s.name in scalar_states else "device"
@@ -233,7 +236,7 @@ def _last_uses(p: Prepared) -> dict[str, int]:
         for s in inline(p, v.expr).free_symbols:
             last[s.name] = i
     end = len(p.values)
-    for name in p.program.outputs.values():
+    for name in [*p.program.outputs.values(), *p.program.group_outputs.values()]:
         last[name] = end
     return last
 

@@ -72,7 +72,7 @@ class Scheduler:
         self.absorbed_names = {inline(p, e): n for n, e in p.absorbed.items()}
         for name in [PARAM, GRAD] + p.program.input_names + [s.name for s in p.program.states]:
             self._bind(name, name, owned=False, buffers={f"home:{name}"})
-        for name in p.program.hyper_names + [g.name for g in p.globals]:
+        for name in p.program.hyper_names + [s.name for s in p.program.group_states] + [g.name for g in p.globals]:
             self.st.display[name] = name
         self.st.current = {c: c for c in p.chains}
         self.zero_tables = self._zero_tables()
