@@ -46,6 +46,7 @@ class Entry:
     kwargs: dict  # constructor keywords shared by both sides (beyond params and foreach)
     reference_foreach: bool = True  # the reference's faster path on CPU
     matrices_only: bool = False  # the 2-D tensors of the list only (torch.optim.Muon refuses others)
+    ours_foreach: bool = True  # optgen's faster path on CPU
 
     @property
     def label(self) -> str:
@@ -70,8 +71,11 @@ ALGORITHMS: dict[str, Entry] = {
     "Lion": Entry("pytorch_optimizer:Lion", {}, reference_foreach=False),
     "Lamb": Entry("pytorch_optimizer:Lamb", {}, reference_foreach=False),
     "AdaBound": Entry("pytorch_optimizer:AdaBound", {}, reference_foreach=False),
-    # torch.optim.Muon has no foreach path (foreach=True raises), so it runs its loop
-    "Muon": Entry("torch.optim:Muon", {}, reference_foreach=False, matrices_only=True),
+    "Adafactor": Entry("torch.optim:Adafactor", {}),
+    # torch.optim.Muon has no foreach path (foreach=True raises): both sides run their loops.
+    # On CPU optgen's loop is its faster path too: the foreach path's stack + bmm pays for the
+    # copies it makes (it is the GPU's path), see BENCHMARKS.md
+    "Muon": Entry("torch.optim:Muon", {}, reference_foreach=False, matrices_only=True, ours_foreach=False),
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -238,7 +242,7 @@ def bench_one(target: Target, cfg, params, grads) -> Row:
     if ours_cls is None:  # --self-check: the reference, on its own path, against itself
         ours = Side(ref_cls, params, grads, entry.kwargs, entry.reference_foreach)
     else:
-        ours = Side(ours_cls, params, grads, entry.kwargs, foreach=True)
+        ours = Side(ours_cls, params, grads, entry.kwargs, foreach=entry.ours_foreach)
     sides = (ours, Side(ref_cls, params, grads, entry.kwargs, entry.reference_foreach))
     peaks = [side.peak_extra_bytes() for side in sides]  # steps 1 (creating the state) and 2
     for _ in range(cfg.warmup):
