@@ -1,9 +1,11 @@
 """Modes (issue 10, item 5): a spec's `modes:` declares the map to the evaluation parameters
 and back, and the optimizer gets train() and eval() as schedulefree's optimizers have. The
-catalog's schedule-free SGD and AdamW against the schedulefree package, and small synthetic
-specs (an EMA held as a difference, an anchor refreshed every k steps with `%`) against the
-Reference interpreter and hand-written loops, on the for-loop, foreach and fused (C++ and
-Triton) paths; the checker's located errors; LaTeX."""
+catalog's schedule-free SGD and AdamW against the schedulefree package (its weighting by
+lr_max and k in group states, at its defaults and other powers; on the for-loop and foreach
+paths, fused=True refuses group states), and small synthetic specs (an EMA held as a
+difference, an anchor refreshed every k steps with `%`) against the Reference interpreter and
+hand-written loops, on the for-loop, foreach and fused (C++ and Triton) paths; the checker's
+located errors; LaTeX."""
 
 from __future__ import annotations
 
@@ -57,6 +59,15 @@ SF = {
 }
 
 
+# the package's averaging weights (k+1)**r * lr_max**weight_lr_power: its defaults (r=0,
+# weight_lr_power=2), other powers, and equal weights (c_{t+1} = 1/t)
+WEIGHTINGS = {
+    "defaults": {},
+    "r_and_power": {"r": 0.5, "weight_lr_power": 1.5},
+    "equal": {"r": 0.0, "weight_lr_power": 0.0},
+}
+
+
 def _groups(params, hypers, warmup: int):
     return [{"params": params[:2], **hypers[0], "warmup_steps": warmup}, {"params": params[2:], **hypers[1]}]
 
@@ -64,16 +75,16 @@ def _groups(params, hypers, warmup: int):
 class _Pair:
     """Ours (one path) and the schedulefree package, on copies of the same parameters."""
 
-    def __init__(self, name: str, path: str, dtype: torch.dtype, warmup: int):
+    def __init__(self, name: str, path: str, dtype: torch.dtype, warmup: int, weighting: dict):
         make, hypers = SF[name]
         gen = torch.Generator().manual_seed(len(name) + warmup)
         start = [torch.randn(s, dtype=torch.float64, generator=gen) for s in SHAPES]
         self.ours = [torch.nn.Parameter(x.to(dtype, copy=True)) for x in start]
         self.theirs = [torch.nn.Parameter(x.to(dtype, copy=True)) for x in start]
         self.cls = optgen.compile(optgen.load(name))
-        self.opt = self.cls(_groups(self.ours, hypers, warmup), **_kwargs(path))
-        self.ref = make(_groups(self.theirs, hypers, warmup), weight_lr_power=0, r=0, foreach=False)
-        self.gen, self.dtype, self.t = gen, dtype, 0
+        self.opt = self.cls(_groups(self.ours, hypers, warmup), **weighting, **_kwargs(path))
+        self.ref = make(_groups(self.theirs, hypers, warmup), **weighting, foreach=False)
+        self.gen, self.dtype, self.t, self.weighting = gen, dtype, 0, weighting
 
     def steps(self, n: int) -> None:
         for _ in range(n):
@@ -83,7 +94,7 @@ class _Pair:
                 grads[1] = None  # skipped this step: the group's count still moves on
             for opt, params in ((self.opt, self.ours), (self.ref, self.theirs)):
                 for group in opt.param_groups:
-                    group["lr"] *= 0.9  # a schedule on top: lr_max drops out at weight_lr_power=0
+                    group["lr"] *= 0.9  # a schedule on top: lr_max stays at the warmup's peak
                 for p, g in zip(params, grads):
                     # a copy each: the package normalises the gradient in place
                     p.grad = None if g is None else (g + 0.5 * p.detach().double()).to(self.dtype)
@@ -99,16 +110,23 @@ class _Pair:
         for a, b in zip(self.ours, self.theirs):
             for key in self.ref.state[b]:
                 torch.testing.assert_close(self.opt.state[a][key], self.ref.state[b][key], rtol=tol, atol=tol)
+        for ours, theirs in zip(self.opt.param_groups, self.ref.param_groups):
+            # the group states under the package's keys, in float64 whatever the dtype
+            assert ours["lr_max"] == pytest.approx(theirs["lr_max"], rel=1e-12)
+            assert ours["weight_sum"] == pytest.approx(theirs["weight_sum"], rel=1e-12)
+            assert ours["step"] == theirs["k"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", ["for-loop", "foreach"])
+@pytest.mark.parametrize("weighting", list(WEIGHTINGS))
 @pytest.mark.parametrize("name", list(SF))
-def test_schedulefree_parity_with_mode_switches_and_a_state_dict_round_trip(name, path, dtype, runtime):
+def test_schedulefree_parity_with_mode_switches_and_a_state_dict_round_trip(name, weighting, path, dtype):
     """train(), steps (warmup on one group, a gradient skipped every third step, lr changed
     every step), eval() twice, train(), more steps; then a state_dict saved in eval mode is
-    loaded into a new optimizer, which resumes in eval mode, and both train on."""
-    pair = _Pair(name, path, dtype, warmup=3)
+    loaded into a new optimizer, which resumes in eval mode, and both train on. The group
+    states (lr_max, weight_sum) travel in the state dict's param groups."""
+    pair = _Pair(name, path, dtype, warmup=3, weighting=WEIGHTINGS[weighting])
     tol = _tolerance(path, dtype)
     pair.both("train")
     pair.steps(4)
@@ -122,7 +140,8 @@ def test_schedulefree_parity_with_mode_switches_and_a_state_dict_round_trip(name
     pair.assert_close(tol)
     saved = pair.opt.state_dict()
     assert [g["train_mode"] for g in saved["param_groups"]] == [False, False]
-    pair.opt = pair.cls(_groups(pair.ours, SF[name][1], 3), **_kwargs(path))
+    assert [g["weight_sum"] for g in saved["param_groups"]] == [g["weight_sum"] for g in pair.opt.param_groups]
+    pair.opt = pair.cls(_groups(pair.ours, SF[name][1], 3), **_kwargs(path))  # fresh lr_max, weight_sum
     pair.opt.load_state_dict(saved)
     with pytest.raises(RuntimeError, match="eval mode"):
         pair.opt.step()
@@ -132,18 +151,42 @@ def test_schedulefree_parity_with_mode_switches_and_a_state_dict_round_trip(name
 
 
 @pytest.mark.parametrize("name", list(SF))
-def test_schedulefree_specs_match_the_reference_interpreter(name):
+def test_schedulefree_fused_refuses_the_group_states(name):
+    """The fused kernels do not run group states: fused=True is a ValueError that names them
+    (so the fused paths of PATHS are not run for these specs)."""
+    cls = optgen.compile(optgen.load(name))
+    p = torch.nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match=r"do not run .* group states \(lr_max, weight_sum\): use foreach=True"):
+        cls([p], fused=True)
+
+
+def test_schedulefree_weighting_changes_the_run():
+    """A test that cannot fail is a defect: the package's default weighting and equal
+    weights give different parameters after a warmup (so the parity above tells them apart)."""
+    runs = [_Pair("sgdschedulefree", "foreach", torch.float64, 3, WEIGHTINGS[w]) for w in ("defaults", "equal")]
+    for pair in runs:
+        pair.both("train")
+        pair.steps(5)
+    assert not torch.allclose(runs[0].ours[0].detach(), runs[1].ours[0].detach(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("weighting", list(WEIGHTINGS))
+@pytest.mark.parametrize("name", list(SF))
+def test_schedulefree_specs_match_the_reference_interpreter(name, weighting):
     """The Reference's train()/eval() against the package (float64, the for-loop of it)."""
     make, hypers = SF[name]
     gen = torch.Generator().manual_seed(1)
     start = [torch.randn(s, dtype=torch.float64, generator=gen) for s in SHAPES]
     theirs = [torch.nn.Parameter(x.clone()) for x in start]
-    pkg = make(_groups(theirs, hypers, 2), weight_lr_power=0, r=0, foreach=False)
-    ref = Reference(optgen.load(name), _groups([x.numpy().copy() for x in start], hypers, 2))
+    pkg = make(_groups(theirs, hypers, 2), **WEIGHTINGS[weighting], foreach=False)
+    groups = _groups([x.numpy().copy() for x in start], hypers, 2)
+    ref = Reference(optgen.load(name), [{**g, **WEIGHTINGS[weighting]} for g in groups])
     pkg.train()
     ref.train()
     for t in range(6):
         grads = [torch.randn(s, dtype=torch.float64, generator=gen) for s in SHAPES]
+        for group in (*pkg.param_groups, *ref.param_groups):
+            group["lr"] *= 0.8  # below the warmup's peak: lr_max and lr_t part
         for p, g in zip(theirs, grads):
             p.grad = g.clone()
         pkg.step()
@@ -422,17 +465,19 @@ def test_show_lists_the_modes():
 
 
 def test_fused_state_dtype_switches_in_the_parameters_dtype():
-    """bfloat16 states (fused=True, state_dtype): the switch reads z in the parameter's dtype
-    and lands where the Reference does, to bfloat16's precision."""
-    cls = optgen.compile(optgen.load("sgdschedulefree"))
+    """bfloat16 states (fused=True, state_dtype): the switch reads delta in the parameter's
+    dtype and lands where the Reference does, to bfloat16's precision (the EMA spec: the
+    schedule-free specs' group states keep them off the fused path)."""
+    spec = loads(EMA, "ema.yaml")
+    cls = optgen.compile(spec)
     p = torch.nn.Parameter(torch.linspace(-1, 1, 6, dtype=torch.float32))
     opt = cls([p], lr=0.1, fused=True, state_dtype=torch.bfloat16)
-    ref = Reference(optgen.load("sgdschedulefree"), [{"params": [p.detach().double().numpy().copy()], "lr": 0.1}])
+    ref = Reference(spec, [{"params": [p.detach().double().numpy().copy()], "lr": 0.1}])
     for _ in range(3):
         p.grad = torch.ones(6)
         opt.step()
         ref.step([np.ones(6)])
-    assert opt.state[p]["z"].dtype == torch.bfloat16
+    assert opt.state[p]["delta"].dtype == torch.bfloat16
     opt.eval()
     ref.eval()
     np.testing.assert_allclose(p.detach().double().numpy(), ref.params[0], rtol=2e-2, atol=2e-2)

@@ -139,11 +139,10 @@ SF_ADAMW_GROUPS = (
 
 
 def _schedulefree(cls):
-    """The package at weight_lr_power=0, r=0 (the settings the specs model, see their notes),
-    put in train mode: it starts in eval mode and refuses step() until then."""
+    """The package put in train mode: it starts in eval mode and refuses step() until then."""
 
     def make(groups, **shared):
-        opt = cls(groups, weight_lr_power=0, r=0, **shared)
+        opt = cls(groups, **shared)
         opt.train()
         return opt
 
@@ -309,8 +308,31 @@ CASES = [
     Case("prodigy-safeguard_warmup", "prodigy", po.Prodigy, PRODIGY_GROUPS, {"d0": 1e-2, "safeguard_warmup": True}),
     Case("prodigy-skipped_grads", "prodigy", po.Prodigy, PRODIGY_GROUPS, {"d0": 1e-2}, skip_every=3),
     Case("lars-nesterov", "lars", po.LARS, LARS_NESTEROV_GROUPS, {"nesterov": True}),
+    # the package's weighting (lr_max**weight_lr_power * (k+1)**r, group states lr_max and
+    # weight_sum) at its defaults and at other powers
     Case("sgdschedulefree", "sgdschedulefree", _schedulefree(schedulefree.SGDScheduleFree), SF_SGD_GROUPS),
     Case("adamwschedulefree", "adamwschedulefree", _schedulefree(schedulefree.AdamWScheduleFree), SF_ADAMW_GROUPS),
+    Case(
+        "sgdschedulefree-r_and_weight_lr_power",
+        "sgdschedulefree",
+        _schedulefree(schedulefree.SGDScheduleFree),
+        SF_SGD_GROUPS,
+        {"r": 0.5, "weight_lr_power": 1.0},
+    ),
+    Case(
+        "adamwschedulefree-r_and_weight_lr_power",
+        "adamwschedulefree",
+        _schedulefree(schedulefree.AdamWScheduleFree),
+        SF_ADAMW_GROUPS,
+        {"r": 1.5, "weight_lr_power": 3.0},
+    ),
+    Case(
+        "adamwschedulefree-equal_weights",
+        "adamwschedulefree",
+        _schedulefree(schedulefree.AdamWScheduleFree),
+        SF_ADAMW_GROUPS,
+        {"r": 0.0, "weight_lr_power": 0.0},
+    ),
     Case(
         "sgdschedulefree-skipped_grads",
         "sgdschedulefree",
@@ -473,9 +495,6 @@ def test_parity(case: Case, monkeypatch):
 # reference does not have.
 NOT_MODELLED = {
     "lamb": {"rectify", "degenerated_to_sgd", "n_sma_threshold"},
-    # the average's weights lr_max**weight_lr_power * (k+1)**r: only 0 and 0 (see the specs' notes)
-    "sgdschedulefree": {"r", "weight_lr_power"},
-    "adamwschedulefree": {"r", "weight_lr_power"},
     "muon": {"adjust_lr_fn"},
 }
 # inherited from adam.yaml, torch's AdamW has no such keyword; Muon's adjust_lr_fn (a string)

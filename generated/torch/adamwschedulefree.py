@@ -27,18 +27,23 @@ class AdamWScheduleFree(Optimizer):
        \begin{aligned}
            &\rule{110mm}{0.4pt} \\
            &\textbf{input}: \gamma = 0.0025 \text{ (lr)},\ (\beta_1, \beta_2) = (0.9, 0.999) \text{ (betas)},\ \epsilon = 10^{-8} \text{ (eps)}, \\
-           &\hspace{13mm}\lambda = 0 \text{ (weight\_decay)},\ T_w = 0 \text{ (warmup\_steps)},\ \theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
-           &\textbf{initialize}: z_{0} \leftarrow \theta_{0},\ v_{0} \leftarrow 0 \\
+           &\hspace{13mm}\lambda = 0 \text{ (weight\_decay)},\ T_w = 0 \text{ (warmup\_steps)},\ r = 0 \text{ (r)}, \\
+           &\hspace{13mm}p = 2 \text{ (weight\_lr\_power)},\ \theta_{0} \text{ (params)}, f(\theta) \text{ (objective)} \\
+           &\textbf{initialize}: \gamma_{\max,0} \leftarrow -1,\ W_{0} \leftarrow 0,\ z_{0} \leftarrow \theta_{0}, \\
+           &\hspace{13mm}v_{0} \leftarrow 0 \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{for}\ t = 1, 2, \ldots\ \textbf{do} \\
            &\hspace{5mm}g_{t} \leftarrow \nabla_{\theta} f_{t}\left(\theta_{t-1}\right) \\
            &\hspace{5mm}\gamma_t \leftarrow \gamma \begin{cases} \displaystyle \frac{t}{T_w} & \text{if } T_w > t - 1 \\ \displaystyle 1 & \text{otherwise} \end{cases} \\
-           &\hspace{5mm}c_{t+1} \leftarrow \frac{1}{t} \\
+           &\hspace{5mm}\gamma_{\max,t} \leftarrow \max\left(\gamma_{\max,t-1}, \gamma_t\right) \\
+           &\hspace{5mm}w_t \leftarrow t^{r} \gamma_{\max,t}^{p} \\
+           &\hspace{5mm}W_{t} \leftarrow W_{t-1} + w_t \\
+           &\hspace{5mm}c_{t+1} \leftarrow \begin{cases} \displaystyle \frac{w_t}{W_{t}} & \text{if } W_{t} > 0 \\ \displaystyle 0 & \text{otherwise} \end{cases} \\
            &\hspace{5mm}c_2 \leftarrow 1 - \beta_2^{t} \\
            &\hspace{5mm}v_{t} \leftarrow \beta_2 v_{t-1} + \left(1 - \beta_2\right) g_{t}^{2} \\
            &\hspace{5mm}g_{t} \leftarrow \frac{g_{t}}{\sqrt{\frac{v_{t}}{c_2}} + \epsilon} \\
            &\hspace{5mm}g_{t} \leftarrow g_{t} + \lambda \theta_{t-1} \\
-           &\hspace{5mm}\theta_{t} \leftarrow c_{t+1} \left(- \theta_{t-1} + z_{t-1}\right) + \theta_{t-1} + \gamma_t \left(\beta_1 \left(1 - c_{t+1}\right) - 1\right) g_{t} \\
+           &\hspace{5mm}\theta_{t} \leftarrow \left(- \theta_{t-1} + z_{t-1}\right) c_{t+1} + \theta_{t-1} + \gamma_t \left(\beta_1 \left(1 - c_{t+1}\right) - 1\right) g_{t} \\
            &\hspace{5mm}z_{t} \leftarrow z_{t-1} - \gamma_t g_{t} \\
            &\rule{110mm}{0.4pt} \\
            &\textbf{return}\ \theta_{t} \\
@@ -57,6 +62,10 @@ class AdamWScheduleFree(Optimizer):
         eps (float, optional): :math:`\epsilon`, in (0, inf) (default: 1e-8).
         weight_decay (float, optional): :math:`\lambda`, in [0, inf) (default: 0.0).
         warmup_steps (float, optional): :math:`T_w`, in [0, inf) (default: 0.0).
+        r (float, optional): power of the step count in the averaging weight, :math:`r`, in
+            (-inf, inf) (default: 0.0).
+        weight_lr_power (float, optional): power of lr_max in the averaging weight, :math:`p`,
+            in [0, inf) (default: 2.0).
         maximize (bool, optional): maximize the objective instead of minimizing it (default:
             False).
         foreach (bool, optional): update each group's tensors with torch._foreach_* kernels;
@@ -81,14 +90,17 @@ class AdamWScheduleFree(Optimizer):
     RuntimeError. A new optimizer is in train mode; the mode is kept in each param group's
     ``train_mode`` (and so in the state dict).
 
-    Equals schedulefree.AdamWScheduleFree(weight_lr_power=0, r=0): the average weighs every
-    step alike, so its weight sum is the step count and c_{t+1} = 1/t needs no group state.
-    The package's default weight_lr_power=2 and r > 0 weigh steps by lr_max**2 (k+1)**r,
-    which needs per-group scalar states (the package's lr_max, weight_sum): not modelled
-    here. Weight decay is taken at y, after the gradient is normalised, as in the package.
+    Equals schedulefree.AdamWScheduleFree, weighting included: step t enters the average
+    with weight t**r * lr_max**weight_lr_power, lr_max the largest scheduled lr so far, and
+    c_{t+1} = weight / weight_sum. lr_max and weight_sum are `scope: group` states kept in
+    the param group dict under the package's keys (lr_max starts at -1, weight_sum at 0), so
+    state_dict()["param_groups"] carries them; the package's k is this class's per-group
+    step count (group["step"] here). A group none of whose tensors has a gradient keeps
+    lr_max and weight_sum, while the package adds that step's weight (its count moves on in
+    both). Weight decay is taken at y, after the gradient is normalised, as in the package.
     In train mode the parameters hold y, in eval mode x; the package starts in eval mode and
     refuses step() until train() is called, this class starts in train mode (train() first
-    is the same run).
+    is the same run). fused=True is refused (group states run on the eager paths only).
 
     Paper: Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, "The Road Less Scheduled",
     NeurIPS 2024 (arXiv:2405.15682).
@@ -104,6 +116,8 @@ class AdamWScheduleFree(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         warmup_steps: float = 0.0,
+        r: float = 0.0,
+        weight_lr_power: float = 2.0,
         *,
         maximize: bool = False,
         foreach: bool | None = None,
@@ -119,6 +133,8 @@ class AdamWScheduleFree(Optimizer):
             "eps": eps,
             "weight_decay": weight_decay,
             "warmup_steps": warmup_steps,
+            "r": r,
+            "weight_lr_power": weight_lr_power,
             "maximize": maximize,
             "foreach": foreach,
             "fused": fused,
@@ -136,13 +152,17 @@ class AdamWScheduleFree(Optimizer):
             param_group.setdefault(key, value)
         if param_group["fused"] and param_group["foreach"]:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
+        if param_group["fused"]:
+            raise ValueError(
+                "the fused kernels (fused=True) do not run AdamWScheduleFree\u0027s group states (lr_max, weight_sum): use foreach=True"
+            )
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
             raise ValueError(
                 f"state_dtype={param_group['state_dtype']} requires fused=True "
                 "(the foreach and for-loop paths keep the state in the parameter's dtype)"
             )
-        for key in ("lr", "eps", "weight_decay", "warmup_steps"):
+        for key in ("lr", "eps", "weight_decay", "warmup_steps", "r", "weight_lr_power"):
             if torch.is_tensor(param_group[key]) and param_group[key].numel() != 1:
                 raise ValueError(f"Tensor {key} must be 1-element")
         lr = param_group["lr"]
@@ -166,6 +186,14 @@ class AdamWScheduleFree(Optimizer):
             raise ValueError(
                 f"Invalid warmup_steps: {warmup_steps!r} (expected a value in [0, inf))"
             )
+        r = param_group["r"]
+        weight_lr_power = param_group["weight_lr_power"]
+        if not 0.0 <= weight_lr_power:
+            raise ValueError(
+                f"Invalid weight_lr_power: {weight_lr_power!r} (expected a value in [0, inf))"
+            )
+        param_group.setdefault("lr_max", -1)
+        param_group.setdefault("weight_sum", 0)
         self._set_group_step(param_group)
         super().add_param_group(param_group)
 
@@ -175,6 +203,8 @@ class AdamWScheduleFree(Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+            group.setdefault("lr_max", -1)
+            group.setdefault("weight_sum", 0)
             self._set_group_step(group)
         for param_state in self.state.values():
             step = param_state.get("step")
@@ -305,7 +335,7 @@ class AdamWScheduleFree(Optimizer):
             # place: a compiled step mutates no param group
             group["step"].add_(1)
             beta1, beta2 = group["betas"]
-            adamwschedulefree(
+            new_values = adamwschedulefree(
                 params,
                 grads,
                 z_list,
@@ -317,10 +347,16 @@ class AdamWScheduleFree(Optimizer):
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 warmup_steps=group["warmup_steps"],
+                r=group["r"],
+                weight_lr_power=group["weight_lr_power"],
+                lr_max=group["lr_max"],
+                weight_sum=group["weight_sum"],
                 maximize=group["maximize"],
                 foreach=group["foreach"],
                 fused=group["fused"],
             )
+            if new_values is not None:  # None: the group had no gradient this step
+                group.update(new_values)
         return loss
 
 
@@ -347,10 +383,14 @@ def adamwschedulefree(
     eps: float,
     weight_decay: float,
     warmup_steps: float,
+    r: float,
+    weight_lr_power: float,
+    lr_max: float,
+    weight_sum: float,
     maximize: bool,
     foreach: bool | None = None,
     fused: bool | None = None,
-) -> None:
+) -> dict[str, float] | None:
     r"""Functional API of :class:`AdamWScheduleFree`: one step over `params`, each state list aligned
     with them (an option's state list is empty when the option is off).
 
@@ -366,9 +406,13 @@ def adamwschedulefree(
     if foreach and not fused:
         # the foreach ops take Python numbers: a 1-element tensor hyperparameter is read as
         # its value
-        lr, beta1, beta2, eps, weight_decay, warmup_steps = (
+        lr, beta1, beta2, eps, weight_decay, warmup_steps, r, weight_lr_power = (
             x.item() if torch.is_tensor(x) else x
-            for x in (lr, beta1, beta2, eps, weight_decay, warmup_steps)
+            for x in (lr, beta1, beta2, eps, weight_decay, warmup_steps, r, weight_lr_power)
+        )
+    if fused:
+        raise ValueError(
+            "the fused kernels (fused=True) do not run AdamWScheduleFree\u0027s group states (lr_max, weight_sum): use foreach=True"
         )
     if not fused and any(_is_dtensor(param) for param in params):
         # FSDP2's DTensor parameters: the update is elementwise, each rank updates its shards
@@ -381,7 +425,7 @@ def adamwschedulefree(
         func = _multi_tensor_adamwschedulefree
     else:
         func = _single_tensor_adamwschedulefree
-    func(
+    return func(
         params,
         grads,
         z_list,
@@ -393,6 +437,10 @@ def adamwschedulefree(
         eps=eps,
         weight_decay=weight_decay,
         warmup_steps=warmup_steps,
+        r=r,
+        weight_lr_power=weight_lr_power,
+        lr_max=lr_max,
+        weight_sum=weight_sum,
         maximize=maximize,
     )
 
@@ -410,23 +458,35 @@ def _single_tensor_adamwschedulefree(
     eps: float,
     weight_decay: float,
     warmup_steps: float,
+    r: float,
+    weight_lr_power: float,
+    lr_max: float,
+    weight_sum: float,
     maximize: bool,
-) -> None:
+) -> dict[str, float] | None:
     """The for-loop implementation: one tensor at a time."""
+    if not params:
+        return
+    step = _get_value(state_steps[0], params[0]) + 1  # the group's count
+    if torch.compiler.is_compiling():
+        lr_t = lr * torch.where(warmup_steps > step - 1, step / warmup_steps, 1.0)
+    else:
+        lr_t = lr * (step / warmup_steps if warmup_steps > step - 1 else 1)
+    lr_max_1 = max(lr_max, lr_t)
+    weight = lr_max_1**weight_lr_power * step**r
+    weight_sum_1 = weight + weight_sum
+    if torch.compiler.is_compiling():
+        ckp1 = torch.where(weight_sum_1 > 0, weight / weight_sum_1, 0.0)
+    else:
+        ckp1 = weight / weight_sum_1 if weight_sum_1 > 0 else 0
+    bias_correction2 = 1 - beta2**step
+    coef = lr_t * (beta1 * (1 - ckp1) - 1)
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
         z = z_list[i]
         exp_avg_sq = exp_avg_sqs[i]
         step_t = state_steps[i]
         step_t += 1
-        step = _get_value(step_t, param)
-        if torch.compiler.is_compiling():
-            lr_t = lr * torch.where(warmup_steps > step - 1, step / warmup_steps, 1.0)
-        else:
-            lr_t = lr * (step / warmup_steps if warmup_steps > step - 1 else 1)
-        ckp1 = 1 / step
-        bias_correction2 = 1 - beta2**step
-        coef = lr_t * (beta1 * (1 - ckp1) - 1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         denom = exp_avg_sq.div(bias_correction2).sqrt_().add_(eps)
         grad = grad.div(denom)
@@ -434,6 +494,7 @@ def _single_tensor_adamwschedulefree(
             grad.add_(param, alpha=weight_decay)
         param.mul_(1 - ckp1).add_(z, alpha=ckp1).add_(grad, alpha=coef)
         z.add_(grad, alpha=-lr_t)
+    return {"lr_max": float(lr_max_1), "weight_sum": float(weight_sum_1)}
 
 
 def _multi_tensor_adamwschedulefree(
@@ -449,8 +510,12 @@ def _multi_tensor_adamwschedulefree(
     eps: float,
     weight_decay: float,
     warmup_steps: float,
+    r: float,
+    weight_lr_power: float,
+    lr_max: float,
+    weight_sum: float,
     maximize: bool,
-) -> None:
+) -> dict[str, float] | None:
     """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
         return
@@ -471,35 +536,39 @@ def _multi_tensor_adamwschedulefree(
                 eps=eps,
                 weight_decay=weight_decay,
                 warmup_steps=warmup_steps,
+                r=r,
+                weight_lr_power=weight_lr_power,
+                lr_max=lr_max,
+                weight_sum=weight_sum,
                 maximize=maximize,
             )
         return
-    steps = [step_t.item() + 1 for step_t in state_steps]
-    lr_t_list = [lr * (step / warmup_steps if warmup_steps > step - 1 else 1) for step in steps]
-    ckp1_list = [1 / step for step in steps]
-    bias_correction2_list = [1 - beta2**step for step in steps]
-    coefs = [lr_t * (beta1 * (1 - ckp1) - 1) for ckp1, lr_t in zip(ckp1_list, lr_t_list)]
+    step = state_steps[0].item() + 1  # the group's count
+    lr_t = lr * (step / warmup_steps if warmup_steps > step - 1 else 1)
+    lr_max_1 = max(lr_max, lr_t)
+    weight = lr_max_1**weight_lr_power * step**r
+    weight_sum_1 = weight + weight_sum
+    ckp1 = weight / weight_sum_1 if weight_sum_1 > 0 else 0
+    bias_correction2 = 1 - beta2**step
+    coef = lr_t * (beta1 * (1 - ckp1) - 1)
     torch._foreach_add_(state_steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-    denoms = torch._foreach_div(exp_avg_sqs, bias_correction2_list)
+    denoms = torch._foreach_div(exp_avg_sqs, bias_correction2)
     torch._foreach_sqrt_(denoms)
     torch._foreach_add_(denoms, eps)
     grads = torch._foreach_div(grads, denoms)
     if weight_decay != 0:
         torch._foreach_add_(grads, params, alpha=weight_decay)
-    torch._foreach_mul_(params, [1 - ckp1 for ckp1 in ckp1_list])
-    scaled_z_list = torch._foreach_mul(z_list, ckp1_list)
-    torch._foreach_add_(params, scaled_z_list)
-    scaled_grads = torch._foreach_mul(grads, coefs)
-    torch._foreach_add_(params, scaled_grads)
-    scaled_grad_1_list = torch._foreach_mul(grads, [-lr_t for lr_t in lr_t_list])
-    torch._foreach_add_(z_list, scaled_grad_1_list)
+    torch._foreach_mul_(params, 1 - ckp1)
+    torch._foreach_add_(params, z_list, alpha=ckp1)
+    torch._foreach_add_(params, grads, alpha=coef)
+    torch._foreach_add_(z_list, grads, alpha=-lr_t)
+    return {"lr_max": float(lr_max_1), "weight_sum": float(weight_sum_1)}
 
 
-@torch.compiler.disable
 def _fused_adamwschedulefree(
     params: list[Tensor],
     grads: list[Tensor],
@@ -513,43 +582,16 @@ def _fused_adamwschedulefree(
     eps: float,
     weight_decay: float,
     warmup_steps: float,
+    r: float,
+    weight_lr_power: float,
+    lr_max: float,
+    weight_sum: float,
     maximize: bool,
-) -> None:
-    """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
-    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
-    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
-    value): a compiled step calls it between graphs."""
-    if not params:
-        return
-    lr, beta1, beta2, eps, weight_decay, warmup_steps = (
-        x.item() if torch.is_tensor(x) else x
-        for x in (lr, beta1, beta2, eps, weight_decay, warmup_steps)
-    )
-    from optgen.backends.cpp.runtime import select  # the kernels load on first use
-
-    fused_step, register = select(params[0].device)
-    torch._foreach_add_(state_steps, 1)
-    states = {
-        "z": z_list,
-        "exp_avg_sq": exp_avg_sqs,
-    }
-    fused_step(
-        "adamwschedulefree",
-        params=params,
-        grads=grads,
-        states={name: tensors for name, tensors in states.items() if tensors},
-        steps=[int(step_t.item()) for step_t in state_steps],
-        hyper={
-            "lr": lr,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "warmup_steps": warmup_steps,
-        },
-        options={},
-        global_values={},
-        maximize=maximize,
+) -> dict[str, float] | None:
+    """The fused implementation: not built for AdamWScheduleFree, which uses what the fused
+    kernels do not run (optgen/fused_support.py)."""
+    raise ValueError(
+        "the fused kernels (fused=True) do not run AdamWScheduleFree\u0027s group states (lr_max, weight_sum): use foreach=True"
     )
 
 
