@@ -33,10 +33,11 @@ from optgen.matrix import matrix_location
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
 
 STEPS = 10
-# not Prodigy: its group states (d, d_max) are Python floats in the param group dict, as in
-# pytorch_optimizer, which dynamo specializes on (a recompilation per new value of d);
-# tests/test_scalars.py checks that a compiled Prodigy step gives the eager numbers
-SPECS = [name for name in catalog.names() if name != "prodigy"]
+# not the specs with group states (Prodigy's d, schedule-free's lr_max and weight_sum): they
+# are Python floats in the param group dict, as in pytorch_optimizer and schedulefree, which
+# dynamo specializes on (a recompilation per new value); tests/test_scalars.py checks that a
+# compiled Prodigy step gives the eager numbers
+SPECS = [n for n in catalog.names() if not any(s.scope == "group" for s in optgen.load(n).state.values())]
 MATRIX_CLASSES = {optgen.load(n).name for n in SPECS if matrix_location(optgen.load(n))}
 # hyperparameters that reach the interesting code (momentum, weight decay, a global clip)
 OVERRIDES = {"momentum": 0.9, "weight_decay": 0.01, "max_grad_norm": 1.0}

@@ -528,7 +528,7 @@ def _multi_tensor_adamwschedulefree(
     keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
         for batch in _batches(keys, params, grads, z_list, exp_avg_sqs, state_steps):
-            _multi_tensor_adamwschedulefree(
+            new_values = _multi_tensor_adamwschedulefree(
                 *batch,
                 lr=lr,
                 beta1=beta1,
@@ -542,7 +542,7 @@ def _multi_tensor_adamwschedulefree(
                 weight_sum=weight_sum,
                 maximize=maximize,
             )
-        return
+        return new_values
     step = state_steps[0].item() + 1  # the group's count
     lr_t = lr * (step / warmup_steps if warmup_steps > step - 1 else 1)
     lr_max_1 = max(lr_max, lr_t)

@@ -706,7 +706,7 @@ def _multi_tensor_prodigy(
         for batch in _batches(
             keys, params, grads, p0_list, s_list, exp_avgs, exp_avg_sqs, state_steps
         ):
-            _multi_tensor_prodigy(
+            new_values = _multi_tensor_prodigy(
                 *batch,
                 lr=lr,
                 beta1=beta1,
@@ -728,7 +728,7 @@ def _multi_tensor_prodigy(
                 global_sum_d_numerator_arg=global_sum_d_numerator_arg,
                 global_sum_d_denom_arg=global_sum_d_denom_arg,
             )
-        return
+        return new_values
     if bias_correction:
         step = state_steps[0].item() + 1  # the group's count
     decay3 = beta2**0.5 if beta3 < 0 else beta3

@@ -486,7 +486,7 @@ def _multi_tensor_sgdschedulefree(
     keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
         for batch in _batches(keys, params, grads, z_list, state_steps):
-            _multi_tensor_sgdschedulefree(
+            new_values = _multi_tensor_sgdschedulefree(
                 *batch,
                 lr=lr,
                 momentum=momentum,
@@ -498,7 +498,7 @@ def _multi_tensor_sgdschedulefree(
                 weight_sum=weight_sum,
                 maximize=maximize,
             )
-        return
+        return new_values
     step = state_steps[0].item() + 1  # the group's count
     lr_t = lr * (step / warmup_steps if warmup_steps > step - 1 else 1)
     lr_max_1 = max(lr_max, lr_t)

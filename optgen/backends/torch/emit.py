@@ -709,9 +709,11 @@ def multi_body(
                 Block(
                     f"for {', '.join(['*batch' if extra else 'batch'] + [f'batch_{k}' for k in extra])} "
                     f"in _batches(keys, {', '.join(lists + list(extra))}):",
-                    [Line(recurse)],
+                    [Line(f"new_values = {recurse}" if p.program.group_states else recurse)],
                 ),
-                Line("return"),
+                # every batch computes the group states' new values from the same host values
+                # and global sums (they read nothing per tensor): the last batch's are the group's
+                Line("return new_values" if p.program.group_states else "return"),
             ],
         ),
     ]
