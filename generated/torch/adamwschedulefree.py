@@ -152,10 +152,6 @@ class AdamWScheduleFree(Optimizer):
             param_group.setdefault(key, value)
         if param_group["fused"] and param_group["foreach"]:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
-        if param_group["fused"]:
-            raise ValueError(
-                "the fused kernels (fused=True) do not run AdamWScheduleFree\u0027s group states (lr_max, weight_sum): use foreach=True"
-            )
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
             raise ValueError(
@@ -410,10 +406,6 @@ def adamwschedulefree(
             x.item() if torch.is_tensor(x) else x
             for x in (lr, beta1, beta2, eps, weight_decay, warmup_steps, r, weight_lr_power)
         )
-    if fused:
-        raise ValueError(
-            "the fused kernels (fused=True) do not run AdamWScheduleFree\u0027s group states (lr_max, weight_sum): use foreach=True"
-        )
     if not fused and any(_is_dtensor(param) for param in params):
         # FSDP2's DTensor parameters: the update is elementwise, each rank updates its shards
         params, grads, z_list, exp_avg_sqs = (
@@ -569,6 +561,7 @@ def _multi_tensor_adamwschedulefree(
     return {"lr_max": float(lr_max_1), "weight_sum": float(weight_sum_1)}
 
 
+@torch.compiler.disable
 def _fused_adamwschedulefree(
     params: list[Tensor],
     grads: list[Tensor],
@@ -588,11 +581,52 @@ def _fused_adamwschedulefree(
     weight_sum: float,
     maximize: bool,
 ) -> dict[str, float] | None:
-    """The fused implementation: not built for AdamWScheduleFree, which uses what the fused
-    kernels do not run (optgen/fused_support.py)."""
-    raise ValueError(
-        "the fused kernels (fused=True) do not run AdamWScheduleFree\u0027s group states (lr_max, weight_sum): use foreach=True"
+    """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
+    if not params:
+        return
+    lr, beta1, beta2, eps, weight_decay, warmup_steps, r, weight_lr_power = (
+        x.item() if torch.is_tensor(x) else x
+        for x in (lr, beta1, beta2, eps, weight_decay, warmup_steps, r, weight_lr_power)
     )
+    from optgen.backends.cpp.runtime import select  # the kernels load on first use
+
+    fused_step, register = select(params[0].device)
+    torch._foreach_add_(state_steps, 1)
+    states = {
+        "z": z_list,
+        "exp_avg_sq": exp_avg_sqs,
+    }
+    fused_step(
+        "adamwschedulefree",
+        params=params,
+        grads=grads,
+        states={name: tensors for name, tensors in states.items() if tensors},
+        steps=[int(step_t.item()) for step_t in state_steps],
+        hyper={
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "warmup_steps": warmup_steps,
+            "r": r,
+            "weight_lr_power": weight_lr_power,
+            "lr_max": lr_max,
+            "weight_sum": weight_sum,
+        },
+        options={},
+        global_values={},
+        maximize=maximize,
+    )
+    step = state_steps[0].item()  # the group's count, after the increment
+    lr_t = lr * (step / warmup_steps if warmup_steps > step - 1 else 1)
+    lr_max_1 = max(lr_max, lr_t)
+    weight = lr_max_1**weight_lr_power * step**r
+    weight_sum_1 = weight + weight_sum
+    return {"lr_max": float(lr_max_1), "weight_sum": float(weight_sum_1)}
 
 
 def _get_value(x: Tensor, param: Tensor):

@@ -177,10 +177,6 @@ class Prodigy(Optimizer):
             param_group.setdefault(key, value)
         if param_group["fused"] and param_group["foreach"]:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
-        if param_group["fused"]:
-            raise ValueError(
-                "the fused kernels (fused=True) do not run Prodigy\u0027s group states (d, d_max, d_numerator) and sums over all parameters of states: use foreach=True"
-            )
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
             raise ValueError(
@@ -527,10 +523,6 @@ def prodigy(
             maximize=maximize,
         )
         global_sum_d_denom_arg = _sum_over_ranks([(partial, process_group)], process_group)
-    if fused:
-        raise ValueError(
-            "the fused kernels (fused=True) do not run Prodigy\u0027s group states (d, d_max, d_numerator) and sums over all parameters of states: use foreach=True"
-        )
     if not fused and any(_is_dtensor(param) for param in params):
         # FSDP2's DTensor parameters: the update is elementwise, each rank updates its shards
         params, grads, p0_list, s_list, exp_avgs, exp_avg_sqs = (
@@ -794,6 +786,7 @@ def _multi_tensor_prodigy(
     return {"d": float(d_1), "d_max": float(d_max_1), "d_numerator": float(d_numerator_1)}
 
 
+@torch.compiler.disable
 def _fused_prodigy(
     params: list[Tensor],
     grads: list[Tensor],
@@ -823,11 +816,66 @@ def _fused_prodigy(
     global_sum_d_numerator_arg: Tensor | None = None,
     global_sum_d_denom_arg: Tensor | None = None,
 ) -> dict[str, float] | None:
-    """The fused implementation: not built for Prodigy, which uses what the fused
-    kernels do not run (optgen/fused_support.py)."""
-    raise ValueError(
-        "the fused kernels (fused=True) do not run Prodigy\u0027s group states (d, d_max, d_numerator) and sums over all parameters of states: use foreach=True"
+    """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
+    if not params:
+        return
+    lr, beta1, beta2, beta3, d0, d_coef, growth_rate, weight_decay, eps = (
+        x.item() if torch.is_tensor(x) else x
+        for x in (lr, beta1, beta2, beta3, d0, d_coef, growth_rate, weight_decay, eps)
     )
+    from optgen.backends.cpp.runtime import select  # the kernels load on first use
+
+    fused_step, register = select(params[0].device)
+    torch._foreach_add_(state_steps, 1)
+    states = {
+        "p0": p0_list,
+        "s": s_list,
+        "exp_avg": exp_avgs,
+        "exp_avg_sq": exp_avg_sqs,
+    }
+    global_values = {
+        "global_sum_d_numerator_arg": global_sum_d_numerator_arg,
+        "global_sum_d_denom_arg": global_sum_d_denom_arg,
+    }
+    fused_step(
+        "prodigy",
+        params=params,
+        grads=grads,
+        states={name: tensors for name, tensors in states.items() if tensors},
+        steps=[int(step_t.item()) for step_t in state_steps],
+        hyper={
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "beta3": beta3,
+            "d0": d0,
+            "d_coef": d_coef,
+            "growth_rate": growth_rate,
+            "weight_decay": weight_decay,
+            "eps": eps,
+            "d": d,
+            "d_max": d_max,
+            "d_numerator": d_numerator,
+        },
+        options={
+            "weight_decouple": weight_decouple,
+            "fixed_decay": fixed_decay,
+            "bias_correction": bias_correction,
+            "safeguard_warmup": safeguard_warmup,
+        },
+        global_values={name: value for name, value in global_values.items() if value is not None},
+        maximize=maximize,
+    )
+    decay3 = beta2**0.5 if beta3 < 0 else beta3
+    d_numerator_1 = global_sum_d_numerator_arg + d_numerator * decay3
+    d_hat = d_numerator_1 * d_coef / global_sum_d_denom_arg if global_sum_d_denom_arg > 0 else 0
+    d_start = max(d, (d_hat if d == d0 else min(d, d_hat)))
+    d_max_1 = max(d_hat, d_max) if global_sum_d_denom_arg > 0 else d_max
+    d_1 = min(d_max_1, d_start * growth_rate) if global_sum_d_denom_arg > 0 else d
+    return {"d": float(d_1), "d_max": float(d_max_1), "d_numerator": float(d_numerator_1)}
 
 
 def _get_value(x: Tensor, param: Tensor):

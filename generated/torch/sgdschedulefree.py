@@ -144,10 +144,6 @@ class SGDScheduleFree(Optimizer):
             param_group.setdefault(key, value)
         if param_group["fused"] and param_group["foreach"]:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
-        if param_group["fused"]:
-            raise ValueError(
-                "the fused kernels (fused=True) do not run SGDScheduleFree\u0027s group states (lr_max, weight_sum): use foreach=True"
-            )
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
             raise ValueError(
@@ -384,10 +380,6 @@ def sgdschedulefree(
             x.item() if torch.is_tensor(x) else x
             for x in (lr, momentum, weight_decay, warmup_steps, r, weight_lr_power)
         )
-    if fused:
-        raise ValueError(
-            "the fused kernels (fused=True) do not run SGDScheduleFree\u0027s group states (lr_max, weight_sum): use foreach=True"
-        )
     if not fused and any(_is_dtensor(param) for param in params):
         # FSDP2's DTensor parameters: the update is elementwise, each rank updates its shards
         params, grads, z_list = (
@@ -518,6 +510,7 @@ def _multi_tensor_sgdschedulefree(
     return {"lr_max": float(lr_max_1), "weight_sum": float(weight_sum_1)}
 
 
+@torch.compiler.disable
 def _fused_sgdschedulefree(
     params: list[Tensor],
     grads: list[Tensor],
@@ -534,11 +527,49 @@ def _fused_sgdschedulefree(
     weight_sum: float,
     maximize: bool,
 ) -> dict[str, float] | None:
-    """The fused implementation: not built for SGDScheduleFree, which uses what the fused
-    kernels do not run (optgen/fused_support.py)."""
-    raise ValueError(
-        "the fused kernels (fused=True) do not run SGDScheduleFree\u0027s group states (lr_max, weight_sum): use foreach=True"
+    """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
+    if not params:
+        return
+    lr, momentum, weight_decay, warmup_steps, r, weight_lr_power = (
+        x.item() if torch.is_tensor(x) else x
+        for x in (lr, momentum, weight_decay, warmup_steps, r, weight_lr_power)
     )
+    from optgen.backends.cpp.runtime import select  # the kernels load on first use
+
+    fused_step, register = select(params[0].device)
+    torch._foreach_add_(state_steps, 1)
+    states = {
+        "z": z_list,
+    }
+    fused_step(
+        "sgdschedulefree",
+        params=params,
+        grads=grads,
+        states={name: tensors for name, tensors in states.items() if tensors},
+        steps=[int(step_t.item()) for step_t in state_steps],
+        hyper={
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "warmup_steps": warmup_steps,
+            "r": r,
+            "weight_lr_power": weight_lr_power,
+            "lr_max": lr_max,
+            "weight_sum": weight_sum,
+        },
+        options={},
+        global_values={},
+        maximize=maximize,
+    )
+    step = state_steps[0].item()  # the group's count, after the increment
+    lr_t = lr * (step / warmup_steps if warmup_steps > step - 1 else 1)
+    lr_max_1 = max(lr_max, lr_t)
+    weight = lr_max_1**weight_lr_power * step**r
+    weight_sum_1 = weight + weight_sum
+    return {"lr_max": float(lr_max_1), "weight_sum": float(weight_sum_1)}
 
 
 def _get_value(x: Tensor, param: Tensor):

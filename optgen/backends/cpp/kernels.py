@@ -28,6 +28,7 @@ from ...expr import GRAD, NDIM, NUMEL, PARAM, STEP
 from ...ir import Program, Value
 from ...lower import lower
 from ...spec import Spec
+from ..fused_groups import host_inputs
 from ..triton.host import HostScope, HostTable
 from .config import CPP_KEYWORDS, KERNEL_LOCALS
 from .printer import CppPrinter, HostPrinter
@@ -119,7 +120,7 @@ def build(spec: Spec, options: dict[str, bool]) -> Kernel:
             *[s for s in spec.state if s in states and states[s].scope == "element"],
         ],
         tensor_states=[s for s in spec.state if s in states and states[s].scope == "tensor"],
-        hypers=list(spec.scalar_hypers),
+        hypers=host_inputs(spec),  # the scalar hyperparameters, then the group states
         host_names=[],
         host_lines=[],
         reductions=program.reductions("tensor"),

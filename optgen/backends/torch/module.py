@@ -20,6 +20,7 @@ from ...matrix import matrix_location
 from ...shapes import guard_condition
 from ...spec import Spec, StateDecl
 from .. import format_python
+from ..fused_groups import group_value_lines
 from . import config, cross, names
 from .emit import elementwise, multi_body, single_body
 from .modes import mode_context, mode_docstring
@@ -172,6 +173,9 @@ def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, comp
         "per_group_step": spec.step_count == "per_group",
         "parity": spec.parity,
         "fused_refusal": fused_refusal(public),
+        # group states go to the fused kernels as host scalars; their new values come back
+        "fused_group_keys": [(k, p) for k, p in zip(public.state, spec.state) if spec.state[p].scope == "group"],
+        "fused_group_values": "\n".join(group_value_lines(variants, lambda c: _spell(c, lambda o: o))),
         "whole_tensors": _whole_tensors(spec),
         **_class_context(public, spec, variants, globals_),
         **mode_context(public, spec),

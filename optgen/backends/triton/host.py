@@ -20,12 +20,13 @@ import sympy
 from ...expr import STEP
 from ...ir import Program
 from ...spec import Spec
+from ..fused_groups import host_inputs
 from .printer import HostPrinter
 
 
 class HostTable:
     def __init__(self, spec: Spec, taken: set[str]):
-        self.hypers = list(spec.scalar_hypers)
+        self.hypers = host_inputs(spec)  # group states are host scalars like hyperparameters
         self.taken = set(taken) | set(self.hypers) | {STEP}
         self.by_meaning: dict[sympy.Expr, str] = {}
         self.lines: dict[str, tuple[str, set[str]]] = {}  # name -> (Python expression, host names read)

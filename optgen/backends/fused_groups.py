@@ -1,0 +1,80 @@
+"""`scope: group` states and staged cross-parameter sums on the fused path (C++, Triton).
+
+A group state is one number per param group (optgen/group_state.py). The kernels take it
+as they take a hyperparameter: a host scalar of the group, by its spec name in `hyper`, so
+every value computed from it (Prodigy's d_lr, schedule-free's ckp1) is a host scalar or,
+when it also reads a sum over all parameters, a per-tensor scalar of the kernel's prologue.
+
+A sum over all parameters that reads states, `step` or the step inputs (Prodigy's
+d_numerator and d_denom) is staged as on the foreach path: the optimizer sums it over
+every group, from the param and states as they are before the step, before any group is
+updated (the torch module's `_partial_global_sum_*` helpers), and the fused kernels read it
+from `global_values` like any global reduction. A staged argument may read a state's new
+value (Prodigy's abs(s) after s's update): the IR has inlined it into the argument, which
+reads the old state.
+
+The group's new values are computed on the host by the generated `_fused_<name>` function,
+in float64, from the same host values and sums the kernels read (`group_value_lines`), and
+returned to the optimizer, which writes them to the group dict.
+"""
+
+from __future__ import annotations
+
+from ..expr import STEP
+
+
+def host_inputs(spec) -> list[str]:
+    """The host scalars a fused kernel takes by name: the scalar hyperparameters, then the
+    group states."""
+    return list(spec.scalar_hypers) + [s.name for s in spec.state.values() if s.scope == "group"]
+
+
+def group_value_lines(variants, spell) -> list[str]:
+    """The statements of `_fused_<name>` that compute the group's new group-state values and
+    return them (after the kernels ran; what they read is unchanged): per option setting
+    (`variants`, the torch backend's), the host values and sums over all parameters they
+    read, as Python floats. `spell(condition)` writes a condition over the options."""
+    from .torch import cross
+
+    found: list[tuple[tuple[str, ...], list[dict[str, bool]]]] = []
+    for v in variants:
+        lines = tuple(_variant_lines(v.prepared))
+        for known, settings in found:
+            if known == lines:
+                settings.append(v.options)
+                break
+        else:
+            found.append((lines, [v.options]))
+    if len(found) == 1:
+        return [f"    {line}" for line in found[0][0]]
+    out = []
+    for i, (condition, lines) in enumerate(cross.arms(found, spell)):
+        head = "if" if i == 0 else "elif"
+        out.append(f"    {head} {condition}:" if i < len(found) - 1 else "    else:")
+        out += [f"        {line}" for line in lines]
+    return out
+
+
+def _variant_lines(prepared) -> list[str]:
+    """One option setting's statements: each value the new group states read, in program
+    order (the sums over all parameters are the function's arguments), then the return."""
+    from .torch.printer import host_printer
+
+    program = prepared.program
+    by_name = {v.name: v for v in prepared.values}
+    need, stack = set(), list(program.group_outputs.values())
+    while stack:
+        name = stack.pop()
+        if name in need or name not in by_name:
+            continue
+        need.add(name)
+        stack.extend(s.name for s in by_name[name].expr.free_symbols)
+    printer = host_printer(lambda name: name)
+    lines = []
+    reads = {s.name for name in need for s in by_name[name].expr.free_symbols}
+    if STEP in reads:  # a group state reads the step only where it counts per group
+        lines.append("step = state_steps[0].item()  # the group's count, after the increment")
+    lines += [f"{v.name} = {printer.doprint(v.expr)}" for v in prepared.values if v.name in need]
+    items = [f'"{s.key}": float({program.group_outputs[s.name]})' for s in program.group_states]
+    lines.append("return {" + ", ".join(items) + "}")
+    return lines
