@@ -206,7 +206,7 @@ def test_prodigy_fused_state_dict_round_trip_and_foreach_agree(default_dtype, mo
     fused = [p.detach().clone().requires_grad_(True) for p in ours]
     eager = [p.detach().clone().requires_grad_(True) for p in ours]
     resumed = optgen.optimizers.Prodigy(_prodigy_groups(fused, own), fused=True, **kw)
-    resumed.load_state_dict(saved)
+    resumed.load_state_dict(copy.deepcopy(saved))  # a copy each: load_state_dict keeps the tensors
     saved["param_groups"] = [{**g, "fused": None, "foreach": True} for g in saved["param_groups"]]
     foreach = optgen.optimizers.Prodigy(_prodigy_groups(eager, own), foreach=True, **kw)
     foreach.load_state_dict(saved)

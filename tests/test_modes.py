@@ -1,11 +1,10 @@
 """Modes (issue 10, item 5): a spec's `modes:` declares the map to the evaluation parameters
 and back, and the optimizer gets train() and eval() as schedulefree's optimizers have. The
 catalog's schedule-free SGD and AdamW against the schedulefree package (its weighting by
-lr_max and k in group states, at its defaults and other powers; on the for-loop and foreach
-paths, fused=True refuses group states), and small synthetic specs (an EMA held as a
-difference, an anchor refreshed every k steps with `%`) against the Reference interpreter and
-hand-written loops, on the for-loop, foreach and fused (C++ and Triton) paths; the checker's
-located errors; LaTeX."""
+lr_max and k in group states, at its defaults and other powers), and small synthetic specs (an
+EMA held as a difference, an anchor refreshed every k steps with `%`) against the Reference
+interpreter and hand-written loops, all on the for-loop, foreach and fused (C++ and Triton)
+paths; the checker's located errors; LaTeX."""
 
 from __future__ import annotations
 
@@ -118,10 +117,10 @@ class _Pair:
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("path", ["for-loop", "foreach"])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("weighting", list(WEIGHTINGS))
 @pytest.mark.parametrize("name", list(SF))
-def test_schedulefree_parity_with_mode_switches_and_a_state_dict_round_trip(name, weighting, path, dtype):
+def test_schedulefree_parity_with_mode_switches_and_a_state_dict_round_trip(name, weighting, path, dtype, runtime):
     """train(), steps (warmup on one group, a gradient skipped every third step, lr changed
     every step), eval() twice, train(), more steps; then a state_dict saved in eval mode is
     loaded into a new optimizer, which resumes in eval mode, and both train on. The group
@@ -148,16 +147,6 @@ def test_schedulefree_parity_with_mode_switches_and_a_state_dict_round_trip(name
     pair.both("train")
     pair.steps(3)
     pair.assert_close(tol)
-
-
-@pytest.mark.parametrize("name", list(SF))
-def test_schedulefree_fused_refuses_the_group_states(name):
-    """The fused kernels do not run group states: fused=True is a ValueError that names them
-    (so the fused paths of PATHS are not run for these specs)."""
-    cls = optgen.compile(optgen.load(name))
-    p = torch.nn.Parameter(torch.ones(3))
-    with pytest.raises(ValueError, match=r"do not run .* group states \(lr_max, weight_sum\): use foreach=True"):
-        cls([p], fused=True)
 
 
 def test_schedulefree_weighting_changes_the_run():
