@@ -100,7 +100,7 @@ class AdamWScheduleFree(Optimizer):
     both). Weight decay is taken at y, after the gradient is normalised, as in the package.
     In train mode the parameters hold y, in eval mode x; the package starts in eval mode and
     refuses step() until train() is called, this class starts in train mode (train() first
-    is the same run). fused=True is refused (group states run on the eager paths only).
+    is the same run).
 
     Paper: Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, "The Road Less Scheduled",
     NeurIPS 2024 (arXiv:2405.15682).
@@ -621,6 +621,7 @@ def _fused_adamwschedulefree(
         global_values={},
         maximize=maximize,
     )
+    # the group's new group-state values, from the host values and sums the kernels read
     step = state_steps[0].item()  # the group's count, after the increment
     lr_t = lr * (step / warmup_steps if warmup_steps > step - 1 else 1)
     lr_max_1 = max(lr_max, lr_t)

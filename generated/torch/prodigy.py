@@ -869,6 +869,7 @@ def _fused_prodigy(
         global_values={name: value for name, value in global_values.items() if value is not None},
         maximize=maximize,
     )
+    # the group's new group-state values, from the host values and sums the kernels read
     decay3 = beta2**0.5 if beta3 < 0 else beta3
     d_numerator_1 = global_sum_d_numerator_arg + d_numerator * decay3
     d_hat = d_numerator_1 * d_coef / global_sum_d_denom_arg if global_sum_d_denom_arg > 0 else 0
