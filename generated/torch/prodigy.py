@@ -872,10 +872,12 @@ def _fused_prodigy(
     # the group's new group-state values, from the host values and sums the kernels read
     decay3 = beta2**0.5 if beta3 < 0 else beta3
     d_numerator_1 = global_sum_d_numerator_arg + d_numerator * decay3
-    d_hat = d_numerator_1 * d_coef / global_sum_d_denom_arg if global_sum_d_denom_arg > 0 else 0
-    d_start = max(d, (d_hat if d == d0 else min(d, d_hat)))
-    d_max_1 = max(d_hat, d_max) if global_sum_d_denom_arg > 0 else d_max
-    d_1 = min(d_max_1, d_start * growth_rate) if global_sum_d_denom_arg > 0 else d
+    d_hat = torch.where(
+        global_sum_d_denom_arg > 0, d_numerator_1 * d_coef / global_sum_d_denom_arg, 0.0
+    )
+    d_start = torch.clamp((d_hat if d == d0 else torch.clamp(d_hat, max=d)), min=d)
+    d_max_1 = torch.where(global_sum_d_denom_arg > 0, torch.clamp(d_hat, min=d_max), d_max)
+    d_1 = torch.where(global_sum_d_denom_arg > 0, torch.minimum(d_max_1, d_start * growth_rate), d)
     return {"d": float(d_1), "d_max": float(d_max_1), "d_numerator": float(d_numerator_1)}
 
 

@@ -58,7 +58,7 @@ def group_value_lines(variants, spell) -> list[str]:
 def _variant_lines(prepared) -> list[str]:
     """One option setting's statements: each value the new group states read, in program
     order (the sums over all parameters are the function's arguments), then the return."""
-    from .torch.printer import host_printer
+    from .torch.printer import TensorPrinter, host_printer
 
     program = prepared.program
     by_name = {v.name: v for v in prepared.values}
@@ -69,12 +69,18 @@ def _variant_lines(prepared) -> list[str]:
             continue
         need.add(name)
         stack.extend(s.name for s in by_name[name].expr.free_symbols)
-    printer = host_printer(lambda name: name)
+    # as the foreach path prints them: a value that reads a sum is a 0-d tensor (torch.where,
+    # torch.clamp), the others Python floats
+    host = host_printer(lambda name: name)
+    tensor = TensorPrinter(lambda name: name, prepared.is_scalar)
     lines = []
     reads = {s.name for name in need for s in by_name[name].expr.free_symbols}
     if STEP in reads:  # a group state reads the step only where it counts per group
         lines.append("step = state_steps[0].item()  # the group's count, after the increment")
-    lines += [f"{v.name} = {printer.doprint(v.expr)}" for v in prepared.values if v.name in need]
+    for v in prepared.values:
+        if v.name in need:
+            printer = host if prepared.is_scalar(v.expr) else tensor
+            lines.append(f"{v.name} = {printer.doprint(v.expr)}")
     items = [f'"{s.key}": float({program.group_outputs[s.name]})' for s in program.group_states]
     lines.append("return {" + ", ".join(items) + "}")
     return lines
