@@ -244,7 +244,8 @@ class _SchedulePair:
         start = [torch.randn(s, dtype=torch.float64, generator=self.gen) for s in shapes]
         self.ours = [torch.nn.Parameter(x.to(dtype, copy=True)) for x in start]
         self.theirs = [torch.nn.Parameter(x.to(dtype, copy=True)) for x in start]
-        self.cls, self.hypers, self.shapes, self.dtype, self.t = optgen.compile(optgen.load(name)), hypers, shapes, dtype, 0
+        self.cls = optgen.compile(optgen.load(name))
+        self.hypers, self.shapes, self.dtype, self.t = hypers, shapes, dtype, 0
         self.opt = self.cls(self.groups(self.ours), fused=True, **weighting)
         self.ref = make(self.groups(self.theirs), foreach=False, **weighting)
 
@@ -290,7 +291,9 @@ SF_CASES = [
 
 
 @pytest.mark.parametrize(("name", "path", "dtype", "weighting"), SF_CASES, ids=lambda x: str(x))
-def test_schedulefree_fused_parity_with_mode_switches_and_a_state_dict_round_trip(name, path, dtype, weighting, runtime):
+def test_schedulefree_fused_parity_with_mode_switches_and_a_state_dict_round_trip(
+    name, path, dtype, weighting, runtime
+):
     """train(), steps, eval() twice, train(), steps, eval(); a state_dict saved in eval mode
     loads into a fresh fused optimizer, which resumes after train()."""
     shapes = SHAPES if path == "fused C++" else SMALL

@@ -136,12 +136,19 @@ class Harness:
         return {k: v for k, v in OVERRIDES.items() if k in self.spec.hyperparameters}
 
     def hyper(self, gi: int) -> dict[str, float]:
+        """The group's hyperparameters and its group states as the step starts (the kernels
+        take group states as host scalars; the torch module computes their new values)."""
         group = self.ref.param_groups[gi]
         out = {}
         for key, h in self.spec.hyperparameters.items():
             value = group[key]
             out.update(zip(h.names, value) if h.is_tuple else [(h.names[0], value)])
-        return out
+        return {**out, **self.group_states[gi]}
+
+    def _snapshot_group_states(self) -> None:
+        self.group_states = [
+            {s.name: float(group[s.key]) for s in self.program.group_states} for group in self.ref.param_groups
+        ]
 
     def step(self, t: int, present=None) -> None:
         """One step with fresh gradients; `present(gi, i)` False leaves a parameter out."""
@@ -154,6 +161,7 @@ class Harness:
                 grads.append(g if present is None or present(gi, i) else None)
             per_group.append(grads)
             all_grads += [None if g is None else g.double().cpu().numpy() for g in grads]
+        self._snapshot_group_states()
         self.ref.step(all_grads)
         self.fused_step(per_group)
         self.steps_run += 1
@@ -168,6 +176,7 @@ class Harness:
             for i in idx:
                 side.steps[i] += 1
             live.append((side, hyper, idx, grads))
+            # the states as they are before the step: a sum may read them (Prodigy's)
             sums = runtime.fused_global(
                 self.key,
                 params=[side.params[i] for i in idx],
@@ -175,6 +184,8 @@ class Harness:
                 hyper=hyper,
                 options=self.options,
                 maximize=self.maximize,
+                states={name: [ts[i] for i in idx] for name, ts in side.states.items()},
+                steps=[side.steps[i] for i in idx],
             )
             for name, value in sums.items():
                 totals[name] = totals[name] + value if name in totals else value

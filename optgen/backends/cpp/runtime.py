@@ -110,26 +110,35 @@ def fused_global(
     hyper: dict[str, float],
     options: dict[str, bool],
     maximize: bool,
+    states: dict[str, list[Tensor]] | None = None,
+    steps: list[int] | None = None,
+    inputs: dict[str, list[Tensor]] | None = None,
 ) -> dict[str, Tensor]:
     """This param group's share of the global reductions, as 0-d float64 tensors (summed in
-    double; add them over the param groups)."""
+    double; add them over the param groups). A sum that reads states, inputs or `step`
+    (Prodigy's) takes them as fused_step does, before the step (`steps` after the increment:
+    the step being taken); the tensors are only read."""
     if Shards.of(params) is not None:
         raise NotImplementedError(
             "fused_global of DTensor params: reduce each process's local shards and all-reduce the sums "
             "(the torch optimizer classes compute their global reductions themselves)"
         )
     out: dict[str, float] = {}
-    for group in _groups(params, grads, {}):
+    states = {**(states or {}), **(inputs or {})}
+    steps = [1] * len(params) if steps is None else steps  # a step the sums read: given
+    _check_lengths(params, grads, steps, states)
+    for group in _groups(params, grads, states):
         kernel = _kernel(spec_key, options, group.dtypes)
         if not kernel.global_names:
             return {}
-        unread = [a for a in kernel.arrays[2:] + kernel.tensor_states if a not in kernel.global_reads]
-        if len(unread) != len(kernel.arrays) - 2 + len(kernel.tensor_states):
-            raise NotImplementedError(f"{spec_key}: a global reduction over a state is not supported")
-        # the global pass reads param and grad only: the state slots of its tables are unused
+        missing = [a for a in kernel.global_reads if a not in group.tensors]
+        if missing:
+            raise KeyError(f"states lacks {', '.join(missing)}, which the global reductions read")
+        # the slots of what the global pass does not read are unused: filled with param
+        unread = [a for a in kernel.arrays[2:] + kernel.tensor_states if a not in group.tensors]
         group.tensors.update({name: group.tensors["param"] for name in unread})
         call, _ = kernel.call(group)  # the global pass writes nothing
-        call.steps[:] = 1
+        call.steps[:] = [steps[i] for i in group.index]
         call.set_scalars(hyper, maximize, {})
         sums = np.zeros(len(kernel.global_names), dtype=np.float64)
         kernel.library.optgen_global_sums(

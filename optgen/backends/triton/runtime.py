@@ -88,9 +88,14 @@ def fused_global(
     hyper: dict[str, float],
     options: dict[str, bool],
     maximize: bool,
+    states: dict[str, list[Tensor]] | None = None,
+    steps: list[int] | None = None,
+    inputs: dict[str, list[Tensor]] | None = None,
 ) -> dict[str, Tensor]:
     """This param group's share of the global reductions (`global_sums(options)`), as 0-d
-    float32 tensors on the first parameter's device; sum them over the param groups."""
+    float32 tensors on the first parameter's device; sum them over the param groups. A sum
+    that reads states, inputs or `step` (Prodigy's) takes them as fused_step does, before the
+    step (`steps` after the increment: the step being taken); the tensors are only read."""
     module = load(spec_key)
     options = {name: bool(options.get(name, default)) for name, default in module.OPTIONS.items()}
     names = module.global_sums(options) if hasattr(module, "global_sums") else ()
@@ -102,8 +107,12 @@ def fused_global(
             "(the torch optimizer classes compute their global reductions themselves)"
         )
     hyper = {name: float(value) for name, value in hyper.items()}
+    states = {**(states or {}), **(inputs or {})}
+    arrays = {name: states[name] for name in module.ARRAYS[2:] if name in states}
+    tensor_states = {name: states[name] for name in getattr(module, "TENSOR_STATES", ()) if name in states}
+    steps = [1] * len(params) if steps is None else steps
     totals: dict[torch.device, Tensor] = {}
-    for group in _groups(params, grads, {}, {}, [1] * len(params)):
+    for group in _groups(params, grads, arrays, tensor_states, steps):
         out = totals.setdefault(group.device, torch.zeros(len(names), dtype=torch.float32, device=group.device))
         module.launch_global_sums(group, hyper, options, bool(maximize), out)
     device = params[0].device
