@@ -139,12 +139,18 @@ def worker(rank: int, port: int, path: str, names: list[str], folder: str) -> No
 
 def _sharded_names() -> list[str]:
     """Every catalog optimizer but those with matrix operations, which refuse sharded
-    (DTensor) parameters (tests/test_matrix.py)."""
+    (DTensor) parameters (tests/test_matrix.py), and those with group states (Prodigy's sums
+    over all parameters read states: they take no DTensor yet)."""
     import optgen
     from optgen import optimizers
     from optgen.fused_support import fused_refusal
 
-    return [n for n in optimizers.__all__ if not fused_refusal(optgen.load(n.lower()))]
+    specs = {n: optgen.load(n.lower()) for n in optimizers.__all__}
+    return [
+        n
+        for n, spec in specs.items()
+        if not fused_refusal(spec) and not any(s.scope == "group" for s in spec.state.values())
+    ]
 
 
 def _run(tmp_path, path: str) -> dict:
