@@ -332,6 +332,8 @@ SYNTHETIC = textwrap.dedent(
       lr: {default: 0.1, range: '(0, inf)', tex: '\\gamma'}
       beta: {default: 0.9, range: '[0, 1)', tex: '\\beta'}
       eps: {default: 1.0e-3, range: '(0, inf)', tex: '\\epsilon'}
+    options:
+      squared: false
     state:
       m: {init: 0, tex: m}
       scale: {scope: group, init: 1, tex: 'c'}
@@ -340,24 +342,37 @@ SYNTHETIC = textwrap.dedent(
       m = beta * m + (1 - beta) * grad
       m_hat = m / (1 - beta**step)
       seen = seen + global_sum(where(abs(m) > eps * scale, 1, 0))
-      scale = beta * scale + (1 - beta) * global_norm(m_hat)
+      if squared:
+          scale = beta * scale + (1 - beta) * global_sum(m_hat**2)
+      else:
+          scale = beta * scale + (1 - beta) * global_norm(m_hat)
       param = param - lr * m_hat / (scale + eps) / (1 + global_sum(m * param) ** 2)
     """
 )
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("path", PATHS)
-def test_a_synthetic_group_state_spec_matches_the_reference(path, dtype, runtime):
+def _synthetic_run(path: str, dtype: torch.dtype, keywords: dict):
     spec = loads(SYNTHETIC, "NormTracked.yaml")
     assert fused_refusal(spec) == ""
     cls = optgen.compile(spec)
     rng = np.random.default_rng(1)
-    shapes = SHAPES if path == "fused C++" else SMALL
+    shapes = SMALL if path == "fused Triton" else SHAPES
     start = [rng.standard_normal(s) for s in shapes]
     params = [torch.tensor(p, dtype=dtype, requires_grad=True) for p in start]
-    opt = cls([{"params": params[:2]}, {"params": params[2:], "lr": 0.05}], fused=True)
-    interp = Reference(spec, [{"params": start[:2]}, {"params": start[2:], "lr": 0.05}])
+    flags = {"foreach": True} if path == "foreach" else {"fused": True}
+    opt = cls([{"params": params[:2]}, {"params": params[2:], "lr": 0.05}], **flags, **keywords)
+    groups = [{"params": start[:2]}, {"params": start[2:], "lr": 0.05}]
+    interp = Reference(spec, [{**g, **keywords} for g in groups])
+    return params, opt, interp, rng, shapes
+
+
+@pytest.mark.parametrize("squared", [False, True], ids=["norm", "squared"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("path", PATHS)
+def test_a_synthetic_group_state_spec_matches_the_reference(path, dtype, squared, runtime):
+    """Also: the sums are over both groups whatever the option (a sum needed in every
+    setting once read `is None and squared or not squared and params`: per group)."""
+    params, opt, interp, rng, shapes = _synthetic_run(path, dtype, {"squared": squared})
     for t in range(5):
         grads = [rng.standard_normal(s) for s in shapes]
         if t == 2:
@@ -373,3 +388,26 @@ def test_a_synthetic_group_state_spec_matches_the_reference(path, dtype, runtime
         assert group["scale"] == pytest.approx(want["scale"], rel=tol)
         assert group["seen"] == want["seen"]
     assert opt.param_groups[0]["seen"] > 0 and opt.param_groups[0]["scale"] != 1
+
+
+@pytest.mark.parametrize("path", ["foreach", "fused C++"])
+def test_a_sum_that_only_a_group_state_reads_is_over_every_group_at_zero_momentum(path, monkeypatch):
+    """With beta=0 the sum behind `seen` still feeds a group state: the optimizer computes it
+    over every group (it once took beta=0 for a switch that turns the sum off, and each
+    group then summed its own tensors)."""
+    from optgen.backends.triton import runtime as triton_runtime
+
+    monkeypatch.setattr(triton_runtime, "interpreting", lambda: False)
+    params, opt, interp, rng, shapes = _synthetic_run(path, torch.float64, {"beta": 0.0})
+    for _ in range(3):
+        grads = [rng.standard_normal(s) for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = torch.tensor(g)
+        opt.step()
+        interp.step(grads)
+    seen = [group["seen"] for group in opt.param_groups]
+    assert seen == [group["seen"] for group in interp.param_groups]
+    # (almost) every element of both groups at each step: more than one group's elements hold
+    assert seen[0] == seen[1] > 3 * max(sum(int(np.prod(s)) for s in part) for part in (shapes[:2], shapes[2:]))
+    for got, want in zip(params, interp.params):
+        np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-11, atol=1e-12)

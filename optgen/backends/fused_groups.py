@@ -8,14 +8,17 @@ when it also reads a sum over all parameters, a per-tensor scalar of the kernel'
 A sum over all parameters that reads states, `step` or the step inputs (Prodigy's
 d_numerator and d_denom) is staged as on the foreach path: the optimizer sums it over
 every group, from the param and states as they are before the step, before any group is
-updated (the torch module's `_partial_global_sum_*` helpers), and the fused kernels read it
-from `global_values` like any global reduction. A staged argument may read a state's new
-value (Prodigy's abs(s) after s's update): the IR has inlined it into the argument, which
-reads the old state.
+updated (the torch module's `_partial_global_sum_*` helpers, as it sums Adan's gradient
+norm for the fused path too), and the fused kernels read it from `global_values` like any
+global reduction. A staged argument may read a state's new value (Prodigy's abs(s) after
+s's update): the IR has inlined it into the argument, which reads the old state. The
+kernels' own global pass computes the same sums (`fused_global` of either runtime, given
+the states and steps: the kernel harness of tests/test_triton_harness.py runs it).
 
-The group's new values are computed on the host by the generated `_fused_<name>` function,
-in float64, from the same host values and sums the kernels read (`group_value_lines`), and
-returned to the optimizer, which writes them to the group dict.
+The group's new values are computed on the host by the generated `_fused_<name>` function
+from the same host values and sums the kernels read, printed as the foreach path prints
+them (`group_value_lines`), and returned to the optimizer, which writes them to the group
+dict.
 """
 
 from __future__ import annotations
@@ -29,30 +32,16 @@ def host_inputs(spec) -> list[str]:
     return list(spec.scalar_hypers) + [s.name for s in spec.state.values() if s.scope == "group"]
 
 
-def group_value_lines(variants, spell) -> list[str]:
+def group_value_lines(variants, options: list[str]) -> str:
     """The statements of `_fused_<name>` that compute the group's new group-state values and
     return them (after the kernels ran; what they read is unchanged): per option setting
-    (`variants`, the torch backend's), the host values and sums over all parameters they
-    read, as Python floats. `spell(condition)` writes a condition over the options."""
-    from .torch import cross
+    (`variants`, the torch backend's), the host values (Python floats) and the values of
+    the sums over all parameters (0-d tensors) they read, merged over the settings as the
+    foreach body is (`options`: the spec's option names)."""
+    from .torch.statements import Line, merge_variants, render
 
-    found: list[tuple[tuple[str, ...], list[dict[str, bool]]]] = []
-    for v in variants:
-        lines = tuple(_variant_lines(v.prepared))
-        for known, settings in found:
-            if known == lines:
-                settings.append(v.options)
-                break
-        else:
-            found.append((lines, [v.options]))
-    if len(found) == 1:
-        return [f"    {line}" for line in found[0][0]]
-    out = []
-    for i, (condition, lines) in enumerate(cross.arms(found, spell)):
-        head = "if" if i == 0 else "elif"
-        out.append(f"    {head} {condition}:" if i < len(found) - 1 else "    else:")
-        out += [f"        {line}" for line in lines]
-    return out
+    settings = [(v.options, [Line(text) for text in _variant_lines(v.prepared)]) for v in variants]
+    return render(merge_variants(settings, options), 1)
 
 
 def _variant_lines(prepared) -> list[str]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import jinja2
 import sympy
 from sympy.logic.boolalg import simplify_logic
+from sympy.logic.inference import satisfiable
 
 from ... import catalog, shapes
 from ...errors import CompileError
@@ -175,7 +176,7 @@ def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, comp
         "fused_refusal": fused_refusal(public),
         # group states go to the fused kernels as host scalars; their new values come back
         "fused_group_keys": [(k, p) for k, p in zip(public.state, spec.state) if spec.state[p].scope == "group"],
-        "fused_group_values": "\n".join(group_value_lines(variants, lambda c: _spell(c, lambda o: o))),
+        "fused_group_values": group_value_lines(variants, list(spec.options)),
         "whole_tensors": _whole_tensors(spec),
         **_class_context(public, spec, variants, globals_),
         **mode_context(public, spec),
@@ -649,7 +650,7 @@ def _globals(spec: Spec, variants: list[Variant]) -> list[GlobalFunction]:
                 helper=f"_partial_{name}",
                 doc=f"The sum of {arg}",
                 needed_group=_spell(condition, _group_text(spec)),
-                needed_local=_spell(condition, lambda o: o),
+                needed_local=_local_condition(condition),
                 group_kwargs="".join(f", {k}" for k in group_kw),
                 local_kwargs="".join(f", {k}={k}" for k in kw),
                 helper_signature=(
@@ -695,7 +696,7 @@ def _staged_globals(spec: Spec, variants: list[Variant]) -> dict[str, GlobalFunc
             helper=f"_partial_{name}",
             doc=f"The sum of {args[0]}" if len(args) == 1 else f"The sum of {name}'s argument (per option setting)",
             needed_group=_spell(condition, _group_text(spec)),
-            needed_local=_spell(condition, lambda o: o),
+            needed_local=_local_condition(condition),
             group_kwargs="".join(f", {k}" for k in group_kw),
             local_kwargs="".join(f", {k}={k}" for k in kw),
             helper_signature="".join(
@@ -758,6 +759,13 @@ def _global_body(arg, even: bool) -> str:
     return "\n".join(lines)
 
 
+def _local_condition(condition) -> str:
+    """`condition` as the functional's `if sum is None and <condition> and params:` reads it:
+    parenthesized when it is an `or`."""
+    text = _spell(condition, lambda o: o)
+    return f"({text})" if " or " in text else text
+
+
 def _needed(name: str, users: list[Variant]):
     """When a param group needs the reduction: the option settings that have it, and the
     hyperparameters that switch it off at 0 (Adan's max_grad_norm)."""
@@ -766,7 +774,9 @@ def _needed(name: str, users: list[Variant]):
         literals = [sympy.Symbol(o) if on else sympy.Not(sympy.Symbol(o)) for o, on in v.options.items()]
         kills = [sympy.Symbol(f"nonzero__{h}") for h in _killers(v.prepared, name)]
         terms.append(sympy.And(*literals, *kills))
-    return simplify_logic(sympy.Or(*terms), form="dnf")
+    condition = sympy.Or(*terms)
+    # every setting: True (simplify_logic may leave `a | ~a` as it is)
+    return sympy.true if not satisfiable(sympy.Not(condition)) else simplify_logic(condition, form="dnf")
 
 
 def _killers(p: Prepared, name: str) -> list[str]:
@@ -781,7 +791,7 @@ def _killers(p: Prepared, name: str) -> list[str]:
                 e = v.expr.xreplace({s: table[s.name] for s in v.expr.free_symbols if s.name in table})
                 if e.is_number:
                     table[v.name] = e
-        live = set(p.program.outputs.values())
+        live = set(p.program.outputs.values()) | set(p.program.group_outputs.values())
         for v in reversed(p.values):
             if v.name in live and v.name not in table:
                 e = v.expr.xreplace({s: table[s.name] for s in v.expr.free_symbols if s.name in table})
