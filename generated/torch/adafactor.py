@@ -381,16 +381,10 @@ def _single_tensor_adafactor(
         if param.ndim >= 2:
             row_var.mul_(1 - one_minus_beta2)
             scratch = torch.linalg.vector_norm(grad, dim=-1, keepdim=True)
-            row_var.addcmul_(
-                scratch, scratch, value=one_minus_beta2 / (param.size(-1) if param.ndim >= 1 else 1)
-            )
+            row_var.addcmul_(scratch, scratch, value=one_minus_beta2 / param.size(-1))
             col_var.mul_(1 - one_minus_beta2)
             scratch_1 = torch.linalg.vector_norm(grad, dim=-2, keepdim=True)
-            col_var.addcmul_(
-                scratch_1,
-                scratch_1,
-                value=one_minus_beta2 / (param.size(-2) if param.ndim >= 2 else 1),
-            )
+            col_var.addcmul_(scratch_1, scratch_1, value=one_minus_beta2 / param.size(-2))
         if param.ndim <= 1:
             variance.mul_(1 - one_minus_beta2).addcmul_(grad, grad, value=one_minus_beta2)
         if param.ndim >= 2:
@@ -474,7 +468,7 @@ def _multi_tensor_adafactor(
             scratches,
             scratches,
             [
-                one_minus_beta2 / (param.size(-1) if param.ndim >= 1 else 1)
+                one_minus_beta2 / param.size(-1)
                 for param, one_minus_beta2 in zip(params, one_minus_beta2_list)
             ],
         )
@@ -487,7 +481,7 @@ def _multi_tensor_adafactor(
             scratch_1_list,
             scratch_1_list,
             [
-                one_minus_beta2 / (param.size(-2) if param.ndim >= 2 else 1)
+                one_minus_beta2 / param.size(-2)
                 for one_minus_beta2, param in zip(one_minus_beta2_list, params)
             ],
         )

@@ -382,45 +382,31 @@ def _single_tensor_muon(
     DTensor parameters), a first loop computes every tensor's reductions of its shard from
     the unchanged param and states, and one all-reduce per kind of reduction combines them
     over the shard groups before the update loop reads them."""
+    for param in params:
+        if param.ndim != 2:
+            raise ValueError(
+                f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
+            )
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
         momentum_buffer = momentum_buffers[i]
         step_t = state_steps[i]
         step_t += 1
         if match_rms_adamw:
-            adjusted_lr = (
-                lr
-                * max(
-                    (param.size(-1) if param.ndim >= 1 else 1),
-                    (param.size(-2) if param.ndim >= 2 else 1),
-                )
-                ** 0.5
-                / 5
-            )
+            adjusted_lr = lr * max(param.size(-1), param.size(-2)) ** 0.5 / 5
         else:
-            adjusted_lr = (
-                lr
-                * max(
-                    1,
-                    (param.size(-2) if param.ndim >= 2 else 1)
-                    / (param.size(-1) if param.ndim >= 1 else 1),
-                )
-                ** 0.5
-            )
+            adjusted_lr = lr * max(1, param.size(-2) / param.size(-1)) ** 0.5
         momentum_buffer.lerp_(grad, 1 - momentum)
         if nesterov:
             update = grad.lerp(momentum_buffer, momentum)
         if bf16_newton_schulz:
-            if param.ndim != 2:
-                raise ValueError(
-                    f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
-                )
             if nesterov:
                 X = update.bfloat16()
             else:
                 X = momentum_buffer.bfloat16()
-            X = X.reshape_as(param)
             X_1 = X / torch.clamp(torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True), min=eps)
+            X_2 = X_1.mT if param.size(-1) < param.size(-2) else X_1
+            X_3 = X_2
         else:
             if nesterov:
                 update_norm = torch.linalg.vector_norm(update)
@@ -438,25 +424,7 @@ def _single_tensor_muon(
             else:
                 coef = torch.clamp(momentum_buffer_norm, min=eps)
                 X = momentum_buffer.div(coef)
-        if param.ndim != 2:
-            raise ValueError(
-                f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
-            )
-        if bf16_newton_schulz:
-            X_2 = (
-                X_1.mT
-                if (param.size(-1) if param.ndim >= 1 else 1)
-                < (param.size(-2) if param.ndim >= 2 else 1)
-                else X_1
-            )
-            X_3 = X_2
-        else:
-            X_1 = (
-                X.mT
-                if (param.size(-1) if param.ndim >= 1 else 1)
-                < (param.size(-2) if param.ndim >= 2 else 1)
-                else X
-            )
+            X_1 = X.mT if param.size(-1) < param.size(-2) else X
             X_2 = X_1
         if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
             raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
@@ -471,22 +439,11 @@ def _single_tensor_muon(
             else:
                 X_2 = torch.addmm(X_2, B, X_2, beta=ns_a)
         if bf16_newton_schulz:
-            X_4 = (
-                X_3.mT
-                if (param.size(-1) if param.ndim >= 1 else 1)
-                < (param.size(-2) if param.ndim >= 2 else 1)
-                else X_3
-            )
-            X_4 = X_4.reshape_as(param).to(param.dtype)
+            X_4 = X_3.mT if param.size(-1) < param.size(-2) else X_3
+            X_4 = X_4.to(param.dtype)
             param.mul_(1 - lr * weight_decay).add_(X_4, alpha=-adjusted_lr)
         else:
-            X_3 = (
-                X_2.mT
-                if (param.size(-1) if param.ndim >= 1 else 1)
-                < (param.size(-2) if param.ndim >= 2 else 1)
-                else X_2
-            )
-            X_3 = X_3.reshape_as(param)
+            X_3 = X_2.mT if param.size(-1) < param.size(-2) else X_2
             param.mul_(1 - lr * weight_decay).add_(X_3, alpha=-adjusted_lr)
 
 
@@ -516,6 +473,11 @@ def _multi_tensor_muon(
     them (a batch is a param group, less the splits of device or dtype)."""
     if not params:
         return
+    for param in params:
+        if param.ndim != 2:
+            raise ValueError(
+                f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
+            )
     # one foreach call per device, dtype and CPU chunk
     keys = [
         (param.device, param.dtype, chunk)
@@ -543,27 +505,9 @@ def _multi_tensor_muon(
             )
         return
     if match_rms_adamw:
-        adjusted_lrs = [
-            lr
-            * max(
-                (param.size(-1) if param.ndim >= 1 else 1),
-                (param.size(-2) if param.ndim >= 2 else 1),
-            )
-            ** 0.5
-            / 5
-            for param in params
-        ]
+        adjusted_lrs = [lr * max(param.size(-1), param.size(-2)) ** 0.5 / 5 for param in params]
     else:
-        adjusted_lrs = [
-            lr
-            * max(
-                1,
-                (param.size(-2) if param.ndim >= 2 else 1)
-                / (param.size(-1) if param.ndim >= 1 else 1),
-            )
-            ** 0.5
-            for param in params
-        ]
+        adjusted_lrs = [lr * max(1, param.size(-2) / param.size(-1)) ** 0.5 for param in params]
     torch._foreach_add_(state_steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)
@@ -588,11 +532,6 @@ def _multi_tensor_muon(
             coefs = torch._foreach_clamp_min(momentum_buffer_norms, eps)
             X_list = torch._foreach_div(momentum_buffers, coefs)
     # tensors of one shape are stacked: each matmul is one batched matmul for all of them
-    for param in params:
-        if param.ndim != 2:
-            raise ValueError(
-                f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
-            )
     if bf16_newton_schulz:
         X_8_list = [None] * len(params)
     else:
@@ -635,9 +574,9 @@ def _multi_tensor_muon(
             X_6 = X_4.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_4
         for j, i in enumerate(idx):
             if bf16_newton_schulz:
-                X_8_list[i] = X_9[j].reshape_as(params[i]).to(params[i].dtype)
+                X_8_list[i] = X_9[j].to(params[i].dtype)
             else:
-                X_5_list[i] = X_6[j].reshape_as(params[i])
+                X_5_list[i] = X_6[j]
     torch._foreach_mul_(params, 1 - lr * weight_decay)
     if bf16_newton_schulz:
         scaled_X_8_list = torch._foreach_mul(

@@ -24,7 +24,7 @@ import sympy
 
 from ....matrix import PARAM_SHAPE
 from ....shapes import ALL_RANKS, guard_condition
-from ..matrix_ops import MatrixOp
+from ..matrix_ops import MATRIX_RANKS, MatrixOp
 from ..ops import Alias, Eval, HostAssign, If, InPlace, New, Reduce, T
 from ..prepare import Prepared, inline, plural
 from .bindings import Bindings
@@ -45,6 +45,9 @@ class Schedule:
     branch_conditions: list  # per-tensor host conditions (foreach batches are split on them)
     display: dict  # IR name -> Python name
     uses_step: bool
+    # the ranks every tensor has once the implementation's first check passed: {2} when a
+    # matrix block runs on every tensor (a tensor of another rank is a ValueError up front)
+    ranks: frozenset | None = None
 
 
 class Scheduler:
@@ -91,6 +94,7 @@ class Scheduler:
             self.stream.conditions,
             dict(self.names.st.display),
             uses_step="step" in names,
+            ranks=MATRIX_RANKS if any(_needs_matrix(op) for op in self.stream.ops) else None,
         )
 
     def _copy_chains_home(self) -> None:
@@ -226,6 +230,11 @@ class Scheduler:
             elif source is None or source.matrix is None or source.matrix.shape == PARAM_SHAPE:
                 views.add(s.name)
         return tensors, views, scalars
+
+
+def _needs_matrix(op) -> bool:
+    """A block that multiplies the parameter's matrix view (top-level ops run on every tensor)."""
+    return isinstance(op, MatrixOp) and bool(op.views) and op.block.has_matmul
 
 
 def _read_after_rebinding(ops: list, name: str) -> bool:
