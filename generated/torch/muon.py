@@ -404,9 +404,7 @@ def _single_tensor_muon(
                 X = update.bfloat16()
             else:
                 X = momentum_buffer.bfloat16()
-            X_1 = X / torch.clamp(torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True), min=eps)
-            X_2 = X_1.mT if param.size(-1) < param.size(-2) else X_1
-            X_3 = X_2
+            X = X / torch.clamp(torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True), min=eps)
         else:
             if nesterov:
                 update_norm = torch.linalg.vector_norm(update)
@@ -424,27 +422,17 @@ def _single_tensor_muon(
             else:
                 coef = torch.clamp(momentum_buffer_norm, min=eps)
                 X = momentum_buffer.div(coef)
-            X_1 = X.mT if param.size(-1) < param.size(-2) else X
-            X_2 = X_1
+        X = X.mT if param.size(-1) < param.size(-2) else X
         if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
             raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
         for _ in range(int(ns_steps)):
-            if bf16_newton_schulz:
-                A = X_3 @ X_3.mT
-            else:
-                A = X_2 @ X_2.mT
+            A = X @ X.mT
             B = torch.addmm(A, A, A, beta=ns_b, alpha=ns_c)
-            if bf16_newton_schulz:
-                X_3 = torch.addmm(X_3, B, X_3, beta=ns_a)
-            else:
-                X_2 = torch.addmm(X_2, B, X_2, beta=ns_a)
+            X = torch.addmm(X, B, X, beta=ns_a)
+        X = X.mT if param.size(-1) < param.size(-2) else X
         if bf16_newton_schulz:
-            X_4 = X_3.mT if param.size(-1) < param.size(-2) else X_3
-            X_4 = X_4.to(param.dtype)
-            param.mul_(1 - lr * weight_decay).add_(X_4, alpha=-adjusted_lr)
-        else:
-            X_3 = X_2.mT if param.size(-1) < param.size(-2) else X_2
-            param.mul_(1 - lr * weight_decay).add_(X_3, alpha=-adjusted_lr)
+            X = X.to(param.dtype)
+        param.mul_(1 - lr * weight_decay).add_(X, alpha=-adjusted_lr)
 
 
 def _multi_tensor_muon(
@@ -532,10 +520,7 @@ def _multi_tensor_muon(
             coefs = torch._foreach_clamp_min(momentum_buffer_norms, eps)
             X_list = torch._foreach_div(momentum_buffers, coefs)
     # tensors of one shape are stacked: each matmul is one batched matmul for all of them
-    if bf16_newton_schulz:
-        X_8_list = [None] * len(params)
-    else:
-        X_5_list = [None] * len(params)
+    X_1_list = [None] * len(params)
     groups = {}
     for i in range(len(params)):
         groups.setdefault((params[i].shape,), []).append(i)
@@ -543,51 +528,30 @@ def _multi_tensor_muon(
         if bf16_newton_schulz:
             if nesterov:
                 update_stack = torch.stack([updates[i].bfloat16() for i in idx])
-                X_1 = update_stack
+                X = update_stack
             else:
                 momentum_buffer_stack = torch.stack([momentum_buffers[i].bfloat16() for i in idx])
-                X_1 = momentum_buffer_stack
-            X_3 = X_1 / torch.clamp(
-                torch.linalg.vector_norm(X_1, dim=(-2, -1), keepdim=True), min=eps
-            )
-            X_5 = X_3.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_3
-            X_7 = X_5
+                X = momentum_buffer_stack
+            X = X / torch.clamp(torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True), min=eps)
+            X = X.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X
         else:
             X_stack = torch.stack([X_list[i] for i in idx])
-            X_2 = X_stack.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_stack
-            X_4 = X_2
+            X = X_stack.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_stack
         if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
             raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
         for _ in range(int(ns_steps)):
-            if bf16_newton_schulz:
-                A = X_7 @ X_7.mT
-            else:
-                A = X_4 @ X_4.mT
+            A = X @ X.mT
             B = torch.baddbmm(A, A, A, beta=ns_b, alpha=ns_c)
-            if bf16_newton_schulz:
-                X_7 = torch.baddbmm(X_7, B, X_7, beta=ns_a)
-            else:
-                X_4 = torch.baddbmm(X_4, B, X_4, beta=ns_a)
-        if bf16_newton_schulz:
-            X_9 = X_7.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_7
-        else:
-            X_6 = X_4.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_4
+            X = torch.baddbmm(X, B, X, beta=ns_a)
+        X = X.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X
         for j, i in enumerate(idx):
             if bf16_newton_schulz:
-                X_8_list[i] = X_9[j].to(params[i].dtype)
+                X_1_list[i] = X[j].to(params[i].dtype)
             else:
-                X_5_list[i] = X_6[j]
+                X_1_list[i] = X[j]
     torch._foreach_mul_(params, 1 - lr * weight_decay)
-    if bf16_newton_schulz:
-        scaled_X_8_list = torch._foreach_mul(
-            X_8_list, [-adjusted_lr for adjusted_lr in adjusted_lrs]
-        )
-        torch._foreach_add_(params, scaled_X_8_list)
-    else:
-        scaled_X_5_list = torch._foreach_mul(
-            X_5_list, [-adjusted_lr for adjusted_lr in adjusted_lrs]
-        )
-        torch._foreach_add_(params, scaled_X_5_list)
+    scaled_X_1_list = torch._foreach_mul(X_1_list, [-adjusted_lr for adjusted_lr in adjusted_lrs])
+    torch._foreach_add_(params, scaled_X_1_list)
 
 
 def _fused_muon(

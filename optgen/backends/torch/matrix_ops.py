@@ -164,7 +164,9 @@ def single_lines(op: MatrixOp, printer: MatrixPrinter, host, checked: bool = Fal
         lines.append(ndim_check("param"))
     body = [(op.locals[n], e) for n, e in block.body]
     for local, source in block.init.items():
-        lines.append(Line(f"{op.locals[local]} = {printer.doprint(source)}"))
+        start = printer.doprint(source)
+        if start != op.locals[local]:  # a loop may carry the name it starts from
+            lines.append(Line(f"{op.locals[local]} = {start}"))
     loop = [Line(f"{name} = {printer.top(expr)}") for name, expr in body]
     if block.count is None:
         lines += loop
@@ -219,7 +221,9 @@ def batched_lines(
             shape = ".view(-1, 1, 1)" if ir in op.scalars else ""
             inner.append(Line(f"{op.stacked[ir]} = torch.stack([{plural(name)}[i]{view} for i in idx]){shape}"))
         for local, source in block.init.items():
-            inner.append(Line(f"{op.locals[local]} = {printer.doprint(source)}"))
+            start = printer.doprint(source)
+            if start != op.locals[local]:  # a loop may carry the stack it starts from
+                inner.append(Line(f"{op.locals[local]} = {start}"))
         unround = {BFloat16(s): s for s in block.operands if s.name in rounded}
         loop = [Line(f"{op.locals[n]} = {printer.top(e.xreplace(unround))}") for n, e in block.body]
         if block.count is None:

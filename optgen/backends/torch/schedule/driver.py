@@ -17,20 +17,19 @@ that saves a pass, as torch.optim does.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import sympy
 
-from ....matrix import PARAM_SHAPE
 from ....shapes import ALL_RANKS, guard_condition
-from ..matrix_ops import MATRIX_RANKS, MatrixOp
+from ..matrix_ops import MATRIX_RANKS
 from ..ops import Alias, Eval, HostAssign, If, InPlace, New, Reduce, T
-from ..prepare import Prepared, inline, plural
+from ..prepare import Prepared, inline
 from .bindings import Bindings
 from .branches import Branches
 from .fresh import FreshWriter
 from .inplace import InPlaceWriter
+from .matrix_value import MatrixValues, needs_matrix
 from .shape_classes import ShapeClasses
 from .stream import OpStream
 from .terms import UNARY, fold_denominator_scales, symbol_in
@@ -64,6 +63,7 @@ class Scheduler:
         self.inplace = InPlaceWriter(p, foreach, self.names, self.stream, self.branches, shapes)
         self.fresh = FreshWriter(p, foreach, self.names, self.stream, self.branches, shapes, self.inplace)
         self.inplace.fresh = self.fresh  # each builds on the other: a temporary, a term in place
+        self.matrix = MatrixValues(p, foreach, self.names, self.stream)
 
     @property
     def taken(self) -> set[str]:
@@ -94,7 +94,7 @@ class Scheduler:
             self.stream.conditions,
             dict(self.names.st.display),
             uses_step="step" in names,
-            ranks=MATRIX_RANKS if any(_needs_matrix(op) for op in self.stream.ops) else None,
+            ranks=MATRIX_RANKS if any(needs_matrix(op) for op in self.stream.ops) else None,
         )
 
     def _copy_chains_home(self) -> None:
@@ -125,7 +125,7 @@ class Scheduler:
         expr = fold_denominator_scales(self.p, inline(self.p, v.expr))
         self.names.value_expr = expr
         if v.matrix is not None:
-            self._matrix_value(v)
+            self.matrix.schedule(v)
         elif v.is_reduction:
             source = self.fresh.operand(v.expr)
             name = self.names.temp_name(v)
@@ -195,46 +195,6 @@ class Scheduler:
             self.fresh.fresh(name, expr)
             names.bind_as(v.name, name)
         names.st.current[chain] = v.name
-
-    def _matrix_value(self, v) -> None:
-        """A matrix block: run whole on its operands into a new tensor (matrix_ops.py)."""
-        block, names = v.matrix, self.names
-        name = names.new_name(names.base[v.name])
-        tensors, views, scalars = self._matrix_operands(block)
-        # the for-loop path computes the result under the value's own name (a loop updates it)
-        local = {n: names.new_name(re.sub(r"_[0-9]+$", "", n)) for n in block.locals - {block.result}}
-        local[block.result] = name if not self.foreach else names.new_name(re.sub(r"_[0-9]+$", "", block.result))
-        stacked = {ir: names.new_name(f"{text}_stack") for ir, text in tensors.items()} if self.foreach else {}
-        stacked["__out__"] = plural(name)
-        result_shaped = block.shape == PARAM_SHAPE
-        self.stream.emit(MatrixOp(name, block, tensors, views, local, stacked, scalars, result_shaped, v.name))
-        if self.foreach:  # unstacked from a new stack: its own storage
-            names.fresh_buffer(name)
-            names.bind(v.name, name)
-        else:  # may be a view of an operand (X.mT, or no iteration at all): never updated in place
-            shared = set().union(*(names.st.buffers.get(t, {f"home:{t}"}) for t in tensors.values()))
-            names.bind(v.name, name, owned=False, buffers=shared)
-
-    def _matrix_operands(self, block):
-        """The block's tensor operands (IR name -> Python name), those read as a matrix
-        view of a param-shaped tensor, and the 0-d device ones."""
-        tensors, views, scalars = {}, set(), set()
-        for s in block.operands:
-            kind = self.p.kinds.get(s.name, "uniform")
-            if kind not in ("element", "device"):
-                continue
-            tensors[s.name] = self.names.st.display[s.name]
-            source = self.p.program.by_name.get(s.name)
-            if kind == "device":
-                scalars.add(s.name)
-            elif source is None or source.matrix is None or source.matrix.shape == PARAM_SHAPE:
-                views.add(s.name)
-        return tensors, views, scalars
-
-
-def _needs_matrix(op) -> bool:
-    """A block that multiplies the parameter's matrix view (top-level ops run on every tensor)."""
-    return isinstance(op, MatrixOp) and bool(op.views) and op.block.has_matmul
 
 
 def _read_after_rebinding(ops: list, name: str) -> bool:
