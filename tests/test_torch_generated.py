@@ -71,6 +71,15 @@ def test_adafactor_sizes_inside_a_rank_branch_are_plain():
     assert "value=one_minus_beta2 / param.size(-1))" in text
 
 
+@pytest.mark.parametrize("fn, param", [("_single_tensor_adafactor", "param"), ("_multi_tensor_adafactor", "params[0]")])
+def test_adafactor_rank_rules_are_one_if_else(fn, param):
+    """The factored and the unfactored rule, each written under `if ndim(param) ...:` in the
+    spec, print as one `if`/`else` as in torch.optim.Adafactor."""
+    text = _functions(render_module(optgen.load("adafactor"), "# test"))[fn]
+    update = text[text.index("_foreach_add_(state_steps" if "multi" in fn else "step_t += 1") :]
+    assert update.count(f"if {param}.ndim") == 1 and f"{param}.ndim <= 1" not in update, update
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_muon_checks_every_rank_before_updating_any_tensor(path):
     """A vector among matrices is a ValueError before anything changes (torch.optim.Muon

@@ -385,9 +385,6 @@ def _single_tensor_adafactor(
             col_var.mul_(1 - one_minus_beta2)
             scratch_1 = torch.linalg.vector_norm(grad, dim=-2, keepdim=True)
             col_var.addcmul_(scratch_1, scratch_1, value=one_minus_beta2 / param.size(-2))
-        if param.ndim <= 1:
-            variance.mul_(1 - one_minus_beta2).addcmul_(grad, grad, value=one_minus_beta2)
-        if param.ndim >= 2:
             update = grad / torch.sqrt(
                 torch.clamp(
                     col_var
@@ -397,6 +394,7 @@ def _single_tensor_adafactor(
                 )
             )
         else:
+            variance.mul_(1 - one_minus_beta2).addcmul_(grad, grad, value=one_minus_beta2)
             denom = variance.clamp(min=eps1_sq).sqrt_()
             update = grad.div(denom)
         update_norm = torch.linalg.vector_norm(update)
@@ -485,12 +483,6 @@ def _multi_tensor_adafactor(
                 for one_minus_beta2, param in zip(one_minus_beta2_list, params)
             ],
         )
-    if params[0].ndim <= 1:
-        torch._foreach_mul_(
-            variances, [1 - one_minus_beta2 for one_minus_beta2 in one_minus_beta2_list]
-        )
-        torch._foreach_addcmul_(variances, grads, grads, one_minus_beta2_list)
-    if params[0].ndim >= 2:
         updates = [
             grad
             / torch.sqrt(
@@ -504,6 +496,10 @@ def _multi_tensor_adafactor(
             for col_var, grad, row_var in zip(col_vars, grads, row_vars)
         ]
     else:
+        torch._foreach_mul_(
+            variances, [1 - one_minus_beta2 for one_minus_beta2 in one_minus_beta2_list]
+        )
+        torch._foreach_addcmul_(variances, grads, grads, one_minus_beta2_list)
         denoms = torch._foreach_clamp_min(variances, eps1_sq)
         torch._foreach_sqrt_(denoms)
         updates = torch._foreach_div(grads, denoms)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import sympy
 
+from ....shapes import ALL_RANKS, guard_of
 from ..ops import If, InPlace
 from .zero_defaults import switched_off_by
 
@@ -79,9 +80,18 @@ def _merge_branches(last, op) -> bool:
     if op.cond == last.cond:
         last.body.extend(op.body)
         last.orelse.extend(op.orelse)
-    elif op.cond == sympy.Not(last.cond) or last.cond == sympy.Not(op.cond):
+    elif op.cond == sympy.Not(last.cond) or last.cond == sympy.Not(op.cond) or _other_ranks(last.cond, op.cond):
         last.body.extend(op.orelse)
         last.orelse.extend(op.body)
     else:
         return False
     return True
+
+
+def _other_ranks(a, b) -> bool:
+    """`ndim(param) >= 2` and `ndim(param) <= 1`: conditions on the rank that split the
+    tensors between them (an `if` and its `else`)."""
+    try:
+        return guard_of(a) == ALL_RANKS - guard_of(b)
+    except ValueError:  # not conditions on ndim(param) alone
+        return False
