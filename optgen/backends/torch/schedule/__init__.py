@@ -6,6 +6,7 @@ named buffers. driver.py walks the values; the others are its collaborators:
   branches.py       Python `if`s on host conditions and zero-default hyperparameters
   inplace.py        a buffer made to hold a new value in place (into, add_term, mul_by)
   fresh.py          new tensors and the operands of primitives (fresh, operand)
+  matrix_value.py   a matrix block as one op, and the names its result takes
   terms.py          an expression read as a primitive's operands (pure functions)
   shape_classes.py  whether an expression mixes shape classes
   zero_defaults.py  work a hyperparameter at 0 switches off
