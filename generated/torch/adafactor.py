@@ -577,17 +577,3 @@ def _is_dtensor(tensor: Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 
     return isinstance(tensor, DTensor)
-
-
-def _local_shards(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
-    """Each DTensor as this rank's shard of it, laid out as its parameter (a gradient placed
-    otherwise is redistributed first); a plain tensor as it is. A shard is a view: updating
-    it in place updates the DTensor."""
-    out = []
-    for tensor, param in zip(tensors, params):
-        if _is_dtensor(tensor):
-            if tensor.placements != param.placements:
-                tensor = tensor.redistribute(param.device_mesh, param.placements)
-            tensor = tensor.to_local()
-        out.append(tensor)
-    return out

@@ -177,7 +177,6 @@ class Muon(Optimizer):
         momentum = param_group["momentum"]
         if not 0.0 <= momentum:
             raise ValueError(f"Invalid momentum: {momentum!r} (expected a value in [0, inf))")
-        ns_a, ns_b, ns_c = param_group["ns_coefficients"]
         eps = param_group["eps"]
         if not 0.0 < eps:
             raise ValueError(f"Invalid eps: {eps!r} (expected a value in (0, inf))")
@@ -324,13 +323,6 @@ def muon(
         raise ValueError(
             "Muon uses matrix operations, which need whole tensors: sharded (DTensor) parameters are not supported"
         )
-    shard_groups = None if fused else _shard_groups(params)
-    if shard_groups is not None:
-        # FSDP2's DTensor parameters: the update runs on this rank's shards, and each
-        # per-tensor reduction combines the shards' partial results over the shard group
-        params, grads, momentum_buffers = (
-            _local_shards(tensors, params) for tensors in (params, grads, momentum_buffers)
-        )
     if fused:
         func = _fused_muon
     elif foreach:
@@ -354,7 +346,6 @@ def muon(
         match_rms_adamw=match_rms_adamw,
         bf16_newton_schulz=bf16_newton_schulz,
         maximize=maximize,
-        shard_groups=shard_groups,
     )
 
 
@@ -376,12 +367,8 @@ def _single_tensor_muon(
     match_rms_adamw: bool,
     bf16_newton_schulz: bool,
     maximize: bool,
-    shard_groups: list | None = None,
 ) -> None:
-    """The for-loop implementation: one tensor at a time. With `shard_groups` (local shards of
-    DTensor parameters), a first loop computes every tensor's reductions of its shard from
-    the unchanged param and states, and one all-reduce per kind of reduction combines them
-    over the shard groups before the update loop reads them."""
+    """The for-loop implementation: one tensor at a time."""
     for param in params:
         if param.ndim != 2:
             raise ValueError(
@@ -405,23 +392,15 @@ def _single_tensor_muon(
             else:
                 X = momentum_buffer.bfloat16()
             X = X / torch.clamp(torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True), min=eps)
+        elif nesterov:
+            update_norm = torch.linalg.vector_norm(update)
+            coef = torch.clamp(update_norm, min=eps)
+            update.div_(coef)
+            X = update
         else:
-            if nesterov:
-                update_norm = torch.linalg.vector_norm(update)
-            else:
-                momentum_buffer_norm = torch.linalg.vector_norm(momentum_buffer)
-            if shard_groups is not None:
-                if nesterov:
-                    _all_reduce_partials([shard_groups[i]], norms=[[update_norm]])
-                else:
-                    _all_reduce_partials([shard_groups[i]], norms=[[momentum_buffer_norm]])
-            if nesterov:
-                coef = torch.clamp(update_norm, min=eps)
-                update.div_(coef)
-                X = update
-            else:
-                coef = torch.clamp(momentum_buffer_norm, min=eps)
-                X = momentum_buffer.div(coef)
+            momentum_buffer_norm = torch.linalg.vector_norm(momentum_buffer)
+            coef = torch.clamp(momentum_buffer_norm, min=eps)
+            X = momentum_buffer.div(coef)
         X = X.mT if param.size(-1) < param.size(-2) else X
         if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
             raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
@@ -453,12 +432,8 @@ def _multi_tensor_muon(
     match_rms_adamw: bool,
     bf16_newton_schulz: bool,
     maximize: bool,
-    shard_groups: list | None = None,
 ) -> None:
-    """The foreach implementation: torch._foreach_* kernels over all tensors at once. With
-    `shard_groups` (local shards of DTensor parameters), the reductions of a batch are
-    all-reduced together: one collective per kind of reduction where the update first reads
-    them (a batch is a param group, less the splits of device or dtype)."""
+    """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
         return
     for param in params:
@@ -467,14 +442,9 @@ def _multi_tensor_muon(
                 f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
             )
     # one foreach call per device, dtype and CPU chunk
-    keys = [
-        (param.device, param.dtype, chunk)
-        for param, chunk in zip(params, _cpu_chunks(params, shard_groups is not None))
-    ]
+    keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
-        for *batch, batch_shard_groups in _batches(
-            keys, params, grads, momentum_buffers, state_steps, shard_groups
-        ):
+        for batch in _batches(keys, params, grads, momentum_buffers, state_steps):
             _multi_tensor_muon(
                 *batch,
                 lr=lr,
@@ -489,7 +459,6 @@ def _multi_tensor_muon(
                 match_rms_adamw=match_rms_adamw,
                 bf16_newton_schulz=bf16_newton_schulz,
                 maximize=maximize,
-                shard_groups=batch_shard_groups,
             )
         return
     if match_rms_adamw:
@@ -505,18 +474,11 @@ def _multi_tensor_muon(
     if not bf16_newton_schulz:
         if nesterov:
             update_norms = torch._foreach_norm(updates)
-        else:
-            momentum_buffer_norms = torch._foreach_norm(momentum_buffers)
-        if shard_groups is not None:
-            if nesterov:
-                _all_reduce_partials(shard_groups, norms=[update_norms])
-            else:
-                _all_reduce_partials(shard_groups, norms=[momentum_buffer_norms])
-        if nesterov:
             coefs = torch._foreach_clamp_min(update_norms, eps)
             torch._foreach_div_(updates, coefs)
             X_list = updates
         else:
+            momentum_buffer_norms = torch._foreach_norm(momentum_buffers)
             coefs = torch._foreach_clamp_min(momentum_buffer_norms, eps)
             X_list = torch._foreach_div(momentum_buffers, coefs)
     # tensors of one shape are stacked: each matmul is one batched matmul for all of them
@@ -572,7 +534,6 @@ def _fused_muon(
     match_rms_adamw: bool,
     bf16_newton_schulz: bool,
     maximize: bool,
-    shard_groups: list | None = None,
 ) -> None:
     """The fused implementation: not built for Muon, which uses what the fused
     kernels do not run (optgen/fused_support.py)."""
@@ -581,15 +542,11 @@ def _fused_muon(
     )
 
 
-def _cpu_chunks(params: list[Tensor], sharded: bool = False) -> list[int]:
+def _cpu_chunks(params: list[Tensor]) -> list[int]:
     """A chunk number per tensor: on CPU, runs of consecutive tensors of about
     _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
     the whole list streams every tensor through memory once per op; chunk by chunk, the
-    tensors stay in cache from one op to the next. Local shards (`sharded`) are one chunk:
-    their sizes differ between ranks, and every rank must run the same batches (each batch
-    all-reduces its reductions once)."""
-    if sharded:
-        return [0] * len(params)
+    tensors stay in cache from one op to the next."""
     chunks, chunk, size = [], 0, 0
     for param in params:
         nbytes = param.numel() * param.element_size()
@@ -616,61 +573,3 @@ def _is_dtensor(tensor: Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 
     return isinstance(tensor, DTensor)
-
-
-def _local_shards(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
-    """Each DTensor as this rank's shard of it, laid out as its parameter (a gradient placed
-    otherwise is redistributed first); a plain tensor as it is. A shard is a view: updating
-    it in place updates the DTensor."""
-    out = []
-    for tensor, param in zip(tensors, params):
-        if _is_dtensor(tensor):
-            if tensor.placements != param.placements:
-                tensor = tensor.redistribute(param.device_mesh, param.placements)
-            tensor = tensor.to_local()
-        out.append(tensor)
-    return out
-
-
-def _shard_group(param: Tensor):
-    """The process group over which a DTensor parameter is sharded (the ranks holding its
-    shards); None for a tensor this rank holds whole (a plain or a replicated one)."""
-    if not _is_dtensor(param):
-        return None
-    if any(placement.is_partial() for placement in param.placements):
-        raise ValueError("a parameter with a Partial placement has no value to update")
-    dims = [dim for dim, placement in enumerate(param.placements) if placement.is_shard()]
-    if len(dims) > 1:
-        raise NotImplementedError("parameters sharded over more than one mesh dimension")
-    return param.device_mesh.get_group(dims[0]) if dims else None
-
-
-def _shard_groups(params: list[Tensor]) -> list | None:
-    """None when no parameter is a DTensor; else each parameter's _shard_group."""
-    if not any(_is_dtensor(param) for param in params):
-        return None
-    return [_shard_group(param) for param in params]
-
-
-def _all_reduce_partials(groups: list, *, sums=(), norms=(), mins=(), maxs=()) -> None:
-    """Make per-tensor reductions of local shards those of the whole tensors, in place: each
-    argument a list of columns, a column one 0-d partial result per tensor (aligned with
-    `groups`, each tensor's _shard_group; None: a whole tensor, already complete). One
-    all_reduce per process group and kind of reduction: sums and norms (as squares) add,
-    mins and maxs take the extreme. An empty shard's partial is its reduction's identity."""
-    for op, columns, first_norm in (
-        (torch.distributed.ReduceOp.SUM, [*sums, *norms], len(sums)),
-        (torch.distributed.ReduceOp.MIN, mins, len(mins)),
-        (torch.distributed.ReduceOp.MAX, maxs, len(maxs)),
-    ):
-        for group in dict.fromkeys(group for group in groups if group is not None):
-            rows = [i for i, g in enumerate(groups) if g is group]
-            partials = [
-                (c >= first_norm, column[i]) for c, column in enumerate(columns) for i in rows
-            ]
-            if not partials:
-                continue
-            combined = torch.stack([value.square() if norm else value for norm, value in partials])
-            torch.distributed.all_reduce(combined, op=op, group=group)
-            for (norm, value), total in zip(partials, combined):
-                value.copy_(total.sqrt() if norm else total)

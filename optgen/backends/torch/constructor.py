@@ -21,7 +21,7 @@ def validation(spec: Spec, public: Spec) -> list[str]:
     for (key, h), shown in zip(spec.hyperparameters.items(), public.hyperparameters.values()):
         if h.captured is not None:
             continue
-        lines.append(f'{", ".join(h.names)} = param_group["{key}"]')
+        checks = []
         for i, (name, label) in enumerate(zip(h.names, shown.names)):
             test = _range_test(name, h.range)
             if test is None:
@@ -29,8 +29,10 @@ def validation(spec: Spec, public: Spec) -> list[str]:
             if h.none is not None and h.default[i] is None:
                 test = f"({name} is None or {test})"
             label = f"{label} ({key}[{i}])" if h.is_tuple else label
-            lines.append(f"if not {test}:")
-            lines += _raise(f'f"Invalid {label}: {{{name}!r}}', f'(expected a value in {h.range})"')
+            checks.append(f"if not {test}:")
+            checks += _raise(f'f"Invalid {label}: {{{name}!r}}', f'(expected a value in {h.range})"')
+        if checks:  # a value of any range (Muon's ns_coefficients) is not read here
+            lines += [f'{", ".join(h.names)} = param_group["{key}"]', *checks]
     return lines
 
 

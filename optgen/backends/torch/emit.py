@@ -74,8 +74,9 @@ class SinglePrinter:
         self.tensor_printer = TensorPrinter(self.texts.name, p.is_scalar, self.texts.host)
         self.traced: set[str] = set()  # host values that are tensors under torch.compile
         self.defined = {"param", "grad", *(s.name for s in p.program.states)}  # bound so far
-        # a spec that reduces over axes refuses sharded (DTensor) tensors: nothing to combine
-        self.shardable = not p.program.has_axes
+        # a spec that reduces over axes or multiplies matrices refuses sharded (DTensor)
+        # tensors: nothing to combine
+        self.shardable = not whole_tensors_only(p.program)
 
     def is_traced(self, expr) -> bool:
         """Whether `expr` is a 0-d tensor under torch.compile: it reads the step count, a
@@ -794,6 +795,12 @@ def multi_body(
     body.append(Line("torch._foreach_add_(state_steps, 1)"))
     body.append(Block("if maximize:", [Line("grads = torch._foreach_neg(grads)")]))
     return body + printer.statements(sched.work)
+
+
+def whole_tensors_only(program) -> bool:
+    """Whether each tensor's update needs the whole tensor (axis reductions, matrix blocks):
+    the class refuses sharded tensors for such a spec."""
+    return program.has_axes or any(v.matrix is not None for v in program.values)
 
 
 def elementwise(program) -> bool:

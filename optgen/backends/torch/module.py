@@ -24,7 +24,7 @@ from .. import format_python
 from . import config, cross, names
 from .constructor import ctor_args, unpack, validation
 from .docstring import class_docstring, escape, input_doc, wrap
-from .emit import elementwise, multi_body, single_body
+from .emit import elementwise, multi_body, single_body, whole_tensors_only
 from .global_sums import global_functions
 from .modes import mode_context
 from .prepare import Prepared, plural, prepare
@@ -308,8 +308,8 @@ def _uses_numel(variants: list[Variant]) -> bool:
 
 def _shard_reductions(variants: list[Variant]) -> bool:
     """Whether the update reduces per tensor: then a sharded tensor's reductions are combined
-    (a spec that reduces over axes refuses sharded tensors instead)."""
-    if any(v.prepared.program.has_axes for v in variants):
+    (a spec that reduces over axes or multiplies matrices refuses sharded tensors instead)."""
+    if any(whole_tensors_only(v.prepared.program) for v in variants):
         return False
     return any(v.prepared.program.reductions("tensor") for v in variants)
 
