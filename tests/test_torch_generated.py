@@ -80,6 +80,15 @@ def test_adafactor_rank_rules_are_one_if_else(fn, param):
     assert update.count(f"if {param}.ndim") == 1 and f"{param}.ndim <= 1" not in update, update
 
 
+@pytest.mark.parametrize("name", ["muon", "adafactor"])
+def test_whole_tensor_specs_print_no_shard_code(name):
+    """Matrix blocks and axis reductions refuse sharded (DTensor) parameters up front: no
+    code that combines shards' partial results follows."""
+    text = render_module(optgen.load(name), "# test")
+    assert "sharded (DTensor) parameters are not supported" in text
+    assert "shard_groups" not in text and "_local_shards" not in text and "_all_reduce_partials" not in text
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_muon_checks_every_rank_before_updating_any_tensor(path):
     """A vector among matrices is a ValueError before anything changes (torch.optim.Muon
