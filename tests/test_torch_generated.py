@@ -104,6 +104,22 @@ def test_muon_checks_every_rank_before_updating_any_tensor(path):
     assert not torch.any(opt.state[good]["momentum_buffer"])
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_muon_checks_its_loop_count_before_updating_any_tensor(path):
+    Muon = optgen.compile(optgen.load("muon"))
+    p = torch.ones(3, 4, dtype=torch.float64, requires_grad=True)
+    p.grad = torch.full_like(p, 0.5)
+    opt = Muon([p], lr=0.1, **PATHS[path])
+    opt.param_groups[0]["ns_steps"] = 2.5
+    with pytest.raises(ValueError, match="the loop count must be an integer"):
+        opt.step()
+    assert torch.equal(p, torch.ones(3, 4, dtype=torch.float64))
+    assert not torch.any(opt.state[p]["momentum_buffer"])
+    body = _functions(render_module(optgen.load("muon"), "# test"))["_single_tensor_muon"]
+    assert body.count("the loop count must be") == 1
+    assert body.index("the loop count must be") < body.index("for i, param in enumerate(params):")
+
+
 SIZES = textwrap.dedent(
     """\
     name: Sizes

@@ -374,6 +374,8 @@ def _single_tensor_muon(
             raise ValueError(
                 f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
             )
+    if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
+        raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
         momentum_buffer = momentum_buffers[i]
@@ -402,8 +404,6 @@ def _single_tensor_muon(
             coef = torch.clamp(momentum_buffer_norm, min=eps)
             X = momentum_buffer.div(coef)
         X = X.mT if param.size(-1) < param.size(-2) else X
-        if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
-            raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
         for _ in range(int(ns_steps)):
             A = X @ X.mT
             B = torch.addmm(A, A, A, beta=ns_b, alpha=ns_c)
@@ -441,6 +441,8 @@ def _multi_tensor_muon(
             raise ValueError(
                 f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
             )
+    if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
+        raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
     # one foreach call per device, dtype and CPU chunk
     keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
@@ -499,8 +501,6 @@ def _multi_tensor_muon(
         else:
             X_stack = torch.stack([X_list[i] for i in idx])
             X = X_stack.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_stack
-        if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
-            raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
         for _ in range(int(ns_steps)):
             A = X @ X.mT
             B = torch.baddbmm(A, A, A, beta=ns_b, alpha=ns_c)

@@ -17,6 +17,7 @@ from .matrix_ops import (
     MatrixPrinter,
     MatrixRun,
     batched_lines,
+    count_check,
     matrix_runs,
     ndim_check,
     shape_text,
@@ -691,15 +692,29 @@ def single_body(p: Prepared, sched: Schedule, passes: list[ReducePass] = (), ind
         reduce_first += _reduce_pass(p, one, index)
     if passes:
         group.append(Block("if shard_groups is not None:", reduce_first))
-    return _ranks_check(sched) + group + [Block(f"for {index}, param in enumerate(params):", loop)]
+    checks = _checks_up_front(sched, printer.host)
+    return checks + group + [Block(f"for {index}, param in enumerate(params):", loop)]
 
 
-def _ranks_check(sched: Schedule) -> list:
-    """A matrix block on every tensor: each parameter is checked to be 2-D before any is
-    updated (torch.optim.Muon checks in _init_group)."""
-    if sched.ranks != MATRIX_RANKS:
-        return []
-    return [Block("for param in params:", [ndim_check("param")])]
+def _checks_up_front(sched: Schedule, host) -> list:
+    """What a matrix spec checks before any tensor is updated: every parameter 2-D when a
+    block runs on every tensor (torch.optim.Muon checks in _init_group), and each loop count
+    read from the group an integer in range."""
+    lines = []
+    if sched.ranks == MATRIX_RANKS:
+        lines.append(Block("for param in params:", [ndim_check("param")]))
+    counts = dict.fromkeys(op.block.count for op in _matrix_ops(sched.work) if op.block.count is not None)
+    for count in counts:
+        lines += count_check(count, host)
+    return lines
+
+
+def _matrix_ops(ops: list):
+    for op in ops:
+        if isinstance(op, If):
+            yield from _matrix_ops(op.body + op.orelse)
+        elif isinstance(op, MatrixOp):
+            yield op
 
 
 def _reduce_pass(p: Prepared, pre: ReducePass, index: str) -> list:
@@ -781,7 +796,7 @@ def multi_body(
     ]
     # host values are computed once, in the call that runs the batch (the split needs them
     # only when a host-side branch separates tensors)
-    body: list = [Block("if not params:", [Line("return")]), *_ranks_check(sched)]
+    body: list = [Block("if not params:", [Line("return")]), *_checks_up_front(sched, printer.host)]
     if elementwise(p.program):
         # each element's update reads only its own elements: a large tensor is updated as
         # views, before anything is computed per tensor

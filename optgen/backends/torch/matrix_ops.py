@@ -134,7 +134,8 @@ class MatrixPrinter(TensorPrinter):
 
 
 def count_check(count, host) -> list:
-    """A loop count read from the param group is checked each step: a loop is bounded."""
+    """A loop count read from the param group is checked each step, before any update: a
+    loop is bounded."""
     if count.is_Integer:
         return []
     text = host(count)
@@ -170,8 +171,7 @@ def single_lines(op: MatrixOp, printer: MatrixPrinter, host, checked: bool = Fal
     loop = [Line(f"{name} = {printer.top(expr)}") for name, expr in body]
     if block.count is None:
         lines += loop
-    else:
-        lines += count_check(block.count, host)
+    else:  # the count was checked up front (count_check)
         lines.append(Block(f"for _ in range({_count_text(block.count, host)}):", loop))
     result = op.locals[block.result]
     # the matrix view back to the parameter's shape (nothing to do on a parameter known 2-D)
@@ -228,8 +228,7 @@ def batched_lines(
         loop = [Line(f"{op.locals[n]} = {printer.top(e.xreplace(unround))}") for n, e in block.body]
         if block.count is None:
             inner += loop
-        else:
-            inner += count_check(block.count, host)
+        else:  # the count was checked up front (count_check)
             inner.append(Block(f"for _ in range({_count_text(block.count, host)}):", loop))
         made.add(op.ir)
         if op.ir not in kept:
