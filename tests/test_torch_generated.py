@@ -89,6 +89,24 @@ def test_whole_tensor_specs_print_no_shard_code(name):
     assert "shard_groups" not in text and "_local_shards" not in text and "_all_reduce_partials" not in text
 
 
+def _undefined_names(text: str) -> set[str]:
+    """Private module-level names the module reads but never defines."""
+    tree = ast.parse(text)
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    defined |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    defined |= {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return {n for n in used - defined if n.startswith("_") and n != "_"}
+
+
+@pytest.mark.parametrize("name", ["muon", "adafactor", "adam", "lars", "sized_norm"])
+def test_every_helper_the_module_calls_is_defined(name):
+    """A spec that needs whole tensors yet reduces per tensor (cols(param) beside norm(m))
+    still defines the shard helpers its text names."""
+    spec = loads(SIZED_NORM, "sized_norm.yaml") if name == "sized_norm" else optgen.load(name)
+    assert _undefined_names(render_module(spec, "# test")) == set()
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_muon_checks_every_rank_before_updating_any_tensor(path):
     """A vector among matrices is a ValueError before anything changes (torch.optim.Muon
@@ -140,6 +158,13 @@ SIZES = textwrap.dedent(
     """
 )
 SHAPES = [(), (4,), (3, 5), (6, 2), (2, 3, 4)]
+SIZED_NORM = SIZES.split("update: |")[0] + textwrap.dedent(
+    """\
+    update: |
+      m = 0.5 * m + grad
+      param = param - lr * cols(param) * m / (norm(m) + 1)
+    """
+)
 
 
 @pytest.mark.parametrize(
