@@ -12,8 +12,9 @@ from . import group_state, matrix, shapes
 
 def fused_refusal(spec) -> str:
     """Why the fused path does not compile `spec` ("" when it does)."""
-    # a matrix spec's message covers its rows(param) / cols(param) too: said once
-    reasons = [matrix.fused_refusal(spec) or shapes.fused_refusal(spec)]
+    # a matrix spec runs in stages (optgen/backends/fused_matrix.py), which read its
+    # rows(param) / cols(param) themselves: its message names only what the stages do not run
+    reasons = [matrix.fused_refusal(spec) if matrix.matrix_location(spec) else shapes.fused_refusal(spec)]
     if group_state.fused_unsupported(spec):
         reasons.append(group_state.fused_message(spec))
     return " ".join(r for r in reasons if r)

@@ -17,6 +17,7 @@ from ... import catalog
 from ...expr import NDIM
 from ...fused_support import fused_refusal
 from ...spec import Spec
+from .. import fused_matrix
 from ..triton import update_lines
 from . import config
 from .kernels import Kernel, build
@@ -31,6 +32,8 @@ def render(spec: Spec) -> dict[str, str]:
         return {}
     options = {name: option.default for name, option in spec.options.items()}
     dtypes = {"param": "torch.float32"}
+    if fused_matrix.is_matrix_spec(spec):  # a kernel per stage between its matrix blocks
+        return {f"{s.module_name}.cpp": source(s, {}, dtypes) for s in fused_matrix.stage_specs(spec)}
     return {f"{spec.module_name}.cpp": source(spec, options, dtypes)}
 
 
@@ -39,6 +42,8 @@ def render_all(spec: Spec) -> list[str]:
     that checks compiles on the fused CPU path whatever options a user picks."""
     if spec.gradient_at is not None or fused_refusal(spec):
         return []
+    if fused_matrix.is_matrix_spec(spec):
+        return [source(s, {}, {"param": "torch.float32"}) for s in fused_matrix.stage_specs(spec, every_setting=True)]
     return [source(spec, combo, {"param": "torch.float32"}) for combo in spec.option_combinations()]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ... import catalog
+from .. import fused_matrix
 from ..fused_shards import Shards
 from . import compiler, config
 
@@ -64,6 +66,12 @@ def fused_step(
     lists aligned with params; per-tensor states are 0-d tensors). `steps` are the step values
     the formulas use (after the increment); `global_values` the global reductions over every
     param group, by IR value name; one left out is NaN (see the Triton runtime)."""
+    matrix_spec = fused_matrix.matrix_spec(spec_key)
+    if matrix_spec is not None:  # stages of kernels, matrix blocks through torch between them
+        return fused_matrix.fused_step(
+            sys.modules[__name__], matrix_spec, spec_key, params=params, grads=grads, states=states, steps=steps,
+            hyper=hyper, options=options, global_values=global_values, maximize=maximize, inputs=inputs,
+        )  # fmt: skip
     states = {**states, **(inputs or {})}  # the spec's inputs: arrays the kernels only read
     _check_lengths(params, grads, steps, states)
     if not params:
@@ -143,6 +151,8 @@ def fused_global(
 def register(spec) -> str:
     """Remember a spec from optgen.compile; the returned key names it for fused_step. (The
     compiled libraries are cached by their source, so equal specs share them.)"""
+    if fused_matrix.is_matrix_spec(spec):  # its stages are registered when they first run
+        return fused_matrix.register(spec)
     key = f"{spec.module_name}@{len(_REGISTERED)}"  # never a catalog name
     _SPECS[key] = spec
     _REGISTERED.add(key)

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ... import cache, catalog
+from .. import fused_matrix
 from ..fused_shards import Shards
 from . import config
 
@@ -59,6 +60,12 @@ def fused_step(
     param group (see fused_global), by IR value name. A value left out is NaN in the kernels:
     leave out only one the update does not read with these hyperparameters (Adan's gradient
     norm when max_grad_norm == 0), so that a mistake poisons the params instead of hiding."""
+    matrix_spec = fused_matrix.matrix_spec(spec_key)
+    if matrix_spec is not None:  # stages of kernels, matrix blocks through torch between them
+        return fused_matrix.fused_step(
+            sys.modules[__name__], matrix_spec, spec_key, params=params, grads=grads, states=states, steps=steps,
+            hyper=hyper, options=options, global_values=global_values, maximize=maximize, inputs=inputs,
+        )  # fmt: skip
     module = load(spec_key)
     states = {**states, **(inputs or {})}  # the spec's inputs: arrays the kernels only read
     _check_lengths(params, grads, steps, states)
@@ -118,6 +125,8 @@ def register(spec) -> str:
     from . import render_module
 
     _require_triton()
+    if fused_matrix.is_matrix_spec(spec):  # its stages are registered when they first run
+        return fused_matrix.register(spec)
     text = render_module(spec)
     path, key = cache.store(spec.module_name, text)
     _MODULES[key] = cache.load(text, f"optgen_triton_{key}", path)
