@@ -207,6 +207,8 @@ class _Builder:
         loc = self.spec.loc
         host = self._host_needed(mine)
         body = [Assign(v.name, v.expr, loc, loc) for v in host]
+        if self.k == 0:  # copies first: before this stage assigns what they copy
+            body += [Assign(copy, symbol(raw), loc, loc) for raw, copy in self.renamed.items()]
         subs = {n: c for n, c in self.renamed.items() if self.stored[n] < self.k}
         subs.update(self.sizes)
         for v in mine:
@@ -218,8 +220,6 @@ class _Builder:
             body.append(Assign(out, symbol(name), loc, loc))
         if PARAM not in stores:  # a spec assigns param: here to itself (stored unchanged)
             body.append(Assign(PARAM, symbol(PARAM), loc, loc))
-        if self.k == 0:
-            body += [Assign(copy, symbol(raw), loc, loc) for raw, copy in self.renamed.items()]
         reads = {s.name for a in body for s in a.expr.free_symbols} | set(stores)
         return body, reads
 
