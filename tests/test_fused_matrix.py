@@ -274,3 +274,27 @@ def test_synthetic_matrix_spec_fused_triton(triton, tmp_path):
     spec = _spec(tmp_path, "OldMomentum", SYNTHETIC["OldMomentum"])
     assert max(_against_reference(spec, torch.float32, [(3, 4), (5, 2)], 2)) < 1e-4
     assert triton
+
+
+def test_scratch_and_block_results_are_kept_across_steps(monkeypatch):
+    """The stages read the same scratch and result buffers every step, so the kernels'
+    tables (cached by the tensors' addresses) are built once."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    seen = []
+    real = cpp_runtime.fused_step
+
+    def spy(key, **kw):
+        arrays = {**kw["states"], **(kw.get("inputs") or {})}
+        seen.append((key, {name: [t.data_ptr() for t in ts] for name, ts in arrays.items()}))
+        return real(key, **kw)
+
+    monkeypatch.setattr(cpp_runtime, "fused_step", spy)
+    params = [torch.randn(s, dtype=torch.float64) for s in SHAPES]
+    opt = Muon(params, **HYPERS, fused=True)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    stages = [(k, ptrs) for k, ptrs in seen if "#matrix" not in k]
+    assert len(stages) == 6 and stages[0] == stages[2] == stages[4] and stages[1] == stages[3] == stages[5]
+    assert any(name.startswith("X") for name in stages[1][1])  # the Newton-Schulz result, read by stage 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 import sympy
@@ -348,33 +349,66 @@ def _planned(backend, spec: Spec, spec_key: str, options: dict[str, bool]) -> tu
     return _PLANS[key]
 
 
+class _Buffers:
+    """What a plan needs beside the caller's tensors, for one set of params: scratch, the
+    rows/cols tables, and the blocks' results (stacked per group of same-shaped params, the
+    kernels reading views of them). Kept across steps, so that the kernels' tables (cached by
+    the tensors' addresses) are built once, as for any other fused step."""
+
+    def __init__(self, the_plan: Plan, params: list[Tensor]):
+        self.named: dict[str, list[Tensor]] = {}
+        for name, scope in the_plan.scratch.items():
+            self.named[name] = [_scratch(p, scope) for p in params]
+        for raw, dim in ((ROWS, -2), (COLS, -1)):
+            self.named[the_plan.renamed[raw]] = [
+                torch.tensor(float(_size(p, dim)), dtype=torch.float64, device=p.device) for p in params
+            ]
+        self.groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            self.groups.setdefault((tuple(p.shape), p.dtype, p.device), []).append(i)
+        self.stacks: dict[tuple, Tensor] = {}  # (block result, group) -> its stacked buffer
+
+    def result(self, name: str, group: tuple, index: list[int], value: Tensor, total: int) -> None:
+        key = (name, group)
+        if key not in self.stacks or self.stacks[key].dtype != value.dtype:
+            self.stacks[key] = torch.empty(value.shape, dtype=value.dtype, device=value.device)
+            out = self.named.setdefault(name, [None] * total)
+            for j, i in enumerate(index):
+                out[i] = self.stacks[key][j]
+        self.stacks[key].copy_(value)
+
+
+_BUFFERS: OrderedDict = OrderedDict()
+_MAX_BUFFERS = 8
+
+
+def _buffers(the_plan: Plan, params: list[Tensor]) -> _Buffers:
+    key = (id(the_plan), *(p.data_ptr() for p in params), *(tuple(p.shape) for p in params))
+    found = _BUFFERS.get(key)
+    if found is None:
+        found = _BUFFERS[key] = _Buffers(the_plan, params)
+        if len(_BUFFERS) > _MAX_BUFFERS:
+            _BUFFERS.popitem(last=False)
+    _BUFFERS.move_to_end(key)
+    return found
+
+
 class _Run:
     """One step's tensors: the caller's, scratch, and the blocks' results, by name."""
 
     def __init__(self, the_plan: Plan, params, grads, given: dict[str, list[Tensor]], steps, hyper, maximize):
         self.plan, self.params, self.steps, self.hyper = the_plan, params, steps, hyper
+        self.buffers = _buffers(the_plan, params)
         self.named = {PARAM: params, GRAD: grads, **given}
         self.maximize = maximize
-        for name, scope in the_plan.scratch.items():
-            self.named[name] = [_scratch(p, scope) for p in params]
-        sizes = {ROWS: -2, COLS: -1}
-        for raw, name in the_plan.renamed.items():
-            if raw in sizes:
-                dim = sizes[raw]
-                self.named[name] = [
-                    torch.tensor(float(_size(p, dim)), dtype=torch.float64, device=p.device) for p in params
-                ]
-        self.groups: dict[tuple, list[int]] = {}
-        for i, p in enumerate(params):
-            self.groups.setdefault((tuple(p.shape), p.dtype, p.device), []).append(i)
-        self.stacks: dict[tuple, dict[str, object]] = {g: {} for g in self.groups}
+        self.stacks: dict[tuple, dict[str, object]] = {g: {} for g in self.buffers.groups}
 
     def tensors(self, name: str) -> list[Tensor]:
-        return self.named[name]
+        return self.named[name] if name in self.named else self.buffers.named[name]
 
     def block(self, value: Value, stage: int) -> None:
         """`value`'s block (run after `stage`) for every group of same-shaped params, stacked."""
-        for group, index in self.groups.items():
+        for group, index in self.buffers.groups.items():
             env = self.stacks[group]
             for s in value.expr.free_symbols:
                 if s.name not in env:
@@ -384,10 +418,7 @@ class _Run:
             result = _run_block(value.matrix, env, self.params[index[0]])
             env[value.name] = result
             if value.name in self.plan.results:
-                out = self.named.setdefault(value.name, [None] * len(self.params))
-                dense = result.contiguous()
-                for j, i in enumerate(index):
-                    out[i] = dense[j]
+                self.buffers.result(value.name, group, index, result, len(self.params))
 
     def _operand(self, name: str, index: list[int], group: tuple):
         shape, dtype, device = group
@@ -411,7 +442,7 @@ class _Run:
             return _evaluate(v.expr, env)
         if name in self.hyper:
             return float(self.hyper[name])
-        tensors = [self.named[name][i] for i in index]
+        tensors = [self.tensors(name)[i] for i in index]
         if tensors[0].dim() == 0:  # a per-tensor value
             return torch.stack(tensors).to(dtype).view(-1, 1, 1)
         stacked = torch.stack(tensors)
