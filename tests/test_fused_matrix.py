@@ -298,3 +298,37 @@ def test_scratch_and_block_results_are_kept_across_steps(monkeypatch):
     stages = [(k, ptrs) for k, ptrs in seen if "#matrix" not in k]
     assert len(stages) == 6 and stages[0] == stages[2] == stages[4] and stages[1] == stages[3] == stages[5]
     assert any(name.startswith("X") for name in stages[1][1])  # the Newton-Schulz result, read by stage 1
+
+
+def test_maximize_and_a_step_input_reach_the_blocks(cpp, tmp_path):
+    """A block that reads grad itself (not through a stage) sees it negated under maximize,
+    and a spec's step() input reaches both the kernels and the blocks; the block's result is
+    a state's new value (odd in grad: a sign lost in the block shows). Fused against the
+    float64 Reference."""
+    body = """
+  m = beta * m + (1 - beta) * grad
+  P = grad @ hessian.T
+  v = beta * v + (1 - beta) * P @ hessian / (norm(P) + eps)
+  param = param - lr * (m + v) * hessian
+"""
+    text = HEADER.format(name="GradBlock").replace("update: |", "inputs:\n  hessian: {tex: h}\nupdate: |")
+    path = tmp_path / "gradblock.yaml"
+    path.write_text(text + textwrap.indent(textwrap.dedent(body).strip("\n"), "  ") + "\n")
+    spec = optgen.load(path)
+    assert optgen.check(spec).ok and fused_refusal(spec) == ""
+    rng = np.random.default_rng(8)
+    init = [rng.standard_normal(s) for s in SYNTHETIC_SHAPES]
+    ref = Reference(spec, [{"params": [p.copy() for p in init], "lr": 0.05, "maximize": True}])
+    params = [torch.tensor(p) for p in init]
+    opt = optgen.compile(spec)(params, lr=0.05, maximize=True, fused=True)
+    for _ in range(3):
+        grads = [rng.standard_normal(s) for s in SYNTHETIC_SHAPES]
+        hessians = [rng.uniform(0.5, 1.5, s) for s in SYNTHETIC_SHAPES]
+        ref.step(grads, hessian=hessians)
+        for p, g in zip(params, grads):
+            p.grad = torch.tensor(g)
+        opt.step(hessian={p: torch.tensor(h) for p, h in zip(params, hessians)})
+    for p, want, p0, state in zip(params, ref.params, init, ref.state):
+        assert max_rel_diff(p.numpy() - p0, want - p0) < 1e-12
+        assert max_rel_diff(opt.state[p]["v"].numpy(), state["v"]) < 1e-12
+    assert cpp

@@ -197,7 +197,7 @@ class _Builder:
             v = self.by_name.get(name)
             if v is not None and v.scope != "host" and (v.matrix is not None or self.stage_of[name] < k):
                 (inputs if v.scope == "element" else tensor_reads).append(name)
-            elif name in self.renamed.values() and k > 0:
+            elif (name in self.renamed.values() and k > 0) or name in self.spec.inputs:
                 inputs.append(name)
             elif name in self.sizes.values():
                 tensor_reads.append(name)
