@@ -248,7 +248,7 @@ class _Builder:
         return replace(
             spec,
             name=f"{spec.name}_{self.k}",
-            catalog_name=f"{spec.module_name}_{self.k}",
+            catalog_name=spec.module_name,  # generated code names the spec it came from
             summary=f"{spec.summary} Stage {self.k} of the fused path (optgen/backends/fused_matrix.py).",
             options={},
             state=decls,

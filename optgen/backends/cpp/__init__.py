@@ -33,7 +33,8 @@ def render(spec: Spec) -> dict[str, str]:
     options = {name: option.default for name, option in spec.options.items()}
     dtypes = {"param": "torch.float32"}
     if fused_matrix.is_matrix_spec(spec):  # a kernel per stage between its matrix blocks
-        return {f"{s.module_name}.cpp": source(s, {}, dtypes) for s in fused_matrix.stage_specs(spec)}
+        stages = fused_matrix.stage_specs(spec)
+        return {f"{spec.module_name}_{k}.cpp": source(s, {}, dtypes) for k, s in enumerate(stages)}
     return {f"{spec.module_name}.cpp": source(spec, options, dtypes)}
 
 

@@ -32,7 +32,8 @@ def render(spec: Spec) -> dict[str, str]:
     if fused_refusal(spec):
         return {}  # the fused path refuses what its kernels do not run (optgen/fused_support.py)
     if fused_matrix.is_matrix_spec(spec):  # a module per stage between its matrix blocks
-        return {f"{s.module_name}.py": render_module(s) for s in fused_matrix.stage_specs(spec)}
+        stages = fused_matrix.stage_specs(spec)
+        return {f"{spec.module_name}_{k}.py": render_module(s) for k, s in enumerate(stages)}
     return {f"{spec.module_name}.py": render_module(spec)}
 
 
