@@ -27,7 +27,7 @@ pytestmark = needs_compiler
 KEYWORDS = {"weight_decay": 0.05, "momentum": 0.9, "max_grad_norm": 0.5}
 SHAPES = [(4, 3), (7,), (1,), (300, 70)]
 
-# the optimizers the fused path runs (matrix operations are refused: tests/test_matrix.py)
+# the optimizers the fused kernels run whole (matrix specs run in stages: tests/test_fused_matrix.py)
 FUSED = [
     n
     for n in optimizers.__all__

@@ -21,7 +21,7 @@ optimizers = pytest.importorskip("optgen.optimizers", reason="the torch backend 
 # Keywords that make every term of an update run (each only where the class takes it).
 KEYWORDS = {"weight_decay": 0.05, "momentum": 0.9, "max_grad_norm": 0.5}
 
-# the optimizers the fused path runs (matrix operations are refused: tests/test_matrix.py)
+# the optimizers the fused kernels run whole (matrix specs run in stages: tests/test_fused_matrix.py)
 FUSED = [
     n
     for n in optimizers.__all__
