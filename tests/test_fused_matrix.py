@@ -332,3 +332,30 @@ def test_maximize_and_a_step_input_reach_the_blocks(cpp, tmp_path):
         assert max_rel_diff(p.numpy() - p0, want - p0) < 1e-12
         assert max_rel_diff(opt.state[p]["v"].numpy(), state["v"]) < 1e-12
     assert cpp
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "  X = grad @ grad.T @ grad\n  if ndim(param) >= 1:\n      X = X / sqrt(mean(X * X, axis=-1) + eps)\n"
+            "  param = param - lr * X\n",
+            "axis reductions",
+        ),
+        (
+            "  n = global_norm(grad)\n  X = grad @ grad.T @ grad\n  param = param - lr * X / (n + eps)\n",
+            "sums over all parameters",
+        ),
+    ],
+    ids=["axis-reduction", "global-norm"],
+)
+def test_what_the_stages_do_not_run_is_still_refused(tmp_path, body, message):
+    """A matrix spec that also uses another construct the fused kernels do not run keeps
+    that construct's refusal (and only it): fused=True is a ValueError naming it."""
+    path = tmp_path / "mixed.yaml"
+    path.write_text(HEADER.format(name="Mixed") + body)
+    spec = optgen.load(path)
+    refusal = fused_refusal(spec)
+    assert message in refusal and "matrix operations (@" not in refusal
+    with pytest.raises(ValueError, match=message):
+        optgen.compile(spec)([torch.zeros(3, 3, requires_grad=True)], fused=True)
