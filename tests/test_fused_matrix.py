@@ -338,8 +338,10 @@ def test_maximize_and_a_step_input_reach_the_blocks(cpp, tmp_path):
     ("body", "message"),
     [
         (
-            "  X = grad @ grad.T @ grad\n  if ndim(param) >= 1:\n      X = X / sqrt(mean(X * X, axis=-1) + eps)\n"
-            "  param = param - lr * X\n",
+            (
+                "  X = grad @ grad.T @ grad\n  if ndim(param) >= 1:\n      X = X / sqrt(mean(X * X, axis=-1) + eps)\n"
+                "  param = param - lr * X\n"
+            ),
             "axis reductions",
         ),
         (
