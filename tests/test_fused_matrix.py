@@ -197,6 +197,12 @@ SYNTHETIC = {
   m = beta * m + (1 - beta) * P @ grad / (norm(P) + eps)
   param = param - lr * m / (sqrt(v) + eps)
 """,
+    # a state whose new value is a block's result that nothing else reads: a stage only stores it
+    "StoredOnly": """
+  m = beta * m + (1 - beta) * grad
+  param = param - lr * m / (sqrt(abs(v)) + 1)
+  v = beta * v + (1 - beta) * grad @ grad.T @ grad / (norm(grad) ** 2 + eps)
+""",
     # the momentum before this step, read after the stage that stores the new one
     "OldMomentum": """
   d = m

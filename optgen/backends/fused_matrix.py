@@ -115,6 +115,7 @@ def plan(spec: Spec, options: dict[str, bool]) -> Plan:
     for out, name in program.writes.items():
         stored[out] = stage_of[name] + (1 if by_name[name].matrix is not None else 0)
     # a raw state (or param) read after it was stored reads stage 0's copy
+    count = max(count, 1 + max(stored.values(), default=0))  # a block's result only stored: one more stage
     renamed = {}
     readers = [(2 * stage_of[v.name] + (1 if v.matrix is not None else 0), v) for v in program.values]
     for time, v in readers:
