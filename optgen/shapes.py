@@ -314,9 +314,25 @@ def infer_shapes(program) -> None:
 
 def fused_refusal(spec) -> str | None:
     """Why the fused path (C++ kernels on CPU, Triton on GPUs) does not compile `spec`, or
-    None: its kernels are elementwise passes with per-tensor reductions between them, and
-    do not run axis reductions or per-tensor rank rules yet. fused=True is then a ValueError
-    at construction and `optgen check` a warning, never a silent fallback."""
+    None. Its kernels run axis reductions, reduced states and rank rules
+    (optgen/backends/fused_axes.py), but index the last two axes only: a reduction or a
+    state over an axis before -2 is refused. fused=True is then a ValueError at
+    construction and `optgen check` a warning, never a silent fallback."""
+    axes = {a for s in spec.state.values() for a in s.axes}
+    for st in _statements(spec.update):
+        if hasattr(st, "expr"):
+            axes |= {a for r in st.expr.atoms(AxisReduction) for a in r.axes}
+    if axes <= {-1, -2}:
+        return None
+    return (
+        f"{spec.name} reduces over axis {min(axes)}, which the fused kernels do not run (they reduce over the "
+        "last two axes, -1 and -2, only); use foreach=True (or the for-loop) instead of fused=True"
+    )
+
+
+def axis_constructs(spec) -> list[str]:
+    """What of the shape constructs `spec` uses (reduced states, rank rules, axis
+    reductions, rows/cols): what needs each tensor whole."""
     uses = []
     if any(s.axes for s in spec.state.values()):
         uses.append("states reduced over axes")
@@ -327,12 +343,15 @@ def fused_refusal(spec) -> str | None:
     sizes = {s.name for s in _symbols_of(spec.update)} & set(SIZE_RANKS)
     if sizes:
         uses.append(" and ".join(f"{n}(param)" for n in sorted(sizes)))
-    if not uses:
-        return None
-    return (
-        f"{spec.name} uses {', '.join(uses)}, which the fused kernels do not run; use foreach=True "
-        "(or the for-loop) instead of fused=True"
-    )
+    return uses
+
+
+def _statements(statements):
+    for st in statements:
+        yield st
+        if hasattr(st, "body"):
+            yield from _statements(st.body)
+            yield from _statements(st.orelse)
 
 
 def _symbols_of(statements) -> set:
