@@ -262,9 +262,11 @@ class RankTracker:
         for var in list(dict.fromkeys([*true_env, *false_env])):
             a, b = true_env.get(var), false_env.get(var)
             state = self.states.get(var)
-            if a == b or b is None or (state is not None and state.ranks is not None and true_ranks <= state.ranks):
+            # a state that exists for the ranks of one side only (not: of both sides)
+            ranks = None if state is None else state.ranks
+            if a == b or b is None or (ranks is not None and not false_ranks & ranks):
                 env[var] = a
-            elif a is None or (state is not None and state.ranks is not None and false_ranks <= state.ranks):
+            elif a is None or (ranks is not None and not true_ranks & ranks):
                 env[var] = b
             else:
                 self.pending = broadcast(self.shapes.get(a.name, SCALAR), self.shapes.get(b.name, SCALAR))

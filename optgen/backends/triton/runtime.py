@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ... import cache, catalog
+from ..fused_axes import triton_refusal
 from ..fused_shards import Shards
 from . import config
 
@@ -117,6 +118,9 @@ def register(spec) -> str:
     returned key names it for fused_step."""
     from . import render_module
 
+    refusal = triton_refusal(spec)
+    if refusal:
+        raise ValueError(refusal)
     _require_triton()
     text = render_module(spec)
     path, key = cache.store(spec.module_name, text)
@@ -138,7 +142,20 @@ def load(spec_key: str) -> ModuleType:
         _require_triton()
         _MODULES[spec_key] = cache.load(stored[1], f"optgen_triton_{spec_key}", stored[0])
         return _MODULES[spec_key]
+    _refuse_axes(catalog.path_of(spec_key))
     raise KeyError(f"no Triton module for {spec_key!r}: run `optgen build` (catalog) or register(spec) first")
+
+
+def _refuse_axes(path: Path | None) -> None:
+    """A catalog spec the Triton kernels do not run (axis reductions: fused_axes.py) has no
+    module: say so, rather than that it was never built."""
+    if path is None:
+        return
+    from ...parse import load_path
+
+    refusal = triton_refusal(load_path(path))
+    if refusal:
+        raise ValueError(refusal)
 
 
 def _import(key: str, path: Path) -> ModuleType:
