@@ -122,7 +122,6 @@ def _check_backends(spec: Spec, report: Report) -> None:
     """Render every backend a build renders, without formatting or importing the result:
     generated Python is compiled to bytecode (a syntax error there is a bug in optgen)."""
     from . import backends
-    from .backends.fused_axes import triton_refusal
     from .fused_support import fused_refusal
     from .matrix import matrix_location
 
@@ -136,8 +135,6 @@ def _check_backends(spec: Spec, report: Report) -> None:
             continue  # a paper form, for proofs only: build never compiles it
         if backend.NAME in ("triton", "cpp") and refusal:
             continue
-        if backend.NAME == "triton" and triton_refusal(spec):
-            continue  # axis reductions run on the C++ kernels only (optgen/backends/fused_axes.py)
         if backend.NAME == "torch":
             from .backends.torch.module import render_module
 

@@ -11,8 +11,6 @@ import numpy as np
 import torch
 
 import optgen
-from optgen.backends.fused_axes import triton_refusal
-from optgen.backends.triton.runtime import interpreting
 from optgen.fused_support import fused_refusal
 from optgen.lower import resolve_options
 from optgen.matrix import BFloat16, matrix_location
@@ -113,18 +111,6 @@ def _refused_at_construction(cls, params, options, refusal: str) -> str | None:
     return "fused=True was accepted, though the fused kernels do not run this spec"
 
 
-def _refused_at_step(opt, params, grads, refusal: str) -> str | None:
-    """The Triton kernels do not run axis reductions yet (optgen/backends/fused_axes.py):
-    a ValueError with that message at the first step. None when they refuse so."""
-    for p, gg in zip(params, grads[0]):
-        p.grad = torch.tensor(gg)
-    try:
-        opt.step()
-    except ValueError as exc:
-        return None if str(exc) == refusal else f"Triton refused with another message: {exc}"
-    return "the Triton kernels ran a spec they refuse"
-
-
 def run_paths(spec, steps: int = 3, seed: int = 0, paths=tuple(PATHS), options=None) -> dict[str, str | None]:
     """path -> None when it matches the Reference after `steps` steps in float64 (params and
     every state), else what differs. An exception on a path propagates: a crash after a
@@ -145,9 +131,6 @@ def run_paths(spec, steps: int = 3, seed: int = 0, paths=tuple(PATHS), options=N
         params = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in init]
         if path == "fused" and refusal:
             out[path] = _refused_at_construction(cls, params, options, refusal)
-            continue
-        if path == "fused" and interpreting() and triton_refusal(spec):
-            out[path] = _refused_at_step(cls(params, **PATHS[path], **options), params, grads, triton_refusal(spec))
             continue
         opt = cls(params, **PATHS[path], **options)
         try:

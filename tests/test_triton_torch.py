@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import optgen
-from optgen.backends.fused_axes import triton_refusal
 from optgen.fused_support import fused_refusal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -22,12 +21,7 @@ optimizers = pytest.importorskip("optgen.optimizers", reason="the torch backend 
 KEYWORDS = {"weight_decay": 0.05, "momentum": 0.9, "max_grad_norm": 0.5}
 
 # the optimizers the fused path runs (matrix operations are refused: tests/test_matrix.py)
-# the Triton kernels do not run axis reductions yet (optgen/backends/fused_axes.py: triton_refusal)
-FUSED = [
-    n
-    for n in optimizers.__all__
-    if not fused_refusal(optgen.load(n.lower())) and not triton_refusal(optgen.load(n.lower()))
-]
+FUSED = [n for n in optimizers.__all__ if not fused_refusal(optgen.load(n.lower()))]
 
 
 def _construct(cls, params, **flags):

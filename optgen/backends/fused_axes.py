@@ -64,20 +64,6 @@ def owner_symbol(tag: str) -> sympy.Symbol:
 
 
 # --------------------------------------------------------------------------- what runs
-def triton_refusal(spec) -> str | None:
-    """Why the Triton kernels do not run `spec` (None: they do): axis reductions, reduced
-    states and rank rules run on the C++ kernels only so far."""
-    from ..shapes import axis_constructs
-
-    uses = axis_constructs(spec)
-    if not uses:
-        return None
-    return (
-        f"{spec.name} uses {', '.join(uses)}, which the fused C++ kernels run but the Triton kernels do not yet; "
-        "use foreach=True (or the for-loop) on this device instead of fused=True"
-    )
-
-
 def uses_axes(program: Program) -> bool:
     """Whether the kernels of `program` need the tensors' shapes (not only their sizes)."""
     names = {s.name for v in program.values for s in v.expr.free_symbols}
@@ -103,6 +89,33 @@ def spec_rank_classes(spec, options: dict[str, bool]) -> list[frozenset | None]:
 
     classes = rank_classes(lower(spec, options))
     return [None] if classes == [ALL_RANKS] else classes
+
+
+def module_rank_classes(spec, combos: list[dict[str, bool]]) -> list[frozenset | None]:
+    """The rank classes that every setting's rules treat alike (Triton merges the settings
+    into one module): [None] when no setting has rank rules."""
+    from ..lower import lower
+
+    guards = [c for combo in combos for c in rank_classes(lower(spec, combo))]
+    if all(c == ALL_RANKS for c in guards):
+        return [None]
+    classes = [ALL_RANKS]
+    for g in guards:
+        classes = [part for c in classes for part in (c & g, c - g) if part]
+    return sorted(classes, key=min)
+
+
+def reduced_tags(program: Program) -> dict[str, str]:
+    """Each reduced-shape state of the program: name -> tag."""
+    return {s.name: TAGS[s.axes] for s in program.states if s.scope == "element" and s.axes}
+
+
+def slots_of(program: Program, reduced_states: dict[str, str]) -> list[tuple[str, str, str]]:
+    """The slot vectors of a kernel, in order: (name, tag, kind) for each axis reduction
+    (kind: sum, min, max) and each reduced state the update writes (kind: store)."""
+    out = [(v.name, v.tag, v.reduce) for v in program.values if isinstance(v, AxisValue)]
+    out += [(s, tag, "store") for s, tag in reduced_states.items() if s in program.writes]
+    return out
 
 
 def class_stem(ranks: frozenset) -> str:

@@ -14,6 +14,7 @@ into the states after every block has read the old ones.
 from __future__ import annotations
 
 from ...expr import COLS, GRAD, ROWS
+from .. import fused_axes
 from ..fused_axes import IDENTITY, TAGS, AxisValue
 from .kernels import _SIMD_OP, Pass, PassBuilder
 from .kernels import IDENTITY as TENSOR_IDENTITY
@@ -27,17 +28,8 @@ _OWNER = {"row": "_i % _ncols == 0", "col": "(_i / _ncols) % _nrows == 0", "mat"
 _C_IDENTITY = {"sum": "0.0", "min": "INFINITY", "max": "-INFINITY"}
 
 
-def slots_of(program, reduced_states: dict[str, str]) -> list[tuple[str, str, str]]:
-    """The slot vectors of a kernel, in order: (name, tag, kind) for each axis reduction
-    (kind: sum, min, max) and each reduced state the update writes (kind: store)."""
-    out = [(v.name, v.tag, v.reduce) for v in program.values if isinstance(v, AxisValue)]
-    out += [(s, tag, "store") for s, tag in reduced_states.items() if s in program.writes]
-    return out
-
-
-def reduced_states(program) -> dict[str, str]:
-    """Each reduced-shape state of the program: name -> tag."""
-    return {s.name: TAGS[s.axes] for s in program.states if s.scope == "element" and s.axes}
+slots_of = fused_axes.slots_of
+reduced_states = fused_axes.reduced_tags
 
 
 class AxisPassBuilder(PassBuilder):
