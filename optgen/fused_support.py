@@ -1,9 +1,9 @@
 """What the fused path (C++ kernels on CPU, Triton on GPUs) compiles: its kernels are
-elementwise passes with per-tensor and global reductions between them. A spec that needs
-more (matrix operations, axis reductions, rank rules, group states, sums over all
-parameters that read states) gets one message that names what it
-uses: fused=True raises ValueError with it at construction, `optgen check` reports it as a
-warning, and no kernels are generated. Never a silent fallback."""
+elementwise passes with per-tensor, axis (over the last two dims: optgen/backends/fused_axes.py)
+and global reductions between them. A spec that needs more (matrix operations, reductions
+over other axes, group states, sums over all parameters that read states) gets one message
+that names what it uses: fused=True raises ValueError with it at construction, `optgen
+check` reports it as a warning, and no kernels are generated. Never a silent fallback."""
 
 from __future__ import annotations
 
