@@ -209,9 +209,9 @@ static void reduce_2(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
     const real _sign = real(_c.grad_sign);
     const bool _first = _begin == 0;
     row_var_t* __restrict row_var_ptr = static_cast<row_var_t*>(_c.arrays[2 * _c.num_tensors + _t]);
+    const int64_t _nrows = _c.rows[_t], _ncols = _c.cols[_t];
     const real one_minus_beta2 = real(_host[6]);
     const real cols = real(_c.cols[_t]);
-    const int64_t _nrows = _c.rows[_t], _ncols = _c.cols[_t];
     double* const _slot_sum_grad_sq_row = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 0];
     double* const _slot_sum_row_var_1_owned_mat = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 2];
     int64_t _run_sum_row_var_1_owned_mat = _end > _begin ? _begin / (_nrows * _ncols) : 0;
@@ -243,12 +243,12 @@ static void reduce_3(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
     grad_t* __restrict grad_ptr = static_cast<grad_t*>(_c.arrays[1 * _c.num_tensors + _t]);
     row_var_t* __restrict row_var_ptr = static_cast<row_var_t*>(_c.arrays[2 * _c.num_tensors + _t]);
     col_var_t* __restrict col_var_ptr = static_cast<col_var_t*>(_c.arrays[3 * _c.num_tensors + _t]);
+    const int64_t _nrows = _c.rows[_t], _ncols = _c.cols[_t];
     const real eps1 = real(_host[0]);
     const real eps1_sq = real(_host[4]);
     const real one_minus_beta2 = real(_host[6]);
     const real rows = real(_c.rows[_t]);
     const real cols = real(_c.cols[_t]);
-    const int64_t _nrows = _c.rows[_t], _ncols = _c.cols[_t];
     double* const _slot_sum_grad_sq_row = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 0];
     double* const _slot_sum_grad_sq_col = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 1];
     double* const _slot_sum_row_var_1_owned_mat = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 2];
@@ -267,8 +267,7 @@ static void reduce_3(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
         const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
         const real col_var_1 = col_var + one_minus_beta2*(sum_grad_sq_col/rows - col_var);
         const real var_estimate = col_var_1*row_var_1/max_nan(eps1, sum_row_var_1_owned_mat/rows);
-        const real var_estimate_2 = var_estimate;
-        const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate_2));
+        const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate));
         const real param_arg = update * update;
         sum_param_arg += param_arg;
     }
@@ -285,6 +284,7 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
     grad_t* __restrict grad_ptr = static_cast<grad_t*>(_c.arrays[1 * _c.num_tensors + _t]);
     row_var_t* __restrict row_var_ptr = static_cast<row_var_t*>(_c.arrays[2 * _c.num_tensors + _t]);
     col_var_t* __restrict col_var_ptr = static_cast<col_var_t*>(_c.arrays[3 * _c.num_tensors + _t]);
+    const int64_t _nrows = _c.rows[_t], _ncols = _c.cols[_t];
     const real eps1 = real(_host[0]);
     const real eps2 = real(_host[1]);
     const real d = real(_host[2]);
@@ -299,7 +299,6 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
     const real cols = real(_c.cols[_t]);
     const real step_scale = relative_step*max_nan(eps2, std::sqrt(sum_step_scale_arg)/std::sqrt(numel));
     const real coef = step_scale/max_nan(real(1), std::sqrt(sum_param_arg)/(d*std::sqrt(numel)));
-    const int64_t _nrows = _c.rows[_t], _ncols = _c.cols[_t];
     double* const _slot_sum_grad_sq_row = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 0];
     double* const _slot_sum_grad_sq_col = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 1];
     double* const _slot_sum_row_var_1_owned_mat = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 2];
@@ -323,8 +322,7 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
         const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
         const real col_var_1 = col_var + one_minus_beta2*(sum_grad_sq_col/rows - col_var);
         const real var_estimate = col_var_1*row_var_1/max_nan(eps1, sum_row_var_1_owned_mat/rows);
-        const real var_estimate_2 = var_estimate;
-        const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate_2));
+        const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate));
         const real param_2 = param_1 - coef*update;
         param_ptr[_i] = from_real<param_t>(param_2);
         if (_own_row) _slot_row_var[_k_row] = double(row_var_1);

@@ -143,7 +143,6 @@ static void reduce_1(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
     variance_t* __restrict variance_ptr = static_cast<variance_t*>(_c.arrays[2 * _c.num_tensors + _t]);
     const real eps1_sq = real(_host[3]);
     const real one_minus_beta2 = real(_host[5]);
-    const int64_t _nrows = _c.rows[_t], _ncols = _c.cols[_t];
     real sum_step_scale_arg = real(0);
     real sum_param_arg = real(0);
 #pragma omp simd reduction(+ : sum_step_scale_arg) reduction(+ : sum_param_arg)
@@ -154,8 +153,7 @@ static void reduce_1(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
         const real step_scale_arg = param * param;
         sum_step_scale_arg += step_scale_arg;
         const real variance_1 = one_minus_beta2*(grad * grad - variance) + variance;
-        const real var_estimate_2 = variance_1;
-        const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate_2));
+        const real update = grad/std::sqrt(max_nan(eps1_sq, variance_1));
         const real param_arg = update * update;
         sum_param_arg += param_arg;
     }
@@ -183,7 +181,6 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
     const real numel = real(_c.numels[_t]);
     const real step_scale = relative_step*max_nan(eps2, std::sqrt(sum_step_scale_arg)/std::sqrt(numel));
     const real coef = step_scale/max_nan(real(1), std::sqrt(sum_param_arg)/(d*std::sqrt(numel)));
-    const int64_t _nrows = _c.rows[_t], _ncols = _c.cols[_t];
 #pragma omp simd 
     for (int64_t _i = _begin; _i < _end; ++_i) {
         const real param = to_real(param_ptr[_i]);
@@ -191,8 +188,7 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
         const real variance = to_real(variance_ptr[_i]);
         const real param_1 = one_minus_lr_weight_decay*param;
         const real variance_1 = one_minus_beta2*(grad * grad - variance) + variance;
-        const real var_estimate_2 = variance_1;
-        const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate_2));
+        const real update = grad/std::sqrt(max_nan(eps1_sq, variance_1));
         const real param_2 = param_1 - coef*update;
         param_ptr[_i] = from_real<param_t>(param_2);
         variance_ptr[_i] = from_real<variance_t>(variance_1);

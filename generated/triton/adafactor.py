@@ -160,6 +160,8 @@ def adafactor_reduce_1(
     """Reduction pass 1: per tensor,
         sum_step_scale_arg = sum(step_scale_arg)
         sum_param_arg = sum(param_arg)
+        sum_grad_sq_row = sum(grad_sq, axis=-1)
+        sum_grad_sq_col = sum(grad_sq, axis=-2)
     each block reducing its elements and combining with atomics into `reductions`.
     Nothing is stored: the update recomputes what it needs from unchanged memory."""
     pid = tl.program_id(0)
@@ -172,9 +174,9 @@ def adafactor_reduce_1(
         step_row = step_scalars + tensor * 2
         one_minus_beta2 = tl.load(step_row + 1)
     tensor_reductions = reductions + tensor * NUM_REDUCTIONS
-    _nrows = tl.maximum(tl.load(tensor_rows + tensor), 1)
-    _ncols = tl.maximum(tl.load(tensor_cols + tensor), 1)
     if not NDIM_LE_1:
+        _nrows = tl.maximum(tl.load(tensor_rows + tensor), 1)
+        _ncols = tl.maximum(tl.load(tensor_cols + tensor), 1)
         _k_col = (offsets // (_nrows * _ncols)) * _ncols + offsets % _ncols
         _k_row = offsets // _ncols
     param_ptrs = param_ptr + tl.multiple_of(tl.load(param_offsets + tensor), ALIGN) + offsets
@@ -194,10 +196,7 @@ def adafactor_reduce_1(
     )
     if not NDIM_GE_2:
         variance = one_minus_beta2 * (grad * grad - variance) + variance
-        var_estimate = variance
-        update = grad / tl.sqrt_rn(
-            tl.maximum(eps1_sq, var_estimate, propagate_nan=tl.PropagateNan.ALL)
-        )
+        update = grad / tl.sqrt_rn(tl.maximum(eps1_sq, variance, propagate_nan=tl.PropagateNan.ALL))
         param_arg = update * update
         tl.atomic_add(
             tensor_reductions + 1, tl.sum(tl.where(mask, param_arg, 0.0), axis=0), sem="relaxed"
@@ -260,6 +259,7 @@ def adafactor_reduce_2(
     BLOCK_SIZE: tl.constexpr,
 ):
     """Reduction pass 2: per tensor,
+        sum_row_var_1_owned_mat = sum(row_var_1_owned, axis=(-2, -1))
     each block reducing its elements and combining with atomics into `reductions`.
     Nothing is stored: the update recomputes what it needs from unchanged memory."""
     pid = tl.program_id(0)
@@ -270,9 +270,9 @@ def adafactor_reduce_2(
     mask = offsets < numel
     step_row = step_scalars + tensor * 2
     one_minus_beta2 = tl.load(step_row + 1)
+    cols = tl.load(tensor_cols + tensor).to(tl.float32)
     _nrows = tl.maximum(tl.load(tensor_rows + tensor), 1)
     _ncols = tl.maximum(tl.load(tensor_cols + tensor), 1)
-    cols = tl.load(tensor_cols + tensor).to(tl.float32)
     _k_mat = offsets // (_nrows * _ncols)
     _k_row = offsets // _ncols
     _own_row = offsets % _ncols == 0
@@ -346,10 +346,10 @@ def adafactor_reduce_3(
     step_row = step_scalars + tensor * 2
     one_minus_beta2 = tl.load(step_row + 1)
     tensor_reductions = reductions + tensor * NUM_REDUCTIONS
-    _nrows = tl.maximum(tl.load(tensor_rows + tensor), 1)
-    _ncols = tl.maximum(tl.load(tensor_cols + tensor), 1)
     rows = tl.load(tensor_rows + tensor).to(tl.float32)
     cols = tl.load(tensor_cols + tensor).to(tl.float32)
+    _nrows = tl.maximum(tl.load(tensor_rows + tensor), 1)
+    _ncols = tl.maximum(tl.load(tensor_cols + tensor), 1)
     _k_col = (offsets // (_nrows * _ncols)) * _ncols + offsets % _ncols
     _k_mat = offsets // (_nrows * _ncols)
     _k_row = offsets // _ncols
@@ -379,7 +379,6 @@ def adafactor_reduce_3(
         * row_var
         / tl.maximum(eps1, sum_row_var_1_owned_mat / rows, propagate_nan=tl.PropagateNan.ALL)
     )
-    var_estimate = var_estimate
     update = grad / tl.sqrt_rn(tl.maximum(eps1_sq, var_estimate, propagate_nan=tl.PropagateNan.ALL))
     param_arg = update * update
     tl.atomic_add(
@@ -443,11 +442,11 @@ def adafactor_update(
     tensor_reductions = reductions + tensor * NUM_REDUCTIONS
     sum_step_scale_arg = tl.load(tensor_reductions + 0)
     sum_param_arg = tl.load(tensor_reductions + 1)
-    _nrows = tl.maximum(tl.load(tensor_rows + tensor), 1)
-    _ncols = tl.maximum(tl.load(tensor_cols + tensor), 1)
     if not NDIM_LE_1:
         rows = tl.load(tensor_rows + tensor).to(tl.float32)
         cols = tl.load(tensor_cols + tensor).to(tl.float32)
+        _nrows = tl.maximum(tl.load(tensor_rows + tensor), 1)
+        _ncols = tl.maximum(tl.load(tensor_cols + tensor), 1)
         _k_col = (offsets // (_nrows * _ncols)) * _ncols + offsets % _ncols
         _k_mat = offsets // (_nrows * _ncols)
         _k_row = offsets // _ncols
@@ -487,7 +486,7 @@ def adafactor_update(
     param = one_minus_lr_weight_decay * param
     if not NDIM_GE_2:
         variance = one_minus_beta2 * (grad * grad - variance) + variance
-        var_estimate = variance
+        update = grad / tl.sqrt_rn(tl.maximum(eps1_sq, variance, propagate_nan=tl.PropagateNan.ALL))
     else:
         row_var = one_minus_beta2 * (sum_grad_sq_row / cols - row_var) + row_var
         col_var = col_var + one_minus_beta2 * (sum_grad_sq_col / rows - col_var)
@@ -496,8 +495,9 @@ def adafactor_update(
             * row_var
             / tl.maximum(eps1, sum_row_var_1_owned_mat / rows, propagate_nan=tl.PropagateNan.ALL)
         )
-        var_estimate = var_estimate
-    update = grad / tl.sqrt_rn(tl.maximum(eps1_sq, var_estimate, propagate_nan=tl.PropagateNan.ALL))
+        update = grad / tl.sqrt_rn(
+            tl.maximum(eps1_sq, var_estimate, propagate_nan=tl.PropagateNan.ALL)
+        )
     coef = step_scale / tl.maximum(
         1.0, tl.sqrt_rn(sum_param_arg) / (d * tl.sqrt_rn(numel)), propagate_nan=tl.PropagateNan.ALL
     )

@@ -157,8 +157,24 @@ def _specialise(program: Program, ranks: frozenset) -> Program:
     kept = {s.name for s in states}
     outputs = {k: o for k, o in program.outputs.items() if k == "param" or k in kept}
     out = dataclasses.replace(program, values=values, states=states, outputs=outputs)
+    _forward_copies(out)
     _dce(out)
     return out
+
+
+def _forward_copies(program: Program) -> None:
+    """A join decided for the class (`var_estimate_2 = var_estimate`) is a plain copy:
+    its readers read the original."""
+    outputs = set(program.outputs.values())
+    mapping: dict = {}
+    kept = []
+    for v in program.values:
+        v.expr = v.expr.xreplace(mapping)
+        if v.expr.is_Symbol and not v.is_reduction and v.name not in outputs and v.matrix is None:
+            mapping[v.symbol] = v.expr
+            continue
+        kept.append(v)
+    program.values = kept
 
 
 def _decide(expr, ranks: frozenset):

@@ -55,7 +55,6 @@ class AxisPassBuilder(PassBuilder):
         prologue = self._scalar_loads(reads, [v for v in loaded if not isinstance(v, AxisValue)])
         prologue += [f"const real {n} = real(_c.{n}[_t]);" for n in (ROWS, COLS) if n in reads]
         prologue += [f"const real {v.name} = {self._print(v)};" for v in scalar]
-        prologue += ["const int64_t _nrows = _c.rows[_t], _ncols = _c.cols[_t];"]
         stored = {s: v for s, v in element_outputs.items() if s in kernel.reduced_arrays and s != v}
         for name in [v.name for v in axis_loaded + axis_targets] + list(stored):
             k = slots.index(name)
@@ -66,6 +65,8 @@ class AxisPassBuilder(PassBuilder):
         tags = {kernel.reduced_arrays[a] for a in arrays if a in kernel.reduced_arrays}
         tags |= {v.tag for v in axis_loaded + axis_targets}
         owners = {t for t in TAGS.values() if f"_own_{t}" in loop_reads} | {kernel.reduced_arrays[s] for s in stored}
+        if tags | owners:
+            prologue.insert(0, "const int64_t _nrows = _c.rows[_t], _ncols = _c.cols[_t];")
         loop = [f"const int64_t _k_{t} = {_INDEX[t].format(i='_i')};" for t in sorted(tags | owners)]
         loop += [f"const bool _own_{t} = {_OWNER[t]};" for t in sorted(owners)]
         for a in arrays:

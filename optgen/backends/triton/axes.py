@@ -50,12 +50,13 @@ class AxisPassBuilder(PassBuilder):
         stored = {s: v for s, v in outputs.items() if s in self.reduced}
 
         body = self._scalar_loads(computed, [v for v in loaded if not isinstance(v, AxisValue)])
-        body.append(_line("_nrows = tl.maximum(tl.load(tensor_rows + tensor), 1)"))
-        body.append(_line("_ncols = tl.maximum(tl.load(tensor_cols + tensor), 1)"))
         body += [_line(f"{n} = tl.load(tensor_{n} + tensor).to(tl.float32)", n) for n in (ROWS, COLS) if n in reads]
         tags = {self.reduced[a] for a in self.reduced if a in reads or a in stored}
         tags |= {v.tag for v in axis_loaded + axis_targets}
         owners = {t for t in TAGS.values() if owner_symbol(t).name in reads} | {self.reduced[s] for s in stored}
+        if tags | owners:
+            body.append(_line("_nrows = tl.maximum(tl.load(tensor_rows + tensor), 1)"))
+            body.append(_line("_ncols = tl.maximum(tl.load(tensor_cols + tensor), 1)"))
         body += [_line(f"_k_{t} = {_INDEX[t]}") for t in sorted(tags | owners)]
         body += [_line(f"_own_{t} = {_OWNER[t]}", f"_own_{t}") for t in sorted(owners)]
         plain = {s for s in reads if s not in self.reduced}

@@ -24,6 +24,7 @@ from ...errors import CompileError
 from ...expr import GRAD, NDIM, NUMEL, PARAM
 from ...ir import Program, Value
 from ...lower import lower
+from ...shapes import format_axes
 from ...spec import Spec
 from .. import fused_axes
 from ..torch.names import identifiers
@@ -404,10 +405,10 @@ def _kernel_doc(module: Module, role: str) -> list[str]:
         return textwrap.wrap(text, 88)
     k = int(role.split("_")[1])
     sums = _unique(
-        f"{r.name} = {_REDUCE_WORD[r.reduce]}({r.expr.name})"
+        f"{r.name} = {_REDUCE_WORD[r.reduce]}({r.expr.name}{_axes_text(r)})"
         for s in module.settings
-        for r in s.reductions
-        if r.phase == k - 1
+        for r in s.program.reductions()
+        if r.over != "global" and r.phase == k - 1
     )
     return [
         f"Reduction pass {k}: per tensor,",
@@ -418,6 +419,12 @@ def _kernel_doc(module: Module, role: str) -> list[str]:
 
 
 _REDUCE_WORD = {"sum": "sum", "min": "amin", "max": "amax"}
+
+
+def _axes_text(r: Value) -> str:
+    """`, axis=-1` of an axis reduction (into `axis_values`, see triton/axes.py)."""
+    axes = getattr(r, "axes", None)
+    return f", axis={format_axes(axes)}" if axes else ""
 
 
 def _unique(items) -> list[str]:
