@@ -257,6 +257,28 @@ def test_synthetic_spec_fused_float32_matches_foreach():
         torch.testing.assert_close(x.detach(), y.detach(), rtol=2e-5, atol=2e-6)
 
 
+def test_adafactor_fused_on_empty_strided_and_bfloat16_state(adafactor):
+    """An empty matrix (nothing to read or write), a transposed and a sliced 3-D param
+    (updated through contiguous copies), and bfloat16 states (rounded on store)."""
+    gen = torch.Generator().manual_seed(7)
+    base = [torch.randn(4, 6, generator=gen).t(), torch.randn(2, 3, 4, generator=gen)[:, :, 1:], torch.randn(5)]
+    for kw, tol in (({}, 1e-6), ({"state_dtype": torch.bfloat16}, 1e-4)):
+        mine = [p.clone().requires_grad_() for p in base]  # clone keeps the strides
+        mine = [p if k == 2 else p.mT.contiguous().mT.detach().requires_grad_() for k, p in enumerate(mine)]
+        theirs = [p.detach().clone().requires_grad_() for p in mine]
+        empty = torch.zeros(0, 5, requires_grad=True)
+        opt = adafactor([*mine, empty], fused=True, **kw)
+        ref = torch.optim.Adafactor(theirs, foreach=False)  # (it divides by an empty tensor's numel)
+        assert not mine[0].is_contiguous() and not mine[1].is_contiguous()
+        for step in range(3):
+            grads = _tensors([p.shape for p in mine], torch.float32, 70 + step)
+            _run(opt, [*mine, empty], [[*grads, torch.zeros(0, 5)]])
+            _run(ref, theirs, [grads])
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a.detach(), b.detach(), rtol=tol, atol=tol)
+        assert empty.shape == (0, 5) and opt.state[empty]["row_var"].shape == (0, 1)
+
+
 def test_rank_classes_of_a_three_way_rule():
     program = lower(loads(COLUMN_SPREAD, "c.yaml"))
     assert fused_axes.rank_classes(program) == [frozenset({0}), frozenset({1}), frozenset(range(2, 9))]
