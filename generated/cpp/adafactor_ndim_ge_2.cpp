@@ -177,8 +177,11 @@ static void reduce_1(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
     int64_t _run_sum_grad_sq_col = _end > _begin ? (_begin / (_nrows * _ncols)) * _ncols + _begin % _ncols : 0;
     double _acc_sum_grad_sq_col = 0.0;
     for (int64_t _i = _begin; _i < _end; ++_i) {
-        const int64_t _k_col = (_i / (_nrows * _ncols)) * _ncols + _i % _ncols;
-        const int64_t _k_row = _i / _ncols;
+        const int64_t _q = _i / _ncols;
+        const int64_t _c = _i - _q * _ncols;
+        const int64_t _b = _q / _nrows;
+        const int64_t _k_col = _b * _ncols + _c;
+        const int64_t _k_row = _q;
         const real param = to_real(param_ptr[_i]);
         const real grad = _sign * to_real(grad_ptr[_i]);
         const real step_scale_arg = param * param;
@@ -217,9 +220,12 @@ static void reduce_2(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
     int64_t _run_sum_row_var_1_owned_mat = _end > _begin ? _begin / (_nrows * _ncols) : 0;
     double _acc_sum_row_var_1_owned_mat = 0.0;
     for (int64_t _i = _begin; _i < _end; ++_i) {
-        const int64_t _k_mat = _i / (_nrows * _ncols);
-        const int64_t _k_row = _i / _ncols;
-        const bool _own_row = _i % _ncols == 0;
+        const int64_t _q = _i / _ncols;
+        const int64_t _c = _i - _q * _ncols;
+        const int64_t _b = _q / _nrows;
+        const int64_t _k_mat = _b;
+        const int64_t _k_row = _q;
+        const bool _own_row = _c == 0;
         const real row_var = to_real(row_var_ptr[_k_row]);
         const real sum_grad_sq_row = real(_slot_sum_grad_sq_row[_k_row]);
         const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
@@ -255,9 +261,12 @@ static void reduce_3(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
     real sum_param_arg = real(0);
 #pragma omp simd reduction(+ : sum_param_arg)
     for (int64_t _i = _begin; _i < _end; ++_i) {
-        const int64_t _k_col = (_i / (_nrows * _ncols)) * _ncols + _i % _ncols;
-        const int64_t _k_mat = _i / (_nrows * _ncols);
-        const int64_t _k_row = _i / _ncols;
+        const int64_t _q = _i / _ncols;
+        const int64_t _c = _i - _q * _ncols;
+        const int64_t _b = _q / _nrows;
+        const int64_t _k_col = _b * _ncols + _c;
+        const int64_t _k_mat = _b;
+        const int64_t _k_row = _q;
         const real grad = _sign * to_real(grad_ptr[_i]);
         const real row_var = to_real(row_var_ptr[_k_row]);
         const real col_var = to_real(col_var_ptr[_k_col]);
@@ -306,11 +315,15 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
     double* const _slot_col_var = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 4];
 #pragma omp simd 
     for (int64_t _i = _begin; _i < _end; ++_i) {
-        const int64_t _k_col = (_i / (_nrows * _ncols)) * _ncols + _i % _ncols;
-        const int64_t _k_mat = _i / (_nrows * _ncols);
-        const int64_t _k_row = _i / _ncols;
-        const bool _own_col = (_i / _ncols) % _nrows == 0;
-        const bool _own_row = _i % _ncols == 0;
+        const int64_t _q = _i / _ncols;
+        const int64_t _c = _i - _q * _ncols;
+        const int64_t _b = _q / _nrows;
+        const int64_t _r = _q - _b * _nrows;
+        const int64_t _k_col = _b * _ncols + _c;
+        const int64_t _k_mat = _b;
+        const int64_t _k_row = _q;
+        const bool _own_col = _r == 0;
+        const bool _own_row = _c == 0;
         const real param = to_real(param_ptr[_i]);
         const real grad = _sign * to_real(grad_ptr[_i]);
         const real row_var = to_real(row_var_ptr[_k_row]);

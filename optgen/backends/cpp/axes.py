@@ -24,7 +24,10 @@ _INDEX = {
     "col": "({i} / (_nrows * _ncols)) * _ncols + {i} % _ncols",
     "mat": "{i} / (_nrows * _ncols)",
 }
-_OWNER = {"row": "_i % _ncols == 0", "col": "(_i / _ncols) % _nrows == 0", "mat": "_i % (_nrows * _ncols) == 0"}
+# per element, from its row number _q = _i / cols and (for col, mat) its matrix number
+# _b = _q / rows: two integer divisions at most
+_FROM_ROW = {"row": "_q", "col": "_b * _ncols + _c", "mat": "_b"}
+_OWNER = {"row": "_c == 0", "col": "_r == 0", "mat": "(_c == 0) & (_r == 0)"}
 _C_IDENTITY = {"sum": "0.0", "min": "INFINITY", "max": "-INFINITY"}
 
 
@@ -67,8 +70,7 @@ class AxisPassBuilder(PassBuilder):
         owners = {t for t in TAGS.values() if f"_own_{t}" in loop_reads} | {kernel.reduced_arrays[s] for s in stored}
         if tags | owners:
             prologue.insert(0, "const int64_t _nrows = _c.rows[_t], _ncols = _c.cols[_t];")
-        loop = [f"const int64_t _k_{t} = {_INDEX[t].format(i='_i')};" for t in sorted(tags | owners)]
-        loop += [f"const bool _own_{t} = {_OWNER[t]};" for t in sorted(owners)]
+        loop = _index_lines(tags, owners)
         for a in arrays:
             if a in loop_reads:
                 sign = "_sign * " if a == GRAD else ""
@@ -132,6 +134,23 @@ class AxisPassBuilder(PassBuilder):
             "}",
             combine,
         ]
+
+
+def _index_lines(tags: set[str], owners: set[str]) -> list[str]:
+    """The element's slot indices (`_k_row`) and ownership flags (`_own_row`)."""
+    used = tags | owners
+    if not used:
+        return []
+    lines = ["const int64_t _q = _i / _ncols;"]
+    if owners & {"row", "mat"} or used & {"col"}:
+        lines.append("const int64_t _c = _i - _q * _ncols;")
+    if used & {"col", "mat"}:
+        lines.append("const int64_t _b = _q / _nrows;")
+    if owners & {"col", "mat"}:
+        lines.append("const int64_t _r = _q - _b * _nrows;")
+    lines += [f"const int64_t _k_{t} = {_FROM_ROW[t]};" for t in sorted(used)]
+    lines += [f"const bool _own_{t} = {_OWNER[t]};" for t in sorted(owners)]
+    return lines
 
 
 def _doc(role: str, targets: list[str], outputs: dict[str, str], reduced: bool) -> str:
