@@ -120,6 +120,8 @@ def _context(module: Module, public: Spec) -> dict:
         "reduce_kernels": reduce_kernels,
         "global_kernel": globals_[0] if globals_ else "",
         "update_kernel": next(k.name for k in kernels if k.role == "update"),
+        "has_axes": module.has_axes,
+        "rank_classes": [(flag, tuple(sorted(c))) for flag, c in zip(module.rank_flags, module.rank_classes)],
     }
 
 
@@ -136,6 +138,9 @@ def _signature(module: Module) -> list[str]:
         lines += [f"{s}_ptr, {s}_offsets, {s}_before," for s in module.tensor_states]
     lines.append("# block pid is block block_indices[pid] of tensor block_tensors[pid]; tensor sizes")
     lines.append("block_tensors, block_indices, numels," + (" ndims," if module.uses_ndim else ""))
+    if module.has_axes:
+        lines.append("# rows and cols of each tensor; axis reductions and reduced states (fused_axes.py)")
+        lines.append("tensor_rows, tensor_cols, axis_values, axis_offsets,")
     if module.uses_numel:
         lines.append("whole_numels,  # numel(param): a sharded tensor's numels are its local shard's")
     if module.host.columns:
@@ -155,6 +160,8 @@ def _signature(module: Module) -> list[str]:
     lines.append(", ".join(f"{o.upper()}: tl.constexpr" for o in module.constexprs + ["maximize"]) + ",")
     if module.has_reductions:
         lines.append("NUM_REDUCTIONS: tl.constexpr,")
+    if module.has_axes:
+        lines.append("NUM_AXIS_SLOTS: tl.constexpr,")
     lines.append("ALIGN: tl.constexpr,  # every numel and offset is a multiple of ALIGN: vector loads")
     lines.append("BLOCK_SIZE: tl.constexpr,")
     return lines
@@ -169,6 +176,8 @@ def _call_args(module: Module) -> list[str]:
     lines.append("group.block_tensors, group.block_indices, group.numels")
     if module.uses_ndim:
         lines.append("group.ndims")
+    if module.has_axes:
+        lines.append("*group.axis_tables(axis_slots(options))")
     if module.uses_numel:
         lines.append("group.whole_numels")
     if module.host.columns:
@@ -188,6 +197,8 @@ def _call_constants(module: Module) -> list[str]:
     lines.append("MAXIMIZE=maximize")
     if module.has_reductions:
         lines.append("NUM_REDUCTIONS=sum(len(p) for p in passes)")
+    if module.has_axes:
+        lines.append("NUM_AXIS_SLOTS=max(1, len(axis_slots(options)))")
     lines += ["ALIGN=group.align", "BLOCK_SIZE=group.block_size", "num_warps=group.num_warps"]
     return lines
 
@@ -202,6 +213,13 @@ def _value_functions(module: Module) -> list[ValueFunction]:
         values = {s.options_key: tuple(tuple(p) for p in s.reduction_passes) for s in module.settings}
         doc = "The per-tensor reductions of each pass before the update (sum, min or max)."
         out.append(ValueFunction("reduction_passes", "tuple[tuple[str, ...], ...]", doc, _returns(module, values)))
+    if module.has_axes:
+        values = {s.options_key: tuple((module.key(n), t, k) for n, t, k in s.axis_slots) for s in module.settings}
+        doc = "The slot vectors of the axis reductions and reduced states: (name, reduced shape, sum/min/max/store)."
+        out.append(ValueFunction("axis_slots", "tuple[tuple[str, str, str], ...]", doc, _returns(module, values)))
+        values = {s.options_key: _axis_passes(s) for s in module.settings}
+        doc = "The slot vectors each reduction pass fills (reset to their identity first)."
+        out.append(ValueFunction("axis_passes", "tuple[tuple[int, ...], ...]", doc, _returns(module, values)))
     if module.has_global:
         values = {s.options_key: tuple(module.key(g.name) for g in s.global_sums) for s in module.settings}
         doc = "The reductions over all parameters, in the order of `global_values`."
@@ -209,9 +227,18 @@ def _value_functions(module: Module) -> list[ValueFunction]:
     return out
 
 
+def _axis_passes(setting) -> tuple[tuple[int, ...], ...]:
+    names = [n for n, _, _ in setting.axis_slots]
+    phases = setting.program.num_phases - 1
+    by = {v.name: v.phase for v in setting.program.values}
+    return tuple(
+        tuple(names.index(n) for n, _, k in setting.axis_slots if k != "store" and by[n] == p) for p in range(phases)
+    )
+
+
 def _returns(module: Module, values: dict[tuple, object]) -> list[str]:
     """`if <options>: return v` for each value but the commonest, which ends the function."""
-    names = module.option_names
+    names = module.flag_names
     guard = Guarded(names, [f'options["{module.key(o)}"]' for o in names], set(values))
     by_value: dict[object, set] = {}
     for key, value in values.items():
