@@ -138,13 +138,20 @@ def worker(rank: int, port: int, path: str, names: list[str], folder: str) -> No
 
 
 def _sharded_names() -> list[str]:
-    """Every catalog optimizer but those with matrix operations, which refuse sharded
-    (DTensor) parameters (tests/test_matrix.py)."""
+    """Every catalog optimizer but those with matrix operations or axis reductions, which
+    refuse sharded (DTensor) parameters (tests/test_matrix.py, tests/test_axes.py)."""
     import optgen
     from optgen import optimizers
+    from optgen.backends.fused_matrix import is_matrix_spec
     from optgen.fused_support import fused_refusal
+    from optgen.shapes import axis_constructs
 
-    return [n for n in optimizers.__all__ if not fused_refusal(optgen.load(n.lower()))]
+    specs = {n: optgen.load(n.lower()) for n in optimizers.__all__}
+    return [
+        n
+        for n, spec in specs.items()
+        if not fused_refusal(spec) and not is_matrix_spec(spec) and not axis_constructs(spec)
+    ]
 
 
 def _run(tmp_path, path: str) -> dict:

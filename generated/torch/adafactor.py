@@ -129,10 +129,6 @@ class Adafactor(Optimizer):
             param_group.setdefault(key, value)
         if param_group["fused"] and param_group["foreach"]:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
-        if param_group["fused"]:
-            raise ValueError(
-                "Adafactor uses states reduced over axes, `if ndim(param) ...:` rules, axis reductions (mean(x, axis=...)), cols(param) and rows(param), which the fused kernels do not run; use foreach=True (or the for-loop) instead of fused=True"
-            )
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
             raise ValueError(
@@ -306,10 +302,6 @@ def adafactor(
         lr, beta2_decay, eps1, eps2, d, weight_decay = (
             x.item() if torch.is_tensor(x) else x
             for x in (lr, beta2_decay, eps1, eps2, d, weight_decay)
-        )
-    if fused:
-        raise ValueError(
-            "Adafactor uses states reduced over axes, `if ndim(param) ...:` rules, axis reductions (mean(x, axis=...)), cols(param) and rows(param), which the fused kernels do not run; use foreach=True (or the for-loop) instead of fused=True"
         )
     if any(_is_dtensor(param) for param in params):
         # axis reductions and matrix operations need each tensor whole; a shard holds some of its rows
@@ -511,6 +503,7 @@ def _multi_tensor_adafactor(
     torch._foreach_addcmul_(params, updates, coefs, value=-1)
 
 
+@torch.compiler.disable
 def _fused_adafactor(
     params: list[Tensor],
     grads: list[Tensor],
@@ -528,10 +521,42 @@ def _fused_adafactor(
     maximize: bool,
     numels: list[int],
 ) -> None:
-    """The fused implementation: not built for Adafactor, which uses what the fused
-    kernels do not run (optgen/fused_support.py)."""
-    raise ValueError(
-        "Adafactor uses states reduced over axes, `if ndim(param) ...:` rules, axis reductions (mean(x, axis=...)), cols(param) and rows(param), which the fused kernels do not run; use foreach=True (or the for-loop) instead of fused=True"
+    """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
+    if not params:
+        return
+    lr, beta2_decay, eps1, eps2, d, weight_decay = (
+        x.item() if torch.is_tensor(x) else x
+        for x in (lr, beta2_decay, eps1, eps2, d, weight_decay)
+    )
+    from optgen.backends.cpp.runtime import select  # the kernels load on first use
+
+    fused_step, register = select(params[0].device)
+    torch._foreach_add_(state_steps, 1)
+    states = {
+        "row_var": row_vars,
+        "col_var": col_vars,
+        "variance": variances,
+    }
+    fused_step(
+        "adafactor",
+        params=params,
+        grads=grads,
+        states={name: tensors for name, tensors in states.items() if tensors},
+        steps=[int(step_t.item()) for step_t in state_steps],
+        hyper={
+            "lr": lr,
+            "beta2_decay": beta2_decay,
+            "eps1": eps1,
+            "eps2": eps2,
+            "d": d,
+            "weight_decay": weight_decay,
+        },
+        options={},
+        global_values={},
+        maximize=maximize,
     )
 
 

@@ -153,10 +153,6 @@ class Muon(Optimizer):
             param_group.setdefault(key, value)
         if param_group["fused"] and param_group["foreach"]:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
-        if param_group["fused"]:
-            raise ValueError(
-                "Muon uses matrix operations (@, transpose, bfloat16() or a loop), which the fused kernels do not run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
-            )
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
             raise ValueError(
@@ -313,10 +309,6 @@ def muon(
         lr, weight_decay, momentum, ns_a, ns_b, ns_c, eps, ns_steps = (
             x.item() if torch.is_tensor(x) else x
             for x in (lr, weight_decay, momentum, ns_a, ns_b, ns_c, eps, ns_steps)
-        )
-    if fused:
-        raise ValueError(
-            "Muon uses matrix operations (@, transpose, bfloat16() or a loop), which the fused kernels do not run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
         )
     if any(_is_dtensor(param) for param in params):
         # axis reductions and matrix operations need each tensor whole; a shard holds some of its rows
@@ -516,6 +508,7 @@ def _multi_tensor_muon(
     torch._foreach_add_(params, scaled_X_1_list)
 
 
+@torch.compiler.disable
 def _fused_muon(
     params: list[Tensor],
     grads: list[Tensor],
@@ -535,10 +528,46 @@ def _fused_muon(
     bf16_newton_schulz: bool,
     maximize: bool,
 ) -> None:
-    """The fused implementation: not built for Muon, which uses what the fused
-    kernels do not run (optgen/fused_support.py)."""
-    raise ValueError(
-        "Muon uses matrix operations (@, transpose, bfloat16() or a loop), which the fused kernels do not run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
+    """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
+    if not params:
+        return
+    lr, weight_decay, momentum, ns_a, ns_b, ns_c, eps, ns_steps = (
+        x.item() if torch.is_tensor(x) else x
+        for x in (lr, weight_decay, momentum, ns_a, ns_b, ns_c, eps, ns_steps)
+    )
+    from optgen.backends.cpp.runtime import select  # the kernels load on first use
+
+    fused_step, register = select(params[0].device)
+    torch._foreach_add_(state_steps, 1)
+    states = {
+        "momentum_buffer": momentum_buffers,
+    }
+    fused_step(
+        "muon",
+        params=params,
+        grads=grads,
+        states={name: tensors for name, tensors in states.items() if tensors},
+        steps=[int(step_t.item()) for step_t in state_steps],
+        hyper={
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "ns_a": ns_a,
+            "ns_b": ns_b,
+            "ns_c": ns_c,
+            "eps": eps,
+            "ns_steps": ns_steps,
+        },
+        options={
+            "nesterov": nesterov,
+            "match_rms_adamw": match_rms_adamw,
+            "bf16_newton_schulz": bf16_newton_schulz,
+        },
+        global_values={},
+        maximize=maximize,
     )
 
 

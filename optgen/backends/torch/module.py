@@ -322,6 +322,6 @@ def _whole_tensors(spec: Spec) -> str:
     """What makes each tensor's update need the whole tensor ("" when a shard can run it)."""
     if matrix_location(spec) is not None:
         return "uses matrix operations, which need whole tensors"
-    if shapes.fused_refusal(spec):
+    if shapes.axis_constructs(spec):
         return "reduces over axes or tests ndim(param), which need whole tensors"
     return ""
