@@ -240,7 +240,8 @@ def _spec(tmp_path, name, body):
     return optgen.load(path)
 
 
-def _against_reference(spec, dtype, shapes, steps):
+def _against_reference(spec, dtype, shapes, steps, path=None):
+    path = path or {"fused": True}
     cls = optgen.compile(spec)
     rng = np.random.default_rng(len(spec.name))
     init = [rng.standard_normal(s) for s in shapes]
@@ -248,7 +249,7 @@ def _against_reference(spec, dtype, shapes, steps):
     ref = Reference(spec, [{"params": [p.copy() for p in init], "lr": 0.05}])
     for gs in grads:
         ref.step(gs)
-    params, opt = _run(lambda ps: cls(ps, lr=0.05, fused=True), init, grads, dtype)
+    params, opt = _run(lambda ps: cls(ps, lr=0.05, **path), init, grads, dtype)
     rel = [max_rel_diff(p.double().numpy() - p0, want - p0) for p, want, p0 in zip(params, ref.params, init)]
     for p, state in zip(params, ref.state):
         rel += [max_rel_diff(opt.state[p][s].double().numpy(), state[s]) for s in ("m", "v")]
@@ -262,6 +263,15 @@ def test_synthetic_matrix_specs_fused_match_the_reference(cpp, tmp_path, name):
     assert max(_against_reference(spec, torch.float64, SYNTHETIC_SHAPES, 3)) < 1e-11
     assert max(_against_reference(spec, torch.float32, SYNTHETIC_SHAPES, 3)) < 1e-4
     assert cpp
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_synthetic_matrix_specs_eager_match_the_reference(tmp_path, name, foreach):
+    """The eager paths on the same specs: a state whose new value is a block's result
+    (StateFromMatmul, StoredOnly) is copied into the state's buffer."""
+    spec = _spec(tmp_path, name, SYNTHETIC[name])
+    assert max(_against_reference(spec, torch.float64, SYNTHETIC_SHAPES, 3, {"foreach": foreach})) < 1e-11
 
 
 def test_the_plan_of_a_state_read_after_its_store(tmp_path):

@@ -126,6 +126,9 @@ class Scheduler:
         self.names.value_expr = expr
         if v.matrix is not None:
             self.matrix.schedule(v)
+            if v.var in self.p.chains and not self._partial_version(v):
+                # a state's (or param's) new value made by a block: copied home at the end
+                self.names.st.current[v.var] = v.name
         elif v.is_reduction:
             source = self.fresh.operand(v.expr)
             name = self.names.temp_name(v)
