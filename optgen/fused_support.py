@@ -1,8 +1,11 @@
 """What the fused path (C++ kernels on CPU, Triton on GPUs) compiles: its kernels are
-elementwise passes with per-tensor and global reductions between them. A spec that needs
-more (matrix operations, axis reductions, rank rules) gets one message that names what it
-uses: fused=True raises ValueError with it at construction, `optgen check` reports it as a
-warning, and no kernels are generated. Never a silent fallback."""
+elementwise passes with per-tensor, axis (over the last two dims: optgen/backends/fused_axes.py)
+and global reductions between them, group states as host scalars (optgen/backends/fused_groups.py);
+a spec with matrix operations runs as stages of them with its matrix blocks through torch
+between (optgen/backends/fused_matrix.py). A spec that needs more (reductions over other axes;
+matrix operations together with axis reductions or sums over all parameters) gets one message
+that names what it uses: fused=True raises ValueError with it at construction, `optgen check`
+reports it as a warning, and no kernels are generated. Never a silent fallback."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from . import matrix, shapes
 
 def fused_refusal(spec) -> str:
     """Why the fused path does not compile `spec` ("" when it does)."""
-    # a matrix spec's message covers its rows(param) / cols(param) too: said once
-    reasons = [matrix.fused_refusal(spec) or shapes.fused_refusal(spec)]
-    return " ".join(r for r in reasons if r)
+    # a matrix spec runs in stages (optgen/backends/fused_matrix.py), which read its
+    # rows(param) / cols(param) themselves: its message names only what the stages do not run
+    if matrix.matrix_location(spec):
+        return matrix.fused_refusal(spec)
+    return shapes.fused_refusal(spec) or ""

@@ -154,12 +154,6 @@ class MatrixBlock:
         return any(uses_matrix_view(e) for _, e in self.body)
 
 
-FUSED_REFUSAL = (
-    "{name} uses matrix operations (@, transpose, bfloat16() or a loop), which the fused kernels do not "
-    "run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
-)
-
-
 def matrix_location(spec) -> Loc | None:
     """Where the spec first uses a matrix operation or a loop (None: it uses none)."""
     from .spec import If, Repeat, TensorIf
@@ -195,8 +189,14 @@ def loop_counts(spec) -> set[str]:
 
 
 def fused_refusal(spec) -> str:
-    """The fused path's one message for a spec it does not run ("" when it runs it)."""
-    return FUSED_REFUSAL.format(name=spec.name) if matrix_location(spec) is not None else ""
+    """What of a matrix spec the fused path does not run ("" when it runs all of it): its
+    elementwise stages run as fused kernels and its matrix blocks through torch between them
+    (optgen/backends/fused_matrix.py)."""
+    if matrix_location(spec) is None:
+        return ""
+    from .backends.fused_matrix import refusal
+
+    return refusal(spec)
 
 
 def describe_block(block: MatrixBlock) -> str:

@@ -245,7 +245,11 @@ def _value_fn(v) -> Fn:
 
 def _elements(value, env: Env) -> np.ndarray:
     """A reduction's argument, one entry per element of the parameter: an element value
-    that came out a scalar (`v = 0.5`, then `mean(v * step)`) counts once per element."""
+    that came out a scalar (`v = 0.5`, then `mean(v * step)`) counts once per element. A
+    reduced value (keepdim: the param's rank) counts its own elements, as torch's sum of a
+    row vector does: sum(row_var) adds each row once."""
+    if np.ndim(value) == np.ndim(env[PARAM]):
+        return np.asarray(value)
     return np.broadcast_to(value, np.shape(env[PARAM]))
 
 

@@ -262,9 +262,11 @@ class RankTracker:
         for var in list(dict.fromkeys([*true_env, *false_env])):
             a, b = true_env.get(var), false_env.get(var)
             state = self.states.get(var)
-            if a == b or b is None or (state is not None and state.ranks is not None and true_ranks <= state.ranks):
+            # a state that exists for the ranks of one side only (not: of both sides)
+            ranks = None if state is None else state.ranks
+            if a == b or b is None or (ranks is not None and not false_ranks & ranks):
                 env[var] = a
-            elif a is None or (state is not None and state.ranks is not None and false_ranks <= state.ranks):
+            elif a is None or (ranks is not None and not true_ranks & ranks):
                 env[var] = b
             else:
                 self.pending = broadcast(self.shapes.get(a.name, SCALAR), self.shapes.get(b.name, SCALAR))
@@ -314,9 +316,25 @@ def infer_shapes(program) -> None:
 
 def fused_refusal(spec) -> str | None:
     """Why the fused path (C++ kernels on CPU, Triton on GPUs) does not compile `spec`, or
-    None: its kernels are elementwise passes with per-tensor reductions between them, and
-    do not run axis reductions or per-tensor rank rules yet. fused=True is then a ValueError
-    at construction and `optgen check` a warning, never a silent fallback."""
+    None. Its kernels run axis reductions, reduced states and rank rules
+    (optgen/backends/fused_axes.py), but index the last two axes only: a reduction or a
+    state over an axis before -2 is refused. fused=True is then a ValueError at
+    construction and `optgen check` a warning, never a silent fallback."""
+    axes = {a for s in spec.state.values() for a in s.axes}
+    for st in _statements(spec.update):
+        if hasattr(st, "expr"):
+            axes |= {a for r in st.expr.atoms(AxisReduction) for a in r.axes}
+    if axes <= {-1, -2}:
+        return None
+    return (
+        f"{spec.name} reduces over axis {min(axes)}, which the fused kernels do not run (they reduce over the "
+        "last two axes, -1 and -2, only); use foreach=True (or the for-loop) instead of fused=True"
+    )
+
+
+def axis_constructs(spec) -> list[str]:
+    """What of the shape constructs `spec` uses (reduced states, rank rules, axis
+    reductions, rows/cols): what needs each tensor whole."""
     uses = []
     if any(s.axes for s in spec.state.values()):
         uses.append("states reduced over axes")
@@ -327,12 +345,15 @@ def fused_refusal(spec) -> str | None:
     sizes = {s.name for s in _symbols_of(spec.update)} & set(SIZE_RANKS)
     if sizes:
         uses.append(" and ".join(f"{n}(param)" for n in sorted(sizes)))
-    if not uses:
-        return None
-    return (
-        f"{spec.name} uses {', '.join(uses)}, which the fused kernels do not run; use foreach=True "
-        "(or the for-loop) instead of fused=True"
-    )
+    return uses
+
+
+def _statements(statements):
+    for st in statements:
+        yield st
+        if hasattr(st, "body"):
+            yield from _statements(st.body)
+            yield from _statements(st.orelse)
 
 
 def _symbols_of(statements) -> set:

@@ -153,15 +153,18 @@ def cases(dtypes=("float64", "float32")) -> list[Case]:
     the triton package), the trap per dtype, and the deliberate rank failure last."""
     import optgen
     from optgen import optimizers
+    from optgen.backends.fused_matrix import is_matrix_spec
     from optgen.fused_support import fused_refusal
+    from optgen.shapes import axis_constructs
 
     paths = [path for path in PATHS if path != "fused" or _have_compiler()]
     triton = import_triton()
     out = []
     for dtype in dtypes:
         for spec in sorted(optimizers.__all__):
-            loaded = optgen.load(spec.lower())
-            if fused_refusal(loaded) or any(s.scope == "group" for s in loaded.state.values()):
+            spec_obj = optgen.load(spec.lower())
+            group_states = any(s.scope == "group" for s in spec_obj.state.values())
+            if fused_refusal(spec_obj) or is_matrix_spec(spec_obj) or axis_constructs(spec_obj) or group_states:
                 # matrix operations and axis reductions need whole tensors, and sums over all
                 # parameters that read states take no DTensor yet: sharded parameters are refused
                 # (tests/test_matrix.py, test_axes.py, test_scalars.py); the group-state specs

@@ -21,7 +21,15 @@ from optgen.reference import Reference
 
 # 1-D, 2-D, 3-D and 4-D (a conv weight), a 0-d scalar and a 1x1 matrix
 SHAPES = [(5,), (4, 3), (2, 3, 4), (3, 2, 2, 2), (), (1, 1)]
-PATHS = {"forloop": {"foreach": False}, "foreach": {"foreach": True}}
+PATHS = {"forloop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+# torch.optim.Adafactor has no fused path: ours runs against its for-loop there
+TORCH_PATHS = {**PATHS, "fused": {"foreach": False}}
+
+
+@pytest.fixture(autouse=True)
+def _cpu_kernels(monkeypatch):
+    """fused=True on CPU tensors runs the C++ kernels (the suite sets TRITON_INTERPRET=1)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +71,7 @@ def test_adafactor_matches_torch(adafactor, path, dtype, rtol, atol, kw):
     ndim >= 2, variance below), against torch.optim.Adafactor on the same path."""
     mine, theirs = _params(SHAPES, dtype), _params(SHAPES, dtype)
     opt = adafactor(mine, **kw, **PATHS[path])
-    ref = torch.optim.Adafactor(theirs, **kw, **PATHS[path])
+    ref = torch.optim.Adafactor(theirs, **kw, **TORCH_PATHS[path])
     grads = _grads(SHAPES, 6, dtype)
     _run(opt, mine, grads)
     _run(ref, theirs, grads)
@@ -121,7 +129,7 @@ def test_adafactor_state_dict_round_trip(adafactor, path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
     theirs = _params(SHAPES, dtype)
-    ref = torch.optim.Adafactor(theirs, lr=0.05, eps=(1e-16, 1e-3), **PATHS[path])
+    ref = torch.optim.Adafactor(theirs, lr=0.05, eps=(1e-16, 1e-3), **TORCH_PATHS[path])
     _run(ref, theirs, grads[:3])
     mine = [p.detach().clone().requires_grad_() for p in theirs]
     ours = adafactor(mine, lr=0.05, eps=(1e-16, 1e-3), **PATHS[path])
@@ -150,12 +158,12 @@ def test_adafactor_reference_matches_torch():
     assert set(ref.state[1]) == {"step", "row_var", "col_var"} and set(ref.state[0]) == {"step", "variance"}
 
 
-def test_adafactor_refuses_fused_with_one_clear_message(adafactor):
-    with pytest.raises(ValueError, match=r"Adafactor uses .*axis reductions.*use foreach=True"):
-        adafactor([torch.zeros(2, 2, requires_grad=True)], fused=True)
+def test_adafactor_checks_with_a_fused_path(adafactor):
+    """Axis reductions, reduced states and rank rules run fused (tests/test_fused_axes.py):
+    `optgen check` has no fused warning for Adafactor."""
     report = optgen.check(optgen.load("adafactor"))
     assert report.ok
-    assert any("no fused path (fused=True raises ValueError)" in f.message for f in report.findings)
+    assert not any("no fused path" in f.message for f in report.findings), report.findings
 
 
 def test_the_prover_refuses_axis_structure():
@@ -292,10 +300,22 @@ def test_column_max_state_is_reduced_over_rows():
     assert tuple(opt.state[p]["fibre_sq"].shape) == (1, 1)
 
 
-def test_synthetic_specs_refuse_fused():
-    cls = optgen.compile(loads(COLUMN_MAX, "c.yaml"))
-    with pytest.raises(ValueError, match="ColumnMax uses states reduced over axes"):
-        cls([torch.zeros(3, 3, requires_grad=True)], fused=True)
+def test_axes_before_the_last_two_refuse_fused():
+    """The fused kernels index the last two axes: a reduction over -3 is refused, with one
+    message, at construction."""
+    text = HEAD.format(name="DepthMax") + textwrap.dedent(
+        """\
+        update: |
+          if ndim(param) >= 3:
+              u = grad / (amax(abs(grad), axis=-3) + eps)
+          else:
+              u = grad
+          param = param - lr * u
+        """
+    )
+    cls = optgen.compile(loads(text, "d.yaml"))
+    with pytest.raises(ValueError, match=r"DepthMax reduces over axis -3, which the fused kernels do not run"):
+        cls([torch.zeros(3, 3, 3, requires_grad=True)], fused=True)
 
 
 # --------------------------------------------------------------------------- located errors
@@ -429,9 +449,9 @@ def test_latex_prints_axis_means_and_rank_rules():
     assert r"\mathrm{update}" in equations and r"{\mathrm{var\_estimate}}'" not in "".join(equations.values())
 
 
-def test_check_from_the_command_line_warns_about_the_fused_path(tmp_path):
-    """`optgen check` passes an axis spec (exit 0) with the fused path's refusal as a warning,
-    and a shape mismatch fails it (exit 2) at its file:line:col."""
+def test_check_from_the_command_line_passes_axis_specs(tmp_path):
+    """`optgen check` passes an axis spec (exit 0) without a fused warning, and a shape
+    mismatch fails it (exit 2) at its file:line:col."""
     import subprocess
     import sys
 
@@ -439,7 +459,7 @@ def test_check_from_the_command_line_warns_about_the_fused_path(tmp_path):
         [sys.executable, "-m", "optgen.cli", "check", "adafactor"], capture_output=True, text=True, check=False
     )
     assert good.returncode == 0, good.stdout + good.stderr
-    assert "warning: no fused path (fused=True raises ValueError): Adafactor uses" in good.stdout
+    assert "no fused path" not in good.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(SIMPLE.replace("mean(grad**2, axis=-1)", "grad**2", 1))
     result = subprocess.run(

@@ -18,6 +18,7 @@ from cpp_harness import _cpu_kernels, needs_compiler  # noqa: F401
 import optgen
 from optgen import catalog
 from optgen.backends.cpp import runtime
+from optgen.backends.fused_matrix import is_matrix_spec
 from optgen.fused_support import fused_refusal
 
 optimizers = pytest.importorskip("optgen.optimizers", reason="the torch backend is not built")
@@ -26,8 +27,12 @@ pytestmark = needs_compiler
 KEYWORDS = {"weight_decay": 0.05, "momentum": 0.9, "max_grad_norm": 0.5}
 SHAPES = [(4, 3), (7,), (1,), (300, 70)]
 
-# the optimizers the fused path runs (matrix operations are refused: tests/test_matrix.py)
-FUSED = [n for n in optimizers.__all__ if not fused_refusal(optgen.load(n.lower()))]
+# the optimizers the fused kernels run whole (matrix specs run in stages: tests/test_fused_matrix.py)
+FUSED = [
+    n
+    for n in optimizers.__all__
+    if not fused_refusal(optgen.load(n.lower())) and not is_matrix_spec(optgen.load(n.lower()))
+]
 
 
 def _construct(cls, params, **flags):

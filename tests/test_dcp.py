@@ -138,18 +138,23 @@ def worker(rank: int, port: int, path: str, names: list[str], folder: str) -> No
 
 
 def _sharded_names() -> list[str]:
-    """Every catalog optimizer but those with matrix operations, which refuse sharded
-    (DTensor) parameters (tests/test_matrix.py), and those with group states (Prodigy's sums
-    over all parameters read states: they take no DTensor yet)."""
+    """Every catalog optimizer but those with matrix operations or axis reductions, which
+    refuse sharded (DTensor) parameters (tests/test_matrix.py, tests/test_axes.py), and those
+    with group states (Prodigy's sums over all parameters read states: they take no DTensor yet)."""
     import optgen
     from optgen import optimizers
+    from optgen.backends.fused_matrix import is_matrix_spec
     from optgen.fused_support import fused_refusal
+    from optgen.shapes import axis_constructs
 
     specs = {n: optgen.load(n.lower()) for n in optimizers.__all__}
     return [
         n
         for n, spec in specs.items()
-        if not fused_refusal(spec) and not any(s.scope == "group" for s in spec.state.values())
+        if not fused_refusal(spec)
+        and not is_matrix_spec(spec)
+        and not axis_constructs(spec)
+        and not any(s.scope == "group" for s in spec.state.values())
     ]
 
 

@@ -20,14 +20,23 @@ from test_triton_harness import DEVICE, Harness, option_settings, run
 
 import optgen
 from optgen import catalog
+from optgen.backends.fused_matrix import is_matrix_spec
 from optgen.backends.triton import runtime
 from optgen.errors import CompileError
 from optgen.fused_support import fused_refusal
+from optgen.shapes import axis_constructs
 
 SHAPES = [(3, 5), (7,), (1,)]
 STEPS = 20
-# the specs the fused path runs (the others refuse fused=True: tests/test_matrix.py, test_axes.py)
-FUSED = [name for name in catalog.names() if not fused_refusal(optgen.load(name))]
+# the specs this harness runs fused (the others refuse fused=True, or are tested elsewhere:
+# matrix specs run fused in stages (kernels and torch between them): tests/test_fused_matrix.py;
+# specs with axis reductions, reduced states or rank rules: tests/test_fused_axes.py (this
+# harness keeps every state shaped like its param)
+FUSED = [
+    name
+    for name in catalog.names()
+    if not fused_refusal(spec := optgen.load(name)) and not is_matrix_spec(spec) and not axis_constructs(spec)
+]
 CASES = [(name, options) for name in FUSED for options in option_settings(optgen.load(name))]
 
 

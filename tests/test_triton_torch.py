@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import optgen
+from optgen.backends.fused_matrix import is_matrix_spec
 from optgen.fused_support import fused_refusal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -20,8 +21,12 @@ optimizers = pytest.importorskip("optgen.optimizers", reason="the torch backend 
 # Keywords that make every term of an update run (each only where the class takes it).
 KEYWORDS = {"weight_decay": 0.05, "momentum": 0.9, "max_grad_norm": 0.5}
 
-# the optimizers the fused path runs (matrix operations are refused: tests/test_matrix.py)
-FUSED = [n for n in optimizers.__all__ if not fused_refusal(optgen.load(n.lower()))]
+# the optimizers the fused kernels run whole (matrix specs run in stages: tests/test_fused_matrix.py)
+FUSED = [
+    n
+    for n in optimizers.__all__
+    if not fused_refusal(optgen.load(n.lower())) and not is_matrix_spec(optgen.load(n.lower()))
+]
 
 
 def _construct(cls, params, **flags):

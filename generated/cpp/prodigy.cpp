@@ -100,7 +100,7 @@ static inline double floored_mod(double a, double b) {
     return r != 0 && ((r < 0) != (b < 0)) ? r + b : r;
 }
 
-enum { NUM_ARRAYS = 6, NUM_TENSOR_STATES = 0, NUM_REDUCTIONS = 0, NUM_GLOBAL_SUMS = 2, HOST_WIDTH = 15, PARTIAL_WIDTH = 2 };
+enum { NUM_ARRAYS = 6, NUM_TENSOR_STATES = 0, NUM_REDUCTIONS = 0, NUM_GLOBAL_SUMS = 2, HOST_WIDTH = 15, PARTIAL_WIDTH = 2, NUM_AXIS_SLOTS = 0 };
 
 // What one call sees; the Python runtime (optgen/backends/cpp/runtime.py) fills it once
 // per set of tensors and reuses it every step (no allocation per step).
@@ -122,6 +122,11 @@ struct Context {
     double* reductions;          // [num_tensors][NUM_REDUCTIONS]
     double* host;                // [num_tensors][HOST_WIDTH]: beta1, beta2, d0, d_coef, growth_rate, eps, d, d_max, d_d_lr_over_d0, d_numerator_decay3, d_one_minus_beta1, coef, decay3, one_minus_weight_decay_d_lr, d_lr
     double* before;              // [NUM_TENSOR_STATES][num_tensors]: per-tensor state before this step
+    const int64_t* rows;         // [num_tensors]: size(-2), 1 below 2 dims
+    const int64_t* cols;         // [num_tensors]: size(-1), 1 for a 0-d tensor
+    const int64_t* axis_offsets; // [num_tensors][NUM_AXIS_SLOTS]: where each slot vector starts in axis_values
+    const int64_t* axis_sizes;   // [num_tensors][NUM_AXIS_SLOTS]
+    double* axis_values;
 };
 
 // The tensor's row of host values, in double.
@@ -305,7 +310,7 @@ OPTGEN_EXPORT void optgen_global_sums(const Context* context, int nthreads, doub
 
 // What the runtime needs to call this library without lowering the spec again (JSON).
 OPTGEN_EXPORT const char* optgen_metadata() {
-    return R"json({"arrays": ["param", "grad", "p0", "s", "exp_avg", "exp_avg_sq"], "global_reads": ["param", "grad", "p0", "s"], "global_sums": ["global_sum_d_numerator_arg", "global_sum_d_denom_arg"], "hypers": ["lr", "beta1", "beta2", "beta3", "d0", "d_coef", "growth_rate", "weight_decay", "eps", "d", "d_max", "d_numerator"], "reads_ndim": false, "reduce_passes": [], "tensor_states": []})json";
+    return R"json({"arrays": ["param", "grad", "p0", "s", "exp_avg", "exp_avg_sq"], "axis_slots": [], "global_reads": ["param", "grad", "p0", "s"], "global_sums": ["global_sum_d_numerator_arg", "global_sum_d_denom_arg"], "hypers": ["lr", "beta1", "beta2", "beta3", "d0", "d_coef", "growth_rate", "weight_decay", "eps", "d", "d_max", "d_numerator"], "reads_ndim": false, "reduce_passes": [], "reduced_arrays": {}, "shapes": false, "tensor_states": []})json";
 }
 
 OPTGEN_EXPORT int optgen_layout(int which) {

@@ -80,7 +80,7 @@ static inline double floored_mod(double a, double b) {
     return r != 0 && ((r < 0) != (b < 0)) ? r + b : r;
 }
 
-enum { NUM_ARRAYS = 3, NUM_TENSOR_STATES = 0, NUM_REDUCTIONS = 0, NUM_GLOBAL_SUMS = 0, HOST_WIDTH = 4, PARTIAL_WIDTH = 1 };
+enum { NUM_ARRAYS = 3, NUM_TENSOR_STATES = 0, NUM_REDUCTIONS = 0, NUM_GLOBAL_SUMS = 0, HOST_WIDTH = 4, PARTIAL_WIDTH = 1, NUM_AXIS_SLOTS = 0 };
 
 // What one call sees; the Python runtime (optgen/backends/cpp/runtime.py) fills it once
 // per set of tensors and reuses it every step (no allocation per step).
@@ -102,6 +102,11 @@ struct Context {
     double* reductions;          // [num_tensors][NUM_REDUCTIONS]
     double* host;                // [num_tensors][HOST_WIDTH]: weight_decay, ckp1, coef, lr_t
     double* before;              // [NUM_TENSOR_STATES][num_tensors]: per-tensor state before this step
+    const int64_t* rows;         // [num_tensors]: size(-2), 1 below 2 dims
+    const int64_t* cols;         // [num_tensors]: size(-1), 1 for a 0-d tensor
+    const int64_t* axis_offsets; // [num_tensors][NUM_AXIS_SLOTS]: where each slot vector starts in axis_values
+    const int64_t* axis_sizes;   // [num_tensors][NUM_AXIS_SLOTS]
+    double* axis_values;
 };
 
 // The tensor's row of host values, in double.
@@ -199,7 +204,7 @@ OPTGEN_EXPORT void optgen_global_sums(const Context* context, int nthreads, doub
 
 // What the runtime needs to call this library without lowering the spec again (JSON).
 OPTGEN_EXPORT const char* optgen_metadata() {
-    return R"json({"arrays": ["param", "grad", "z"], "global_reads": [], "global_sums": [], "hypers": ["lr", "momentum", "weight_decay", "warmup_steps", "r", "weight_lr_power", "lr_max", "weight_sum"], "reads_ndim": false, "reduce_passes": [], "tensor_states": []})json";
+    return R"json({"arrays": ["param", "grad", "z"], "axis_slots": [], "global_reads": [], "global_sums": [], "hypers": ["lr", "momentum", "weight_decay", "warmup_steps", "r", "weight_lr_power", "lr_max", "weight_sum"], "reads_ndim": false, "reduce_passes": [], "reduced_arrays": {}, "shapes": false, "tensor_states": []})json";
 }
 
 OPTGEN_EXPORT int optgen_layout(int which) {

@@ -129,10 +129,6 @@ class Adafactor(Optimizer):
             param_group.setdefault(key, value)
         if param_group["fused"] and param_group["foreach"]:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
-        if param_group["fused"]:
-            raise ValueError(
-                "Adafactor uses states reduced over axes, `if ndim(param) ...:` rules, axis reductions (mean(x, axis=...)), cols(param) and rows(param), which the fused kernels do not run; use foreach=True (or the for-loop) instead of fused=True"
-            )
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
             raise ValueError(
@@ -307,10 +303,6 @@ def adafactor(
             x.item() if torch.is_tensor(x) else x
             for x in (lr, beta2_decay, eps1, eps2, d, weight_decay)
         )
-    if fused:
-        raise ValueError(
-            "Adafactor uses states reduced over axes, `if ndim(param) ...:` rules, axis reductions (mean(x, axis=...)), cols(param) and rows(param), which the fused kernels do not run; use foreach=True (or the for-loop) instead of fused=True"
-        )
     if any(_is_dtensor(param) for param in params):
         # axis reductions and matrix operations need each tensor whole; a shard holds some of its rows
         raise ValueError(
@@ -381,19 +373,10 @@ def _single_tensor_adafactor(
         if param.ndim >= 2:
             row_var.mul_(1 - one_minus_beta2)
             scratch = torch.linalg.vector_norm(grad, dim=-1, keepdim=True)
-            row_var.addcmul_(
-                scratch, scratch, value=one_minus_beta2 / (param.size(-1) if param.ndim >= 1 else 1)
-            )
+            row_var.addcmul_(scratch, scratch, value=one_minus_beta2 / param.size(-1))
             col_var.mul_(1 - one_minus_beta2)
             scratch_1 = torch.linalg.vector_norm(grad, dim=-2, keepdim=True)
-            col_var.addcmul_(
-                scratch_1,
-                scratch_1,
-                value=one_minus_beta2 / (param.size(-2) if param.ndim >= 2 else 1),
-            )
-        if param.ndim <= 1:
-            variance.mul_(1 - one_minus_beta2).addcmul_(grad, grad, value=one_minus_beta2)
-        if param.ndim >= 2:
+            col_var.addcmul_(scratch_1, scratch_1, value=one_minus_beta2 / param.size(-2))
             update = grad / torch.sqrt(
                 torch.clamp(
                     col_var
@@ -403,6 +386,7 @@ def _single_tensor_adafactor(
                 )
             )
         else:
+            variance.mul_(1 - one_minus_beta2).addcmul_(grad, grad, value=one_minus_beta2)
             denom = variance.clamp(min=eps1_sq).sqrt_()
             update = grad.div(denom)
         update_norm = torch.linalg.vector_norm(update)
@@ -474,7 +458,7 @@ def _multi_tensor_adafactor(
             scratches,
             scratches,
             [
-                one_minus_beta2 / (param.size(-1) if param.ndim >= 1 else 1)
+                one_minus_beta2 / param.size(-1)
                 for param, one_minus_beta2 in zip(params, one_minus_beta2_list)
             ],
         )
@@ -487,16 +471,10 @@ def _multi_tensor_adafactor(
             scratch_1_list,
             scratch_1_list,
             [
-                one_minus_beta2 / (param.size(-2) if param.ndim >= 2 else 1)
+                one_minus_beta2 / param.size(-2)
                 for one_minus_beta2, param in zip(one_minus_beta2_list, params)
             ],
         )
-    if params[0].ndim <= 1:
-        torch._foreach_mul_(
-            variances, [1 - one_minus_beta2 for one_minus_beta2 in one_minus_beta2_list]
-        )
-        torch._foreach_addcmul_(variances, grads, grads, one_minus_beta2_list)
-    if params[0].ndim >= 2:
         updates = [
             grad
             / torch.sqrt(
@@ -510,6 +488,10 @@ def _multi_tensor_adafactor(
             for col_var, grad, row_var in zip(col_vars, grads, row_vars)
         ]
     else:
+        torch._foreach_mul_(
+            variances, [1 - one_minus_beta2 for one_minus_beta2 in one_minus_beta2_list]
+        )
+        torch._foreach_addcmul_(variances, grads, grads, one_minus_beta2_list)
         denoms = torch._foreach_clamp_min(variances, eps1_sq)
         torch._foreach_sqrt_(denoms)
         updates = torch._foreach_div(grads, denoms)
@@ -521,6 +503,7 @@ def _multi_tensor_adafactor(
     torch._foreach_addcmul_(params, updates, coefs, value=-1)
 
 
+@torch.compiler.disable
 def _fused_adafactor(
     params: list[Tensor],
     grads: list[Tensor],
@@ -538,10 +521,42 @@ def _fused_adafactor(
     maximize: bool,
     numels: list[int],
 ) -> None:
-    """The fused implementation: not built for Adafactor, which uses what the fused
-    kernels do not run (optgen/fused_support.py)."""
-    raise ValueError(
-        "Adafactor uses states reduced over axes, `if ndim(param) ...:` rules, axis reductions (mean(x, axis=...)), cols(param) and rows(param), which the fused kernels do not run; use foreach=True (or the for-loop) instead of fused=True"
+    """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
+    if not params:
+        return
+    lr, beta2_decay, eps1, eps2, d, weight_decay = (
+        x.item() if torch.is_tensor(x) else x
+        for x in (lr, beta2_decay, eps1, eps2, d, weight_decay)
+    )
+    from optgen.backends.cpp.runtime import select  # the kernels load on first use
+
+    fused_step, register = select(params[0].device)
+    torch._foreach_add_(state_steps, 1)
+    states = {
+        "row_var": row_vars,
+        "col_var": col_vars,
+        "variance": variances,
+    }
+    fused_step(
+        "adafactor",
+        params=params,
+        grads=grads,
+        states={name: tensors for name, tensors in states.items() if tensors},
+        steps=[int(step_t.item()) for step_t in state_steps],
+        hyper={
+            "lr": lr,
+            "beta2_decay": beta2_decay,
+            "eps1": eps1,
+            "eps2": eps2,
+            "d": d,
+            "weight_decay": weight_decay,
+        },
+        options={},
+        global_values={},
+        maximize=maximize,
     )
 
 
@@ -587,17 +602,3 @@ def _is_dtensor(tensor: Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 
     return isinstance(tensor, DTensor)
-
-
-def _local_shards(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
-    """Each DTensor as this rank's shard of it, laid out as its parameter (a gradient placed
-    otherwise is redistributed first); a plain tensor as it is. A shard is a view: updating
-    it in place updates the DTensor."""
-    out = []
-    for tensor, param in zip(tensors, params):
-        if _is_dtensor(tensor):
-            if tensor.placements != param.placements:
-                tensor = tensor.redistribute(param.device_mesh, param.placements)
-            tensor = tensor.to_local()
-        out.append(tensor)
-    return out

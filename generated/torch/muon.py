@@ -153,10 +153,6 @@ class Muon(Optimizer):
             param_group.setdefault(key, value)
         if param_group["fused"] and param_group["foreach"]:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together")
-        if param_group["fused"]:
-            raise ValueError(
-                "Muon uses matrix operations (@, transpose, bfloat16() or a loop), which the fused kernels do not run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
-            )
         if param_group["state_dtype"] is not None and not param_group["fused"]:
             # the foreach and for-loop paths mix state and parameter in one op: one dtype
             raise ValueError(
@@ -177,7 +173,6 @@ class Muon(Optimizer):
         momentum = param_group["momentum"]
         if not 0.0 <= momentum:
             raise ValueError(f"Invalid momentum: {momentum!r} (expected a value in [0, inf))")
-        ns_a, ns_b, ns_c = param_group["ns_coefficients"]
         eps = param_group["eps"]
         if not 0.0 < eps:
             raise ValueError(f"Invalid eps: {eps!r} (expected a value in (0, inf))")
@@ -315,21 +310,10 @@ def muon(
             x.item() if torch.is_tensor(x) else x
             for x in (lr, weight_decay, momentum, ns_a, ns_b, ns_c, eps, ns_steps)
         )
-    if fused:
-        raise ValueError(
-            "Muon uses matrix operations (@, transpose, bfloat16() or a loop), which the fused kernels do not run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
-        )
     if any(_is_dtensor(param) for param in params):
         # axis reductions and matrix operations need each tensor whole; a shard holds some of its rows
         raise ValueError(
             "Muon uses matrix operations, which need whole tensors: sharded (DTensor) parameters are not supported"
-        )
-    shard_groups = None if fused else _shard_groups(params)
-    if shard_groups is not None:
-        # FSDP2's DTensor parameters: the update runs on this rank's shards, and each
-        # per-tensor reduction combines the shards' partial results over the shard group
-        params, grads, momentum_buffers = (
-            _local_shards(tensors, params) for tensors in (params, grads, momentum_buffers)
         )
     if fused:
         func = _fused_muon
@@ -354,7 +338,6 @@ def muon(
         match_rms_adamw=match_rms_adamw,
         bf16_newton_schulz=bf16_newton_schulz,
         maximize=maximize,
-        shard_groups=shard_groups,
     )
 
 
@@ -376,118 +359,51 @@ def _single_tensor_muon(
     match_rms_adamw: bool,
     bf16_newton_schulz: bool,
     maximize: bool,
-    shard_groups: list | None = None,
 ) -> None:
-    """The for-loop implementation: one tensor at a time. With `shard_groups` (local shards of
-    DTensor parameters), a first loop computes every tensor's reductions of its shard from
-    the unchanged param and states, and one all-reduce per kind of reduction combines them
-    over the shard groups before the update loop reads them."""
+    """The for-loop implementation: one tensor at a time."""
+    for param in params:
+        if param.ndim != 2:
+            raise ValueError(
+                f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
+            )
+    if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
+        raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
         momentum_buffer = momentum_buffers[i]
         step_t = state_steps[i]
         step_t += 1
         if match_rms_adamw:
-            adjusted_lr = (
-                lr
-                * max(
-                    (param.size(-1) if param.ndim >= 1 else 1),
-                    (param.size(-2) if param.ndim >= 2 else 1),
-                )
-                ** 0.5
-                / 5
-            )
+            adjusted_lr = lr * max(param.size(-1), param.size(-2)) ** 0.5 / 5
         else:
-            adjusted_lr = (
-                lr
-                * max(
-                    1,
-                    (param.size(-2) if param.ndim >= 2 else 1)
-                    / (param.size(-1) if param.ndim >= 1 else 1),
-                )
-                ** 0.5
-            )
+            adjusted_lr = lr * max(1, param.size(-2) / param.size(-1)) ** 0.5
         momentum_buffer.lerp_(grad, 1 - momentum)
         if nesterov:
             update = grad.lerp(momentum_buffer, momentum)
         if bf16_newton_schulz:
-            if param.ndim != 2:
-                raise ValueError(
-                    f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
-                )
             if nesterov:
                 X = update.bfloat16()
             else:
                 X = momentum_buffer.bfloat16()
-            X = X.reshape_as(param)
-            X_1 = X / torch.clamp(torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True), min=eps)
+            X = X / torch.clamp(torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True), min=eps)
+        elif nesterov:
+            update_norm = torch.linalg.vector_norm(update)
+            coef = torch.clamp(update_norm, min=eps)
+            update.div_(coef)
+            X = update
         else:
-            if nesterov:
-                update_norm = torch.linalg.vector_norm(update)
-            else:
-                momentum_buffer_norm = torch.linalg.vector_norm(momentum_buffer)
-            if shard_groups is not None:
-                if nesterov:
-                    _all_reduce_partials([shard_groups[i]], norms=[[update_norm]])
-                else:
-                    _all_reduce_partials([shard_groups[i]], norms=[[momentum_buffer_norm]])
-            if nesterov:
-                coef = torch.clamp(update_norm, min=eps)
-                update.div_(coef)
-                X = update
-            else:
-                coef = torch.clamp(momentum_buffer_norm, min=eps)
-                X = momentum_buffer.div(coef)
-        if param.ndim != 2:
-            raise ValueError(
-                f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
-            )
-        if bf16_newton_schulz:
-            X_2 = (
-                X_1.mT
-                if (param.size(-1) if param.ndim >= 1 else 1)
-                < (param.size(-2) if param.ndim >= 2 else 1)
-                else X_1
-            )
-            X_3 = X_2
-        else:
-            X_1 = (
-                X.mT
-                if (param.size(-1) if param.ndim >= 1 else 1)
-                < (param.size(-2) if param.ndim >= 2 else 1)
-                else X
-            )
-            X_2 = X_1
-        if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
-            raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
+            momentum_buffer_norm = torch.linalg.vector_norm(momentum_buffer)
+            coef = torch.clamp(momentum_buffer_norm, min=eps)
+            X = momentum_buffer.div(coef)
+        X = X.mT if param.size(-1) < param.size(-2) else X
         for _ in range(int(ns_steps)):
-            if bf16_newton_schulz:
-                A = X_3 @ X_3.mT
-            else:
-                A = X_2 @ X_2.mT
+            A = X @ X.mT
             B = torch.addmm(A, A, A, beta=ns_b, alpha=ns_c)
-            if bf16_newton_schulz:
-                X_3 = torch.addmm(X_3, B, X_3, beta=ns_a)
-            else:
-                X_2 = torch.addmm(X_2, B, X_2, beta=ns_a)
+            X = torch.addmm(X, B, X, beta=ns_a)
+        X = X.mT if param.size(-1) < param.size(-2) else X
         if bf16_newton_schulz:
-            X_4 = (
-                X_3.mT
-                if (param.size(-1) if param.ndim >= 1 else 1)
-                < (param.size(-2) if param.ndim >= 2 else 1)
-                else X_3
-            )
-            X_4 = X_4.reshape_as(param).to(param.dtype)
-            param.mul_(1 - lr * weight_decay).add_(X_4, alpha=-adjusted_lr)
-        else:
-            X_3 = (
-                X_2.mT
-                if (param.size(-1) if param.ndim >= 1 else 1)
-                < (param.size(-2) if param.ndim >= 2 else 1)
-                else X_2
-            )
-            X_3 = X_3.reshape_as(param)
-            param.mul_(1 - lr * weight_decay).add_(X_3, alpha=-adjusted_lr)
+            X = X.to(param.dtype)
+        param.mul_(1 - lr * weight_decay).add_(X, alpha=-adjusted_lr)
 
 
 def _multi_tensor_muon(
@@ -508,23 +424,21 @@ def _multi_tensor_muon(
     match_rms_adamw: bool,
     bf16_newton_schulz: bool,
     maximize: bool,
-    shard_groups: list | None = None,
 ) -> None:
-    """The foreach implementation: torch._foreach_* kernels over all tensors at once. With
-    `shard_groups` (local shards of DTensor parameters), the reductions of a batch are
-    all-reduced together: one collective per kind of reduction where the update first reads
-    them (a batch is a param group, less the splits of device or dtype)."""
+    """The foreach implementation: torch._foreach_* kernels over all tensors at once."""
     if not params:
         return
+    for param in params:
+        if param.ndim != 2:
+            raise ValueError(
+                f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
+            )
+    if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
+        raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
     # one foreach call per device, dtype and CPU chunk
-    keys = [
-        (param.device, param.dtype, chunk)
-        for param, chunk in zip(params, _cpu_chunks(params, shard_groups is not None))
-    ]
+    keys = [(param.device, param.dtype, chunk) for param, chunk in zip(params, _cpu_chunks(params))]
     if len(set(keys)) > 1:
-        for *batch, batch_shard_groups in _batches(
-            keys, params, grads, momentum_buffers, state_steps, shard_groups
-        ):
+        for batch in _batches(keys, params, grads, momentum_buffers, state_steps):
             _multi_tensor_muon(
                 *batch,
                 lr=lr,
@@ -539,31 +453,12 @@ def _multi_tensor_muon(
                 match_rms_adamw=match_rms_adamw,
                 bf16_newton_schulz=bf16_newton_schulz,
                 maximize=maximize,
-                shard_groups=batch_shard_groups,
             )
         return
     if match_rms_adamw:
-        adjusted_lrs = [
-            lr
-            * max(
-                (param.size(-1) if param.ndim >= 1 else 1),
-                (param.size(-2) if param.ndim >= 2 else 1),
-            )
-            ** 0.5
-            / 5
-            for param in params
-        ]
+        adjusted_lrs = [lr * max(param.size(-1), param.size(-2)) ** 0.5 / 5 for param in params]
     else:
-        adjusted_lrs = [
-            lr
-            * max(
-                1,
-                (param.size(-2) if param.ndim >= 2 else 1)
-                / (param.size(-1) if param.ndim >= 1 else 1),
-            )
-            ** 0.5
-            for param in params
-        ]
+        adjusted_lrs = [lr * max(1, param.size(-2) / param.size(-1)) ** 0.5 for param in params]
     torch._foreach_add_(state_steps, 1)
     if maximize:
         grads = torch._foreach_neg(grads)
@@ -573,30 +468,15 @@ def _multi_tensor_muon(
     if not bf16_newton_schulz:
         if nesterov:
             update_norms = torch._foreach_norm(updates)
-        else:
-            momentum_buffer_norms = torch._foreach_norm(momentum_buffers)
-        if shard_groups is not None:
-            if nesterov:
-                _all_reduce_partials(shard_groups, norms=[update_norms])
-            else:
-                _all_reduce_partials(shard_groups, norms=[momentum_buffer_norms])
-        if nesterov:
             coefs = torch._foreach_clamp_min(update_norms, eps)
             torch._foreach_div_(updates, coefs)
             X_list = updates
         else:
+            momentum_buffer_norms = torch._foreach_norm(momentum_buffers)
             coefs = torch._foreach_clamp_min(momentum_buffer_norms, eps)
             X_list = torch._foreach_div(momentum_buffers, coefs)
     # tensors of one shape are stacked: each matmul is one batched matmul for all of them
-    for param in params:
-        if param.ndim != 2:
-            raise ValueError(
-                f"a matrix operation needs a 2-D parameter; got shape {tuple(param.shape)}"
-            )
-    if bf16_newton_schulz:
-        X_8_list = [None] * len(params)
-    else:
-        X_5_list = [None] * len(params)
+    X_1_list = [None] * len(params)
     groups = {}
     for i in range(len(params)):
         groups.setdefault((params[i].shape,), []).append(i)
@@ -604,53 +484,31 @@ def _multi_tensor_muon(
         if bf16_newton_schulz:
             if nesterov:
                 update_stack = torch.stack([updates[i].bfloat16() for i in idx])
-                X_1 = update_stack
+                X = update_stack
             else:
                 momentum_buffer_stack = torch.stack([momentum_buffers[i].bfloat16() for i in idx])
-                X_1 = momentum_buffer_stack
-            X_3 = X_1 / torch.clamp(
-                torch.linalg.vector_norm(X_1, dim=(-2, -1), keepdim=True), min=eps
-            )
-            X_5 = X_3.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_3
-            X_7 = X_5
+                X = momentum_buffer_stack
+            X = X / torch.clamp(torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True), min=eps)
+            X = X.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X
         else:
             X_stack = torch.stack([X_list[i] for i in idx])
-            X_2 = X_stack.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_stack
-            X_4 = X_2
-        if not (0 <= ns_steps <= 100 and ns_steps == int(ns_steps)):
-            raise ValueError(f"the loop count must be an integer in [0, 100]; got {ns_steps}")
+            X = X_stack.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_stack
         for _ in range(int(ns_steps)):
-            if bf16_newton_schulz:
-                A = X_7 @ X_7.mT
-            else:
-                A = X_4 @ X_4.mT
+            A = X @ X.mT
             B = torch.baddbmm(A, A, A, beta=ns_b, alpha=ns_c)
-            if bf16_newton_schulz:
-                X_7 = torch.baddbmm(X_7, B, X_7, beta=ns_a)
-            else:
-                X_4 = torch.baddbmm(X_4, B, X_4, beta=ns_a)
-        if bf16_newton_schulz:
-            X_9 = X_7.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_7
-        else:
-            X_6 = X_4.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X_4
+            X = torch.baddbmm(X, B, X, beta=ns_a)
+        X = X.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X
         for j, i in enumerate(idx):
             if bf16_newton_schulz:
-                X_8_list[i] = X_9[j].reshape_as(params[i]).to(params[i].dtype)
+                X_1_list[i] = X[j].to(params[i].dtype)
             else:
-                X_5_list[i] = X_6[j].reshape_as(params[i])
+                X_1_list[i] = X[j]
     torch._foreach_mul_(params, 1 - lr * weight_decay)
-    if bf16_newton_schulz:
-        scaled_X_8_list = torch._foreach_mul(
-            X_8_list, [-adjusted_lr for adjusted_lr in adjusted_lrs]
-        )
-        torch._foreach_add_(params, scaled_X_8_list)
-    else:
-        scaled_X_5_list = torch._foreach_mul(
-            X_5_list, [-adjusted_lr for adjusted_lr in adjusted_lrs]
-        )
-        torch._foreach_add_(params, scaled_X_5_list)
+    scaled_X_1_list = torch._foreach_mul(X_1_list, [-adjusted_lr for adjusted_lr in adjusted_lrs])
+    torch._foreach_add_(params, scaled_X_1_list)
 
 
+@torch.compiler.disable
 def _fused_muon(
     params: list[Tensor],
     grads: list[Tensor],
@@ -669,24 +527,55 @@ def _fused_muon(
     match_rms_adamw: bool,
     bf16_newton_schulz: bool,
     maximize: bool,
-    shard_groups: list | None = None,
 ) -> None:
-    """The fused implementation: not built for Muon, which uses what the fused
-    kernels do not run (optgen/fused_support.py)."""
-    raise ValueError(
-        "Muon uses matrix operations (@, transpose, bfloat16() or a loop), which the fused kernels do not run; use foreach=True (it batches same-shaped matrices into one bmm) or the for-loop path"
+    """The fused implementation: optgen's C++ kernels on CPU tensors (optgen.backends.cpp.runtime),
+    its Triton kernels elsewhere (optgen.backends.triton.runtime). torch.compile does not
+    trace it (the kernels take Python numbers: the step counts, a tensor hyperparameter's
+    value): a compiled step calls it between graphs."""
+    if not params:
+        return
+    lr, weight_decay, momentum, ns_a, ns_b, ns_c, eps, ns_steps = (
+        x.item() if torch.is_tensor(x) else x
+        for x in (lr, weight_decay, momentum, ns_a, ns_b, ns_c, eps, ns_steps)
+    )
+    from optgen.backends.cpp.runtime import select  # the kernels load on first use
+
+    fused_step, register = select(params[0].device)
+    torch._foreach_add_(state_steps, 1)
+    states = {
+        "momentum_buffer": momentum_buffers,
+    }
+    fused_step(
+        "muon",
+        params=params,
+        grads=grads,
+        states={name: tensors for name, tensors in states.items() if tensors},
+        steps=[int(step_t.item()) for step_t in state_steps],
+        hyper={
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "ns_a": ns_a,
+            "ns_b": ns_b,
+            "ns_c": ns_c,
+            "eps": eps,
+            "ns_steps": ns_steps,
+        },
+        options={
+            "nesterov": nesterov,
+            "match_rms_adamw": match_rms_adamw,
+            "bf16_newton_schulz": bf16_newton_schulz,
+        },
+        global_values={},
+        maximize=maximize,
     )
 
 
-def _cpu_chunks(params: list[Tensor], sharded: bool = False) -> list[int]:
+def _cpu_chunks(params: list[Tensor]) -> list[int]:
     """A chunk number per tensor: on CPU, runs of consecutive tensors of about
     _CPU_CHUNK_BYTES in all (a larger tensor alone), elsewhere one chunk. A foreach op over
     the whole list streams every tensor through memory once per op; chunk by chunk, the
-    tensors stay in cache from one op to the next. Local shards (`sharded`) are one chunk:
-    their sizes differ between ranks, and every rank must run the same batches (each batch
-    all-reduces its reductions once)."""
-    if sharded:
-        return [0] * len(params)
+    tensors stay in cache from one op to the next."""
     chunks, chunk, size = [], 0, 0
     for param in params:
         nbytes = param.numel() * param.element_size()
@@ -713,61 +602,3 @@ def _is_dtensor(tensor: Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 
     return isinstance(tensor, DTensor)
-
-
-def _local_shards(tensors: list[Tensor], params: list[Tensor]) -> list[Tensor]:
-    """Each DTensor as this rank's shard of it, laid out as its parameter (a gradient placed
-    otherwise is redistributed first); a plain tensor as it is. A shard is a view: updating
-    it in place updates the DTensor."""
-    out = []
-    for tensor, param in zip(tensors, params):
-        if _is_dtensor(tensor):
-            if tensor.placements != param.placements:
-                tensor = tensor.redistribute(param.device_mesh, param.placements)
-            tensor = tensor.to_local()
-        out.append(tensor)
-    return out
-
-
-def _shard_group(param: Tensor):
-    """The process group over which a DTensor parameter is sharded (the ranks holding its
-    shards); None for a tensor this rank holds whole (a plain or a replicated one)."""
-    if not _is_dtensor(param):
-        return None
-    if any(placement.is_partial() for placement in param.placements):
-        raise ValueError("a parameter with a Partial placement has no value to update")
-    dims = [dim for dim, placement in enumerate(param.placements) if placement.is_shard()]
-    if len(dims) > 1:
-        raise NotImplementedError("parameters sharded over more than one mesh dimension")
-    return param.device_mesh.get_group(dims[0]) if dims else None
-
-
-def _shard_groups(params: list[Tensor]) -> list | None:
-    """None when no parameter is a DTensor; else each parameter's _shard_group."""
-    if not any(_is_dtensor(param) for param in params):
-        return None
-    return [_shard_group(param) for param in params]
-
-
-def _all_reduce_partials(groups: list, *, sums=(), norms=(), mins=(), maxs=()) -> None:
-    """Make per-tensor reductions of local shards those of the whole tensors, in place: each
-    argument a list of columns, a column one 0-d partial result per tensor (aligned with
-    `groups`, each tensor's _shard_group; None: a whole tensor, already complete). One
-    all_reduce per process group and kind of reduction: sums and norms (as squares) add,
-    mins and maxs take the extreme. An empty shard's partial is its reduction's identity."""
-    for op, columns, first_norm in (
-        (torch.distributed.ReduceOp.SUM, [*sums, *norms], len(sums)),
-        (torch.distributed.ReduceOp.MIN, mins, len(mins)),
-        (torch.distributed.ReduceOp.MAX, maxs, len(maxs)),
-    ):
-        for group in dict.fromkeys(group for group in groups if group is not None):
-            rows = [i for i, g in enumerate(groups) if g is group]
-            partials = [
-                (c >= first_norm, column[i]) for c, column in enumerate(columns) for i in rows
-            ]
-            if not partials:
-                continue
-            combined = torch.stack([value.square() if norm else value for norm, value in partials])
-            torch.distributed.all_reduce(combined, op=op, group=group)
-            for (norm, value), total in zip(partials, combined):
-                value.copy_(total.sqrt() if norm else total)

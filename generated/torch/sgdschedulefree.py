@@ -168,7 +168,6 @@ class SGDScheduleFree(Optimizer):
             raise ValueError(
                 f"Invalid warmup_steps: {warmup_steps!r} (expected a value in [0, inf))"
             )
-        r = param_group["r"]
         weight_lr_power = param_group["weight_lr_power"]
         if not 0.0 <= weight_lr_power:
             raise ValueError(

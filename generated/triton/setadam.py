@@ -227,7 +227,7 @@ def setadam_update(
     sum_sum_sq_arg = tl.load(tensor_reductions + 0)
     sum_exp_avg_sq_1 = tl.load(tensor_reductions + 1)
     min_exp_avg_sq_1 = tl.load(tensor_reductions + 2)
-    numel = tl.load(whole_numels + tensor)
+    numel = tl.load(whole_numels + tensor).to(tl.float32)
     param_ptrs = param_ptr + tl.multiple_of(tl.load(param_offsets + tensor), ALIGN) + offsets
     param = tl.load(param_ptrs, mask=mask).to(tl.float32)
     grad_ptrs = grad_ptr + tl.multiple_of(tl.load(grad_offsets + tensor), ALIGN) + offsets

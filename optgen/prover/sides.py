@@ -19,7 +19,7 @@ from ..expr import GRAD, NDIM_SYMBOL, NUMEL_SYMBOL, PARAM, STEP, STEP_SYMBOL, sy
 from ..lower import lower, resolve_options
 from ..matrix import matrix_location
 from ..program_facts import inline
-from ..shapes import fused_refusal
+from ..shapes import axis_constructs
 from ..spec import If, Interval, Spec, holds
 from . import bounds as B
 from .source import Text, expr_from
@@ -205,7 +205,7 @@ def axis_refusal(spec: Spec) -> str | None:
     """The prover's obligations are over one element and per-tensor reductions: a spec with
     axis reductions or per-tensor rank rules (optgen/shapes.py) gets no verdict at all,
     never one proven by sampling."""
-    if fused_refusal(spec) is None:
+    if not axis_constructs(spec):
         return None
     return (
         f"{spec.name} uses axis reductions or `if ndim(param) ...:` rules: the prover does not reason "

@@ -17,6 +17,7 @@ from ... import catalog
 from ...expr import NDIM
 from ...fused_support import fused_refusal
 from ...spec import Spec
+from .. import fused_axes, fused_matrix
 from ..triton import update_lines
 from . import config
 from .kernels import Kernel, build
@@ -31,7 +32,17 @@ def render(spec: Spec) -> dict[str, str]:
         return {}
     options = {name: option.default for name, option in spec.options.items()}
     dtypes = {"param": "torch.float32"}
-    return {f"{spec.module_name}.cpp": source(spec, options, dtypes)}
+    if fused_matrix.is_matrix_spec(spec):  # a kernel per stage between its matrix blocks
+        stages = fused_matrix.stage_specs(spec)
+        return {f"{spec.module_name}_{k}.cpp": source(s, {}, dtypes) for k, s in enumerate(stages)}
+    classes = fused_axes.spec_rank_classes(spec, options)
+    if classes == [None]:
+        return {f"{spec.module_name}.cpp": source(spec, options, dtypes)}
+    # a kernel per rank class (Adafactor's matrices and vectors): a file each
+    return {
+        f"{spec.module_name}_{fused_axes.class_stem(ranks)}.cpp": source(spec, options, dtypes, ranks)
+        for ranks in classes
+    }
 
 
 def render_all(spec: Spec) -> list[str]:
@@ -39,13 +50,20 @@ def render_all(spec: Spec) -> list[str]:
     that checks compiles on the fused CPU path whatever options a user picks."""
     if spec.gradient_at is not None or fused_refusal(spec):
         return []
-    return [source(spec, combo, {"param": "torch.float32"}) for combo in spec.option_combinations()]
+    if fused_matrix.is_matrix_spec(spec):
+        return [source(s, {}, {"param": "torch.float32"}) for s in fused_matrix.stage_specs(spec, every_setting=True)]
+    return [
+        source(spec, combo, {"param": "torch.float32"}, ranks)
+        for combo in spec.option_combinations()
+        for ranks in fused_axes.spec_rank_classes(spec, combo)
+    ]
 
 
-def source(spec: Spec, options: dict[str, bool], dtypes: dict[str, str]) -> str:
+def source(spec: Spec, options: dict[str, bool], dtypes: dict[str, str], ranks: frozenset | None = None) -> str:
     """The C++ source for one setting. `dtypes`: array or tensor-state name -> torch dtype
-    name ("torch.bfloat16"); a name left out has the param's dtype (grad included)."""
-    kernel = build(spec, options)
+    name ("torch.bfloat16"); a name left out has the param's dtype (grad included). `ranks`:
+    the rank class, for a spec with rank rules (fused_axes.spec_rank_classes)."""
+    kernel = build(spec, options, ranks)
     return render_kernel(kernel, dtypes)
 
 
@@ -83,6 +101,10 @@ def metadata(kernel: Kernel) -> dict:
         # each reduction pass's (slot in `reductions`, sum/min/max): what optgen_pass fills
         "reduce_passes": [[list(slot) for slot in p.slots] for p in kernel.reduce_passes],
         "reads_ndim": any(NDIM in {x.name for x in v.expr.free_symbols} for v in kernel.program.values),
+        # axis reductions and reduced states (cpp/axes.py): the runtime sizes the slot vectors
+        "shapes": fused_axes.uses_axes(kernel.program),
+        "axis_slots": [list(slot) for slot in kernel.axis_slots],
+        "reduced_arrays": kernel.reduced_arrays,
     }
 
 

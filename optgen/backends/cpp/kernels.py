@@ -28,6 +28,7 @@ from ...expr import GRAD, NDIM, NUMEL, PARAM, STEP
 from ...ir import Program, Value
 from ...lower import lower
 from ...spec import Spec
+from .. import fused_axes
 from ..fused_groups import host_inputs
 from ..triton.host import HostScope, HostTable
 from .config import CPP_KEYWORDS, KERNEL_LOCALS
@@ -62,6 +63,8 @@ class Pass:
     simd: str  # the `#pragma omp simd` clause list (reductions)
     arrays: list[str]  # arrays this pass touches (pointer declarations)
     slots: list[tuple[int, str]] = field(default_factory=list)  # (reduction slot, op) it fills
+    serial: bool = False  # no `#pragma omp simd`: it accumulates axis reductions (cpp/axes.py)
+    axis_fills: list[tuple[int, str]] = field(default_factory=list)  # (axis slot, identity) set first
 
 
 @dataclass
@@ -79,6 +82,12 @@ class Kernel:
     reductions: list[Value]  # per-tensor reductions, in slot order
     global_sums: list[Value]
     passes: list[Pass] = field(default_factory=list)
+    # axis reductions and reduced states (optgen/backends/fused_axes.py, cpp/axes.py): the
+    # rank class this kernel runs for (None: every rank), its slot vectors (name, tag,
+    # sum/min/max/store) and its reduced-state arrays (name -> tag)
+    ranks: frozenset | None = None
+    axis_slots: list[tuple[str, str, str]] = field(default_factory=list)
+    reduced_arrays: dict[str, str] = field(default_factory=dict)
 
     @property
     def reduce_passes(self) -> list[Pass]:
@@ -98,13 +107,20 @@ class Kernel:
         return max(len(self.reductions), len(self.global_sums), 1)
 
 
-def build(spec: Spec, options: dict[str, bool]) -> Kernel:
+def build(spec: Spec, options: dict[str, bool], ranks: frozenset | None = None) -> Kernel:
+    """The kernel of one setting; `ranks`: the rank class it runs for, when the spec has
+    rank rules (fused_axes.rank_classes)."""
+    from . import axes as cpp_axes  # (it builds on PassBuilder below)
+
     if spec.gradient_at is not None:
         raise CompileError(
             spec.loc,
             f"{spec.name} takes its gradient at a shifted point (a paper form for proofs): it has no C++ kernel",
         )
     program = lower(spec, options)
+    axes = fused_axes.uses_axes(program)
+    if axes:
+        program = fused_axes.prepare(program, ranks)
     taken = {v.name for v in program.values if v.scope != "host"} | set(KERNEL_LOCALS) | set(program.input_scopes)
     host = CppHostTable(spec, taken)
     scope = host.scope(program)
@@ -125,14 +141,18 @@ def build(spec: Spec, options: dict[str, bool]) -> Kernel:
         host_lines=[],
         reductions=program.reductions("tensor"),
         global_sums=program.reductions("global"),
+        ranks=ranks,
     )
     _check_names(kernel)
-    builder = PassBuilder(kernel, scope)
+    if axes:
+        kernel.reduced_arrays = cpp_axes.reduced_states(program)
+        kernel.axis_slots = cpp_axes.slots_of(program, kernel.reduced_arrays)
+    builder = (cpp_axes.AxisPassBuilder if axes else PassBuilder)(kernel, scope)
     if kernel.global_sums:
         kernel.passes.append(builder.build("global_sums", [g.name for g in kernel.global_sums], stores=False))
     last = program.num_phases - 1
     for k in range(last):
-        targets = [r.name for r in kernel.reductions if r.phase == k]
+        targets = [r.name for r in program.reductions() if r.over != "global" and r.phase == k]
         kernel.passes.append(builder.build(f"reduce_{k + 1}", targets, stores=False))
     kernel.passes.append(builder.build("update", list(program.outputs.values()), stores=True))
     kernel.host_names = [h for h in kernel.hypers if h in host.kernel_hypers] + host.scalars + host.columns

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -28,6 +29,8 @@ import torch
 from torch import Tensor
 
 from ... import catalog
+from .. import fused_matrix
+from ..fused_axes import axis_tables, check_reduced, rank_split, spec_rank_classes
 from ..fused_shards import Shards
 from . import compiler, config
 
@@ -64,6 +67,12 @@ def fused_step(
     lists aligned with params; per-tensor states are 0-d tensors). `steps` are the step values
     the formulas use (after the increment); `global_values` the global reductions over every
     param group, by IR value name; one left out is NaN (see the Triton runtime)."""
+    matrix_spec = fused_matrix.matrix_spec(spec_key)
+    if matrix_spec is not None:  # stages of kernels, matrix blocks through torch between them
+        return fused_matrix.fused_step(
+            sys.modules[__name__], matrix_spec, spec_key, params=params, grads=grads, states=states, steps=steps,
+            hyper=hyper, options=options, global_values=global_values, maximize=maximize, inputs=inputs,
+        )  # fmt: skip
     states = {**states, **(inputs or {})}  # the spec's inputs: arrays the kernels only read
     _check_lengths(params, grads, steps, states)
     if not params:
@@ -72,8 +81,35 @@ def fused_step(
     if shards is not None:  # FSDP2: the kernels update the local shards
         params, grads = shards.local(params), shards.local(grads)
         states = {name: shards.local(tensors) for name, tensors in states.items()}
+    classes = _rank_classes(spec_key, options)
+    for ranks, (members, member_grads, member_states, member_steps) in rank_split(
+        classes, params, grads, states, steps
+    ):
+        _step_class(
+            spec_key,
+            ranks,
+            members,
+            member_grads,
+            member_states,
+            member_steps,
+            hyper,
+            options,
+            global_values,
+            maximize,
+            shards,
+        )
+
+
+def _step_class(spec_key, ranks, params, grads, states, steps, hyper, options, global_values, maximize, shards) -> None:
+    """fused_step for the tensors of one rank class (all of them when the spec has no rank
+    rules: optgen/backends/fused_axes.py)."""
     for group in _groups(params, grads, states):
-        kernel = _kernel(spec_key, options, group.dtypes)
+        kernel = _kernel(spec_key, options, group.dtypes, ranks)
+        if shards is not None and kernel.shapes:
+            raise NotImplementedError(
+                f"{spec_key}: axis reductions, reduced states and rows/cols need each tensor whole; "
+                "sharded (DTensor) parameters are not supported by the fused kernels"
+            )
         call, copies = kernel.call(group)
         call.steps[:] = [steps[i] for i in group.index] if len(group.index) != len(params) else steps
         call.set_scalars(hyper, maximize, global_values)
@@ -127,10 +163,18 @@ def fused_global(
     states = {**(states or {}), **(inputs or {})}
     steps = [1] * len(params) if steps is None else steps  # a step the sums read: given
     _check_lengths(params, grads, steps, states)
+    classes = _rank_classes(spec_key, options)
+    for ranks, member_arrays in rank_split(classes, params, grads, states, steps):
+        _global_class(spec_key, ranks, *member_arrays, hyper, options, maximize, out)
+    return {name: torch.tensor(value, dtype=torch.float64) for name, value in out.items()}
+
+
+def _global_class(spec_key, ranks, params, grads, states, steps, hyper, options, maximize, out) -> None:
+    """fused_global for the tensors of one rank class, added into `out` (name -> float)."""
     for group in _groups(params, grads, states):
-        kernel = _kernel(spec_key, options, group.dtypes)
+        kernel = _kernel(spec_key, options, group.dtypes, ranks)
         if not kernel.global_names:
-            return {}
+            return
         missing = [a for a in kernel.global_reads if a not in group.tensors]
         if missing:
             raise KeyError(f"states lacks {', '.join(missing)}, which the global reductions read")
@@ -146,12 +190,26 @@ def fused_global(
         )
         for name, value in zip(kernel.global_names, sums):
             out[name] = out.get(name, 0.0) + float(value)
-    return {name: torch.tensor(value, dtype=torch.float64) for name, value in out.items()}
+
+
+_CLASSES: dict[tuple, list] = {}
+
+
+def _rank_classes(spec_key: str, options: dict[str, bool]) -> list[frozenset | None]:
+    """The rank classes of a setting's kernels ([None]: one kernel for every rank)."""
+    key = (spec_key, tuple(sorted(options.items())))
+    if key not in _CLASSES:
+        spec = _spec(spec_key)
+        full = {name: bool(options.get(name, opt.default)) for name, opt in spec.options.items()}
+        _CLASSES[key] = spec_rank_classes(spec, full)
+    return _CLASSES[key]
 
 
 def register(spec) -> str:
     """Remember a spec from optgen.compile; the returned key names it for fused_step. (The
     compiled libraries are cached by their source, so equal specs share them.)"""
+    if fused_matrix.is_matrix_spec(spec):  # its stages are registered when they first run
+        return fused_matrix.register(spec)
     key = f"{spec.module_name}@{len(_REGISTERED)}"  # never a catalog name
     _SPECS[key] = spec
     _REGISTERED.add(key)
@@ -193,6 +251,9 @@ class Kernel:
         self.global_reads = meta["global_reads"]
         self.reads_ndim = meta["reads_ndim"]
         self.reduce_passes = meta["reduce_passes"]
+        self.shapes = meta["shapes"]  # axis reductions, reduced states, rows/cols (fused_axes.py)
+        self.axis_slots = meta["axis_slots"]
+        self.reduced_arrays = meta["reduced_arrays"]
         self.calls: OrderedDict = OrderedDict()
 
     def call(self, group: TensorGroup) -> tuple[Call, list[tuple[Tensor, Tensor]]]:
@@ -203,7 +264,7 @@ class Kernel:
         tensor_states = [group.tensors[name] for name in self.tensor_states if name in group.tensors]
         # per step, per tensor, this is most of the runtime's cost: list comprehensions only
         ptrs = [t.data_ptr() for ts in arrays + tensor_states for t in ts]
-        sizes = [t.shape for t in arrays[0]] if self.reads_ndim else [t.numel() for t in arrays[0]]
+        sizes = [t.shape for t in arrays[0]] if self.reads_ndim or self.shapes else [t.numel() for t in arrays[0]]
         key = tuple(ptrs + sizes)
         call = self.calls.get(key)
         if call is not None:
@@ -232,11 +293,13 @@ def _dense(t: Tensor, copies: list, written: bool) -> Tensor:
 _MAX_CALLS = 32
 
 
-def _kernel(spec_key: str, options: dict[str, bool], dtypes: dict[str, str]) -> Kernel:
-    """The kernel of a setting: from this process, else through the cache's index (no
-    lowering), else lowered, rendered and compiled now."""
+def _kernel(spec_key: str, options: dict[str, bool], dtypes: dict[str, str], ranks: frozenset | None = None) -> Kernel:
+    """The kernel of a setting (and rank class): from this process, else through the cache's
+    index (no lowering), else lowered, rendered and compiled now."""
     options = {name: bool(value) for name, value in options.items()}
     key = (spec_key, tuple(sorted(options.items())), tuple(sorted(dtypes.items())))
+    if ranks is not None:
+        key += (tuple(sorted(ranks)),)
     kernel = _KERNELS.get(key)
     if kernel is not None:
         return kernel
@@ -250,7 +313,7 @@ def _kernel(spec_key: str, options: dict[str, bool], dtypes: dict[str, str]) -> 
         unknown = sorted(set(options) - set(spec.options))
         if unknown:
             raise ValueError(f"{spec.name} has no option(s) {', '.join(unknown)}")
-        model = build(spec, {name: options.get(name, opt.default) for name, opt in spec.options.items()})
+        model = build(spec, {name: options.get(name, opt.default) for name, opt in spec.options.items()}, ranks)
         library = compiler.load(render_kernel(model, dtypes), spec.module_name)
         compiler.write_index(index, library, spec.module_name)
     kernel = _KERNELS[key] = Kernel(library)
@@ -292,6 +355,11 @@ class _Context(ctypes.Structure):
         ("reductions", ctypes.c_void_p),
         ("host", ctypes.c_void_p),
         ("before", ctypes.c_void_p),
+        ("rows", ctypes.c_void_p),
+        ("cols", ctypes.c_void_p),
+        ("axis_offsets", ctypes.c_void_p),
+        ("axis_sizes", ctypes.c_void_p),
+        ("axis_values", ctypes.c_void_p),
     ]
 
 
@@ -321,12 +389,16 @@ class Call:
         self.reductions = np.zeros(max(1, n * kernel.num_reductions), dtype=np.float64)
         self.host = np.zeros(max(1, n * kernel.host_width), dtype=np.float64)
         self.before = np.zeros(max(1, n * kernel.num_tensor_states), dtype=np.float64)
+        self.rows, self.cols, self.axis_offsets, self.axis_sizes, self.axis_values = axis_tables(
+            [p.shape for p in params], [tag for _, tag, _ in kernel.axis_slots]
+        )
         ptr = lambda a: a.ctypes.data
         self.context = _Context(
             n, blocks, ptr(self.arrays), ptr(self.tensor_states), ptr(self.numels), ptr(self.ndims), ptr(self.steps),
             ptr(self.block_tensor), ptr(self.block_begin), ptr(self.block_end), ptr(self.first_block),
             ptr(self.hyper), ptr(self.global_values), 1.0, ptr(self.partials), ptr(self.reductions),
-            ptr(self.host), ptr(self.before),
+            ptr(self.host), ptr(self.before), ptr(self.rows), ptr(self.cols), ptr(self.axis_offsets),
+            ptr(self.axis_sizes), ptr(self.axis_values),
         )  # fmt: skip
 
     def set_scalars(self, hyper: dict[str, float], maximize: bool, global_values: dict[str, Tensor]) -> None:
@@ -375,7 +447,9 @@ class TensorGroup:
                     raise ValueError(f"{name}: the fused C++ kernels update CPU tensors; got one on {t.device}")
         for name in kernel.arrays:
             for p, t in zip(self.tensors["param"], self.tensors[name]):
-                if t.shape != p.shape:
+                if name in kernel.reduced_arrays:
+                    check_reduced(name, t, p, kernel.reduced_arrays[name])
+                elif t.shape != p.shape:
                     raise ValueError(
                         f"{name}: a tensor of shape {tuple(t.shape)} for a param of shape {tuple(p.shape)}"
                     )

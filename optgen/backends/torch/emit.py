@@ -10,7 +10,19 @@ from dataclasses import replace
 import sympy
 
 from ...expr import COLS, NDIM, NUMEL, ROWS, SIZE_RANKS, STEP
-from .matrix_ops import MatrixOp, MatrixPrinter, MatrixRun, batched_lines, matrix_runs, shape_text, single_lines
+from ...shapes import ALL_RANKS, guard_of
+from .matrix_ops import (
+    MATRIX_RANKS,
+    MatrixOp,
+    MatrixPrinter,
+    MatrixRun,
+    batched_lines,
+    count_check,
+    matrix_runs,
+    ndim_check,
+    shape_text,
+    single_lines,
+)
 from .ops import Alias, Eval, Fill, HostAssign, If, InPlace, New, Reduce, S, T
 from .prepare import PER_TENSOR, Prepared, plural
 from .printer import TensorPrinter, compiled_host_printer, host_printer
@@ -28,14 +40,15 @@ class _Texts:
         self.display = sched.display
         self.rename: dict[str, str] = {}  # a Python name -> the name that holds it in a branch
         self.traced = False  # the for-loop path: a scalar state is read with _get_value
+        self.ranks = sched.ranks  # the ranks the tensor may have here (None: any)
 
     def name(self, ir: str) -> str:
         if ir == NUMEL:
             return "numel"  # the whole tensor's (numels[i]): a shard's own numel is less
         if ir == NDIM:
             return "param.ndim"
-        if ir in SIZE_RANKS:  # rows(param), cols(param): 1 without the dim
-            return f"(param.size({-SIZE_RANKS[ir]}) if param.ndim >= {SIZE_RANKS[ir]} else 1)"
+        if ir in SIZE_RANKS:
+            return size_text("param", SIZE_RANKS[ir], self.ranks)
         name = self.display.get(ir, ir)
         return self.rename.get(name, name)
 
@@ -62,8 +75,9 @@ class SinglePrinter:
         self.tensor_printer = TensorPrinter(self.texts.name, p.is_scalar, self.texts.host)
         self.traced: set[str] = set()  # host values that are tensors under torch.compile
         self.defined = {"param", "grad", *(s.name for s in p.program.states)}  # bound so far
-        # a spec that reduces over axes refuses sharded (DTensor) tensors: nothing to combine
-        self.shardable = not p.program.has_axes
+        # a spec that reduces over axes or multiplies matrices refuses sharded (DTensor)
+        # tensors: nothing to combine
+        self.shardable = not whole_tensors_only(p.program)
 
     def is_traced(self, expr) -> bool:
         """Whether `expr` is a 0-d tensor under torch.compile: it reads the step count, a
@@ -207,7 +221,7 @@ class SinglePrinter:
 
     def _If(self, op: If) -> Block:
         defined = set(self.defined)
-        block = Block(f"if {self.host(op.cond)}:", self.statements(op.body), self.statements(op.orelse))
+        block = Block(f"if {self.host(op.cond)}:", *self._sides(op))
         # a branch nested in it stays a Python `if` (a graph break under torch.compile)
         nested = any(isinstance(o, If) for o in op.body + op.orelse)
         if nested or not (self.compiled_forms and self.is_traced(op.cond)):
@@ -264,6 +278,34 @@ class SinglePrinter:
             renamed[op.target] = target
         return lines
 
+    def _sides(self, op: If) -> tuple[list, list]:
+        """The statements of each side of `op`; on a condition on ndim(param), each printed
+        knowing the ranks the tensor has there (rows(param) is then its size, or 1)."""
+        known = self.texts.ranks
+        if not op.per_tensor:
+            return self.statements(op.body), self.statements(op.orelse)
+        try:
+            guard = guard_of(op.cond)
+        except ValueError:  # the condition reads more than ndim(param)
+            return self.statements(op.body), self.statements(op.orelse)
+        known = ALL_RANKS if known is None else known
+        return self._knowing(known & guard, op.body), self._knowing(known - guard, op.orelse)
+
+    def _knowing(self, ranks: frozenset, ops: list) -> list:
+        outer = self.texts.ranks
+        self._set_ranks(ranks)
+        try:
+            return self.statements(ops)
+        finally:
+            self._set_ranks(outer)
+
+    def _set_ranks(self, ranks: frozenset | None) -> None:
+        self.texts.ranks = ranks
+
+    def _checked(self) -> bool:
+        """Whether the tensor is known to be 2-D here (its matrix blocks need no check)."""
+        return self.texts.ranks is not None and self.texts.ranks <= MATRIX_RANKS
+
     def _MatrixOp(self, op: MatrixOp) -> list:
         def text(name: str) -> str:
             if name in op.locals:
@@ -273,7 +315,7 @@ class SinglePrinter:
             return self.texts.host(name)
 
         printer = MatrixPrinter(text, _scalar_in(op), text, batched=False)
-        return single_lines(op, printer, self.host)
+        return single_lines(op, printer, self.host, self._checked())
 
     def _new(self, op: New) -> str:
         a = op.args
@@ -362,8 +404,8 @@ class ForeachPrinter(SinglePrinter):
         super().__init__(p, sched)
         self.display = sched.display
         self.combined = combined or {}  # reductions a split group combined: name -> column
-        first = _FirstTexts(p, sched)
-        self.first_printer = host_printer(first.host)
+        self.first_texts = _FirstTexts(p, sched)
+        self.first_printer = host_printer(self.first_texts.host)
 
     # ------------------------------------------------------------------ operands
     def arg(self, a) -> str:
@@ -459,7 +501,7 @@ class ForeachPrinter(SinglePrinter):
         order = [v.name for v in self.p.values]
         end = order.index(run.ops[-1].ir)
         kept = {op.ir for op in run.ops if self.p.last_use.get(op.ir, end + 1) > end}  # read after the run
-        return batched_lines(run.ops, printers, printers[0].host, keys, kept)
+        return batched_lines(run.ops, printers, printers[0].host, keys, kept, self._checked())
 
     def _matrix_printer(self, op: MatrixOp, made: dict) -> MatrixPrinter:
         def text(name: str) -> str:
@@ -524,7 +566,10 @@ class ForeachPrinter(SinglePrinter):
 
     def _If(self, op: If) -> Block:
         cond = self.first(op.cond) if op.per_tensor else self.host(op.cond)
-        return Block(f"if {cond}:", self.statements(op.body), self.statements(op.orelse))
+        return Block(f"if {cond}:", *self._sides(op))
+
+    def _set_ranks(self, ranks: frozenset | None) -> None:
+        self.texts.ranks = self.first_texts.ranks = ranks
 
     def _reduce(self, op: Reduce) -> str:
         xs = plural(op.source.name)
@@ -600,7 +645,7 @@ class _FirstTexts(_Texts):
 
     def host(self, ir: str) -> str:
         if ir in SIZE_RANKS:
-            return f"(params[0].size({-SIZE_RANKS[ir]}) if params[0].ndim >= {SIZE_RANKS[ir]} else 1)"
+            return size_text("params[0]", SIZE_RANKS[ir], self.ranks)
         if ir in (NUMEL, NDIM):
             return "numels[0]" if ir == NUMEL else "params[0].ndim"
         if ir == STEP:
@@ -609,6 +654,16 @@ class _FirstTexts(_Texts):
             text = f"{plural(self.display[ir])}[0]"
             return f"{text}.item()" if self.p.var_of.get(ir, ir) in self.p.scalar_states else text
         return self.display.get(ir, ir)
+
+
+def size_text(param: str, rank: int, ranks: frozenset | None) -> str:
+    """rows(param) (rank 2) or cols(param) (rank 1): the size along that dim, 1 on a tensor
+    without it; the test of ndim only where the tensor's rank is not known."""
+    if ranks and min(ranks) >= rank:
+        return f"{param}.size({-rank})"
+    if ranks and max(ranks) < rank:
+        return "1"
+    return f"({param}.size({-rank}) if {param}.ndim >= {rank} else 1)"
 
 
 # --------------------------------------------------------------------------- function bodies
@@ -637,7 +692,29 @@ def single_body(p: Prepared, sched: Schedule, passes: list[ReducePass] = (), ind
         reduce_first += _reduce_pass(p, one, index)
     if passes:
         group.append(Block("if shard_groups is not None:", reduce_first))
-    return group + [Block(f"for {index}, param in enumerate(params):", loop)]
+    checks = _checks_up_front(sched, printer.host)
+    return checks + group + [Block(f"for {index}, param in enumerate(params):", loop)]
+
+
+def _checks_up_front(sched: Schedule, host) -> list:
+    """What a matrix spec checks before any tensor is updated: every parameter 2-D when a
+    block runs on every tensor (torch.optim.Muon checks in _init_group), and each loop count
+    read from the group an integer in range."""
+    lines = []
+    if sched.ranks == MATRIX_RANKS:
+        lines.append(Block("for param in params:", [ndim_check("param")]))
+    counts = dict.fromkeys(op.block.count for op in _matrix_ops(sched.work) if op.block.count is not None)
+    for count in counts:
+        lines += count_check(count, host)
+    return lines
+
+
+def _matrix_ops(ops: list):
+    for op in ops:
+        if isinstance(op, If):
+            yield from _matrix_ops(op.body + op.orelse)
+        elif isinstance(op, MatrixOp):
+            yield op
 
 
 def _reduce_pass(p: Prepared, pre: ReducePass, index: str) -> list:
@@ -719,7 +796,7 @@ def multi_body(
     ]
     # host values are computed once, in the call that runs the batch (the split needs them
     # only when a host-side branch separates tensors)
-    body: list = [Block("if not params:", [Line("return")])]
+    body: list = [Block("if not params:", [Line("return")]), *_checks_up_front(sched, printer.host)]
     if elementwise(p.program):
         # each element's update reads only its own elements: a large tensor is updated as
         # views, before anything is computed per tensor
@@ -733,6 +810,12 @@ def multi_body(
     body.append(Line("torch._foreach_add_(state_steps, 1)"))
     body.append(Block("if maximize:", [Line("grads = torch._foreach_neg(grads)")]))
     return body + printer.statements(sched.work)
+
+
+def whole_tensors_only(program) -> bool:
+    """Whether each tensor's update needs the whole tensor (axis reductions, matrix blocks):
+    the class refuses sharded tensors for such a spec."""
+    return program.has_axes or any(v.matrix is not None for v in program.values)
 
 
 def elementwise(program) -> bool:

@@ -134,7 +134,8 @@ class MatrixPrinter(TensorPrinter):
 
 
 def count_check(count, host) -> list:
-    """A loop count read from the param group is checked each step: a loop is bounded."""
+    """A loop count read from the param group is checked each step, before any update: a
+    loop is bounded."""
     if count.is_Integer:
         return []
     text = host(count)
@@ -146,28 +147,35 @@ def count_check(count, host) -> list:
     ]
 
 
-_NDIM_MESSAGE = "a matrix operation needs a 2-D parameter; got shape"
+MATRIX_RANKS = frozenset({2})  # what a matrix block's parameter must be
 
 
-def single_lines(op: MatrixOp, printer: MatrixPrinter, host) -> list:
-    """The block for one parameter tensor (the for-loop path)."""
+def ndim_check(param: str) -> Block:
+    """A parameter that is not 2-D is a ValueError, as in torch.optim.Muon."""
+    message = f'f"a matrix operation needs a 2-D parameter; got shape {{tuple({param}.shape)}}"'
+    return Block(f"if {param}.ndim != 2:", [Line(f"raise ValueError({message})")])
+
+
+def single_lines(op: MatrixOp, printer: MatrixPrinter, host, checked: bool = False) -> list:
+    """The block for one parameter tensor (the for-loop path); `checked`: the parameter is
+    known to be 2-D here."""
     block = op.block
     lines: list = []
-    if op.views and block.has_matmul:
-        lines.append(
-            Block("if param.ndim != 2:", [Line(f'raise ValueError(f"{_NDIM_MESSAGE} {{tuple(param.shape)}}")')])
-        )
+    if op.views and block.has_matmul and not checked:
+        lines.append(ndim_check("param"))
     body = [(op.locals[n], e) for n, e in block.body]
     for local, source in block.init.items():
-        lines.append(Line(f"{op.locals[local]} = {printer.doprint(source)}"))
+        start = printer.doprint(source)
+        if start != op.locals[local]:  # a loop may carry the name it starts from
+            lines.append(Line(f"{op.locals[local]} = {start}"))
     loop = [Line(f"{name} = {printer.top(expr)}") for name, expr in body]
     if block.count is None:
         lines += loop
-    else:
-        lines += count_check(block.count, host)
+    else:  # the count was checked up front (count_check)
         lines.append(Block(f"for _ in range({_count_text(block.count, host)}):", loop))
     result = op.locals[block.result]
-    end = f"{result}.reshape_as(param)" if op.result_param_shaped and block.has_matmul else result
+    # the matrix view back to the parameter's shape (nothing to do on a parameter known 2-D)
+    end = f"{result}.reshape_as(param)" if op.result_param_shaped and block.has_matmul and not checked else result
     if block.promote:  # read outside the blocks: back to the parameter's dtype
         end += ".to(param.dtype)"
     if end != op.target:
@@ -179,16 +187,18 @@ def _count_text(count, host) -> str:
     return str(int(count)) if count.is_Integer else f"int({host(count)})"
 
 
-def batched_lines(ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys: list[str], kept: set) -> list:
+def batched_lines(
+    ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys: list[str], kept: set, checked: bool = False
+) -> list:
     """Consecutive blocks once per group of same-shaped tensors, on stacks (the foreach
     path): a block reads what an earlier one made from its stack, not restacked. `keys`:
     per-tensor host operands (texts of lists), which the groups also split on; `kept`: the
-    blocks whose results are read after the run (unstacked into lists)."""
+    blocks whose results are read after the run (unstacked into lists); `checked`: every
+    parameter is known to be 2-D here."""
     key = ", ".join(["params[i].shape"] + [f"{k}[i]" for k in keys])
     lines: list = [Line("# tensors of one shape are stacked: each matmul is one batched matmul for all of them")]
-    if any(op.views and op.block.has_matmul for op in ops):
-        check = f'raise ValueError(f"{_NDIM_MESSAGE} {{tuple(param.shape)}}")'
-        lines.append(Block("for param in params:", [Block("if param.ndim != 2:", [Line(check)])]))
+    if any(op.views and op.block.has_matmul for op in ops) and not checked:
+        lines.append(Block("for param in params:", [ndim_check("param")]))
     lines += [Line(f"{op.stacked['__out__']} = [None] * len(params)") for op in ops if op.ir in kept]
     lines += [
         Line("groups = {}"),
@@ -211,18 +221,19 @@ def batched_lines(ops: list[MatrixOp], printers: list[MatrixPrinter], host, keys
             shape = ".view(-1, 1, 1)" if ir in op.scalars else ""
             inner.append(Line(f"{op.stacked[ir]} = torch.stack([{plural(name)}[i]{view} for i in idx]){shape}"))
         for local, source in block.init.items():
-            inner.append(Line(f"{op.locals[local]} = {printer.doprint(source)}"))
+            start = printer.doprint(source)
+            if start != op.locals[local]:  # a loop may carry the stack it starts from
+                inner.append(Line(f"{op.locals[local]} = {start}"))
         unround = {BFloat16(s): s for s in block.operands if s.name in rounded}
         loop = [Line(f"{op.locals[n]} = {printer.top(e.xreplace(unround))}") for n, e in block.body]
         if block.count is None:
             inner += loop
-        else:
-            inner += count_check(block.count, host)
+        else:  # the count was checked up front (count_check)
             inner.append(Block(f"for _ in range({_count_text(block.count, host)}):", loop))
         made.add(op.ir)
         if op.ir not in kept:
             continue
-        shaped = ".reshape_as(params[i])" if op.result_param_shaped and block.has_matmul else ""
+        shaped = ".reshape_as(params[i])" if op.result_param_shaped and block.has_matmul and not checked else ""
         shaped += ".to(params[i].dtype)" if block.promote else ""
         unstack.append(Line(f"{op.stacked['__out__']}[i] = {op.locals[block.result]}[j]{shaped}"))
     inner.append(Block("for j, i in enumerate(idx):", unstack))

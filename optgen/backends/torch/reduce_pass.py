@@ -75,7 +75,7 @@ def _reduce_pass(p, main, targets, given, lists, taken) -> ReducePass | None:
     pre.last_use = _last_uses(pre)
     scheduler = Scheduler(pre, False, taken)
     for name in given:  # group values and earlier reductions: the update loop's names
-        scheduler.st.display[name] = main.display[name]
+        scheduler.names.st.display[name] = main.display[name]
     schedule = scheduler.run()
     if _under_per_tensor_branch(schedule.work, {schedule.display[t] for t in targets}):
         return None

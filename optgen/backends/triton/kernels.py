@@ -24,7 +24,9 @@ from ...errors import CompileError
 from ...expr import GRAD, NDIM, NUMEL, PARAM
 from ...ir import Program, Value
 from ...lower import lower
+from ...shapes import format_axes
 from ...spec import Spec
+from .. import fused_axes
 from ..torch.names import identifiers
 from .host import HostScope, HostTable
 from .merge import Guarded, merge
@@ -59,6 +61,10 @@ class Setting:
     host: HostScope
     reductions: list[Value]  # per-tensor reductions, in slot order
     global_sums: list[Value]
+    # axis reductions and reduced states (fused_axes.py, triton/axes.py): slot vectors
+    # (name, tag, sum/min/max/store) and reduced states (name -> tag)
+    axis_slots: list[tuple[str, str, str]] = field(default_factory=list)
+    reduced: dict[str, str] = field(default_factory=dict)
 
     @property
     def options_key(self) -> tuple[bool, ...]:
@@ -129,7 +135,7 @@ class PassBuilder:
         if NDIM in reads:
             out.append(_line("ndim = tl.load(ndims + tensor)", NDIM))
         if NUMEL in reads:  # the whole tensor's numel: a shard's (masking the blocks) is less
-            out.append(_line("numel = tl.load(whole_numels + tensor)", NUMEL))
+            out.append(_line("numel = tl.load(whole_numels + tensor).to(tl.float32)", NUMEL))
         out += [
             _line(f"{s} = tl.load({s}_before + tensor).to(tl.float32)", s) for s in self.tensor_states if s in reads
         ]
@@ -225,6 +231,16 @@ class Module:
     has_global: bool = False
     uses_sign: bool = False
     public: dict[str, str] = field(default_factory=dict)  # identifier -> the key callers use, where they differ
+    # rank rules (fused_axes.py): a constexpr flag per rank class, set by the runtime for the
+    # tensors of that class; and whether any setting reduces over axes or reads rows/cols
+    rank_flags: list[str] = field(default_factory=list)
+    rank_classes: list[frozenset] = field(default_factory=list)
+    has_axes: bool = False
+
+    @property
+    def flag_names(self) -> list[str]:
+        """The options, then the rank-class flags: what a setting's key is made of."""
+        return self.option_names + self.rank_flags
 
     def key(self, name: str) -> str:
         """The name the runtime and the torch class pass `name` by (hyper, states, options
@@ -246,16 +262,27 @@ def build(spec: Spec, reserved: frozenset[str] = frozenset(), public: dict[str, 
             f"{spec.name} takes its gradient at a shifted point (a paper form for proofs): it has no Triton kernel",
         )
     combos = spec.option_combinations()
-    programs = [lower(spec, combo) for combo in combos]
+    classes = fused_axes.module_rank_classes(spec, combos)
+    flags = [fused_axes.class_stem(c) for c in classes] if classes != [None] else []
+    keyed = [
+        ({**combo, **{f: c == ranks for f, c in zip(flags, classes)}}, combo, ranks)
+        for combo in combos
+        for ranks in classes
+    ]
+    programs = [_program(spec, combo, ranks) for _, combo, ranks in keyed]
     taken = {v.name for p in programs for v in p.values if v.scope != "host"} | set(reserved)
     taken |= {n for p in programs for n in p.input_scopes}
     taken |= {d for n in identifiers(spec) for d in derived(n)}  # host scalars keep off `m_ptr`
     host = HostTable(spec, taken)
     settings = []
-    for combo, program in zip(combos, programs):
-        settings.append(
-            Setting(combo, program, host.scope(program), program.reductions("tensor"), program.reductions("global"))
+    for (options, _, _), program in zip(keyed, programs):
+        setting = Setting(
+            options, program, host.scope(program), program.reductions("tensor"), program.reductions("global")
         )
+        if fused_axes.uses_axes(program):
+            setting.reduced = fused_axes.reduced_tags(program)
+            setting.axis_slots = fused_axes.slots_of(program, setting.reduced)
+        settings.append(setting)
     states = {s.name: s for p in programs for s in p.states}
     element_states = [s for s in spec.state if s in states and states[s].scope == "element"]
     tensor_states = [s for s in spec.state if s in states and states[s].scope == "tensor"]
@@ -269,16 +296,26 @@ def build(spec: Spec, reserved: frozenset[str] = frozenset(), public: dict[str, 
         host=host,
         settings=settings,
         public=dict(public or {}),
+        rank_flags=flags,
+        rank_classes=[c for c in classes if c is not None],
+        has_axes=any(fused_axes.uses_axes(p) for p in programs),
     )
     _check_names(spec, reserved)
     module.kernels = _kernels(module)
     text = "\n".join(line for k in module.kernels for line in k.body)
     module.uses_sign = "_sign(" in text
-    module.has_reductions = any(s.reductions for s in settings)
+    module.has_reductions = any(s.reductions or s.program.num_phases > 1 for s in settings)
     module.has_global = any(s.global_sums for s in settings)
     guards = " ".join(line for k in module.kernels for line in k.body if line.lstrip().startswith(("if ", "elif ")))
-    module.constexprs = [o for o in module.option_names if re.search(rf"\b{_flag(o)}\b", guards)]
+    module.constexprs = [o for o in module.flag_names if re.search(rf"\b{_flag(o)}\b", guards)]
     return module
+
+
+def _program(spec: Spec, options: dict[str, bool], ranks: frozenset | None) -> Program:
+    """One setting's program; for the tensors of rank class `ranks` where the spec has
+    rank rules, its axis reductions values of their own (fused_axes.prepare)."""
+    program = lower(spec, options)
+    return fused_axes.prepare(program, ranks) if fused_axes.uses_axes(program) else program
 
 
 def _reads_input(program: Program, name: str) -> bool:
@@ -307,11 +344,17 @@ def _kernels(module: Module) -> list[Kernel]:
     """Merge every setting's passes into one kernel per pass."""
     stem = module.spec.module_name
     built: dict[str, list[tuple[tuple, list[Statement]]]] = {}
-    flags = module.option_names + [MAXIMIZE]
+    flags = module.flag_names + [MAXIMIZE]
     for setting in module.settings:
         for maximize in (False, True):
-            builder = PassBuilder(setting, module.arrays, module.tensor_states, maximize)
-            key = tuple(setting.options[o] for o in module.option_names) + (maximize,)
+            if setting.axis_slots or setting.reduced or fused_axes.uses_axes(setting.program):
+                from .axes import AxisPassBuilder
+
+                args = (setting.axis_slots, setting.reduced)
+                builder = AxisPassBuilder(setting, module.arrays, module.tensor_states, maximize, *args)
+            else:
+                builder = PassBuilder(setting, module.arrays, module.tensor_states, maximize)
+            key = tuple(setting.options[o] for o in module.flag_names) + (maximize,)
             for role, statements in _passes(setting, builder):
                 built.setdefault(role, []).append((key, statements))
     # render only now: the step table's width is known once every setting is lifted
@@ -336,7 +379,7 @@ def _passes(setting: Setting, builder: PassBuilder):
         yield "global_sums", builder.build([g.name for g in setting.global_sums], stores=False)
     last = program.num_phases - 1
     for k in range(last):
-        targets = [r.name for r in setting.reductions if r.phase == k]
+        targets = [r.name for r in program.reductions() if r.over != "global" and r.phase == k]
         yield f"reduce_{k + 1}", builder.build(targets, stores=False)
     yield "update", builder.build(list(program.writes.values()), stores=True)
 
@@ -362,10 +405,10 @@ def _kernel_doc(module: Module, role: str) -> list[str]:
         return textwrap.wrap(text, 88)
     k = int(role.split("_")[1])
     sums = _unique(
-        f"{r.name} = {_REDUCE_WORD[r.reduce]}({r.expr.name})"
+        f"{r.name} = {_REDUCE_WORD[r.reduce]}({r.expr.name}{_axes_text(r)})"
         for s in module.settings
-        for r in s.reductions
-        if r.phase == k - 1
+        for r in s.program.reductions()
+        if r.over != "global" and r.phase == k - 1
     )
     return [
         f"Reduction pass {k}: per tensor,",
@@ -376,6 +419,12 @@ def _kernel_doc(module: Module, role: str) -> list[str]:
 
 
 _REDUCE_WORD = {"sum": "sum", "min": "amin", "max": "amax"}
+
+
+def _axes_text(r: Value) -> str:
+    """`, axis=-1` of an axis reduction (into `axis_values`, see triton/axes.py)."""
+    axes = getattr(r, "axes", None)
+    return f", axis={format_axes(axes)}" if axes else ""
 
 
 def _unique(items) -> list[str]:

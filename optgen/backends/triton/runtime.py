@@ -32,6 +32,8 @@ import torch
 from torch import Tensor
 
 from ... import cache, catalog
+from .. import fused_matrix
+from ..fused_axes import axis_tables, check_reduced, rank_split
 from ..fused_shards import Shards
 from . import config
 
@@ -59,14 +61,38 @@ def fused_step(
     param group (see fused_global), by IR value name. A value left out is NaN in the kernels:
     leave out only one the update does not read with these hyperparameters (Adan's gradient
     norm when max_grad_norm == 0), so that a mistake poisons the params instead of hiding."""
+    matrix_spec = fused_matrix.matrix_spec(spec_key)
+    if matrix_spec is not None:  # stages of kernels, matrix blocks through torch between them
+        return fused_matrix.fused_step(
+            sys.modules[__name__], matrix_spec, spec_key, params=params, grads=grads, states=states, steps=steps,
+            hyper=hyper, options=options, global_values=global_values, maximize=maximize, inputs=inputs,
+        )  # fmt: skip
     module = load(spec_key)
     states = {**states, **(inputs or {})}  # the spec's inputs: arrays the kernels only read
     _check_lengths(params, grads, steps, states)
     if not params:
         return
     options = {name: bool(options.get(name, default)) for name, default in module.OPTIONS.items()}
-    _check_states(module, options, states)
     hyper = {name: float(value) for name, value in hyper.items()}
+    classes = getattr(module, "RANK_CLASSES", None)
+    if classes is None:
+        _step_class(module, options, params, grads, states, steps, hyper, global_values, maximize)
+        return
+    flags = list(classes)
+    split = rank_split([frozenset(classes[f]) for f in flags], params, grads, states, steps)
+    for ranks, (members, member_grads, member_states, member_steps) in split:
+        flagged = {**options, **{f: frozenset(classes[f]) == ranks for f in flags}}
+        _step_class(module, flagged, members, member_grads, member_states, member_steps, hyper, global_values, maximize)
+
+
+def _step_class(module, options, params, grads, states, steps, hyper, global_values, maximize) -> None:
+    """fused_step for the tensors of one rank class (all of them without rank rules)."""
+    if hasattr(module, "axis_slots") and Shards.of(params) is not None:
+        raise NotImplementedError(
+            "axis reductions, reduced states and rows/cols need each tensor whole: sharded (DTensor) "
+            "parameters are not supported by the fused kernels"
+        )
+    _check_states(module, options, states)
     arrays = {name: states[name] for name in module.ARRAYS[2:] if name in states}
     tensor_states = {name: states[name] for name in getattr(module, "TENSOR_STATES", ()) if name in states}
     shards = Shards.of(params)
@@ -98,6 +124,22 @@ def fused_global(
     step (`steps` after the increment: the step being taken); the tensors are only read."""
     module = load(spec_key)
     options = {name: bool(options.get(name, default)) for name, default in module.OPTIONS.items()}
+    states = {**(states or {}), **(inputs or {})}
+    steps = [1] * len(params) if steps is None else steps
+    classes = getattr(module, "RANK_CLASSES", None)
+    if classes is not None:  # each rank class's share (fused_axes.py), added up
+        out: dict[str, Tensor] = {}
+        for ranks, member_arrays in rank_split([frozenset(c) for c in classes.values()], params, grads, states, steps):
+            flags = {f: frozenset(c) == ranks for f, c in classes.items()}
+            part = _global_class(module, {**options, **flags}, *member_arrays, hyper, maximize)
+            for name, value in part.items():
+                out[name] = out[name] + value if name in out else value
+        return out
+    return _global_class(module, options, params, grads, states, steps, hyper, maximize)
+
+
+def _global_class(module, options, params, grads, states, steps, hyper, maximize) -> dict[str, Tensor]:
+    """fused_global for the tensors of one rank class (all of them without rank rules)."""
     names = module.global_sums(options) if hasattr(module, "global_sums") else ()
     if not names or not params:
         return {}
@@ -107,10 +149,8 @@ def fused_global(
             "(the torch optimizer classes compute their global reductions themselves)"
         )
     hyper = {name: float(value) for name, value in hyper.items()}
-    states = {**(states or {}), **(inputs or {})}
     arrays = {name: states[name] for name in module.ARRAYS[2:] if name in states}
     tensor_states = {name: states[name] for name in getattr(module, "TENSOR_STATES", ()) if name in states}
-    steps = [1] * len(params) if steps is None else steps
     totals: dict[torch.device, Tensor] = {}
     for group in _groups(params, grads, arrays, tensor_states, steps):
         out = totals.setdefault(group.device, torch.zeros(len(names), dtype=torch.float32, device=group.device))
@@ -127,6 +167,8 @@ def register(spec) -> str:
     from . import render_module
 
     _require_triton()
+    if fused_matrix.is_matrix_spec(spec):  # its stages are registered when they first run
+        return fused_matrix.register(spec)
     text = render_module(spec)
     path, key = cache.store(spec.module_name, text)
     _MODULES[key] = cache.load(text, f"optgen_triton_{key}", path)
@@ -360,6 +402,51 @@ class TensorGroup:
         identities = torch.tensor([_IDENTITY[op] for op in ops], dtype=torch.float32, device=self.device)
         self._reductions = identities.repeat(len(self.steps), 1), passes
         return self._reductions[0]
+
+    # ---- axis reductions and reduced states (optgen/backends/fused_axes.py, triton/axes.py)
+    def axis_tables(self, slots: tuple[tuple[str, str, str], ...]) -> tuple[Tensor, ...]:
+        """rows, cols (int64 [tensors]), the slot vectors (float32) and their offsets (int64
+        [tensors, slots]) for the slots of this setting; the reduced states are checked."""
+        shapes = [p.shape for p in self.arrays["param"]]
+        for name, tag, kind in slots:
+            if kind == "store":
+                for t, p in zip(self.arrays[name], self.arrays["param"]):
+                    check_reduced(name, t, p, tag)
+        rows, cols, offsets, sizes, values = axis_tables(shapes, [tag for _, tag, _ in slots])
+        device = self.device
+        self._axes = slots, offsets, sizes, torch.from_numpy(values).to(device=device, dtype=torch.float32)
+        return (
+            torch.from_numpy(rows).to(device),
+            torch.from_numpy(cols).to(device),
+            self._axes[3],
+            torch.from_numpy(offsets).to(device),
+        )
+
+    def _slot_ranges(self, slot: int):
+        slots, offsets, sizes, _ = self._axes
+        width = len(slots)
+        for t in range(len(self.steps)):
+            start = int(offsets[t * width + slot])
+            yield t, start, start + int(sizes[t * width + slot])
+
+    def fill_axes(self, which: tuple[int, ...]) -> None:
+        """Reset the slot vectors `which` (one reduction pass's) to their identity."""
+        slots, _, _, values = self._axes
+        for slot in which:
+            identity = _IDENTITY[slots[slot][2]]
+            for _, start, end in self._slot_ranges(slot):
+                values[start:end] = identity
+
+    def store_reduced(self) -> None:
+        """Copy the reduced states' new values (written by the update pass's owners) into
+        the states."""
+        slots, _, _, values = self._axes
+        for slot, (name, _, kind) in enumerate(slots):
+            if kind != "store":
+                continue
+            for t, start, end in self._slot_ranges(slot):
+                state = self.arrays[name][t]
+                state.view(-1).copy_(values[start:end])
 
     def combine(self, which: int) -> None:
         """After reduction pass `which`: for sharded tensors, each tensor's partials in the
