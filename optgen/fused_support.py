@@ -3,7 +3,7 @@ elementwise passes with per-tensor, axis (over the last two dims: optgen/backend
 and global reductions between them, group states as host scalars (optgen/backends/fused_groups.py);
 a spec with matrix operations runs as stages of them with its matrix blocks through torch
 between (optgen/backends/fused_matrix.py). A spec that needs more (reductions over other axes;
-matrix operations together with axis reductions or sums over all parameters) gets one message
+matrix operations together with axis reductions or rank rules) gets one message
 that names what it uses: fused=True raises ValueError with it at construction, `optgen check`
 reports it as a warning, and no kernels are generated. Never a silent fallback."""
 

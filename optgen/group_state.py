@@ -91,6 +91,12 @@ def check_global_reduction(program: Program, red: Value) -> None:
                     "all tensors before any per-tensor work",
                 )
             continue
+        if v.matrix is not None:  # the sums run before any block (every path), on what the step reads
+            raise CompileError(
+                red.loc,
+                f"a cross-parameter reduction may not read a matrix operation's result (`{name}`): it runs "
+                "over all tensors before any per-tensor work",
+            )
         if v.is_reduction:
             what = "per-tensor reduction" if v.over == "tensor" else "cross-parameter reduction"
             raise CompileError(

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .. import catalog
-from ..expr import COLS, GRAD, NDIM, NUMEL, PARAM, ROWS, STEP, GlobalSum, ReduceMax, ReduceMin, ReduceSum, symbol
+from ..expr import COLS, GRAD, NDIM, NUMEL, PARAM, ROWS, STEP, ReduceMax, ReduceMin, ReduceSum, symbol
 from ..ir import Program, Value
 from ..limits import MAX_REPEAT
 from ..matrix import PARAM_SHAPE, BFloat16, MatrixProduct, Transposed, matrix_location
@@ -46,8 +46,8 @@ _NOT_2D = "a matrix operation needs a 2-D parameter; got shape"
 # --------------------------------------------------------------------------- what runs
 def refusal(spec: Spec) -> str:
     """What of a matrix spec the fused path does not run ("" when it runs all of it): axis
-    reductions, rank rules and reduced states (optgen/shapes.py), sums over all parameters,
-    group states."""
+    reductions, rank rules and reduced states (optgen/shapes.py). (Sums over all parameters
+    and group states run: see `Plan.sums` and `_Builder._spec`.)"""
     from ..shapes import AxisReduction
 
     uses = []
@@ -57,10 +57,6 @@ def refusal(spec: Spec) -> str:
         uses.append("`if ndim(param) ...:` rules")
     if _uses(spec.update, lambda st: isinstance(st, Assign) and st.expr.has(AxisReduction)):
         uses.append("axis reductions (mean(x, axis=...))")
-    if _uses(spec.update, lambda st: isinstance(st, Assign) and st.expr.has(GlobalSum)):
-        uses.append("sums over all parameters (global_norm, global_sum) beside matrix operations")
-    if any(s.scope == "group" for s in spec.state.values()):
-        uses.append("group states beside matrix operations")
     if not uses:
         return ""
     return (
@@ -101,6 +97,9 @@ class Plan:
     renamed: dict[str, str]  # a raw input read after its store -> the copy that is read
     stored: dict[str, int]  # output -> the stage that stores it
     has_matmul: bool
+    # the sums over all parameters: the optimizer computes them before the step (as for any
+    # fused step); the stages and blocks read each as a per-tensor value the runner fills
+    sums: list[str] = field(default_factory=list)
 
 
 def plan(spec: Spec, options: dict[str, bool]) -> Plan:
@@ -112,7 +111,7 @@ def plan(spec: Spec, options: dict[str, bool]) -> Plan:
     fresh = _Fresh(taken)
     sizes = {ROWS: fresh(f"param_{ROWS}"), COLS: fresh(f"param_{COLS}")}
     stage_of = _stages(program)
-    count = 1 + max((stage_of[v.name] for v in program.values if v.scope != "host" and not v.matrix), default=0)
+    count = 1 + max((stage_of[v.name] for v in program.values if _in_stages(v)), default=0)
     # where each output is stored: the stage computing it (after its block, for a matrix value)
     stored = {}
     for out, name in program.writes.items():
@@ -122,7 +121,7 @@ def plan(spec: Spec, options: dict[str, bool]) -> Plan:
     renamed = {}
     readers = [(2 * stage_of[v.name] + (1 if v.matrix is not None else 0), v) for v in program.values]
     for time, v in readers:
-        if v.scope == "host":
+        if v.scope in ("host", "global"):
             continue
         for s in v.expr.free_symbols:
             if s.name in stored and time > 2 * stored[s.name]:
@@ -134,7 +133,20 @@ def plan(spec: Spec, options: dict[str, bool]) -> Plan:
     scratch = {n: scope for st in stages for n, scope in st.exports.items()}
     results = {n for st in stages for n in st.inputs if n in by_name and by_name[n].matrix is not None}
     has_matmul = any(v.matrix.has_matmul for v in program.values if v.matrix is not None)
-    return Plan(program, stages, scratch, results, {**renamed, **sizes}, stored, has_matmul)
+    sums = [v.name for v in program.values if v.scope == "global" and v.is_reduction]
+    return Plan(program, stages, scratch, results, {**renamed, **sizes}, stored, has_matmul, sums)
+
+
+def _in_stages(v: Value) -> bool:
+    """Whether a stage kernel computes `v` in its passes: not a host value or a value of the
+    sums over all parameters (the prologue of every stage that reads it), a sum over all
+    parameters (the optimizer's, before the step) or a matrix value (a block)."""
+    return v.scope not in ("host", "global") and v.matrix is None
+
+
+def _prologue(v: Value) -> bool:
+    """A host value, or one computed from sums over all parameters (and host values)."""
+    return v.scope == "host" or (v.scope == "global" and not v.is_reduction)
 
 
 def stage_specs(spec: Spec, every_setting: bool = False) -> list[Spec]:
@@ -165,7 +177,7 @@ def _stages(program: Program) -> dict[str, int]:
         k = 0
         for s in v.expr.free_symbols:
             d = by_name.get(s.name)
-            if d is None or d.scope == "host":
+            if d is None or d.scope in ("host", "global"):  # ready before the step
                 continue
             k = max(k, out[d.name] + (1 if d.matrix is not None and v.matrix is None else 0))
         out[v.name] = k
@@ -183,11 +195,11 @@ class _Builder:
 
     def build(self) -> Stage:
         program, k = self.program, self.k
-        mine = [v for v in program.values if v.scope != "host" and v.matrix is None and self.stage_of[v.name] == k]
+        mine = [v for v in program.values if _in_stages(v) and self.stage_of[v.name] == k]
         later = [
             v
             for v in program.values
-            if v.scope != "host"
+            if v.scope not in ("host", "global")
             and (self.stage_of[v.name] > k or (v.matrix is not None and self.stage_of[v.name] == k))
         ]
         later_reads = {s.name for v in later for s in v.expr.free_symbols}
@@ -199,11 +211,12 @@ class _Builder:
         inputs, tensor_reads, states = [], [], []
         for name in sorted(reads):
             v = self.by_name.get(name)
-            if v is not None and v.scope != "host" and (v.matrix is not None or self.stage_of[name] < k):
-                (inputs if v.scope == "element" else tensor_reads).append(name)
+            if v is not None and (_in_stages(v) or v.matrix is not None):
+                if v.matrix is not None or self.stage_of[name] < k:
+                    (inputs if v.scope == "element" else tensor_reads).append(name)
             elif (name in self.renamed.values() and k > 0) or name in self.spec.inputs:
                 inputs.append(name)
-            elif name in self.sizes.values():
+            elif name in self.sizes.values() or (v is not None and v.scope == "global" and v.is_reduction):
                 tensor_reads.append(name)
         states = [s.name for s in program.states if s.name in reads or s.name in stores]
         return Stage(self._spec(body, states, exports, inputs, tensor_reads), states, exports, inputs, tensor_reads)
@@ -230,7 +243,7 @@ class _Builder:
 
     def _host_needed(self, mine: list[Value]) -> list[Value]:
         need = {s.name for v in mine for s in v.expr.free_symbols}
-        host = [v for v in self.program.values if v.scope == "host"]
+        host = [v for v in self.program.values if _prologue(v)]
         for v in reversed(host):
             if v.name in need:
                 need |= {s.name for s in v.expr.free_symbols}
@@ -239,6 +252,10 @@ class _Builder:
     def _spec(self, body, states, exports, inputs, tensor_reads) -> Spec:
         spec, loc = self.spec, self.spec.loc
         decls = {s: replace(spec.state[s], when=None) for s in states}
+        # a group state the stage reads: a host scalar of the kernel, as on the fused path
+        # without matrices (its new value is the optimizer's, after the step)
+        read = {s.name for a in body for s in a.expr.free_symbols}
+        decls.update({n: replace(d, when=None) for n, d in spec.state.items() if d.scope == "group" and n in read})
         for name in [*exports, *tensor_reads]:
             scope = exports.get(name) or "tensor"
             decls[name] = StateDecl(name, sympy.Integer(0), scope, loc, name)
@@ -328,6 +345,7 @@ def fused_step(
             if p.dim() != 2:
                 raise ValueError(f"{_NOT_2D} {tuple(p.shape)}")
     run = _Run(the_plan, params, grads, {**states, **(inputs or {})}, steps, hyper, maximize)
+    run.fill_sums(global_values)
     for k, (stage, key) in enumerate(zip(the_plan.stages, keys)):
         backend.fused_step(
             key,
@@ -363,6 +381,8 @@ class _Buffers:
         self.named: dict[str, list[Tensor]] = {}
         for name, scope in the_plan.scratch.items():
             self.named[name] = [_scratch(p, scope) for p in params]
+        for name in the_plan.sums:
+            self.named[name] = [_scratch(p, "tensor") for p in params]
         for raw, dim in ((ROWS, -2), (COLS, -1)):
             self.named[the_plan.renamed[raw]] = [
                 torch.tensor(float(_size(p, dim)), dtype=torch.float64, device=p.device) for p in params
@@ -407,6 +427,14 @@ class _Run:
         self.maximize = maximize
         self.stacks: dict[tuple, dict[str, object]] = {g: {} for g in self.buffers.groups}
 
+    def fill_sums(self, global_values: dict[str, Tensor]) -> None:
+        """The sums over all parameters, as every param's per-tensor value (NaN: one the
+        optimizer left out, which this setting does not read; as the kernels take it)."""
+        for name in self.plan.sums:
+            value = global_values.get(name)
+            for t in self.buffers.named[name]:
+                t.fill_(float("nan") if value is None else float(value))
+
     def tensors(self, name: str) -> list[Tensor]:
         return self.named[name] if name in self.named else self.buffers.named[name]
 
@@ -440,7 +468,7 @@ class _Run:
                 return float(values.pop())
             return torch.tensor([self.steps[i] for i in index], dtype=dtype, device=device).view(-1, 1, 1)
         by_name = self.plan.program.by_name
-        if name in by_name and by_name[name].scope == "host":
+        if name in by_name and _prologue(by_name[name]):
             v = by_name[name]
             env = {s.name: self._operand(s.name, index, group) for s in v.expr.free_symbols}
             return _evaluate(v.expr, env)
