@@ -2,9 +2,8 @@
 elementwise passes with per-tensor, axis (over the last two dims: optgen/backends/fused_axes.py)
 and global reductions between them, group states as host scalars (optgen/backends/fused_groups.py);
 a spec with matrix operations runs as stages of them with its matrix blocks through torch
-between (optgen/backends/fused_matrix.py). A spec that needs more (reductions over other axes;
-matrix operations together with axis reductions or rank rules) gets one message
-that names what it uses: fused=True raises ValueError with it at construction, `optgen check`
+between (optgen/backends/fused_matrix.py). A spec that needs more (reductions over other axes,
+with or without matrix operations) gets one message that names what it uses: fused=True raises ValueError with it at construction, `optgen check`
 reports it as a warning, and no kernels are generated. Never a silent fallback."""
 
 from __future__ import annotations

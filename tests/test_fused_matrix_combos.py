@@ -70,9 +70,57 @@ update: |
   X = (m @ m.T @ m) / count
   param = param - lr * scale * X / (norm(X) + eps)
 """,
+    # a row-normalised update after a Newton-Schulz-like step (an axis reduction of a
+    # block's result)
+    "RowNormMuon": """
+state:
+  m: {init: 0, tex: m}
+update: |
+  m = beta * m + (1 - beta) * grad
+  X = m / (norm(m) + eps)
+  X = 1.5 * X - 0.5 * X @ X.T @ X
+  X = 1.5 * X - 0.5 * X @ X.T @ X
+  if ndim(param) >= 2:
+      X = X / sqrt(mean(X * X, axis=-1) + eps)
+  param = param - lr * X
+""",
+    # a row state fed by a block's result, and a column statistic of it
+    "RowState": """
+state:
+  m: {init: 0, tex: m}
+  row: {init: 0, shape: {reduce: [-1]}, ndim: ">= 2", tex: 'R'}
+update: |
+  m = beta * m + (1 - beta) * grad
+  X = m @ m.T @ m
+  if ndim(param) >= 2:
+      row = beta * row + (1 - beta) * mean(X * X, axis=-1)
+      X = X / (sqrt(row) + eps) + amax(abs(X), axis=-2)
+  param = param - lr * X
+""",
+    # a rank rule: matrices through a block that reads a row state, vectors elementwise;
+    # clipped by the global gradient norm, a group counter
+    "RankMuon": """
+state:
+  m: {init: 0, tex: m}
+  row: {init: 0, shape: {reduce: [-1]}, ndim: ">= 2", tex: 'R'}
+  count: {scope: group, init: 0, tex: 'n'}
+update: |
+  count = count + 1
+  clip = minimum(1, 2 / (global_norm(grad) + eps))
+  m = beta * m + (1 - beta) * clip * grad
+  if ndim(param) >= 2:
+      row = beta * row + (1 - beta) * mean(m * m, axis=-1)
+      X = (m / (sqrt(row) + eps)) @ m.T @ m
+      X = X / (norm(X) + eps)
+  else:
+      X = m / (norm(m) + eps)
+  param = param - lr * X / sqrt(count)
+""",
 }
-SHAPES = [(3, 5), (6, 2), (3, 5), (4, 4), (2, 7)]
-SMALL = [(3, 4), (5, 2), (2, 3)]
+MATRICES = [(3, 5), (6, 2), (3, 5), (4, 4), (2, 7)]
+MIXED = [(3, 5), (5,), (6, 2), (4, 4), (3,), (2, 7)]  # a rank rule: vectors too
+SHAPES = {name: MIXED if name == "RankMuon" else MATRICES for name in SPECS}
+SMALL = {name: [(3, 4), (5,), (2, 3)] if name == "RankMuon" else [(3, 4), (5, 2), (2, 3)] for name in SPECS}
 STEPS = 4
 
 
@@ -142,7 +190,7 @@ def test_check_accepts_and_the_fused_path_runs_it(name):
 def test_fused_cpp_matches_the_reference(cpp, name, dtype):
     spec = _spec(name)
     tol = 1e-11 if dtype == torch.float64 else 1e-4
-    _check(spec, *_run(spec, SHAPES, dtype, {"fused": True}), tol)
+    _check(spec, *_run(spec, SHAPES[name], dtype, {"fused": True}), tol)
     assert len([k for k in cpp if "#matrix" not in k]) >= 2 * STEPS  # two stages a step, at least
 
 
@@ -150,7 +198,7 @@ def test_fused_cpp_matches_the_reference(cpp, name, dtype):
 @pytest.mark.parametrize("name", SPECS)
 def test_eager_paths_match_the_reference(name, foreach):
     spec = _spec(name)
-    _check(spec, *_run(spec, SHAPES, torch.float64, {"foreach": foreach}), 1e-11)
+    _check(spec, *_run(spec, SHAPES[name], torch.float64, {"foreach": foreach}), 1e-11)
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -162,7 +210,7 @@ def test_fused_triton_interpreter_matches_the_reference(monkeypatch, name):
     real = triton_runtime.fused_step
     monkeypatch.setattr(triton_runtime, "fused_step", lambda key, **kw: calls.append(key) or real(key, **kw))
     spec = _spec(name)
-    _check(spec, *_run(spec, SMALL, torch.float32, {"fused": True}, steps=2), 1e-4)
+    _check(spec, *_run(spec, SMALL[name], torch.float32, {"fused": True}, steps=2), 1e-4)
     assert calls
 
 
@@ -170,10 +218,10 @@ def test_the_sums_change_the_result(cpp):
     """Not by accident: ClipMuon's clip is active (the global norm is above 2) and
     GroupScale's scale moves, so a sum read wrong (NaN, zero, one group's) would show."""
     spec = _spec("ClipMuon")
-    params, *_ = _run(spec, SHAPES, torch.float64, {"foreach": True}, steps=1)
+    params, *_ = _run(spec, MATRICES, torch.float64, {"foreach": True}, steps=1)
     assert np.sqrt(sum((g**2).sum() for g in [p.grad.numpy() for p in params])) > 2
     spec = _spec("GroupScale")
-    _, _, opt, _ = _run(spec, SHAPES, torch.float64, {"fused": True}, steps=2)
+    _, _, opt, _ = _run(spec, MATRICES, torch.float64, {"fused": True}, steps=2)
     assert [g["count"] for g in opt.param_groups] == [2, 2]
     assert 0 < opt.param_groups[0]["scale"] < 0.9
 

@@ -45,23 +45,22 @@ _NOT_2D = "a matrix operation needs a 2-D parameter; got shape"
 
 # --------------------------------------------------------------------------- what runs
 def refusal(spec: Spec) -> str:
-    """What of a matrix spec the fused path does not run ("" when it runs all of it): axis
-    reductions, rank rules and reduced states (optgen/shapes.py). (Sums over all parameters
-    and group states run: see `Plan.sums` and `_Builder._spec`.)"""
+    """What of a matrix spec the fused path does not run ("" when it runs all of it): an
+    axis reduction or reduced state over an axis before -2 (as optgen/shapes.py's
+    fused_refusal, which does not walk loops). Sums over all parameters, group states, rank
+    rules and the last two axes run (see `plan`)."""
     from ..shapes import AxisReduction
 
-    uses = []
-    if any(s.axes for s in spec.state.values()):
-        uses.append("states reduced over axes")
-    if _uses(spec.update, lambda st: isinstance(st, TensorIf)):
-        uses.append("`if ndim(param) ...:` rules")
-    if _uses(spec.update, lambda st: isinstance(st, Assign) and st.expr.has(AxisReduction)):
-        uses.append("axis reductions (mean(x, axis=...))")
-    if not uses:
+    axes = {a for s in spec.state.values() for a in s.axes}
+    _uses(
+        spec.update,
+        lambda st: axes.update(a for r in getattr(st, "expr", sympy.S.Zero).atoms(AxisReduction) for a in r.axes),
+    )
+    if axes <= {-1, -2}:
         return ""
     return (
-        f"{spec.name} uses {', '.join(uses)}, which the fused kernels do not run; use foreach=True "
-        "(or the for-loop) instead of fused=True"
+        f"{spec.name} reduces over axis {min(axes)}, which the fused kernels do not run (they reduce over the "
+        "last two axes, -1 and -2, only); use foreach=True (or the for-loop) instead of fused=True"
     )
 
 
@@ -100,12 +99,18 @@ class Plan:
     # the sums over all parameters: the optimizer computes them before the step (as for any
     # fused step); the stages and blocks read each as a per-tensor value the runner fills
     sums: list[str] = field(default_factory=list)
+    # scratch of a value reduced over axes (keepdim: size 1 along them), as a reduced state
+    scratch_axes: dict[str, frozenset] = field(default_factory=dict)
 
 
-def plan(spec: Spec, options: dict[str, bool]) -> Plan:
+def plan(spec: Spec, options: dict[str, bool], ranks: frozenset | None = None) -> Plan:
+    """The stages of one option setting, for the tensors of one rank class (`ranks`, of
+    optgen/backends/fused_axes.spec_rank_classes; None: a spec without rank rules)."""
     from ..lower import lower
 
     program = lower(spec, options)
+    if ranks is not None:
+        program = _for_ranks(program, min(ranks))
     by_name = program.by_name
     taken = set(spec.symbols) | set(by_name) | set(program.input_scopes)
     fresh = _Fresh(taken)
@@ -126,7 +131,9 @@ def plan(spec: Spec, options: dict[str, bool]) -> Plan:
         for s in v.expr.free_symbols:
             if s.name in stored and time > 2 * stored[s.name]:
                 renamed.setdefault(s.name, fresh(f"{s.name}_before"))
-    stages = [_Builder(program, spec, k, stage_of, stored, renamed, sizes, options).build() for k in range(count)]
+    stages = [
+        _Builder(program, spec, k, stage_of, stored, renamed, sizes, options, ranks).build() for k in range(count)
+    ]
     for v in program.values:
         if v.matrix is not None:
             stages[stage_of[v.name]].blocks.append(v)
@@ -134,7 +141,32 @@ def plan(spec: Spec, options: dict[str, bool]) -> Plan:
     results = {n for st in stages for n in st.inputs if n in by_name and by_name[n].matrix is not None}
     has_matmul = any(v.matrix.has_matmul for v in program.values if v.matrix is not None)
     sums = [v.name for v in program.values if v.scope == "global" and v.is_reduction]
-    return Plan(program, stages, scratch, results, {**renamed, **sizes}, stored, has_matmul, sums)
+    axes = {n: _axes(by_name[n]) for n in scratch if n in by_name and _axes(by_name[n])}
+    return Plan(program, stages, scratch, results, {**renamed, **sizes}, stored, has_matmul, sums, axes)
+
+
+def _axes(v: Value) -> frozenset:
+    """The axes a value is reduced over (a row statistic: -1), as a reduced state's."""
+    return frozenset(v.shape.axes or ()) if v.shape is not None else frozenset()
+
+
+def _for_ranks(program: Program, rank: int) -> Program:
+    """`program` for tensors of rank `rank` (and of the ranks its rules treat alike): the
+    values of the other side of each `if ndim(param) ...:` and the states that do not exist
+    for them left out, ndim(param) a number (so a join picks its side)."""
+
+    def kept(v: Value) -> bool:
+        return v.guard is None or rank in v.guard
+
+    states = [s for s in program.states if s.ranks is None or rank in s.ranks]
+    gone = {s.name for s in program.states} - {s.name for s in states}
+    values = []
+    for v in program.values:
+        if kept(v) and v.var not in gone:
+            ndim = {s: sympy.Integer(rank) for s in v.expr.free_symbols if s.name == NDIM}
+            values.append(replace(v, expr=v.expr.xreplace(ndim), guard=None))
+    outputs = {out: name for out, name in program.outputs.items() if out == PARAM or out in {s.name for s in states}}
+    return replace(program, values=values, states=states, outputs=outputs)
 
 
 def _in_stages(v: Value) -> bool:
@@ -151,9 +183,17 @@ def _prologue(v: Value) -> bool:
 
 def stage_specs(spec: Spec, every_setting: bool = False) -> list[Spec]:
     """The specs of a matrix spec's stages: of its default options (what `optgen build`
-    writes, for reading), or of every setting (what `optgen check` renders)."""
+    writes, for reading), or of every setting (what `optgen check` renders); of each rank
+    class where the spec has rank rules."""
+    from .fused_axes import spec_rank_classes
+
     settings = spec.option_combinations() if every_setting else [spec.default_options()]
-    return [stage.spec for options in settings for stage in plan(spec, options).stages]
+    return [
+        stage.spec
+        for options in settings
+        for ranks in spec_rank_classes(spec, options)
+        for stage in plan(spec, options, ranks).stages
+    ]
 
 
 class _Fresh:
@@ -187,8 +227,8 @@ def _stages(program: Program) -> dict[str, int]:
 class _Builder:
     """The spec of stage k: its values as assignments, with scratch states and inputs."""
 
-    def __init__(self, program, spec, k, stage_of, stored, renamed, sizes, options):
-        self.program, self.spec, self.k = program, spec, k
+    def __init__(self, program, spec, k, stage_of, stored, renamed, sizes, options, ranks):
+        self.program, self.spec, self.k, self.ranks = program, spec, k, ranks
         self.stage_of, self.stored, self.renamed, self.sizes = stage_of, stored, renamed, sizes
         self.options = options
         self.by_name = program.by_name
@@ -212,8 +252,8 @@ class _Builder:
         for name in sorted(reads):
             v = self.by_name.get(name)
             if v is not None and (_in_stages(v) or v.matrix is not None):
-                if v.matrix is not None or self.stage_of[name] < k:
-                    (inputs if v.scope == "element" else tensor_reads).append(name)
+                if v.matrix is not None or self.stage_of[name] < k:  # a reduced one: a state
+                    (inputs if v.scope == "element" and not _axes(v) else tensor_reads).append(name)
             elif (name in self.renamed.values() and k > 0) or name in self.spec.inputs:
                 inputs.append(name)
             elif name in self.sizes.values() or (v is not None and v.scope == "global" and v.is_reduction):
@@ -251,14 +291,16 @@ class _Builder:
 
     def _spec(self, body, states, exports, inputs, tensor_reads) -> Spec:
         spec, loc = self.spec, self.spec.loc
-        decls = {s: replace(spec.state[s], when=None) for s in states}
+        decls = {s: replace(spec.state[s], when=None, ranks=None) for s in states}
         # a group state the stage reads: a host scalar of the kernel, as on the fused path
         # without matrices (its new value is the optimizer's, after the step)
         read = {s.name for a in body for s in a.expr.free_symbols}
         decls.update({n: replace(d, when=None) for n, d in spec.state.items() if d.scope == "group" and n in read})
         for name in [*exports, *tensor_reads]:
-            scope = exports.get(name) or "tensor"
-            decls[name] = StateDecl(name, sympy.Integer(0), scope, loc, name)
+            v = self.by_name.get(name)
+            axes = _axes(v) if v is not None else frozenset()
+            scope = "element" if axes else exports.get(name) or "tensor"
+            decls[name] = StateDecl(name, sympy.Integer(0), scope, loc, name, axes=axes)
         names = {a.target for a in body} | set(decls) | set(inputs)
         text = "\n".join(
             [f"stage {self.k} of {spec.module_name}, options {sorted(self.options.items())}"]
@@ -273,7 +315,7 @@ class _Builder:
             summary=f"{spec.summary} Stage {self.k} of the fused path (optgen/backends/fused_matrix.py).",
             options={},
             state=decls,
-            update=body,
+            update=self._for_ranks(body),
             inputs={n: InputDecl(n, loc) for n in inputs},
             symbols={**spec.symbols, **{n: symbol(n) for n in names}},
             source_texts=[*spec.source_texts, text],
@@ -281,11 +323,21 @@ class _Builder:
             modes=None,
         )
 
+    def _for_ranks(self, body: list[Assign]) -> list:
+        """The body, under `if <the rank class>:` for a class of a spec with rank rules (an
+        axis reduction there needs the ranks it runs for)."""
+        from ..shapes import ALL_RANKS, guard_condition
+
+        if self.ranks is None or self.ranks == ALL_RANKS:
+            return body
+        return [TensorIf(guard_condition(self.ranks), body, [], self.spec.loc)]
+
 
 # --------------------------------------------------------------------------- running
 _MATRIX_KEYS: dict[str, Spec] = {}  # keys from register() of matrix specs
 _CATALOG: dict[str, Spec | None] = {}  # catalog key -> its spec when it is a matrix spec
 _PLANS: dict[tuple, tuple[Plan, list[str]]] = {}
+_CLASSES: dict[tuple, list] = {}  # (spec key, options) -> its rank classes
 
 
 def register(spec: Spec) -> str:
@@ -339,12 +391,27 @@ def fused_step(
     if unknown:
         raise ValueError(f"{spec.name} has no option(s) {', '.join(unknown)}")
     options = {n: bool(options.get(n, o.default)) for n, o in spec.options.items()}
-    the_plan, keys = _planned(backend, spec, spec_key, options)
-    if the_plan.has_matmul:
-        for p in params:
-            if p.dim() != 2:
-                raise ValueError(f"{_NOT_2D} {tuple(p.shape)}")
-    run = _Run(the_plan, params, grads, {**states, **(inputs or {})}, steps, hyper, maximize)
+    from .fused_axes import rank_split, spec_rank_classes
+
+    classes = _CLASSES.get((spec_key, *options.items()))
+    if classes is None:
+        classes = _CLASSES[(spec_key, *options.items())] = spec_rank_classes(spec, options)
+    given = {**states, **(inputs or {})}
+    split = list(rank_split(classes, params, grads, given, steps))
+    for ranks, (members, *_) in split:  # every class checked before any tensor is updated
+        if _planned(backend, spec, spec_key, options, ranks)[0].has_matmul:
+            for p in members:
+                if p.dim() != 2:
+                    raise ValueError(f"{_NOT_2D} {tuple(p.shape)}")
+    for ranks, arrays in split:
+        _step_class(
+            backend, *_planned(backend, spec, spec_key, options, ranks), *arrays, hyper, global_values, maximize
+        )
+
+
+def _step_class(backend, the_plan, keys, params, grads, given, steps, hyper, global_values, maximize) -> None:
+    """The stages and blocks of one rank class's plan, for its tensors."""
+    run = _Run(the_plan, params, grads, given, steps, hyper, maximize)
     run.fill_sums(global_values)
     for k, (stage, key) in enumerate(zip(the_plan.stages, keys)):
         backend.fused_step(
@@ -363,10 +430,10 @@ def fused_step(
             run.block(block, k)
 
 
-def _planned(backend, spec: Spec, spec_key: str, options: dict[str, bool]) -> tuple[Plan, list[str]]:
-    key = (backend.__name__, spec_key, tuple(sorted(options.items())))
+def _planned(backend, spec: Spec, spec_key: str, options: dict[str, bool], ranks) -> tuple[Plan, list[str]]:
+    key = (backend.__name__, spec_key, tuple(sorted(options.items())), ranks)
     if key not in _PLANS:
-        the_plan = plan(spec, options)
+        the_plan = plan(spec, options, ranks)
         _PLANS[key] = (the_plan, [backend.register(stage.spec) for stage in the_plan.stages])
     return _PLANS[key]
 
@@ -380,7 +447,7 @@ class _Buffers:
     def __init__(self, the_plan: Plan, params: list[Tensor]):
         self.named: dict[str, list[Tensor]] = {}
         for name, scope in the_plan.scratch.items():
-            self.named[name] = [_scratch(p, scope) for p in params]
+            self.named[name] = [_scratch(p, scope, the_plan.scratch_axes.get(name)) for p in params]
         for name in the_plan.sums:
             self.named[name] = [_scratch(p, "tensor") for p in params]
         for raw, dim in ((ROWS, -2), (COLS, -1)):
@@ -481,7 +548,10 @@ class _Run:
         return -stacked if name == GRAD and self.maximize else stacked
 
 
-def _scratch(p: Tensor, scope: str) -> Tensor:
+def _scratch(p: Tensor, scope: str, axes: frozenset | None = None) -> Tensor:
+    if axes:  # keepdim, as the optimizer's reduced states
+        index = tuple(slice(0, 1) if -k in axes else slice(None) for k in range(max(-a for a in axes), 0, -1))
+        return torch.empty_like(p[(..., *index)], memory_format=torch.contiguous_format)
     if scope == "element":
         return torch.empty_like(p, memory_format=torch.contiguous_format)
     return torch.zeros((), dtype=torch.float64, device=p.device)
