@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import optgen
+from optgen.backends import fused_axes, fused_matrix
 from optgen.backends.cpp import runtime as cpp_runtime
 from optgen.backends.triton import runtime as triton_runtime
 from optgen.fused_support import fused_refusal
@@ -243,3 +244,26 @@ def test_a_sum_over_a_matrix_result_is_a_check_error():
     report = optgen.check(loads(text, "NormOfBlock.yaml"))
     assert not report.ok
     assert any("may not read a matrix operation's result" in f.message for f in report.findings)
+
+
+def test_each_rank_class_plans_its_own_stages():
+    """RankMuon: the vectors' plan has no block and no row state; the matrices' reads the
+    row state in its block (a reduced scratch between the stages)."""
+    spec = _spec("RankMuon")
+    classes = fused_axes.spec_rank_classes(spec, {})
+    vectors = fused_matrix.plan(spec, {}, next(c for c in classes if 1 in c))
+    matrices = fused_matrix.plan(spec, {}, next(c for c in classes if 2 in c))
+    assert not [b for stage in vectors.stages for b in stage.blocks]
+    assert all("row" not in stage.states for stage in vectors.stages)
+    assert [b for stage in matrices.stages for b in stage.blocks]
+    assert any(axes == frozenset({-1}) for axes in matrices.scratch_axes.values())
+
+
+@pytest.mark.parametrize("flags", [{"foreach": False}, {"foreach": True}, {"fused": True}], ids=str)
+def test_a_matrix_rule_on_a_3d_parameter_is_refused_on_every_path(cpp, flags):
+    """RankMuon's `ndim(param) >= 2` side multiplies matrices: a 3-D parameter is the same
+    ValueError on every path."""
+    p = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    p.grad = torch.randn_like(p)
+    with pytest.raises(ValueError, match="needs a 2-D parameter"):
+        optgen.compile(_spec("RankMuon"))([p], **flags).step()
