@@ -37,7 +37,7 @@ from .group_state import check_global_reduction, check_group_states, split_group
 from .ir import SCOPE_RANK, Program, Value, wider
 from .matrix import MatrixLowering
 from .program_facts import value_facts
-from .shapes import RankTracker, infer_shapes
+from .shapes import RankTracker, infer_shapes, shape_of
 from .spec import Assign, If, Repeat, Spec, TensorIf, holds
 
 _REDUCE_OP = {**TENSOR_REDUCTIONS, GlobalSum: "sum"}
@@ -173,7 +173,11 @@ def _ssa(spec: Spec, opts: dict[str, bool]) -> Program:
             if isinstance(stmt, Repeat):
                 assigns = _specialised(stmt.body, opts)
                 try:
+                    start = len(values)
                     _ssa_loop(stmt, assigns, env, values, namer, mx, broken)
+                    for value in values[start:]:  # the loop's results: shaped as what they read
+                        ranks.pending = shape_of(value.expr, ranks.shapes, stmt.loc, None)
+                        ranks.defined(value)
                 except SpecError as exc:
                     errors.append(exc)
                     broken.update(a.target for a in assigns)

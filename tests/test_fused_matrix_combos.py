@@ -71,16 +71,16 @@ update: |
   X = (m @ m.T @ m) / count
   param = param - lr * scale * X / (norm(X) + eps)
 """,
-    # a row-normalised update after a Newton-Schulz-like step (an axis reduction of a
-    # block's result)
+    # a row-normalised update after a Newton-Schulz-like loop (an axis reduction of a
+    # loop's result: once a check error, the loop's result taken for a per-tensor scalar)
     "RowNormMuon": """
 state:
   m: {init: 0, tex: m}
 update: |
   m = beta * m + (1 - beta) * grad
   X = m / (norm(m) + eps)
-  X = 1.5 * X - 0.5 * X @ X.T @ X
-  X = 1.5 * X - 0.5 * X @ X.T @ X
+  for _ in range(2):
+      X = 1.5 * X - 0.5 * X @ X.T @ X
   if ndim(param) >= 2:
       X = X / sqrt(mean(X * X, axis=-1) + eps)
   param = param - lr * X
