@@ -248,11 +248,11 @@ static void reduce_2(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
         const int64_t _k_mat = _b;
         const real row_var = to_real(row_var_ptr[_k_row]);
         const real sum_grad_sq_row = real(_slot_sum_grad_sq_row[_k_row]);
+        const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
         double _acc_sum_row_var_1_owned_mat = 0.0;
 #pragma omp simd reduction(+ : _acc_sum_row_var_1_owned_mat)
         for (int64_t _i = _from; _i < _to; ++_i) {
             const bool _own_row = _i == _row_start;
-            const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
             const real row_var_1_owned = (_own_row ? row_var_1 : real(0));
             _acc_sum_row_var_1_owned_mat += double(row_var_1_owned);
         }
@@ -292,13 +292,13 @@ static void reduce_3(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
         const real row_var = to_real(row_var_ptr[_k_row]);
         const real sum_grad_sq_row = real(_slot_sum_grad_sq_row[_k_row]);
         const real sum_row_var_1_owned_mat = real(_slot_sum_row_var_1_owned_mat[_k_mat]);
+        const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
 #pragma omp simd reduction(+ : sum_param_arg)
         for (int64_t _i = _from; _i < _to; ++_i) {
             const int64_t _k_col = _i - _col_shift;
             const real grad = _sign * to_real(grad_ptr[_i]);
             const real col_var = to_real(col_var_ptr[_k_col]);
             const real sum_grad_sq_col = real(_slot_sum_grad_sq_col[_k_col]);
-            const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
             const real col_var_1 = col_var + one_minus_beta2*(sum_grad_sq_col/rows - col_var);
             const real var_estimate = col_var_1*row_var_1/max_nan(eps1, sum_row_var_1_owned_mat/rows);
             const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate));
@@ -354,24 +354,23 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
         const real row_var = to_real(row_var_ptr[_k_row]);
         const real sum_grad_sq_row = real(_slot_sum_grad_sq_row[_k_row]);
         const real sum_row_var_1_owned_mat = real(_slot_sum_row_var_1_owned_mat[_k_mat]);
+        const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
 #pragma omp simd 
         for (int64_t _i = _from; _i < _to; ++_i) {
             const int64_t _k_col = _i - _col_shift;
-            const bool _own_row = _i == _row_start;
             const real param = to_real(param_ptr[_i]);
             const real grad = _sign * to_real(grad_ptr[_i]);
             const real col_var = to_real(col_var_ptr[_k_col]);
             const real sum_grad_sq_col = real(_slot_sum_grad_sq_col[_k_col]);
             const real param_1 = one_minus_lr_weight_decay*param;
-            const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
             const real col_var_1 = col_var + one_minus_beta2*(sum_grad_sq_col/rows - col_var);
             const real var_estimate = col_var_1*row_var_1/max_nan(eps1, sum_row_var_1_owned_mat/rows);
             const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate));
             const real param_2 = param_1 - coef*update;
             param_ptr[_i] = from_real<param_t>(param_2);
-            if (_own_row) _slot_row_var[_k_row] = double(row_var_1);
             if (_own_col) _slot_col_var[_k_col] = double(col_var_1);
         }
+        if (_from == _row_start) _slot_row_var[_k_row] = double(row_var_1);
         _from = _to;
     }
     (void)_host; (void)_sign; (void)_first; (void)_partial;

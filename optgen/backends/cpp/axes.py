@@ -61,10 +61,15 @@ class AxisPassBuilder(PassBuilder):
         arrays = [a for a in kernel.arrays if a in loop_reads or a in element_outputs]
         tags = {kernel.reduced_arrays[a] for a in arrays if a in kernel.reduced_arrays}
         tags |= {v.tag for v in axis_loaded + axis_targets}
-        owners = {t for t in TAGS.values() if f"_own_{t}" in loop_reads} | {kernel.reduced_arrays[s] for s in stored}
+        variant = self._per_element(element, arrays, axis_loaded)
+        # a row's (matrix's) new reduced state is written once, after the row's loop, when it is
+        # a row constant: a store to one address from inside the loop keeps it from vectorising
+        after_row = {s for s, v in stored.items() if kernel.reduced_arrays[s] != "col" and v not in variant}
+        owners = {t for t in TAGS.values() if f"_own_{t}" in loop_reads}
+        owners |= {kernel.reduced_arrays[s] for s in stored if s not in after_row}
         if tags | owners:
             prologue.insert(0, "const int64_t _nrows = _c.rows[_t], _ncols = _c.cols[_t];")
-        head, loop = _index_lines(tags, owners)
+        head, loop = _index_lines(tags, owners, {kernel.reduced_arrays[s] for s in after_row})
         for a in arrays:
             if a in loop_reads:
                 sign = "_sign * " if a == GRAD else ""
@@ -92,11 +97,15 @@ class AxisPassBuilder(PassBuilder):
                 epilogue.append(f"_partial[{slot}] = {v.name};")
                 tensor_slots.append((slot, v.reduce))
             else:
-                loop.append(f"const real {v.name} = {self._print(v)};")
+                (loop if v.name in variant else head).append(f"const real {v.name} = {self._print(v)};")
         if rows.shared:
             prologue.append("const bool _alone = axis_alone();")
         for state, value in element_outputs.items():
-            if state in stored:
+            if state in after_row:
+                tag = kernel.reduced_arrays[state]
+                first = "_from == _row_start" if tag == "row" else "(_r == 0) & (_from == _row_start)"
+                rows.tail.append(f"if ({first}) _slot_{state}[_k_{tag}] = double({value});")
+            elif state in stored:
                 tag = kernel.reduced_arrays[state]
                 loop.append(f"if (_own_{tag}) _slot_{state}[_k_{tag}] = double({value});")
             elif state not in kernel.reduced_arrays:
@@ -112,6 +121,16 @@ class AxisPassBuilder(PassBuilder):
         result.rows = rows if tags | owners else None
         result.axis_fills = fills
         return result
+
+    def _per_element(self, element: list, arrays: list[str], axis_loaded: list[AxisValue]) -> set[str]:
+        """The names whose value changes along a row: the rest are computed once per row."""
+        kernel = self.kernel
+        variant = {a for a in arrays if kernel.reduced_arrays.get(a, "col") == "col"}
+        variant |= {v.name for v in axis_loaded if v.tag == "col"} | {"_own_row", "_own_mat"}
+        for v in element:
+            if isinstance(v, AxisValue) or v.is_reduction or self._reads(v) & variant:
+                variant.add(v.name)
+        return variant
 
     def _axis_step(self, v: AxisValue, loop: list[str], rows: RowLoop) -> list[str]:
         """Accumulate axis reduction `v`: a row's or matrix's elements into a local the row
@@ -132,14 +151,15 @@ class AxisPassBuilder(PassBuilder):
         return [f"reduction({combine} : _acc_{name})"]
 
 
-def _index_lines(tags: set[str], owners: set[str]) -> tuple[list[str], list[str]]:
-    """The slot indices (`_k_row`) and ownership flags (`_own_row`): the lines run once per row
-    (the row `_q` and its start `_row_start` are known) and once per element `_i`."""
-    used = tags | owners
+def _index_lines(tags: set[str], owners: set[str], after_row: set[str]) -> tuple[list[str], list[str]]:
+    """The slot indices (`_k_row`) and ownership flags (`_own_row`) of the elements: the lines
+    run once per row (the row `_q` and its start `_row_start` are known) and once per element
+    `_i`. `after_row`: the tags of stores after the row's loop (they need the row `_r`)."""
+    used = tags | owners | after_row
     head, element = [], []
     if used & {"col", "mat"}:
         head.append("const int64_t _b = _q / _nrows;")
-    if owners & {"col", "mat"}:
+    if (owners | after_row) & {"col", "mat"}:
         head.append("const int64_t _r = _q - _b * _nrows;")
     if "row" in used:
         head.append("const int64_t _k_row = _q;")
