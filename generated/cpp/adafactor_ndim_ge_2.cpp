@@ -293,14 +293,16 @@ static void reduce_3(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
         const real sum_grad_sq_row = real(_slot_sum_grad_sq_row[_k_row]);
         const real sum_row_var_1_owned_mat = real(_slot_sum_row_var_1_owned_mat[_k_mat]);
         const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
+        const real _inv_0 = real(1) / (rows);
+        const real _inv_1 = real(1) / (max_nan(eps1, sum_row_var_1_owned_mat/rows));
 #pragma omp simd reduction(+ : sum_param_arg)
         for (int64_t _i = _from; _i < _to; ++_i) {
             const int64_t _k_col = _i - _col_shift;
             const real grad = _sign * to_real(grad_ptr[_i]);
             const real col_var = to_real(col_var_ptr[_k_col]);
             const real sum_grad_sq_col = real(_slot_sum_grad_sq_col[_k_col]);
-            const real col_var_1 = col_var + one_minus_beta2*(sum_grad_sq_col/rows - col_var);
-            const real var_estimate = col_var_1*row_var_1/max_nan(eps1, sum_row_var_1_owned_mat/rows);
+            const real col_var_1 = col_var + one_minus_beta2*(_inv_0*sum_grad_sq_col - col_var);
+            const real var_estimate = _inv_1*col_var_1*row_var_1;
             const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate));
             const real param_arg = update * update;
             sum_param_arg += param_arg;
@@ -355,6 +357,8 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
         const real sum_grad_sq_row = real(_slot_sum_grad_sq_row[_k_row]);
         const real sum_row_var_1_owned_mat = real(_slot_sum_row_var_1_owned_mat[_k_mat]);
         const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
+        const real _inv_0 = real(1) / (rows);
+        const real _inv_1 = real(1) / (max_nan(eps1, sum_row_var_1_owned_mat/rows));
 #pragma omp simd 
         for (int64_t _i = _from; _i < _to; ++_i) {
             const int64_t _k_col = _i - _col_shift;
@@ -363,8 +367,8 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
             const real col_var = to_real(col_var_ptr[_k_col]);
             const real sum_grad_sq_col = real(_slot_sum_grad_sq_col[_k_col]);
             const real param_1 = one_minus_lr_weight_decay*param;
-            const real col_var_1 = col_var + one_minus_beta2*(sum_grad_sq_col/rows - col_var);
-            const real var_estimate = col_var_1*row_var_1/max_nan(eps1, sum_row_var_1_owned_mat/rows);
+            const real col_var_1 = col_var + one_minus_beta2*(_inv_0*sum_grad_sq_col - col_var);
+            const real var_estimate = _inv_1*col_var_1*row_var_1;
             const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate));
             const real param_2 = param_1 - coef*update;
             param_ptr[_i] = from_real<param_t>(param_2);

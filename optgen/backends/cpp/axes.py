@@ -16,11 +16,14 @@ every block has read the old ones.
 
 from __future__ import annotations
 
+import sympy
+
 from ...expr import COLS, GRAD, ROWS
 from .. import fused_axes
 from ..fused_axes import IDENTITY, TAGS, AxisValue
 from .kernels import _SIMD_OP, Pass, PassBuilder, RowLoop
 from .kernels import IDENTITY as TENSOR_IDENTITY
+from .printer import CppPrinter
 
 _C_IDENTITY = {"sum": "0.0", "min": "INFINITY", "max": "-INFINITY"}
 
@@ -61,13 +64,15 @@ class AxisPassBuilder(PassBuilder):
         arrays = [a for a in kernel.arrays if a in loop_reads or a in element_outputs]
         tags = {kernel.reduced_arrays[a] for a in arrays if a in kernel.reduced_arrays}
         tags |= {v.tag for v in axis_loaded + axis_targets}
-        variant = self._per_element(element, arrays, axis_loaded)
+        by_rows = bool(tags) or any(f"_own_{t}" in loop_reads for t in TAGS.values())
+        variant = self._per_element(element, arrays, axis_loaded) if by_rows else None
+        self._reciprocals: dict = {}
         # a row's (matrix's) new reduced state is written once, after the row's loop, when it is
         # a row constant: a store to one address from inside the loop keeps it from vectorising
-        after_row = {s for s, v in stored.items() if kernel.reduced_arrays[s] != "col" and v not in variant}
+        after_row = {s for s, v in stored.items() if kernel.reduced_arrays[s] != "col" and v not in (variant or ())}
         owners = {t for t in TAGS.values() if f"_own_{t}" in loop_reads}
         owners |= {kernel.reduced_arrays[s] for s in stored if s not in after_row}
-        if tags | owners:
+        if by_rows:
             prologue.insert(0, "const int64_t _nrows = _c.rows[_t], _ncols = _c.cols[_t];")
         head, loop = _index_lines(tags, owners, {kernel.reduced_arrays[s] for s in after_row})
         for a in arrays:
@@ -96,8 +101,12 @@ class AxisPassBuilder(PassBuilder):
                 slot = sums.index(v.name) if v.over == "global" else slot_names.index(v.name)
                 epilogue.append(f"_partial[{slot}] = {v.name};")
                 tensor_slots.append((slot, v.reduce))
+            elif variant is None:  # a plain loop over the block: no rows
+                loop.append(f"const real {v.name} = {self._print(v)};")
+            elif v.name in variant:
+                loop.append(f"const real {v.name} = {self._per_row_reciprocals(v, variant, head)};")
             else:
-                (loop if v.name in variant else head).append(f"const real {v.name} = {self._print(v)};")
+                head.append(f"const real {v.name} = {self._print(v)};")
         if rows.shared:
             prologue.append("const bool _alone = axis_alone();")
         for state, value in element_outputs.items():
@@ -118,7 +127,7 @@ class AxisPassBuilder(PassBuilder):
         fills = [(slots.index(v.name), _C_IDENTITY[v.reduce]) for v in axis_targets]
         doc = _doc(role, targets, outputs, bool(stored))
         result = Pass(role, doc, prologue, loop, epilogue, " ".join(simd), arrays, tensor_slots)
-        result.rows = rows if tags | owners else None
+        result.rows = rows if by_rows else None
         result.axis_fills = fills
         return result
 
@@ -131,6 +140,20 @@ class AxisPassBuilder(PassBuilder):
             if isinstance(v, AxisValue) or v.is_reduction or self._reads(v) & variant:
                 variant.add(v.name)
         return variant
+
+    def _per_row_reciprocals(self, v, variant: set[str], head: list[str]) -> str:
+        """v's element expression, its divisions by row constants turned into products with
+        reciprocals computed once per row (a division per element costs more than the loads;
+        x * (1 / d) may differ from x / d by one rounding)."""
+        expr = self.lifted[v.name]
+        swaps = {}
+        for power in expr.atoms(sympy.Pow):
+            if power.exp == -1 and power.base.free_symbols and not {s.name for s in power.base.free_symbols} & variant:
+                name = self._reciprocals.setdefault(power.base, f"_inv_{len(self._reciprocals)}")
+                if f"const real {name} = " not in "\n".join(head):
+                    head.append(f"const real {name} = real(1) / ({CppPrinter().doprint(power.base)});")
+                swaps[power] = sympy.Symbol(name)
+        return CppPrinter().doprint(expr.xreplace(swaps))
 
     def _axis_step(self, v: AxisValue, loop: list[str], rows: RowLoop) -> list[str]:
         """Accumulate axis reduction `v`: a row's or matrix's elements into a local the row
