@@ -293,8 +293,8 @@ static void reduce_3(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
         const real sum_grad_sq_row = real(_slot_sum_grad_sq_row[_k_row]);
         const real sum_row_var_1_owned_mat = real(_slot_sum_row_var_1_owned_mat[_k_mat]);
         const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
-        const real _inv_0 = real(1) / (rows);
-        const real _inv_1 = real(1) / (max_nan(eps1, sum_row_var_1_owned_mat/rows));
+        const real _inv_0 = real(1) / rows;
+        const real _inv_1 = real(1) / max_nan(eps1, sum_row_var_1_owned_mat/rows);
 #pragma omp simd reduction(+ : sum_param_arg)
         for (int64_t _i = _from; _i < _to; ++_i) {
             const int64_t _k_col = _i - _col_shift;
@@ -357,8 +357,8 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
         const real sum_grad_sq_row = real(_slot_sum_grad_sq_row[_k_row]);
         const real sum_row_var_1_owned_mat = real(_slot_sum_row_var_1_owned_mat[_k_mat]);
         const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
-        const real _inv_0 = real(1) / (rows);
-        const real _inv_1 = real(1) / (max_nan(eps1, sum_row_var_1_owned_mat/rows));
+        const real _inv_0 = real(1) / rows;
+        const real _inv_1 = real(1) / max_nan(eps1, sum_row_var_1_owned_mat/rows);
 #pragma omp simd 
         for (int64_t _i = _from; _i < _to; ++_i) {
             const int64_t _k_col = _i - _col_shift;

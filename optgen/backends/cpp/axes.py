@@ -5,13 +5,15 @@ Such a pass loops over its block row by row, then over the row's elements: the r
 (`_k_row`) and its matrix's (`_k_mat`) are constants of the inner loop, a column's slot
 (`_k_col`) is the element's index shifted, so the inner loop needs no integer division,
 reads reduced states and earlier passes' axis reductions contiguously, and vectorises
-(`#pragma omp simd`). `_own_row` says whether the element owns its slot. A row or matrix
-reduction accumulates the row in a local (a simd reduction) and adds it into the slot with
-an atomic after the row: one per row and block. A column reduction adds each element into
-its slot: plainly when one thread runs the pass, else with an atomic (blocks of one matrix
-run on several threads), in a loop without simd. The update pass's owners write reduced
-states' new values into their slot vectors, which run_update copies into the states after
-every block has read the old ones.
+(`#pragma omp simd`). Values constant along a row are computed once per row, and so are the
+reciprocals of row constants an element value divides by. `_own_row` says whether the
+element owns its slot. A row or matrix reduction accumulates the row in a local (a simd
+reduction) and adds it into the slot with an atomic after the row: one per row and block.
+A column reduction adds each element into its slot: plainly when one thread runs the pass,
+else with an atomic (blocks of one matrix run on several threads), in a loop without simd.
+The update pass's owners write reduced states' new values into their slot vectors (a row's
+after its loop), which run_update copies into the states after every block has read the
+old ones.
 """
 
 from __future__ import annotations
@@ -149,10 +151,10 @@ class AxisPassBuilder(PassBuilder):
         swaps = {}
         for power in expr.atoms(sympy.Pow):
             if power.exp == -1 and power.base.free_symbols and not {s.name for s in power.base.free_symbols} & variant:
-                name = self._reciprocals.setdefault(power.base, f"_inv_{len(self._reciprocals)}")
-                if f"const real {name} = " not in "\n".join(head):
-                    head.append(f"const real {name} = real(1) / ({CppPrinter().doprint(power.base)});")
-                swaps[power] = sympy.Symbol(name)
+                if power not in self._reciprocals:
+                    self._reciprocals[power] = f"_inv_{len(self._reciprocals)}"
+                    head.append(f"const real {self._reciprocals[power]} = {CppPrinter().doprint(power)};")
+                swaps[power] = sympy.Symbol(self._reciprocals[power])
         return CppPrinter().doprint(expr.xreplace(swaps))
 
     def _axis_step(self, v: AxisValue, loop: list[str], rows: RowLoop) -> list[str]:
