@@ -142,11 +142,14 @@ CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 class Side:
     """One optimizer over its own copies of the parameters, stepped on the original gradients."""
 
-    def __init__(self, cls, params, grads, kwargs: dict, foreach: bool):
+    def __init__(self, cls, params, grads, kwargs: dict, foreach: bool, fused: bool = False):
         self.params = [torch.nn.Parameter(p.clone()) for p in params]
         for leaf, g in zip(self.params, grads):
             leaf.grad = g.clone()
         self.grads = grads
+        if fused:  # optgen's fused C++ kernel (one call per step), which takes no foreach
+            self.opt = cls(self.params, **kwargs, fused=True)
+            return
         takes_foreach = "foreach" in inspect.signature(cls).parameters  # not every reference has a foreach path
         self.opt = cls(self.params, **kwargs, **({"foreach": foreach} if takes_foreach else {}))
 
@@ -242,7 +245,7 @@ def bench_one(target: Target, cfg, params, grads) -> Row:
     if ours_cls is None:  # --self-check: the reference, on its own path, against itself
         ours = Side(ref_cls, params, grads, entry.kwargs, entry.reference_foreach)
     else:
-        ours = Side(ours_cls, params, grads, entry.kwargs, foreach=entry.ours_foreach)
+        ours = Side(ours_cls, params, grads, entry.kwargs, foreach=entry.ours_foreach, fused=cfg.fused)
     sides = (ours, Side(ref_cls, params, grads, entry.kwargs, entry.reference_foreach))
     peaks = [side.peak_extra_bytes() for side in sides]  # steps 1 (creating the state) and 2
     for _ in range(cfg.warmup):
@@ -458,6 +461,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, help="torch intra-op threads (default 1)")
     p.add_argument(
+        "--fused",
+        action="store_true",
+        help="time optgen's fused C++ kernel (fused=True, one call per step) instead of its foreach path",
+    )
+    p.add_argument(
         "--clock",
         choices=tuple(CLOCKS),
         help="wall (quick): time.perf_counter; thread (thorough): CPU time of the calling thread, which ignores "
@@ -492,6 +500,7 @@ def _argv(args) -> list[str]:
     argv += ["--params", f"{args.params:g}", "--tensors", str(args.tensors), "--dtype", args.dtype]
     argv += ["--reference-path", args.reference_path] if args.reference_path != "fastest" else []
     argv += ["--threads", str(args.threads)] if args.threads else []
+    argv += ["--fused"] if args.fused else []
     argv += ["--clock", args.clock] if args.clock != "wall" else []
     return argv + _requested(args)
 

@@ -157,3 +157,18 @@ def test_no_allocator_warning_on_stderr(capfd):
     err = capfd.readouterr().err
     assert "CPUAllocator" not in err and "unknown size" not in err
     assert err == ""
+
+
+def test_fused_times_the_fused_kernel(capsys):
+    """--fused: optgen's side is the fused C++ kernel (no torch temporaries: nothing allocated
+    during a step), the foreach path otherwise; both agree with torch.optim.Adafactor."""
+    code, out = _run(capsys, *TINY, "--fused", "adafactor")
+    assert code == 0 and "--fused" in out
+    fused = _rows(out)["Adafactor"]
+    code, out = _run(capsys, *TINY, "adafactor")
+    assert code == 0 and "--fused" not in out
+    foreach = _rows(out)["Adafactor"]
+    assert _mib(fused["optgen peak extra MiB"]) == 0.0 < _mib(foreach["optgen peak extra MiB"])
+    for row in (fused, foreach):
+        assert row["reference"] == "torch.optim.Adafactor (foreach)"
+        assert float(row["max rel diff"]) < 1e-4

@@ -23,6 +23,9 @@
 #include <cstdint>
 #include <cstring>
 #include <algorithm>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define OPTGEN_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -110,9 +113,9 @@ struct Context {
     double* axis_values;
 };
 
-// Axis reductions: a run of elements sharing a slot is combined in a local, then into the
-// slot with a compare-and-swap (blocks of one row or column run on several threads).
-// max/min propagate NaN, as torch.amax.
+// Axis reductions: a row's elements are combined in a local, then into the row's slot with a
+// compare-and-swap (blocks of one row or column run on several threads); column slots take
+// each element, plainly when one thread runs the pass. max/min propagate NaN, as torch.amax.
 static inline double sum_of(double a, double b) { return a + b; }
 static inline double max_of(double a, double b) { return a != a || b != b ? NAN : (a < b ? b : a); }
 static inline double min_of(double a, double b) { return a != a || b != b ? NAN : (b < a ? b : a); }
@@ -127,6 +130,17 @@ static inline void axis_combine(double* slot, double x) {
 static inline void axis_sum(double* slot, double x) { axis_combine<sum_of>(slot, x); }
 static inline void axis_max(double* slot, double x) { axis_combine<max_of>(slot, x); }
 static inline void axis_min(double* slot, double x) { axis_combine<min_of>(slot, x); }
+#pragma omp declare reduction(max_of : double : omp_out = max_of(omp_out, omp_in)) initializer(omp_priv = -INFINITY)
+#pragma omp declare reduction(min_of : double : omp_out = min_of(omp_out, omp_in)) initializer(omp_priv = INFINITY)
+
+// Whether the calling thread is the only one running the pass (then no other writes its slots).
+static inline bool axis_alone() {
+#ifdef _OPENMP
+    return omp_get_num_threads() == 1;
+#else
+    return true;
+#endif
+}
 
 // Set the slot vectors `slots` of tensor t to their reductions' identity.
 static void axis_fill(const Context& c, int64_t t, const int* slots, const double* identities, int count) {
@@ -172,37 +186,44 @@ static void reduce_1(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
     double* const _slot_sum_grad_sq_row = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 0];
     double* const _slot_sum_grad_sq_col = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 1];
     real sum_step_scale_arg = real(0);
-    int64_t _run_sum_grad_sq_row = _end > _begin ? _begin / _ncols : 0;
-    double _acc_sum_grad_sq_row = 0.0;
-    int64_t _run_sum_grad_sq_col = _end > _begin ? (_begin / (_nrows * _ncols)) * _ncols + _begin % _ncols : 0;
-    double _acc_sum_grad_sq_col = 0.0;
-    for (int64_t _i = _begin; _i < _end; ++_i) {
-        const int64_t _q = _i / _ncols;
-        const int64_t _c = _i - _q * _ncols;
+    const bool _alone = axis_alone();
+    for (int64_t _from = _begin; _from < _end;) {
+        // one row, or its part in this block: the row's slots are constants here and a column's
+        // slot is the element's index shifted (no division per element, contiguous access)
+        const int64_t _q = _from / _ncols;
+        const int64_t _row_start = _q * _ncols, _to = std::min(_end, _row_start + _ncols);
         const int64_t _b = _q / _nrows;
-        const int64_t _k_col = _b * _ncols + _c;
         const int64_t _k_row = _q;
-        const real param = to_real(param_ptr[_i]);
-        const real grad = _sign * to_real(grad_ptr[_i]);
-        const real step_scale_arg = param * param;
-        sum_step_scale_arg += step_scale_arg;
-        const real grad_sq = grad * grad;
-        if (_k_row != _run_sum_grad_sq_row) {
-            axis_sum(_slot_sum_grad_sq_row + _run_sum_grad_sq_row, _acc_sum_grad_sq_row);
-            _run_sum_grad_sq_row = _k_row;
-            _acc_sum_grad_sq_row = 0.0;
+        const int64_t _col_shift = _row_start - _b * _ncols;
+        double _acc_sum_grad_sq_row = 0.0;
+        if (_alone) {
+#pragma omp simd reduction(+ : sum_step_scale_arg) reduction(+ : _acc_sum_grad_sq_row)
+            for (int64_t _i = _from; _i < _to; ++_i) {
+                const int64_t _k_col = _i - _col_shift;
+                const real param = to_real(param_ptr[_i]);
+                const real grad = _sign * to_real(grad_ptr[_i]);
+                const real step_scale_arg = param * param;
+                sum_step_scale_arg += step_scale_arg;
+                const real grad_sq = grad * grad;
+                _acc_sum_grad_sq_row += double(grad_sq);
+                _slot_sum_grad_sq_col[_k_col] = sum_of(_slot_sum_grad_sq_col[_k_col], double(grad_sq));
+            }
+        } else {
+            for (int64_t _i = _from; _i < _to; ++_i) {
+                const int64_t _k_col = _i - _col_shift;
+                const real param = to_real(param_ptr[_i]);
+                const real grad = _sign * to_real(grad_ptr[_i]);
+                const real step_scale_arg = param * param;
+                sum_step_scale_arg += step_scale_arg;
+                const real grad_sq = grad * grad;
+                _acc_sum_grad_sq_row += double(grad_sq);
+                axis_sum(_slot_sum_grad_sq_col + _k_col, double(grad_sq));
+            }
         }
-        _acc_sum_grad_sq_row += double(grad_sq);
-        if (_k_col != _run_sum_grad_sq_col) {
-            axis_sum(_slot_sum_grad_sq_col + _run_sum_grad_sq_col, _acc_sum_grad_sq_col);
-            _run_sum_grad_sq_col = _k_col;
-            _acc_sum_grad_sq_col = 0.0;
-        }
-        _acc_sum_grad_sq_col += double(grad_sq);
+        axis_sum(_slot_sum_grad_sq_row + _k_row, _acc_sum_grad_sq_row);
+        _from = _to;
     }
     _partial[0] = sum_step_scale_arg;
-    if (_end > _begin) axis_sum(_slot_sum_grad_sq_row + _run_sum_grad_sq_row, _acc_sum_grad_sq_row);
-    if (_end > _begin) axis_sum(_slot_sum_grad_sq_col + _run_sum_grad_sq_col, _acc_sum_grad_sq_col);
     (void)_host; (void)_sign; (void)_first; (void)_partial;
 }
 
@@ -217,27 +238,27 @@ static void reduce_2(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
     const real cols = real(_c.cols[_t]);
     double* const _slot_sum_grad_sq_row = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 0];
     double* const _slot_sum_row_var_1_owned_mat = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 2];
-    int64_t _run_sum_row_var_1_owned_mat = _end > _begin ? _begin / (_nrows * _ncols) : 0;
-    double _acc_sum_row_var_1_owned_mat = 0.0;
-    for (int64_t _i = _begin; _i < _end; ++_i) {
-        const int64_t _q = _i / _ncols;
-        const int64_t _c = _i - _q * _ncols;
+    for (int64_t _from = _begin; _from < _end;) {
+        // one row, or its part in this block: the row's slots are constants here and a column's
+        // slot is the element's index shifted (no division per element, contiguous access)
+        const int64_t _q = _from / _ncols;
+        const int64_t _row_start = _q * _ncols, _to = std::min(_end, _row_start + _ncols);
         const int64_t _b = _q / _nrows;
-        const int64_t _k_mat = _b;
         const int64_t _k_row = _q;
-        const bool _own_row = _c == 0;
+        const int64_t _k_mat = _b;
         const real row_var = to_real(row_var_ptr[_k_row]);
         const real sum_grad_sq_row = real(_slot_sum_grad_sq_row[_k_row]);
         const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
-        const real row_var_1_owned = (_own_row ? row_var_1 : real(0));
-        if (_k_mat != _run_sum_row_var_1_owned_mat) {
-            axis_sum(_slot_sum_row_var_1_owned_mat + _run_sum_row_var_1_owned_mat, _acc_sum_row_var_1_owned_mat);
-            _run_sum_row_var_1_owned_mat = _k_mat;
-            _acc_sum_row_var_1_owned_mat = 0.0;
+        double _acc_sum_row_var_1_owned_mat = 0.0;
+#pragma omp simd reduction(+ : _acc_sum_row_var_1_owned_mat)
+        for (int64_t _i = _from; _i < _to; ++_i) {
+            const bool _own_row = _i == _row_start;
+            const real row_var_1_owned = (_own_row ? row_var_1 : real(0));
+            _acc_sum_row_var_1_owned_mat += double(row_var_1_owned);
         }
-        _acc_sum_row_var_1_owned_mat += double(row_var_1_owned);
+        axis_sum(_slot_sum_row_var_1_owned_mat + _k_mat, _acc_sum_row_var_1_owned_mat);
+        _from = _to;
     }
-    if (_end > _begin) axis_sum(_slot_sum_row_var_1_owned_mat + _run_sum_row_var_1_owned_mat, _acc_sum_row_var_1_owned_mat);
     (void)_host; (void)_sign; (void)_first; (void)_partial;
 }
 
@@ -259,26 +280,34 @@ static void reduce_3(const Context& _c, int64_t _t, int64_t _begin, int64_t _end
     double* const _slot_sum_grad_sq_col = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 1];
     double* const _slot_sum_row_var_1_owned_mat = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 2];
     real sum_param_arg = real(0);
-#pragma omp simd reduction(+ : sum_param_arg)
-    for (int64_t _i = _begin; _i < _end; ++_i) {
-        const int64_t _q = _i / _ncols;
-        const int64_t _c = _i - _q * _ncols;
+    for (int64_t _from = _begin; _from < _end;) {
+        // one row, or its part in this block: the row's slots are constants here and a column's
+        // slot is the element's index shifted (no division per element, contiguous access)
+        const int64_t _q = _from / _ncols;
+        const int64_t _row_start = _q * _ncols, _to = std::min(_end, _row_start + _ncols);
         const int64_t _b = _q / _nrows;
-        const int64_t _k_col = _b * _ncols + _c;
-        const int64_t _k_mat = _b;
         const int64_t _k_row = _q;
-        const real grad = _sign * to_real(grad_ptr[_i]);
+        const int64_t _k_mat = _b;
+        const int64_t _col_shift = _row_start - _b * _ncols;
         const real row_var = to_real(row_var_ptr[_k_row]);
-        const real col_var = to_real(col_var_ptr[_k_col]);
         const real sum_grad_sq_row = real(_slot_sum_grad_sq_row[_k_row]);
-        const real sum_grad_sq_col = real(_slot_sum_grad_sq_col[_k_col]);
         const real sum_row_var_1_owned_mat = real(_slot_sum_row_var_1_owned_mat[_k_mat]);
         const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
-        const real col_var_1 = col_var + one_minus_beta2*(sum_grad_sq_col/rows - col_var);
-        const real var_estimate = col_var_1*row_var_1/max_nan(eps1, sum_row_var_1_owned_mat/rows);
-        const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate));
-        const real param_arg = update * update;
-        sum_param_arg += param_arg;
+        const real _inv_0 = real(1) / rows;
+        const real _inv_1 = real(1) / max_nan(eps1, sum_row_var_1_owned_mat/rows);
+#pragma omp simd reduction(+ : sum_param_arg)
+        for (int64_t _i = _from; _i < _to; ++_i) {
+            const int64_t _k_col = _i - _col_shift;
+            const real grad = _sign * to_real(grad_ptr[_i]);
+            const real col_var = to_real(col_var_ptr[_k_col]);
+            const real sum_grad_sq_col = real(_slot_sum_grad_sq_col[_k_col]);
+            const real col_var_1 = col_var + one_minus_beta2*(_inv_0*sum_grad_sq_col - col_var);
+            const real var_estimate = _inv_1*col_var_1*row_var_1;
+            const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate));
+            const real param_arg = update * update;
+            sum_param_arg += param_arg;
+        }
+        _from = _to;
     }
     _partial[1] = sum_param_arg;
     (void)_host; (void)_sign; (void)_first; (void)_partial;
@@ -313,33 +342,40 @@ static void update(const Context& _c, int64_t _t, int64_t _begin, int64_t _end, 
     double* const _slot_sum_row_var_1_owned_mat = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 2];
     double* const _slot_row_var = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 3];
     double* const _slot_col_var = _c.axis_values + _c.axis_offsets[_t * NUM_AXIS_SLOTS + 4];
-#pragma omp simd 
-    for (int64_t _i = _begin; _i < _end; ++_i) {
-        const int64_t _q = _i / _ncols;
-        const int64_t _c = _i - _q * _ncols;
+    for (int64_t _from = _begin; _from < _end;) {
+        // one row, or its part in this block: the row's slots are constants here and a column's
+        // slot is the element's index shifted (no division per element, contiguous access)
+        const int64_t _q = _from / _ncols;
+        const int64_t _row_start = _q * _ncols, _to = std::min(_end, _row_start + _ncols);
         const int64_t _b = _q / _nrows;
         const int64_t _r = _q - _b * _nrows;
-        const int64_t _k_col = _b * _ncols + _c;
-        const int64_t _k_mat = _b;
         const int64_t _k_row = _q;
+        const int64_t _k_mat = _b;
+        const int64_t _col_shift = _row_start - _b * _ncols;
         const bool _own_col = _r == 0;
-        const bool _own_row = _c == 0;
-        const real param = to_real(param_ptr[_i]);
-        const real grad = _sign * to_real(grad_ptr[_i]);
         const real row_var = to_real(row_var_ptr[_k_row]);
-        const real col_var = to_real(col_var_ptr[_k_col]);
         const real sum_grad_sq_row = real(_slot_sum_grad_sq_row[_k_row]);
-        const real sum_grad_sq_col = real(_slot_sum_grad_sq_col[_k_col]);
         const real sum_row_var_1_owned_mat = real(_slot_sum_row_var_1_owned_mat[_k_mat]);
-        const real param_1 = one_minus_lr_weight_decay*param;
         const real row_var_1 = one_minus_beta2*(sum_grad_sq_row/cols - row_var) + row_var;
-        const real col_var_1 = col_var + one_minus_beta2*(sum_grad_sq_col/rows - col_var);
-        const real var_estimate = col_var_1*row_var_1/max_nan(eps1, sum_row_var_1_owned_mat/rows);
-        const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate));
-        const real param_2 = param_1 - coef*update;
-        param_ptr[_i] = from_real<param_t>(param_2);
-        if (_own_row) _slot_row_var[_k_row] = double(row_var_1);
-        if (_own_col) _slot_col_var[_k_col] = double(col_var_1);
+        const real _inv_0 = real(1) / rows;
+        const real _inv_1 = real(1) / max_nan(eps1, sum_row_var_1_owned_mat/rows);
+#pragma omp simd 
+        for (int64_t _i = _from; _i < _to; ++_i) {
+            const int64_t _k_col = _i - _col_shift;
+            const real param = to_real(param_ptr[_i]);
+            const real grad = _sign * to_real(grad_ptr[_i]);
+            const real col_var = to_real(col_var_ptr[_k_col]);
+            const real sum_grad_sq_col = real(_slot_sum_grad_sq_col[_k_col]);
+            const real param_1 = one_minus_lr_weight_decay*param;
+            const real col_var_1 = col_var + one_minus_beta2*(_inv_0*sum_grad_sq_col - col_var);
+            const real var_estimate = _inv_1*col_var_1*row_var_1;
+            const real update = grad/std::sqrt(max_nan(eps1_sq, var_estimate));
+            const real param_2 = param_1 - coef*update;
+            param_ptr[_i] = from_real<param_t>(param_2);
+            if (_own_col) _slot_col_var[_k_col] = double(col_var_1);
+        }
+        if (_from == _row_start) _slot_row_var[_k_row] = double(row_var_1);
+        _from = _to;
     }
     (void)_host; (void)_sign; (void)_first; (void)_partial;
 }

@@ -52,6 +52,19 @@ class CppHostTable(HostTable):
 
 
 @dataclass
+class RowLoop:
+    """A pass that loops over a block row by row, then over the row's elements (cpp/axes.py):
+    `head` runs once per row, `tail` after the row; the inner loop runs the pass's `loop` then
+    `alone` (one thread: plain stores into axis slots) or, when `shared` is not empty, `shared`
+    on several threads (atomic stores; that loop runs without `#pragma omp simd`)."""
+
+    head: list[str]
+    alone: list[str]
+    shared: list[str]
+    tail: list[str]
+
+
+@dataclass
 class Pass:
     """One pass over every block: `role` is "global_sums", "reduce_<k>" or "update"."""
 
@@ -63,7 +76,7 @@ class Pass:
     simd: str  # the `#pragma omp simd` clause list (reductions)
     arrays: list[str]  # arrays this pass touches (pointer declarations)
     slots: list[tuple[int, str]] = field(default_factory=list)  # (reduction slot, op) it fills
-    serial: bool = False  # no `#pragma omp simd`: it accumulates axis reductions (cpp/axes.py)
+    rows: RowLoop | None = None  # loop row by row (passes of shaped tensors, cpp/axes.py)
     axis_fills: list[tuple[int, str]] = field(default_factory=list)  # (axis slot, identity) set first
 
 
