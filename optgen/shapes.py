@@ -353,13 +353,17 @@ def _statements(statements):
         yield st
         if hasattr(st, "body"):
             yield from _statements(st.body)
-            yield from _statements(st.orelse)
+            yield from _statements(getattr(st, "orelse", []))  # a loop (spec.Repeat) has none
 
 
 def _symbols_of(statements) -> set:
     out = set()
     for st in statements:
-        out |= st.expr.free_symbols if hasattr(st, "expr") else _symbols_of(st.body) | _symbols_of(st.orelse)
+        if hasattr(st, "expr"):
+            out |= st.expr.free_symbols
+        else:  # an if (body, orelse) or a loop (count, body)
+            out |= _symbols_of(st.body) | _symbols_of(getattr(st, "orelse", []))
+            out |= getattr(st, "count", sympy.Integer(0)).free_symbols
     return out
 
 
@@ -371,6 +375,6 @@ def _statements_use(statements, test) -> bool:
     for st in statements:
         if test(st):
             return True
-        if hasattr(st, "body") and (_statements_use(st.body, test) or _statements_use(st.orelse, test)):
+        if hasattr(st, "body") and (_statements_use(st.body, test) or _statements_use(getattr(st, "orelse", []), test)):
             return True
     return False

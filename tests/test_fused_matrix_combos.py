@@ -267,3 +267,27 @@ def test_a_matrix_rule_on_a_3d_parameter_is_refused_on_every_path(cpp, flags):
     p.grad = torch.randn_like(p)
     with pytest.raises(ValueError, match="needs a 2-D parameter"):
         optgen.compile(_spec("RankMuon"))([p], **flags).step()
+
+
+def test_the_shape_walkers_read_through_a_loop(tmp_path):
+    """shapes' statement walkers (the sharded-parameter check, the fused refusal) go into a
+    `for` loop's body: a loop has no `orelse`, and its count's symbols are read."""
+    from optgen.shapes import _symbols_of, axis_constructs, fused_refusal
+
+    path = tmp_path / "loopaxis.yaml"
+    path.write_text(
+        "name: LoopAxis\nsummary: a loop, then a row reduction.\npaper: none\nparity: independent\n"
+        "hyperparameters:\n"
+        "  lr:   {default: 0.1, range: \"(0, inf)\", tex: '\\gamma'}\n"
+        "  k:    {default: 3, range: \"[0, 9]\", tex: 'k'}\n"
+        "update: |\n"
+        "  X = grad / (norm(grad) + 1)\n"
+        "  for _ in range(k):\n"
+        "      X = 1.5 * X - 0.5 * X @ X.T @ X\n"
+        "  X = X / (sqrt(mean(X**2, axis=-1)) + 1)\n"
+        "  param = param - lr * X\n"
+    )
+    spec = optgen.load(path)
+    assert axis_constructs(spec) == ["axis reductions (mean(x, axis=...))"]
+    assert fused_refusal(spec) is None
+    assert "k" in {s.name for s in _symbols_of(spec.update)}
