@@ -456,7 +456,10 @@ class _Buffers:
             ]
         self.groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
-            self.groups.setdefault((tuple(p.shape), p.dtype, p.device), []).append(i)
+            # on CPU a group per tensor: stacking copies every operand, and a batched matmul
+            # gains nothing there over one matmul per matrix (BENCHMARKS.md, fused Muon)
+            alone = (i,) if p.device.type == "cpu" else ()
+            self.groups.setdefault((tuple(p.shape), p.dtype, p.device, *alone), []).append(i)
         self.stacks: dict[tuple, Tensor] = {}  # (block result, group) -> its stacked buffer
 
     def result(self, name: str, group: tuple, index: list[int], value: Tensor, total: int) -> None:
@@ -493,6 +496,7 @@ class _Run:
         self.named = {PARAM: params, GRAD: grads, **given}
         self.maximize = maximize
         self.stacks: dict[tuple, dict[str, object]] = {g: {} for g in self.buffers.groups}
+        self.sources: dict[tuple, dict[str, str]] = {}  # group -> the tensor each operand was read from
 
     def fill_sums(self, global_values: dict[str, Tensor]) -> None:
         """The sums over all parameters, as every param's per-tensor value (NaN: one the
@@ -509,18 +513,23 @@ class _Run:
         """`value`'s block (run after `stage`) for every group of same-shaped params, stacked."""
         for group, index in self.buffers.groups.items():
             env = self.stacks[group]
+            sources = self.sources.setdefault(group, {})
             for s in value.expr.free_symbols:
-                if s.name not in env:
-                    stored = self.plan.stored.get(s.name, len(self.plan.stages))
-                    source = self.plan.renamed[s.name] if stored <= stage else s.name
+                stored = self.plan.stored.get(s.name, len(self.plan.stages))
+                source = self.plan.renamed[s.name] if stored <= stage else s.name
+                # an operand may be a view of its buffer (a CPU group of one): a state's buffer
+                # holds its new value once its stage stored it, so the old one is read anew,
+                # from the copy
+                if s.name not in env or sources.get(s.name, source) != source:
                     env[s.name] = self._operand(source, index, group)
+                    sources[s.name] = source
             result = _run_block(value.matrix, env, self.params[index[0]])
             env[value.name] = result
             if value.name in self.plan.results:
                 self.buffers.result(value.name, group, index, result, len(self.params))
 
     def _operand(self, name: str, index: list[int], group: tuple):
-        shape, dtype, device = group
+        shape, dtype, device = group[:3]
         if name == ROWS:
             return float(_size_of(shape, -2))
         if name == COLS:
@@ -544,7 +553,7 @@ class _Run:
         tensors = [self.tensors(name)[i] for i in index]
         if tensors[0].dim() == 0:  # a per-tensor value
             return torch.stack(tensors).to(dtype).view(-1, 1, 1)
-        stacked = torch.stack(tensors)
+        stacked = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)  # one: a view
         return -stacked if name == GRAD and self.maximize else stacked
 
 
@@ -620,7 +629,7 @@ def _evaluate(expr, env: dict):
         return _pow(expr, env)
     if isinstance(expr, MatrixProduct):
         a, b = (_evaluate(x, env) for x in expr.args)
-        return a @ b
+        return _matmul(a, b)
     if isinstance(expr, Transposed):
         return _evaluate(expr.args[0], env).mT
     if isinstance(expr, BFloat16):
@@ -764,7 +773,17 @@ def _addmm(expr: sympy.Add, env: dict):
     mv, pv, qv = (_evaluate(x, env) for x in (m, left, right))
     if not all(torch.is_tensor(x) and x.dim() == 3 for x in (mv, pv, qv)):
         return None
+    if len(mv) == len(pv) == len(qv) == 1:  # one matrix: 2-D addmm reads a transpose in place
+        return torch.addmm(mv[0], pv[0], qv[0], beta=beta_v, alpha=alpha_v).unsqueeze(0)
     return torch.baddbmm(mv, pv, qv, beta=beta_v, alpha=alpha_v)
+
+
+def _matmul(a, b):
+    """a @ b on stacks; a stack of one as a 2-D product, which reads a transposed operand
+    (X.mT) in place where a batched matmul copies it first."""
+    if torch.is_tensor(a) and torch.is_tensor(b) and a.dim() == b.dim() == 3 and len(a) == len(b) == 1:
+        return (a[0] @ b[0]).unsqueeze(0)
+    return a @ b
 
 
 def _split(term, env: dict):
