@@ -9,6 +9,13 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Import triton now, in this mode: its own @jit functions (tl.sum, ...) take the mode of
+    # the first import, and a C++ test unsets the variable for its duration (tests/cpp_harness.py);
+    # were triton first imported there, every later interpreted kernel would fail on tl.sum.
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
 
 
 @pytest.fixture(scope="session", autouse=True)
