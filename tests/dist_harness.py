@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from rank_exit import end_rank, start_rank
 from torch import nn
 
 # The keyword through which an optgen optimizer learns the process group of its global
@@ -300,6 +301,7 @@ def max_diff(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
 def _worker(rank: int, config: Config, todo: list[Case], port: int, prefix: str, out: str) -> None:
     """One rank: every case of `todo` in turn, a JSON line each to `out`.rank; exits early
     (the parent relaunches from the next case) when some rank does not report a case."""
+    start_rank()
     torch.set_num_threads(1)
     import_triton()
     store = dist.PrefixStore(
@@ -329,6 +331,7 @@ def _worker(rank: int, config: Config, todo: list[Case], port: int, prefix: str,
                 # the group may hold unmatched or aborted collectives: a fresh one
                 group = dist.new_group(list(range(config.world)), timeout=timeout)
     dist.destroy_process_group()
+    end_rank()
 
 
 def _record(log, row: dict) -> None:

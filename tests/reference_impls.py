@@ -6,6 +6,8 @@ the interpreter running it) is checked against a second, separate reading of the
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
 
 
@@ -26,7 +28,16 @@ class SETAdam:
     per parameter in group order (None skips it); state[i] is the i-th parameter's state.
     """
 
-    defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, tau=0.5, decoupled_weight_decay=False)
+    defaults = MappingProxyType(
+        {
+            "lr": 1e-3,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "tau": 0.5,
+            "decoupled_weight_decay": False,
+        }
+    )
 
     def __init__(self, param_groups, **defaults):
         unknown = set(defaults) - set(self.defaults)

@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rank_exit import end_rank, start_rank
+
 WORLD = 2
 # dim 0 split by torch.chunk over 2 ranks: 2+1 rows, 1+0 rows (an empty shard), 4+3
 SHAPES = [(3, 4), (1, 5), (7,)]
@@ -121,6 +124,7 @@ def worker(rank: int, port: int, path: str, names: list[str], folder: str) -> No
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
+    start_rank()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         mesh = init_device_mesh("cpu", (WORLD,))
@@ -135,6 +139,7 @@ def worker(rank: int, port: int, path: str, names: list[str], folder: str) -> No
         dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
+    end_rank()
 
 
 def _sharded_names() -> list[str]:

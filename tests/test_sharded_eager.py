@@ -13,7 +13,9 @@ import datetime
 import functools
 import pickle
 import socket
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +25,9 @@ import torch.multiprocessing as mp
 import optgen
 from optgen.optimizers import LARS, SGD, AdamW, Adan, Lamb, SETAdam
 from optgen.parse import loads
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rank_exit import end_rank, start_rank
 
 WORLD = 2
 STEPS = 3
@@ -116,6 +121,7 @@ def _free_port() -> int:
 
 
 def _init(rank: int, port: int) -> None:
+    start_rank()
     torch.set_default_dtype(torch.float64)
     dist.init_process_group(
         "gloo",
@@ -248,8 +254,10 @@ def _fsdp_worker(rank: int, port: int) -> None:
             params, calls = _sharded_run(mesh_2d, cls, kwargs, True, torch.float64, [Replicate(), Shard(0)])
             _assert_equal(params, cls, kwargs, True, torch.float64, (name, "2-d mesh"))
             assert calls == [collectives] * STEPS, (name, "2-d mesh", calls)
+        dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
+    end_rank()
 
 
 def _zero_worker(rank: int, port: int) -> None:
@@ -285,8 +293,10 @@ def _zero_worker(rank: int, port: int) -> None:
                 # without the process group each rank clips by its own partition's norm:
                 # the check above would see it
                 assert errors[None] > 1e-6, (name, foreach, errors)
+        dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
+    end_rank()
 
 
 def _spawn(worker) -> None:

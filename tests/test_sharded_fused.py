@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpp_harness import have_compiler
+from rank_exit import end_rank, start_rank
 
 WORLD = 2
 STEPS = 3
@@ -145,6 +146,7 @@ def worker(rank: int, port: int, path: str, names: list[str], out: str, trap: bo
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
+    start_rank()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         mesh = init_device_mesh("cpu", (WORLD,))
@@ -159,6 +161,7 @@ def worker(rank: int, port: int, path: str, names: list[str], out: str, trap: bo
         dist.barrier()  # no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
+    end_rank()
 
 
 def _gather(values: list[int]) -> list[list[int]]:
