@@ -7,6 +7,7 @@ tensors of every rank."""
 from __future__ import annotations
 
 import ast
+import re
 import textwrap
 
 import numpy as np
@@ -63,6 +64,13 @@ def test_muon_has_one_rank_check_and_no_dead_rank_tests(muon_functions, fn):
     assert "ndim >= " not in text and "reshape_as" not in text, text
     check = text.index(".ndim != 2:")
     assert check < text.index("_foreach_lerp_" if "multi" in fn else "lerp_("), "checked before any update"
+
+
+def test_muon_stacks_straight_into_the_newton_schulz_variable(muon_functions):
+    """A stack that only starts X is made as X: no `X = update_stack` copy line."""
+    text = muon_functions["_multi_tensor_muon"]
+    assert "X = torch.stack([updates[i].bfloat16() for i in idx])" in text, text
+    assert not re.search(r"^ *X = \w+_stack$", text, re.MULTILINE), text
 
 
 def test_adafactor_sizes_inside_a_rank_branch_are_plain():

@@ -483,11 +483,9 @@ def _multi_tensor_muon(
     for idx in groups.values():
         if bf16_newton_schulz:
             if nesterov:
-                update_stack = torch.stack([updates[i].bfloat16() for i in idx])
-                X = update_stack
+                X = torch.stack([updates[i].bfloat16() for i in idx])
             else:
-                momentum_buffer_stack = torch.stack([momentum_buffers[i].bfloat16() for i in idx])
-                X = momentum_buffer_stack
+                X = torch.stack([momentum_buffers[i].bfloat16() for i in idx])
             X = X / torch.clamp(torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True), min=eps)
             X = X.mT if params[idx[0]].size(-1) < params[idx[0]].size(-2) else X
         else:

@@ -213,19 +213,24 @@ def batched_lines(
     unstack: list = []
     for op, printer in zip(ops, printers):
         block = op.block
+        starts = _stacked_starts(op, ops, rounded, made | stacked)
         for ir, name in op.tensors.items():
             if ir in made or ir in stacked:
                 continue
             stacked.add(ir)
             view = ".bfloat16()" if ir in rounded else ""
             shape = ".view(-1, 1, 1)" if ir in op.scalars else ""
-            inner.append(Line(f"{op.stacked[ir]} = torch.stack([{plural(name)}[i]{view} for i in idx]){shape}"))
+            target = op.locals[starts[ir]] if ir in starts else op.stacked[ir]
+            inner.append(Line(f"{target} = torch.stack([{plural(name)}[i]{view} for i in idx]){shape}"))
         for local, source in block.init.items():
+            if local in starts.values():
+                continue
             start = printer.doprint(source)
             if start != op.locals[local]:  # a loop may carry the stack it starts from
                 inner.append(Line(f"{op.locals[local]} = {start}"))
         unround = {BFloat16(s): s for s in block.operands if s.name in rounded}
-        loop = [Line(f"{op.locals[n]} = {printer.top(e.xreplace(unround))}") for n, e in block.body]
+        body = block.body[1:] if _leading(block) and block.body[0][0] in starts.values() else block.body
+        loop = [Line(f"{op.locals[n]} = {printer.top(e.xreplace(unround))}") for n, e in body]
         if block.count is None:
             inner += loop
         else:  # the count was checked up front (count_check)
@@ -239,6 +244,30 @@ def batched_lines(
     inner.append(Block("for j, i in enumerate(idx):", unstack))
     lines.append(Block("for idx in groups.values():", inner))
     return lines
+
+
+def _stacked_starts(op: MatrixOp, ops: list[MatrixOp], rounded: set[str], done: set[str]) -> dict[str, str]:
+    """The operands (IR name -> local) whose stack only starts a local of `op` (`X = G`, or
+    `X = bfloat16(G)` with G stacked in bfloat16: a loop's start, or the first statement of a
+    block without a loop) and that nothing else in the run reads: the stack is made under the
+    local's name, with no copy line."""
+    exprs = [e for o in ops for _, e in o.block.body] + [v for o in ops for v in o.block.init.values()]
+    starts = list(op.block.init.items()) + _leading(op.block)
+    out: dict[str, str] = {}
+    for local, source in starts:
+        if isinstance(source, BFloat16) and source.args[0].is_Symbol and source.args[0].name in rounded:
+            source = source.args[0]
+        ir = source.name if source.is_Symbol else None
+        if ir not in op.tensors or ir in done or ir in op.scalars or ir in out:
+            continue
+        if sum(1 for e in exprs if e.has(source)) == 1:
+            out[ir] = local
+    return out
+
+
+def _leading(block) -> list:
+    """The first statement of a block without a loop (nor a loop's start), as a list."""
+    return block.body[:1] if block.count is None and not block.init else []
 
 
 def _read_only_rounded(ops: list[MatrixOp]) -> set[str]:
