@@ -67,6 +67,8 @@ TOP_KEYS = {
     "modes",
 }
 STEP_COUNTS = ("per_tensor", "per_group")  # `step:` how `step` is counted
+# the param group keys a generated class sets besides its hyperparameters and group states
+GROUP_KEYS = frozenset({"params", "maximize", "foreach", "fused", "state_dtype", "train_mode", "differentiable"})
 HYPER_KEYS = {"default", "range", "tex", "names", "captured", "doc", "tensor", "none"}
 TENSOR_RULES = ("accept", "not_with_foreach")  # a hyperparameter given as a 1-element tensor
 STATE_KEYS = {"init", "scope", "tex", "when", "key", "doc", "shape", "ndim"}
@@ -987,7 +989,7 @@ class SpecBuilder:
             locations=self.locations,
             source_texts=self.texts,
             gradient_at=gradient_at,
-            step_count=self.step_count(),
+            **self.step_count(hypers, states),
             inputs=inputs,
             modes=modes,
         )
@@ -1017,16 +1019,33 @@ class SpecBuilder:
                 _expect(node, str, f"LaTeX for `{name}`")
                 self.tex_field(node, name)
 
-    def step_count(self) -> str:
-        """`step: per_tensor` (default, as torch.optim: a tensor's own number of updates) or
-        `per_group` (pytorch_optimizer: group["step"], the group's number of step() calls)."""
+    def step_count(self, hyperparameters: dict, states: dict) -> dict[str, str]:
+        """`step: per_tensor` (default, as torch.optim: a tensor's own number of updates),
+        `per_group` (pytorch_optimizer: group["step"], the group's number of step() calls), or
+        `{count: per_group, key: k}`: the group's count kept under another param group key,
+        the one the reference package uses (schedulefree's group["k"])."""
         node = self.top.get("step")
         if node is None:
-            return "per_tensor"
-        count = _expect(node, str, f"one of {', '.join(STEP_COUNTS)}")
-        if count not in STEP_COUNTS:
-            raise SpecError(node.loc, f"`step` must be one of {', '.join(STEP_COUNTS)}, not {count!r}")
-        return count
+            return {"step_count": "per_tensor"}
+        if not isinstance(node.value, dict):
+            count = _expect(node, str, f"one of {', '.join(STEP_COUNTS)}, or {{count: per_group, key: name}}")
+            if count not in STEP_COUNTS:
+                raise SpecError(node.loc, f"`step` must be one of {', '.join(STEP_COUNTS)}, not {count!r}")
+            return {"step_count": count}
+        _check_keys(node, ("count", "key"), "`step`")
+        if set(node.value) != {"count", "key"} or node.value["count"].value != "per_group":
+            raise SpecError(
+                node.loc, "`step` as a mapping is {count: per_group, key: name}: a key names a group's count"
+            )
+        key_node = node.value["key"]
+        key = _expect(key_node, str, "the param group key of the step count")
+        if not key.isidentifier() or not key.isascii():
+            raise SpecError(key_node.loc, f"step key {key!r} is not an identifier")
+        taken = {n for h in hyperparameters.values() for n in (h.key, *h.names)}
+        taken |= {st.key for st in states.values()} | GROUP_KEYS
+        if key in taken:
+            raise SpecError(key_node.loc, f"step key {key!r} is already a key of the param group")
+        return {"step_count": "per_group", "step_key": key}
 
     def required(self, key: str, what: str) -> Node:
         if key not in self.top:

@@ -190,6 +190,9 @@ class Spec:
     # how `step` counts: "per_tensor" (the tensor's own updates, torch.optim) or "per_group"
     # (the param group's step() calls, pytorch_optimizer's group["step"])
     step_count: str = "per_tensor"
+    # per_group: the param group key that holds the count (the package's name for it: "k" in
+    # schedulefree), so that its checkpoints and this class's load into each other
+    step_key: str = "step"
     inputs: dict[str, InputDecl] = field(default_factory=dict)  # extra per-element step() inputs
     modes: object = None  # `modes:` optgen.modes.Modes (eval/train parameter maps), or None
 

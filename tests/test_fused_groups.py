@@ -277,7 +277,7 @@ class _SchedulePair:
         for ours, theirs in zip(self.opt.param_groups, self.ref.param_groups):
             assert ours["lr_max"] == pytest.approx(theirs["lr_max"], rel=1e-12)
             assert ours["weight_sum"] == pytest.approx(theirs["weight_sum"], rel=1e-12)
-            assert ours["step"] == theirs["k"]
+            assert ours["k"] == theirs["k"]  # the package's key for the group's count
 
 
 SF_CASES = [

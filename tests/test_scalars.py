@@ -10,6 +10,7 @@ tests/test_fused_groups.py); the checker's errors."""
 from __future__ import annotations
 
 import copy
+import re
 import textwrap
 
 import numpy as np
@@ -396,6 +397,42 @@ def test_a_group_state_reading_the_group_step_matches_the_reference(path):
     for got, want in zip(params, interp.params):
         np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-12, atol=1e-14)
     assert opt.param_groups[0]["c"] == pytest.approx(0.1 * (1 / 3 + 2 / 3 + 1 + 1 + 1))
+
+
+@pytest.mark.parametrize("path", list(EAGER))
+def test_the_group_step_under_a_key_of_its_own_matches_the_reference(path):
+    """`step: {count: per_group, key: t}` keeps the group's count in group["t"] (a package's
+    own key, as schedulefree's k): the same run as `per_group`, and no group["step"]."""
+    text = _spec(
+        "KeyedStep",
+        "m: {init: 0, tex: m}\n",
+        "m = beta * m + (1 - beta) * grad\nparam = param - lr * m / (1 - beta**step)\n",
+        "step: {count: per_group, key: t}",
+    )
+    spec = loads(text, "keyed.yaml")
+    assert optgen.check(spec).ok and spec.step_key == "t"
+    params, interp, opt = _synthetic_run(spec, path, torch.float64)
+    for got, want in zip(params, interp.params):
+        np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-12, atol=1e-14)
+    groups = opt.state_dict()["param_groups"]
+    assert all("step" not in g and int(g["t"]) == 5 for g in groups), groups
+
+
+@pytest.mark.parametrize(
+    ("step", "message", "column"),
+    [
+        ("{count: per_group, key: lr}", "step key 'lr' is already a key of the param group", 31),
+        ("{count: per_group, key: foreach}", "step key 'foreach' is already a key", 31),
+        ("{count: per_group, key: '2k'}", "step key '2k' is not an identifier", 31),
+        ("{count: per_tensor, key: k}", "`step` as a mapping is {count: per_group, key: name}", 7),
+        ("{count: per_group, keys: k}", "unknown key 'keys' in `step`; did you mean `key`?", 26),
+    ],
+)
+def test_a_bad_step_key_is_a_located_error(step, message, column):
+    text = _spec("Bad", "m: {init: 0, tex: m}\n", "param = param - lr * grad\n", f"step: {step}")
+    with pytest.raises(SpecError, match=re.escape(message)) as info:
+        loads(text, "bad.yaml")
+    assert f"bad.yaml:5:{column}" in str(info.value), str(info.value)
 
 
 INPUT_NORM = _spec(

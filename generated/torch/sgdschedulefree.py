@@ -88,12 +88,13 @@ class SGDScheduleFree(Optimizer):
     weight t**r * lr_max**weight_lr_power, lr_max the largest scheduled lr so far, and
     c_{t+1} = weight / weight_sum. lr_max and weight_sum are `scope: group` states kept in
     the param group dict under the package's keys (lr_max starts at -1, weight_sum at 0), so
-    state_dict()["param_groups"] carries them; the package's k is this class's per-group
-    step count (group["step"] here). A group none of whose tensors has a gradient keeps
-    lr_max and weight_sum, while the package adds that step's weight (its count moves on in
-    both). In train mode the parameters hold y, in eval mode x; the package starts in eval
-    mode and refuses step() until train() is called, this class starts in train mode
-    (train() first is the same run).
+    state_dict()["param_groups"] carries them, and so is the per-group step count
+    (group["k"]): the package's checkpoints load into this class and continue, and this
+    class's into the package. A group none of whose tensors has a gradient keeps lr_max and
+    weight_sum, while the package adds that step's weight (its count moves on in both). In
+    train mode the parameters hold y, in eval mode x; the package starts in eval mode and
+    refuses step() until train() is called, this class starts in train mode (train() first
+    is the same run).
 
     Paper: Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, "The Road Less Scheduled",
     NeurIPS 2024 (arXiv:2405.15682).
@@ -254,22 +255,22 @@ class SGDScheduleFree(Optimizer):
             if "z" not in state:
                 state["z"] = p.to(state_dtype or p.dtype, copy=True)
             z_list.append(state["z"])
-            state["step"].copy_(group["step"])  # the kernels add 1: the group's count
+            state["step"].copy_(group["k"])  # the kernels add 1: the group's count
             state_steps.append(state["step"])
 
     def _set_group_step(self, group: dict) -> None:
-        """Set group["step"], the group's number of step() calls so far, as a 0-d tensor like
+        """Set group["k"], the group's number of step() calls so far, as a 0-d tensor like
         the per-tensor counts (torch.compile does not specialize on a tensor's value). A group
         without it (a state dict that counts per tensor) gets the largest count among its
-        tensors; a Python number (an older optgen state dict) becomes a tensor."""
-        if "step" not in group:
+        tensors; a Python number (a schedulefree state dict) becomes a tensor."""
+        if "k" not in group:
             counts = [
                 self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, {})
             ]
             # a new tensor: the largest count itself is a tensor's step, which moves on its own
-            group["step"] = float(max(counts, default=0))
-        if not torch.is_tensor(group["step"]) or group["step"].dtype != _get_scalar_dtype():
-            group["step"] = torch.tensor(float(group["step"]), dtype=_get_scalar_dtype())
+            group["k"] = float(max(counts, default=0))
+        if not torch.is_tensor(group["k"]) or group["k"].dtype != _get_scalar_dtype():
+            group["k"] = torch.tensor(float(group["k"]), dtype=_get_scalar_dtype())
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -308,7 +309,7 @@ class SGDScheduleFree(Optimizer):
             self._init_group(group, params, grads, z_list, state_steps)
             # the group's count of step() calls, with gradients or not (schedulefree.SGDScheduleFree); in
             # place: a compiled step mutates no param group
-            group["step"].add_(1)
+            group["k"].add_(1)
             new_values = sgdschedulefree(
                 params,
                 grads,

@@ -156,6 +156,8 @@ def _context(public: Spec, spec: Spec, variants: list[Variant], stamp: str, comp
         "hyper_keys": list(zip(public.scalar_hypers, spec.scalar_hypers)),
         "option_keys": list(zip(public.options, spec.options)),
         "per_group_step": spec.step_count == "per_group",
+        "step_key": spec.step_key,
+        "step_key_source": _count_source(spec),
         "parity": spec.parity,
         "fused_refusal": fused_refusal(public),
         # group states go to the fused kernels as host scalars; their new values come back
@@ -329,3 +331,11 @@ def _whole_tensors(spec: Spec) -> str:
     if shapes.axis_constructs(spec):
         return "reduces over axes or tests ndim(param), which need whole tensors"
     return ""
+
+
+def _count_source(spec: Spec) -> str:
+    """Where a group's step count as a Python number comes from (the count's docstring)."""
+    if spec.step_key == "step":
+        return "an older optgen state dict"
+    package = spec.parity.split(".")[0] if spec.parity else "the reference package's"
+    return f"a {package} state dict"
