@@ -2,8 +2,8 @@
 (`optgen bench --device cuda` hands over here).
 
 In one run on one GPU: first the copy bandwidth (a large device-to-device copy; bytes read
-plus written per second), then for Adam, AdamW, Adan, SET-Adam, Lion and LAMB each
-implementation's optimizer step on
+plus written per second), then for Adam, AdamW, Adan, SET-Adam, Lion, LAMB, Adafactor and
+Muon (its 2-D parameters only) each implementation's optimizer step on
 
     flat        one tensor of 1B float32 parameters
     gpt2-fp32   GPT-2 small's parameter list (124M parameters in 148 tensors), float32
@@ -50,6 +50,11 @@ class Algorithm:
     fused: str | None  # "module:Class" with fused=True, or None
     foreach: str  # "module:Class" with foreach=True
     kwargs: dict = field(default_factory=dict)  # constructor keywords for every implementation
+    # "module:Class": optgen's torch class with fused=True, which makes states FusedStep does
+    # not (reduced shapes, rank rules, matrix blocks between the kernels)
+    optgen_class: str | None = None
+    foreach_flag: bool = True  # the reference takes foreach=True (torch.optim.Muon has none)
+    matrices: bool = False  # 2-D parameters only (Muon): a workload's matrices
 
 
 ALGORITHMS = {
@@ -59,6 +64,10 @@ ALGORITHMS = {
     "SETAdam": Algorithm("setadam", None, "optgen.optimizers:SETAdam"),
     "Lion": Algorithm("lion", None, "pytorch_optimizer:Lion"),
     "Lamb": Algorithm("lamb", None, "pytorch_optimizer:Lamb"),
+    "Adafactor": Algorithm("adafactor", None, "torch.optim:Adafactor", optgen_class="optgen.optimizers:Adafactor"),
+    "Muon": Algorithm(
+        "muon", None, "torch.optim:Muon", optgen_class="optgen.optimizers:Muon", foreach_flag=False, matrices=True
+    ),
 }
 
 
@@ -178,6 +187,9 @@ def implementations(name: str, algo: Algorithm, dtype: torch.dtype, compile_fore
     """(label, factory(params) -> (step function, state tensors), compile?) for one algorithm."""
 
     def fused(state_dtype):
+        if algo.optgen_class:
+            return torch_class(algo.optgen_class, fused=True, **({"state_dtype": state_dtype} if state_dtype else {}))
+
         def make(params):
             f = FusedStep(algo.spec, params, state_dtype)
             return f.step, f.state_tensors
@@ -198,10 +210,11 @@ def implementations(name: str, algo: Algorithm, dtype: torch.dtype, compile_fore
         out.append(("optgen fused (Triton), bf16 state", fused(torch.bfloat16), False))
     if algo.fused:
         out.append((f"{algo.fused.replace(':', '.')} fused", torch_class(algo.fused, fused=True), False))
-    label = f"{algo.foreach.replace(':', '.')} foreach"
-    out.append((label, torch_class(algo.foreach, foreach=True), False))
+    label = algo.foreach.replace(":", ".") + (" foreach" if algo.foreach_flag else "")
+    reference = torch_class(algo.foreach, **({"foreach": True} if algo.foreach_flag else {}))
+    out.append((label, reference, False))
     if compile_foreach:
-        out.append((f"torch.compile({label})", torch_class(algo.foreach, foreach=True), True))
+        out.append((f"torch.compile({label})", reference, True))
     return out
 
 
@@ -356,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.workloads and workload not in args.workloads:
             continue
         for name in names:
-            rows += bench_one(name, ALGORITHMS[name], workload, shapes, dtype, device, measure, copy_bw, args)
+            algo = ALGORITHMS[name]
+            picked = [s for s in shapes if len(s) == 2] if algo.matrices else shapes
+            if picked:
+                rows += bench_one(name, algo, workload, picked, dtype, device, measure, copy_bw, args)
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as f:
             f.write(markdown(rows, header))

@@ -34,6 +34,30 @@ def test_dry_run_writes_every_row(tmp_path):
     assert "| flat | Adam | optgen fused (Triton) |" in md.read_text()
 
 
+def test_dry_run_of_the_shaped_algorithms(tmp_path):
+    """Adafactor and Muon run through optgen's class with fused=True (reduced states, rank
+    rules, matrix blocks); Muon on the workload's 2-D parameters only, against torch.optim.Muon
+    (no foreach flag)."""
+    out = tmp_path / "bench.json"
+    argv = ["--dry-run", "--algorithms", "Adafactor", "Muon", "--workloads", "flat", "gpt2-bf16", "--no-compile"]
+    assert bench_gpu.main([*argv, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    got = {(r["workload"], r["algorithm"], r["implementation"]) for r in rows}
+    assert got == {
+        ("flat", "Adafactor", "optgen fused (Triton)"),
+        ("flat", "Adafactor", "torch.optim.Adafactor foreach"),
+        ("gpt2-bf16", "Adafactor", "optgen fused (Triton)"),
+        ("gpt2-bf16", "Adafactor", "optgen fused (Triton), bf16 state"),
+        ("gpt2-bf16", "Adafactor", "torch.optim.Adafactor foreach"),
+        ("gpt2-bf16", "Muon", "optgen fused (Triton)"),
+        ("gpt2-bf16", "Muon", "optgen fused (Triton), bf16 state"),
+        ("gpt2-bf16", "Muon", "torch.optim.Muon"),
+    }, got  # no flat Muon row: one 1-D tensor has no matrix
+    for r in rows:
+        assert not r["note"], r
+        assert r["ms"] > 0 and r["bytes_per_step"] > 0
+
+
 def test_gpt2_small_shapes():
     shapes = bench_gpu.gpt2_shapes(**bench_gpu.GPT2_SMALL)
     assert len(shapes) == 148
