@@ -30,6 +30,7 @@ from .expr import (
     ROWS,
     STEP,
     TENSOR_REDUCTIONS,
+    AxisReduction,
     GlobalSum,
 )
 from .facts import SignFacts
@@ -446,6 +447,8 @@ class _Hoister:
             return sympy.Add(*[self.lift(a, within) for a in narrow], *wide)
         if isinstance(e, sympy.Piecewise):
             return sympy.Piecewise(*[(self.lift(a.expr, within), a.cond) for a in e.args])
+        if isinstance(e, AxisReduction):  # its axes are a tuple of literals, not a value
+            return e.func(self.lift(e.args[0], within), e.args[1])
         return e.func(*[self.lift(a, within) for a in e.args])
 
     def lift_mul(self, e: sympy.Mul, within: str):

@@ -300,6 +300,47 @@ def test_column_max_state_is_reduced_over_rows():
     assert tuple(opt.state[p]["fibre_sq"].shape) == (1, 1)
 
 
+# a state reduced over -3 and one over three axes, in a rank rule for tensors of 3 dims or more
+DEPTH = HEAD.format(name="Depth") + textwrap.dedent(
+    """\
+    state:
+      depth: {init: 0, shape: {reduce: [-3]}, ndim: ">= 3"}
+      fibre: {init: 0, shape: {reduce: [-3, -2, -1]}, ndim: ">= 3"}
+    update: |
+      if ndim(param) >= 3:
+          depth = beta * depth + (1 - beta) * amax(abs(grad), axis=-3)
+          fibre = fibre + sum(grad * grad, axis=(-3, -2, -1))
+          u = grad / (depth + mean(abs(grad), axis=-3) + eps) / sqrt(fibre + 1)
+      else:
+          u = grad
+      param = param - lr * u
+    """
+)
+DEPTH_SHAPES = [(3, 4, 5), (2, 3, 4, 5), (5,), (4, 6), (1, 1, 1), (7, 30, 41)]
+
+
+@pytest.mark.parametrize("path", ["forloop", "foreach"])
+def test_reductions_over_three_axes_match_the_reference(path):
+    """A reduction over (-3, -2, -1) lowers (its axes were once hoisted as a host value, an
+    internal error in check) and runs as the Reference does."""
+    spec = loads(DEPTH, "depth.yaml")
+    assert optgen.check(spec).ok
+    rng = np.random.default_rng(3)
+    init = [rng.standard_normal(s) for s in DEPTH_SHAPES]
+    grads = [[rng.standard_normal(s) for s in DEPTH_SHAPES] for _ in range(3)]
+    ref = Reference(spec, [{"params": [p.copy() for p in init], "lr": 0.05}])
+    for step in grads:
+        ref.step(step)
+    params = [torch.tensor(p, requires_grad=True) for p in init]
+    opt = optgen.compile(spec)(params, lr=0.05, **PATHS[path])
+    _run(opt, params, [[torch.tensor(g) for g in step] for step in grads])
+    for i, (p, want) in enumerate(zip(params, ref.params)):
+        np.testing.assert_allclose(p.detach().numpy(), want, rtol=1e-12, atol=1e-14, err_msg=f"param {i}")
+        for key, value in ref.state[i].items():
+            if key != "step":
+                np.testing.assert_allclose(opt.state[p][key].numpy(), value, rtol=1e-12, atol=1e-14, err_msg=key)
+
+
 def test_axes_before_the_last_two_refuse_fused():
     """The fused kernels index the last two axes: a reduction over -3 is refused, with one
     message, at construction."""
