@@ -88,13 +88,13 @@ class SGDScheduleFree(Optimizer):
     weight t**r * lr_max**weight_lr_power, lr_max the largest scheduled lr so far, and
     c_{t+1} = weight / weight_sum. lr_max and weight_sum are `scope: group` states kept in
     the param group dict under the package's keys (lr_max starts at -1, weight_sum at 0), so
-    state_dict()["param_groups"] carries them, and so is the per-group step count
-    (group["k"]): the package's checkpoints load into this class and continue, and this
-    class's into the package. A group none of whose tensors has a gradient keeps lr_max and
-    weight_sum, while the package adds that step's weight (its count moves on in both). In
-    train mode the parameters hold y, in eval mode x; the package starts in eval mode and
-    refuses step() until train() is called, this class starts in train mode (train() first
-    is the same run).
+    state_dict()["param_groups"] carries them; it carries the per-group step count under the
+    package's key too (group["k"]), so the package's checkpoints load into this class and
+    continue, and this class's into the package. A group none of whose tensors has a
+    gradient keeps lr_max and weight_sum, while the package adds that step's weight (its
+    count moves on in both). In train mode the parameters hold y, in eval mode x; the
+    package starts in eval mode and refuses step() until train() is called, this class
+    starts in train mode (train() first is the same run).
 
     Paper: Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, "The Road Less Scheduled",
     NeurIPS 2024 (arXiv:2405.15682).
