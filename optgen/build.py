@@ -139,6 +139,8 @@ def check_out(out: Path) -> dict[str, str]:
     anything optgen did not write, so that a build never deletes or replaces it."""
     if not out.exists():
         return {}
+    if not out.is_dir():
+        raise OutputError(f"{out} is not a folder: give --out an empty or new folder")
     listed = read_manifest(out)
     if listed is None:
         if any(out.iterdir()):

@@ -79,7 +79,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .build import OutputError, check_all, default_out, render_all, stale_files, write_tree
+    from .build import OutputError, check_all, check_out, default_out, render_all, stale_files, write_tree
 
     start = time.perf_counter()
     if not args.out and not args.check and not catalog.is_checkout():
@@ -88,6 +88,13 @@ def cmd_build(args) -> int:
             "(a build never writes into the installed package)"
         )
     specs = _specs(args.specs)
+    out = Path(args.out) if args.out else default_out()
+    if not args.check:
+        try:  # a folder it may not write into is refused before a minute of compiling
+            check_out(out)
+        except OutputError as exc:
+            print(f"optgen: {exc}; nothing was written", file=sys.stderr)
+            return EXIT_BAD_INPUT
     reports = check_all(specs)
     bad = [r for r in reports if not r.ok]
     for report in bad:
@@ -98,7 +105,6 @@ def cmd_build(args) -> int:
         return _exit_code(len(bad), sum(r.refused for r in bad))
     whole = not args.specs
     files = render_all(specs, whole_catalog=whole)
-    out = Path(args.out) if args.out else default_out()
     if args.check:
         stale = stale_files(files, out, prune=whole)
         if stale:

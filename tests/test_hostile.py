@@ -399,6 +399,17 @@ def test_build_never_writes_into_a_folder_it_did_not_make(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_build_into_a_file_is_refused_before_compiling(tmp_path):
+    """--out naming a file (or a folder with foreign files) is refused at once: exit 2, the
+    file untouched, and no minute of compiling the catalog first."""
+    target = tmp_path / "notes.txt"
+    target.write_text("mine\n")
+    run = cli(["build", "--out", str(target)], tmp_path)
+    assert run.code == 2 and "Traceback" not in run.err and "is not a folder" in run.err, run.out + run.err
+    assert target.read_text() == "mine\n"
+    assert "checked" not in run.out and "built" not in run.out
+
+
 def test_a_rebuild_removes_only_what_the_manifest_lists(tmp_path):
     out = tmp_path / "out"
     build.write_tree({"torch/a.py": "a\n", "torch/b.py": "b\n", "README.md": "r\n"}, out, prune=True)
