@@ -1,10 +1,12 @@
 """What the fused path (C++ kernels on CPU, Triton on GPUs) compiles: its kernels are
-elementwise passes with per-tensor, axis (over the last two dims: optgen/backends/fused_axes.py)
-and global reductions between them, group states as host scalars (optgen/backends/fused_groups.py);
-a spec with matrix operations runs as stages of them with its matrix blocks through torch
-between (optgen/backends/fused_matrix.py). A spec that needs more (reductions over other axes,
-with or without matrix operations) gets one message that names what it uses: fused=True raises ValueError with it at construction, `optgen check`
-reports it as a warning, and no kernels are generated. Never a silent fallback."""
+elementwise passes with per-tensor, axis (over an (outer, rows, cols) view of each tensor:
+optgen/backends/fused_axes.py) and global reductions between them, group states as host
+scalars (optgen/backends/fused_groups.py); a spec with matrix operations runs as stages of
+them with its matrix blocks through torch between (optgen/backends/fused_matrix.py). A spec
+that needs more (axis sets no one view gives, with or without matrix operations) gets one
+message that names what it uses: fused=True raises ValueError with it at construction,
+`optgen check` reports it as a warning, and no kernels are generated. Never a silent
+fallback."""
 
 from __future__ import annotations
 

@@ -80,6 +80,9 @@ class Program:
     # holding each one's new value; not in `states`/`outputs`, which are per tensor
     group_states: list[StateDecl] = field(default_factory=list)
     group_outputs: dict[str, str] = field(default_factory=dict)
+    # the fused kernels' view of a tensor as (outer, rows, cols): (p, q) trailing axes merged
+    # into rows and cols, their axis reductions over the last two view axes (fused_axes.py)
+    axis_view: tuple[int, int] = (1, 1)
 
     @property
     def input_names(self) -> list[str]:

@@ -317,19 +317,62 @@ def infer_shapes(program) -> None:
 def fused_refusal(spec) -> str | None:
     """Why the fused path (C++ kernels on CPU, Triton on GPUs) does not compile `spec`, or
     None. Its kernels run axis reductions, reduced states and rank rules
-    (optgen/backends/fused_axes.py), but index the last two axes only: a reduction or a
-    state over an axis before -2 is refused. fused=True is then a ValueError at
-    construction and `optgen check` a warning, never a silent fallback."""
-    axes = {a for s in spec.state.values() for a in s.axes}
-    for st in _statements(spec.update):
-        if hasattr(st, "expr"):
-            axes |= {a for r in st.expr.atoms(AxisReduction) for a in r.axes}
-    if axes <= {-1, -2}:
-        return None
-    return (
-        f"{spec.name} reduces over axis {min(axes)}, which the fused kernels do not run (they reduce over the "
-        "last two axes, -1 and -2, only); use foreach=True (or the for-loop) instead of fused=True"
+    (optgen/backends/fused_axes.py) on a view of each tensor as (outer, rows, cols): for each
+    rank, every axis set the spec reduces over must be the rows' trailing axes, the cols' or
+    both, for one view (-3 with (-3, -2, -1), (-3, -2) with -1, ... but not -3 with -1), and a
+    spec that views some rank other than by its last two axes may not read rows(param) or
+    cols(param). fused=True is then a ValueError at construction and `optgen check` a
+    warning, never a silent fallback."""
+    return view_refusal(spec, list(_axis_sets(spec.update)) + _state_axis_sets(spec))
+
+
+def view_refusal(spec, sets: list[tuple[frozenset, set[frozenset]]]) -> str | None:
+    """fused_refusal for a spec that reduces, at the ranks of each (ranks, axis sets) pair
+    of `sets`, over those axis sets (see there)."""
+    from .backends.fused_axes import axis_view
+
+    views = {}
+    for rank in ALL_RANKS:
+        here = set().union(*(axes for ranks, axes in sets if rank in ranks))
+        views[rank] = axis_view(here)
+        listed = ", ".join(format_axes(a) for a in sorted(here, key=sorted))
+        if views[rank] is None:
+            return (
+                f"{spec.name} reduces over the axes {listed}, which no one view of a tensor as (outer, rows, cols) "
+                "gives the fused kernels (each set must be the rows' trailing axes, the cols' or both); "
+                "use foreach=True (or the for-loop) instead of fused=True"
+            )
+    sizes = {s.name for s in _symbols_of(spec.update)} & set(SIZE_RANKS)
+    other = sorted(
+        {a for rank, v in views.items() if v != (1, 1) for ranks, axes in sets if rank in ranks for a in axes},
+        key=sorted,
     )
+    if other and sizes & {"rows", "cols"}:
+        listed = ", ".join(format_axes(a) for a in other)
+        return (
+            f"{spec.name} reduces over the axes {listed} and reads rows(param) or cols(param): the fused kernels "
+            "view its tensors with other rows and cols; use foreach=True (or the for-loop) instead of fused=True"
+        )
+    return None
+
+
+def _axis_sets(statements, ranks: frozenset = ALL_RANKS):
+    """(the ranks a statement runs for, the axis sets it reduces over), through rank rules,
+    option branches and loops."""
+    for st in statements:
+        if isinstance(st, TensorIf):
+            held = guard_of(st.cond)
+            yield from _axis_sets(st.body, ranks & held)
+            yield from _axis_sets(st.orelse, ranks - held)
+        elif hasattr(st, "body"):
+            yield from _axis_sets(st.body, ranks)
+            yield from _axis_sets(getattr(st, "orelse", []), ranks)
+        elif hasattr(st, "expr"):
+            yield ranks, {r.axes for r in st.expr.atoms(AxisReduction)}
+
+
+def _state_axis_sets(spec) -> list[tuple[frozenset, set[frozenset]]]:
+    return [(s.ranks or ALL_RANKS, {frozenset(s.axes)}) for s in spec.state.values() if s.axes]
 
 
 def axis_constructs(spec) -> list[str]:

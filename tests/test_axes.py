@@ -7,6 +7,7 @@ checker's located shape errors."""
 from __future__ import annotations
 
 import copy
+import re
 import textwrap
 
 import numpy as np
@@ -341,22 +342,60 @@ def test_reductions_over_three_axes_match_the_reference(path):
                 np.testing.assert_allclose(opt.state[p][key].numpy(), value, rtol=1e-12, atol=1e-14, err_msg=key)
 
 
-def test_axes_before_the_last_two_refuse_fused():
-    """The fused kernels index the last two axes: a reduction over -3 is refused, with one
-    message, at construction."""
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "u = grad / (amax(abs(grad), axis=-3) + amax(abs(grad), axis=-1) + eps)",
+            "DepthMax reduces over the axes -3, -1, which no one view of a tensor as (outer, rows, cols) gives",
+        ),
+        (
+            "u = grad / (amax(abs(grad), axis=-3) + eps) / cols(param)",
+            "DepthMax reduces over the axes -3 and reads rows(param) or cols(param)",
+        ),
+    ],
+    ids=["no-view", "view-and-cols"],
+)
+def test_axes_no_view_gives_refuse_fused(body, message):
+    """The fused kernels reduce over a view of each tensor as (outer, rows, cols): axis sets
+    no one view gives (-3 with -1), or rows/cols read under a view other than the last two
+    axes, are refused with one message, at construction and as a check warning."""
     text = HEAD.format(name="DepthMax") + textwrap.dedent(
-        """\
+        f"""\
         update: |
           if ndim(param) >= 3:
-              u = grad / (amax(abs(grad), axis=-3) + eps)
+              {body}
           else:
               u = grad
           param = param - lr * u
         """
     )
-    cls = optgen.compile(loads(text, "d.yaml"))
-    with pytest.raises(ValueError, match=r"DepthMax reduces over axis -3, which the fused kernels do not run"):
+    spec = loads(text, "d.yaml")
+    assert any(message in f.message and f.severity == "warning" for f in optgen.check(spec).findings)
+    cls = optgen.compile(spec)
+    with pytest.raises(ValueError, match=re.escape(message)):
         cls([torch.zeros(3, 3, 3, requires_grad=True)], fused=True)
+
+
+def test_axis_views():
+    from optgen.backends.fused_axes import axis_view, reduced_shape, view_shape
+
+    def sets(*axes):
+        return [frozenset(a) for a in axes]
+
+    assert axis_view(sets({-1}, {-2}, {-2, -1})) == (1, 1)
+    assert axis_view(sets({-3})) == (1, 2)
+    assert axis_view(sets({-3}, {-3, -2, -1})) == (1, 2)
+    assert axis_view(sets({-3, -2}, {-1})) == (2, 1)
+    assert axis_view(sets({-4}, {-3, -2, -1})) == (1, 3)
+    assert axis_view(sets({-3}, {-1})) is None
+    assert axis_view(sets({-3}, {-2})) is None
+    assert view_shape((2, 3, 4, 5), (1, 2)) == (2, 3, 20)
+    assert view_shape((3, 4, 5), (2, 1)) == (1, 12, 5)
+    assert view_shape((4, 5), (1, 1)) == (4, 5)
+    assert reduced_shape((2, 3, 4, 5), "col", (1, 2)) == (2, 1, 4, 5)
+    assert reduced_shape((2, 3, 4, 5), "mat", (1, 2)) == (2, 1, 1, 1)
+    assert reduced_shape((2, 3, 4, 5), "row", (2, 1)) == (2, 3, 4, 1)
 
 
 # --------------------------------------------------------------------------- located errors

@@ -336,3 +336,77 @@ def test_synthetic_specs_triton_match_the_reference(triton_interpreter, name):
         for key, value in ref.state[i].items():
             if key != "step":
                 np.testing.assert_allclose(opt.state[p][key].numpy(), value, rtol=2e-5, atol=2e-6, err_msg=key)
+
+
+# --------------------------------------------------------------------------- views
+# Reductions over other trailing axes run on a view of each tensor as (outer, rows, cols):
+# over -3 with (-3, -2, -1) the view merges the last two axes into cols (rows: axis -3);
+# over (-3, -2) with -1 it merges the two before the last into rows.
+DEPTH = HEAD.format(name="Depth") + textwrap.dedent(
+    """\
+    state:
+      depth: {init: 0, shape: {reduce: [-3]}, ndim: ">= 3"}
+      fibre: {init: 0, shape: {reduce: [-3, -2, -1]}, ndim: ">= 3"}
+    update: |
+      if ndim(param) >= 3:
+          depth = beta * depth + (1 - beta) * amax(abs(grad), axis=-3)
+          fibre = fibre + sum(grad * grad, axis=(-3, -2, -1))
+          u = grad / (depth + mean(abs(grad), axis=-3) + eps) / sqrt(fibre + 1)
+      elif ndim(param) >= 1:
+          u = grad / (amax(abs(grad), axis=-1) + eps)
+      else:
+          u = grad
+      param = param - lr * u
+    """
+)
+SLAB = HEAD.format(name="Slab") + textwrap.dedent(
+    """\
+    state:
+      slab: {init: 0, shape: {reduce: [-3, -2]}, ndim: ">= 3"}
+    update: |
+      if ndim(param) >= 3:
+          slab = beta * slab + (1 - beta) * mean(grad * grad, axis=(-3, -2))
+          u = grad / (sqrt(slab) + amin(abs(grad), axis=-1) + eps)
+      elif ndim(param) == 2:
+          u = grad - mean(grad, axis=-1)
+      else:
+          u = grad
+      param = param - lr * u
+    """
+)
+# 3-D and 4-D tensors (a block's rows crossing kernel blocks), and the lower ranks
+VIEW_SHAPES = [(3, 4, 5), (2, 3, 4, 5), (1, 1, 1), (4, 1, 6), (7, 300, 41), (5,), (4, 6), ()]
+
+
+def _fused_against_reference(text: str, shapes, dtype, tol: float, steps: int = 3) -> None:
+    spec = loads(text, "view.yaml")
+    report = optgen.check(spec)
+    assert report.ok and not any("no fused path" in f.message for f in report.findings), report.findings
+    rng = np.random.default_rng(8)
+    init = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(steps)]
+    ref = Reference(spec, [{"params": [p.copy() for p in init], "lr": 0.05}])
+    for step in grads:
+        ref.step(step)
+    params = [torch.tensor(p, dtype=dtype, requires_grad=True) for p in init]
+    opt = optgen.compile(spec)(params, lr=0.05, fused=True)
+    _run(opt, params, [[torch.tensor(g, dtype=dtype) for g in step] for step in grads])
+    for i, (p, want) in enumerate(zip(params, ref.params)):
+        np.testing.assert_allclose(p.detach().double().numpy(), want, rtol=tol, atol=tol, err_msg=f"param {i}")
+        for key, value in ref.state[i].items():
+            if key != "step":
+                got = opt.state[p][key].double().numpy()
+                np.testing.assert_allclose(got, value, rtol=tol, atol=tol * max(1.0, np.abs(value).max()), err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["depth", "slab"])
+def test_reductions_over_other_axes_run_fused_through_a_view(name):
+    text = {"depth": DEPTH, "slab": SLAB}[name]
+    program = fused_axes.prepare(lower(loads(text, "v.yaml")), frozenset(range(3, 9)))
+    assert program.axis_view == {"depth": (1, 2), "slab": (2, 1)}[name]
+    _fused_against_reference(text, VIEW_SHAPES, torch.float64, 1e-11)
+
+
+@pytest.mark.parametrize("name", ["depth", "slab"])
+def test_reductions_over_other_axes_run_in_triton_through_a_view(triton_interpreter, name):
+    _fused_against_reference({"depth": DEPTH, "slab": SLAB}[name], SMALL + [(2, 3, 4, 5)], torch.float32, 2e-5)

@@ -355,10 +355,11 @@ def test_maximize_and_a_step_input_reach_the_blocks(cpp, tmp_path):
     [
         (
             (
-                "  X = grad @ grad.T @ grad\n  if ndim(param) >= 3:\n      X = X / sqrt(mean(X * X, axis=-3) + eps)\n"
+                "  X = grad @ grad.T @ grad\n  if ndim(param) >= 3:\n"
+                "      X = X / sqrt(mean(X * X, axis=-3) + amax(abs(X), axis=-1) + eps)\n"
                 "  param = param - lr * X\n"
             ),
-            "reduces over axis -3",
+            "reduces over the axes -3, -1",
         ),
     ],
     ids=["axis-3"],
@@ -373,3 +374,33 @@ def test_what_the_stages_do_not_run_is_still_refused(tmp_path, body, message):
     assert message in refusal and "matrix operations (@" not in refusal
     with pytest.raises(ValueError, match=message):
         optgen.compile(spec)([torch.zeros(3, 3, requires_grad=True)], fused=True)
+
+
+# matrices through a block, 3-D and 4-D tensors through a reduction over -3 (a view of each
+# as (outer, rows, cols) whose rows are axis -3: fused_axes.py), vectors elementwise
+MATRIX_AND_DEPTH = """
+  m = beta * m + (1 - beta) * grad
+  v = v + grad * grad
+  if ndim(param) == 2:
+      P = m @ m.T
+      u = P @ m / (norm(P) + eps)
+  elif ndim(param) >= 3:
+      u = m / (amax(abs(m), axis=-3) + eps)
+  else:
+      u = m
+  param = param - lr * u / (sqrt(v) + 1)
+"""
+DEPTH_SHAPES = [(3, 5), (2, 3, 4), (6,), (4, 4), (2, 2, 3, 2)]
+
+
+def test_a_matrix_spec_with_a_reduction_over_axis_minus_3_runs_fused(cpp, tmp_path):
+    spec = _spec(tmp_path, "MatrixAndDepth", MATRIX_AND_DEPTH)
+    assert optgen.check(spec).ok and fused_refusal(spec) == ""
+    assert max(_against_reference(spec, torch.float64, DEPTH_SHAPES, 3)) < 1e-11
+    assert cpp
+
+
+def test_a_matrix_spec_with_a_reduction_over_axis_minus_3_runs_in_triton(triton, tmp_path):
+    spec = _spec(tmp_path, "MatrixAndDepth", MATRIX_AND_DEPTH)
+    assert max(_against_reference(spec, torch.float32, DEPTH_SHAPES, 2)) < 1e-4
+    assert triton

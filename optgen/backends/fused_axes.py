@@ -14,7 +14,12 @@ offset i of a tensor (..., rows, cols) maps to slot
     over -2 ("col"):       (i // (rows * cols)) * cols + i % cols
     over (-2, -1) ("mat"): i // (rows * cols)
 
-(rows is 1 for a tensor of fewer than 2 dims, cols 1 for a 0-d one). A reduced-shape state
+(rows is 1 for a tensor of fewer than 2 dims, cols 1 for a 0-d one). Reductions over other
+trailing axes run on a *view* of each tensor as (outer, rows, cols): the last q axes merged
+into cols and the p before them into rows (`axis_view`), when every axis set the program
+reduces over is one of those blocks or both (a sum over axis -3 of a (a, b, c, d) tensor is
+a column sum of its (a, b, c * d) view); the program's axes are rewritten into the view's
+and the runtimes pass the view's rows and cols. A reduced-shape state
 is stored contiguously in that same order, so it is read at the same index. A value of a
 reduced shape never reads a per-element one (broadcasting: element absorbs everything), so
 it is the same for every element of its slot; a reduction of it counts each slot once: only
@@ -139,12 +144,85 @@ def class_name(ranks: frozenset) -> str:
 # --------------------------------------------------------------------------- the program
 def prepare(program: Program, ranks: frozenset | None) -> Program:
     """`program` for the tensors of rank class `ranks` (None: the program has no rank rules),
-    its axis reductions values of their own, phases renumbered."""
+    its axes those of its view, its axis reductions values of their own, phases renumbered."""
     if ranks is not None:
         program = _specialise(program, ranks)
+    view = axis_view(axis_sets(program))
+    if view is None:
+        raise ValueError(f"{program.spec.name}: no fused view for its axis reductions (fused_refusal says why)")
+    if view != (1, 1):
+        program = _into_view(program, view)
     _extract(program)
     _number_phases(program)
     return program
+
+
+# --------------------------------------------------------------------------- the view
+MAX_VIEW_AXES = 8  # shapes.MAX_RANK: the trailing axes a view may merge
+
+
+def axis_sets(program: Program) -> set[frozenset]:
+    """Every axis set the program's states keep or its values reduce over."""
+    out = {frozenset(s.axes) for s in program.states if s.scope == "element" and s.axes}
+    for v in program.values:
+        out |= {a.axes for a in v.expr.atoms(AxisReduction)}
+    return out
+
+
+def axis_view(sets) -> tuple[int, int] | None:
+    """(p, q): the fewest trailing axes to view a tensor as (outer, rows, cols), rows the p
+    axes before the last q, such that every set in `sets` is the rows' axes, the cols' or
+    both; (1, 1) when there is nothing to reduce; None when no such view exists."""
+    sets = [frozenset(s) for s in sets]
+    if all(s in TAGS for s in sets):
+        return (1, 1)
+    for total in range(2, MAX_VIEW_AXES + 1):
+        for q in range(1, total):
+            cols = frozenset(range(-q, 0))
+            rows = frozenset(range(-total, -q))
+            if all(s in (rows, cols, rows | cols) for s in sets):
+                return (total - q, q)
+    return None
+
+
+def _into_view(program: Program, view: tuple[int, int]) -> Program:
+    """`program` with its axes those of the (outer, rows, cols) view (sets of -1 and -2)."""
+    mapping = _view_axes(view)
+    states = [dataclasses.replace(s, axes=mapping[frozenset(s.axes)]) if s.axes else s for s in program.states]
+    values = []
+    for v in program.values:
+        calls = {a: type(a)(a.args[0], tuple(sorted(mapping[a.axes]))) for a in v.expr.atoms(AxisReduction)}
+        shape = v.shape
+        if shape is not None and shape.is_reduced:
+            shape = reduced(mapping[shape.axes])
+        values.append(dataclasses.replace(v, expr=v.expr.xreplace(calls) if calls else v.expr, shape=shape))
+    return dataclasses.replace(program, states=states, values=values, axis_view=view)
+
+
+def _view_axes(view: tuple[int, int]) -> dict[frozenset, frozenset]:
+    p, q = view
+    cols, rows = frozenset(range(-q, 0)), frozenset(range(-(p + q), -q))
+    return {cols: frozenset({-1}), rows: frozenset({-2}), rows | cols: frozenset({-2, -1})}
+
+
+def view_shape(shape, view: tuple[int, int]) -> tuple[int, ...]:
+    """A tensor's shape as the kernels see it: unchanged for the (1, 1) view, else (outer,
+    rows, cols) with the last q axes merged into cols and the p before them into rows (an axis
+    the tensor lacks counts as 1)."""
+    if tuple(view) == (1, 1):
+        return tuple(shape)
+    p, q = view
+    shape = list(shape)
+    cols = _prod(shape[len(shape) - q :] if len(shape) >= q else shape)
+    rows = _prod(shape[max(0, len(shape) - p - q) : max(0, len(shape) - q)])
+    return (_prod(shape[: max(0, len(shape) - p - q)]), rows, cols)
+
+
+def _prod(sizes) -> int:
+    out = 1
+    for n in sizes:
+        out *= n
+    return out
 
 
 def _specialise(program: Program, ranks: frozenset) -> Program:
@@ -346,20 +424,26 @@ def reduced_size(shape, tag: str) -> int:
     return numel // {"row": cols, "col": rows, "mat": rows * cols}[tag]
 
 
-def reduced_shape(shape, tag: str) -> tuple[int, ...]:
-    """The keepdim shape of a state reduced as `tag` says (what the torch class allocates)."""
+def reduced_shape(shape, tag: str, view: tuple[int, int] = (1, 1)) -> tuple[int, ...]:
+    """The keepdim shape of a state reduced as `tag` says in the kernels' `view` (what the
+    torch class allocates): the cols' axes (row), the rows' (col) or both (mat) set to 1."""
+    p, q = view
     shape = list(shape)
-    if tag in ("row", "mat") and shape:
-        shape[-1] = 1
-    if tag in ("col", "mat") and len(shape) >= 2:
-        shape[-2] = 1
+    axes = []
+    if tag in ("row", "mat"):
+        axes += range(-q, 0)
+    if tag in ("col", "mat"):
+        axes += range(-(p + q), -q)
+    for a in axes:
+        if -a <= len(shape):
+            shape[a] = 1
     return tuple(shape)
 
 
-def check_reduced(name: str, t, p, tag: str) -> None:
+def check_reduced(name: str, t, p, tag: str, view: tuple[int, int] = (1, 1)) -> None:
     """A reduced state must have the keepdim shape of its param (of an empty param, any
     empty shape: the kernels neither read nor write it)."""
-    want = reduced_shape(p.shape, tag)
+    want = reduced_shape(p.shape, tag, view)
     if tuple(t.shape) != want and not (p.numel() == 0 and t.numel() == 0):
         raise ValueError(
             f"{name}: a tensor of shape {tuple(t.shape)} for a param of shape {tuple(p.shape)}, expected {want}"

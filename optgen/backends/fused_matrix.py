@@ -45,29 +45,13 @@ _NOT_2D = "a matrix operation needs a 2-D parameter; got shape"
 
 # --------------------------------------------------------------------------- what runs
 def refusal(spec: Spec) -> str:
-    """What of a matrix spec the fused path does not run ("" when it runs all of it): an
-    axis reduction or reduced state over an axis before -2 (as optgen/shapes.py's
-    fused_refusal, which does not walk loops). Sums over all parameters, group states, rank
-    rules and the last two axes run (see `plan`)."""
-    from ..shapes import AxisReduction
+    """What of a matrix spec the fused path does not run ("" when it runs all of it): axis
+    reductions and reduced states no one (outer, rows, cols) view of a tensor gives
+    (optgen/shapes.py's fused_refusal, through loops too). Sums over all parameters, group
+    states, rank rules and axis reductions run (see `plan`)."""
+    from ..shapes import fused_refusal as shapes_refusal
 
-    axes = {a for s in spec.state.values() for a in s.axes}
-    _uses(
-        spec.update,
-        lambda st: axes.update(a for r in getattr(st, "expr", sympy.S.Zero).atoms(AxisReduction) for a in r.axes),
-    )
-    if axes <= {-1, -2}:
-        return ""
-    return (
-        f"{spec.name} reduces over axis {min(axes)}, which the fused kernels do not run (they reduce over the "
-        "last two axes, -1 and -2, only); use foreach=True (or the for-loop) instead of fused=True"
-    )
-
-
-def _uses(statements, test) -> bool:
-    return any(
-        test(st) or _uses(getattr(st, "body", []), test) or _uses(getattr(st, "orelse", []), test) for st in statements
-    )
+    return shapes_refusal(spec) or ""
 
 
 def is_matrix_spec(spec: Spec) -> bool:

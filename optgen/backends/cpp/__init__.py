@@ -92,7 +92,9 @@ def render_kernel(kernel: Kernel, dtypes: dict[str, str]) -> str:
 def metadata(kernel: Kernel) -> dict:
     """The names the runtime maps onto the library's tables."""
     global_pass = kernel.global_pass
+    view = {"axis_view": list(kernel.program.axis_view)} if kernel.program.axis_view != (1, 1) else {}
     return {
+        **view,  # the (outer, rows, cols) view of reductions over other axes (fused_axes.py)
         "arrays": kernel.arrays,
         "tensor_states": kernel.tensor_states,
         "hypers": kernel.hypers,

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ... import catalog
 from .. import fused_matrix
-from ..fused_axes import axis_tables, check_reduced, rank_split, spec_rank_classes
+from ..fused_axes import axis_tables, check_reduced, rank_split, spec_rank_classes, view_shape
 from ..fused_shards import Shards
 from . import compiler, config
 
@@ -254,6 +254,7 @@ class Kernel:
         self.shapes = meta["shapes"]  # axis reductions, reduced states, rows/cols (fused_axes.py)
         self.axis_slots = meta["axis_slots"]
         self.reduced_arrays = meta["reduced_arrays"]
+        self.axis_view = tuple(meta.get("axis_view", (1, 1)))
         self.calls: OrderedDict = OrderedDict()
 
     def call(self, group: TensorGroup) -> tuple[Call, list[tuple[Tensor, Tensor]]]:
@@ -390,7 +391,7 @@ class Call:
         self.host = np.zeros(max(1, n * kernel.host_width), dtype=np.float64)
         self.before = np.zeros(max(1, n * kernel.num_tensor_states), dtype=np.float64)
         self.rows, self.cols, self.axis_offsets, self.axis_sizes, self.axis_values = axis_tables(
-            [p.shape for p in params], [tag for _, tag, _ in kernel.axis_slots]
+            [view_shape(p.shape, kernel.axis_view) for p in params], [tag for _, tag, _ in kernel.axis_slots]
         )
         ptr = lambda a: a.ctypes.data
         self.context = _Context(
@@ -448,7 +449,7 @@ class TensorGroup:
         for name in kernel.arrays:
             for p, t in zip(self.tensors["param"], self.tensors[name]):
                 if name in kernel.reduced_arrays:
-                    check_reduced(name, t, p, kernel.reduced_arrays[name])
+                    check_reduced(name, t, p, kernel.reduced_arrays[name], kernel.axis_view)
                 elif t.shape != p.shape:
                     raise ValueError(
                         f"{name}: a tensor of shape {tuple(t.shape)} for a param of shape {tuple(p.shape)}"

@@ -177,7 +177,8 @@ def _call_args(module: Module) -> list[str]:
     if module.uses_ndim:
         lines.append("group.ndims")
     if module.has_axes:
-        lines.append("*group.axis_tables(axis_slots(options))")
+        view = ", axis_view(options)" if module.has_views else ""
+        lines.append(f"*group.axis_tables(axis_slots(options){view})")
     if module.uses_numel:
         lines.append("group.whole_numels")
     if module.host.columns:
@@ -217,6 +218,10 @@ def _value_functions(module: Module) -> list[ValueFunction]:
         values = {s.options_key: tuple((module.key(n), t, k) for n, t, k in s.axis_slots) for s in module.settings}
         doc = "The slot vectors of the axis reductions and reduced states: (name, reduced shape, sum/min/max/store)."
         out.append(ValueFunction("axis_slots", "tuple[tuple[str, str, str], ...]", doc, _returns(module, values)))
+        if module.has_views:
+            values = {s.options_key: tuple(s.program.axis_view) for s in module.settings}
+            doc = "The (p, q) view of the tensors as (outer, rows, cols): q axes into cols, the p before into rows."
+            out.append(ValueFunction("axis_view", "tuple[int, int]", doc, _returns(module, values)))
         values = {s.options_key: _axis_passes(s) for s in module.settings}
         doc = "The slot vectors each reduction pass fills (reset to their identity first)."
         out.append(ValueFunction("axis_passes", "tuple[tuple[int, ...], ...]", doc, _returns(module, values)))

@@ -236,6 +236,7 @@ class Module:
     rank_flags: list[str] = field(default_factory=list)
     rank_classes: list[frozenset] = field(default_factory=list)
     has_axes: bool = False
+    has_views: bool = False  # some setting views its tensors as other rows and cols (fused_axes.py)
 
     @property
     def flag_names(self) -> list[str]:
@@ -299,6 +300,7 @@ def build(spec: Spec, reserved: frozenset[str] = frozenset(), public: dict[str, 
         rank_flags=flags,
         rank_classes=[c for c in classes if c is not None],
         has_axes=any(fused_axes.uses_axes(p) for p in programs),
+        has_views=any(p.axis_view != (1, 1) for p in programs),
     )
     _check_names(spec, reserved)
     module.kernels = _kernels(module)

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ... import cache, catalog
 from .. import fused_matrix
-from ..fused_axes import axis_tables, check_reduced, rank_split
+from ..fused_axes import axis_tables, check_reduced, rank_split, view_shape
 from ..fused_shards import Shards
 from . import config
 
@@ -404,14 +404,15 @@ class TensorGroup:
         return self._reductions[0]
 
     # ---- axis reductions and reduced states (optgen/backends/fused_axes.py, triton/axes.py)
-    def axis_tables(self, slots: tuple[tuple[str, str, str], ...]) -> tuple[Tensor, ...]:
-        """rows, cols (int64 [tensors]), the slot vectors (float32) and their offsets (int64
-        [tensors, slots]) for the slots of this setting; the reduced states are checked."""
-        shapes = [p.shape for p in self.arrays["param"]]
+    def axis_tables(self, slots: tuple[tuple[str, str, str], ...], view=(1, 1)) -> tuple[Tensor, ...]:
+        """rows, cols (int64 [tensors]) of the tensors' (outer, rows, cols) `view`, the slot
+        vectors (float32) and their offsets (int64 [tensors, slots]) for the slots of this
+        setting; the reduced states are checked."""
+        shapes = [view_shape(p.shape, view) for p in self.arrays["param"]]
         for name, tag, kind in slots:
             if kind == "store":
                 for t, p in zip(self.arrays[name], self.arrays["param"]):
-                    check_reduced(name, t, p, tag)
+                    check_reduced(name, t, p, tag, view)
         rows, cols, offsets, sizes, values = axis_tables(shapes, [tag for _, tag, _ in slots])
         device = self.device
         self._axes = slots, offsets, sizes, torch.from_numpy(values).to(device=device, dtype=torch.float32)
