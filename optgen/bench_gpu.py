@@ -186,6 +186,15 @@ class FusedStep:
 def implementations(name: str, algo: Algorithm, dtype: torch.dtype, compile_foreach: bool, compile_backend: str):
     """(label, factory(params) -> (step function, state tensors), compile?) for one algorithm."""
 
+    def torch_class(path: str, **flags):
+        def make(params):
+            opt = _class(path)(params, **algo.kwargs, **flags)
+            return opt.step, lambda: [
+                t for s in opt.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0
+            ]
+
+        return make
+
     def fused(state_dtype):
         if algo.optgen_class:
             return torch_class(algo.optgen_class, fused=True, **({"state_dtype": state_dtype} if state_dtype else {}))
@@ -193,15 +202,6 @@ def implementations(name: str, algo: Algorithm, dtype: torch.dtype, compile_fore
         def make(params):
             f = FusedStep(algo.spec, params, state_dtype)
             return f.step, f.state_tensors
-
-        return make
-
-    def torch_class(path: str, **flags):
-        def make(params):
-            opt = _class(path)(params, **algo.kwargs, **flags)
-            return opt.step, lambda: [
-                t for s in opt.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0
-            ]
 
         return make
 

@@ -323,37 +323,30 @@ def fused_refusal(spec) -> str | None:
     spec that views some rank other than by its last two axes may not read rows(param) or
     cols(param). fused=True is then a ValueError at construction and `optgen check` a
     warning, never a silent fallback."""
-    return view_refusal(spec, list(_axis_sets(spec.update)) + _state_axis_sets(spec))
-
-
-def view_refusal(spec, sets: list[tuple[frozenset, set[frozenset]]]) -> str | None:
-    """fused_refusal for a spec that reduces, at the ranks of each (ranks, axis sets) pair
-    of `sets`, over those axis sets (see there)."""
     from .backends.fused_axes import axis_view
 
-    views = {}
-    for rank in ALL_RANKS:
-        here = set().union(*(axes for ranks, axes in sets if rank in ranks))
-        views[rank] = axis_view(here)
-        listed = ", ".join(format_axes(a) for a in sorted(here, key=sorted))
-        if views[rank] is None:
+    sets = list(_axis_sets(spec.update)) + [
+        (s.ranks or ALL_RANKS, {frozenset(s.axes)}) for s in spec.state.values() if s.axes
+    ]
+    at = {rank: set().union(*(axes for ranks, axes in sets if rank in ranks)) for rank in ALL_RANKS}
+    for here in at.values():
+        if axis_view(here) is None:
             return (
-                f"{spec.name} reduces over the axes {listed}, which no one view of a tensor as (outer, rows, cols) "
-                "gives the fused kernels (each set must be the rows' trailing axes, the cols' or both); "
+                f"{spec.name} reduces over the axes {_listed(here)}, which no one view of a tensor as (outer, rows, "
+                "cols) gives the fused kernels (each set must be the rows' trailing axes, the cols' or both); "
                 "use foreach=True (or the for-loop) instead of fused=True"
             )
-    sizes = {s.name for s in _symbols_of(spec.update)} & set(SIZE_RANKS)
-    other = sorted(
-        {a for rank, v in views.items() if v != (1, 1) for ranks, axes in sets if rank in ranks for a in axes},
-        key=sorted,
-    )
-    if other and sizes & {"rows", "cols"}:
-        listed = ", ".join(format_axes(a) for a in other)
+    viewed = set().union(*(here for here in at.values() if axis_view(here) != (1, 1)))
+    if viewed and {s.name for s in _symbols_of(spec.update)} & {"rows", "cols"}:
         return (
-            f"{spec.name} reduces over the axes {listed} and reads rows(param) or cols(param): the fused kernels "
-            "view its tensors with other rows and cols; use foreach=True (or the for-loop) instead of fused=True"
+            f"{spec.name} reduces over the axes {_listed(viewed)} and reads rows(param) or cols(param): the fused "
+            "kernels view its tensors with other rows and cols; use foreach=True (or the for-loop) instead of fused=True"
         )
     return None
+
+
+def _listed(sets) -> str:
+    return ", ".join(format_axes(a) for a in sorted(sets, key=sorted))
 
 
 def _axis_sets(statements, ranks: frozenset = ALL_RANKS):
@@ -369,10 +362,6 @@ def _axis_sets(statements, ranks: frozenset = ALL_RANKS):
             yield from _axis_sets(getattr(st, "orelse", []), ranks)
         elif hasattr(st, "expr"):
             yield ranks, {r.axes for r in st.expr.atoms(AxisReduction)}
-
-
-def _state_axis_sets(spec) -> list[tuple[frozenset, set[frozenset]]]:
-    return [(s.ranks or ALL_RANKS, {frozenset(s.axes)}) for s in spec.state.values() if s.axes]
 
 
 def axis_constructs(spec) -> list[str]:
